@@ -1,0 +1,248 @@
+"""The ``cxrfuse`` command line: one verb per pipeline stage, each a thin call into the library."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from cxrfuse.problems import CxrfuseError, ProblemLog
+
+console = Console()
+err_console = Console(stderr=True)
+app = typer.Typer(
+    name="cxrfuse",
+    help="Multimodal chest X-ray classification: fuse image and radiology-report embeddings.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+ingest_app = typer.Typer(help="Turn a dataset layout on disk into a study manifest (Parquet).", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    """Print cxrfuse errors (bad input, missing files) as one clear line and exit with code 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CxrfuseError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _report_ingest(manifest: Any, problems: ProblemLog, out: Path) -> None:
+    path = manifest.save(out)
+    console.print(f"wrote {len(manifest)} studies to [bold]{path}[/]")
+    if len(problems):
+        console.print(problems.summary())
+
+
+class IULayout(str, Enum):
+    openi = "openi"
+    kaggle = "kaggle"
+    r2gen = "r2gen"
+
+
+class LabelPolicy(str, Enum):
+    ignore = "ignore"
+    zero = "zero"
+    one = "one"
+
+
+@ingest_app.command("iu-xray")
+@friendly_errors
+def ingest_iu_xray_cmd(
+    out: Annotated[Path, typer.Option(help="Manifest to write (.parquet).")],
+    images: Annotated[Optional[Path], typer.Option(help="Image folder (openi), dataset folder (kaggle, r2gen).")] = None,
+    reports: Annotated[Optional[Path], typer.Option(help="OpenI XML: NLMCXR_reports.tgz or a folder. Default: torchxrayvision's copy.")] = None,
+    layout: Annotated[IULayout, typer.Option(help="Which IU X-ray layout the files follow.")] = IULayout.openi,
+    findings: Annotated[Optional[str], typer.Option(help="Comma-separated finding vocabulary; 'Name=MeSH A|MeSH B' adds synonyms.")] = None,
+    strict: Annotated[bool, typer.Option(help="Stop at the first problem instead of collecting them.")] = False,
+) -> None:
+    """Ingest IU X-ray (OpenI) reports and images.
+
+    Example: `cxrfuse ingest iu-xray --out iu.parquet` (the reports torchxrayvision ships, no images);
+    `cxrfuse ingest iu-xray --images NLMCXR_png --out iu.parquet`;
+    `cxrfuse ingest iu-xray --layout kaggle --images archive/ --out iu.parquet`.
+    """
+    from cxrfuse.data.iu_xray import ingest_iu_xray
+    from cxrfuse.data.labels import parse_findings
+
+    manifest, problems = ingest_iu_xray(images, reports=reports, layout=layout.value,
+                                        findings=parse_findings(_csv(findings)), strict=strict)
+    _report_ingest(manifest, problems, out)
+
+
+@ingest_app.command("mimic-cxr")
+@friendly_errors
+def ingest_mimic_cmd(
+    root: Annotated[Path, typer.Option(help="MIMIC-CXR-JPG root (the folder with mimic-cxr-2.0.0-*.csv.gz and files/).")],
+    out: Annotated[Path, typer.Option(help="Manifest to write (.parquet).")],
+    reports: Annotated[Optional[Path], typer.Option(help="mimic-cxr-reports.zip, if not under ROOT.")] = None,
+    views: Annotated[str, typer.Option(help="Comma-separated view positions to keep, or 'all'.")] = "PA",
+    one_per_subject: Annotated[bool, typer.Option(help="Keep one image (and study) per subject.")] = False,
+    uncertain: Annotated[LabelPolicy, typer.Option(help="CheXpert -1 (uncertain) becomes: ignore (NaN), zero or one.")] = LabelPolicy.ignore,
+    blank: Annotated[LabelPolicy, typer.Option(help="Blank CheXpert values become: ignore (NaN), zero or one.")] = LabelPolicy.zero,
+    task: Annotated[Optional[str], typer.Option(help="Restrict rows to a task, e.g. 'pneumonia-vs-no-finding'.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the one-per-subject choice.")] = 0,
+    strict: Annotated[bool, typer.Option(help="Stop at the first problem.")] = False,
+) -> None:
+    """Ingest MIMIC-CXR-JPG (metadata, CheXpert labels, official split, reports).
+
+    Example: `cxrfuse ingest mimic-cxr --root physionet.org/files/mimic-cxr-jpg/2.0.0 --task pneumonia-vs-no-finding --out mimic.parquet`
+    """
+    from cxrfuse.data.mimic_cxr import ingest_mimic_cxr
+
+    manifest, problems = ingest_mimic_cxr(
+        root, reports=reports, views=None if views.strip().lower() == "all" else _csv(views),
+        one_image_per_subject=one_per_subject, uncertain=uncertain.value, blank=blank.value,
+        task=task, seed=seed, strict=strict)
+    _report_ingest(manifest, problems, out)
+
+
+@ingest_app.command("nih")
+@friendly_errors
+def ingest_nih_cmd(
+    csv: Annotated[Path, typer.Option(help="Data_Entry_2017-style CSV.")],
+    images: Annotated[Path, typer.Option(help="Folder holding the PNG files.")],
+    out: Annotated[Path, typer.Option(help="Manifest to write (.parquet).")],
+    views: Annotated[str, typer.Option(help="Comma-separated view positions to keep, or 'all'.")] = "all",
+    strict: Annotated[bool, typer.Option(help="Stop at the first problem.")] = False,
+) -> None:
+    """Ingest NIH ChestX-ray14 (image-only: no reports).
+
+    Example: `cxrfuse ingest nih --csv ../shared/data/nih-cxr14-sample/labels.csv --images ../shared/data/nih-cxr14-sample/images --out nih.parquet`
+    """
+    from cxrfuse.data.nih import ingest_nih
+
+    manifest, problems = ingest_nih(csv, images, views=None if views.strip().lower() == "all" else _csv(views),
+                                    strict=strict)
+    _report_ingest(manifest, problems, out)
+
+
+@app.command("split")
+@friendly_errors
+def split_cmd(
+    manifest_path: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Manifest to split.")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the split manifest (default: in place).")] = None,
+    fractions: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.7,0.1,0.2",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    task: Annotated[Optional[str], typer.Option(help="Task or label to stratify on (default: all labels).")] = None,
+    folds: Annotated[int, typer.Option(help="Also assign k-fold indices over train+val (0 = none).")] = 0,
+    keep_existing: Annotated[bool, typer.Option(help="Keep a split the source already has (MIMIC, R2Gen).")] = False,
+) -> None:
+    """Patient-level, stratified, seeded train/val/test split (and optional k folds), stored in the manifest.
+
+    Example: `cxrfuse split iu.parquet --fractions 0.7,0.1,0.2 --task multilabel --seed 0 --folds 5`
+    """
+    from cxrfuse.data import read_manifest
+    from cxrfuse.data.splits import assign_folds, assign_splits, check_patient_leakage
+    from cxrfuse.stats import render_summary
+
+    manifest = read_manifest(manifest_path)
+    if not (keep_existing and manifest.df["split"].notna().all()):
+        parts = [float(x) for x in _csv(fractions) or []]
+        manifest = assign_splits(manifest, tuple(parts), seed=seed, task=task)  # type: ignore[arg-type]
+    check_patient_leakage(manifest)
+    if folds:
+        manifest = assign_folds(manifest, folds, seed=seed, task=task)
+    path = manifest.save(out or manifest_path)
+    console.print(render_summary(manifest))
+    console.print(f"wrote [bold]{path}[/] (no patient is in two splits)")
+
+
+@app.command("phantoms")
+@friendly_errors
+def phantoms_cmd(
+    manifest_path: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Manifest whose studies get phantom images.")],
+    out: Annotated[Path, typer.Option(help="Output folder (images/, masks/, manifest.parquet).")],
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed; each study's phantom depends only on the seed and its id.")] = 0,
+    lateral: Annotated[bool, typer.Option(help="Also render a lateral view.")] = True,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Render label-conditioned synthetic radiographs (and lesion masks) for every study.
+
+    The pixels are synthetic: use them to exercise the pipeline where real images are not at hand.
+    Example: `cxrfuse phantoms iu.parquet --out phantoms/ --size 256`
+    """
+    from cxrfuse.data import read_manifest
+    from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
+
+    manifest = read_manifest(manifest_path)
+    config = PhantomConfig(size=size, seed=seed, lateral=lateral)
+    result = make_phantoms(manifest, out, config, workers=workers)
+    console.print(f"wrote phantoms for {len(result)} studies; manifest [bold]{out / 'manifest.parquet'}[/]")
+
+
+@app.command("stats")
+@friendly_errors
+def stats_cmd(
+    manifest_path: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Manifest to describe.")],
+    task: Annotated[Optional[str], typer.Option(help="Task for the leakage audit (default: each task of the manifest).")] = None,
+    sections: Annotated[str, typer.Option(help="Report sections the text models would read.")] = "findings,impression",
+    mask: Annotated[bool, typer.Option(help="Audit the text after label-mention masking.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Summarise a manifest: studies, views, sections, label prevalence, splits, problems, and the text leakage audit.
+
+    Example: `cxrfuse stats iu.parquet --sections findings,impression` or `cxrfuse stats iu.parquet --sections indication --json`
+    """
+    from cxrfuse.data import read_manifest
+    from cxrfuse.stats import manifest_summary, render_summary
+    from cxrfuse.text import TextConfig, audit_leakage
+
+    manifest = read_manifest(manifest_path)
+    config = TextConfig(sections=_csv(sections) or [], mask_labels=mask)
+    tasks = [task] if task else list(manifest.tasks)
+    audits = {t: audit_leakage(manifest, config, task=t) for t in tasks} if manifest.has_report().any() else {}
+    if as_json:
+        summary = manifest_summary(manifest)
+        summary["leakage_audit"] = {t: a.to_dict() for t, a in audits.items()}
+        console.print_json(json.dumps(summary, default=str))
+        return
+    console.print(render_summary(manifest))
+    for t, audit in audits.items():
+        console.print(audit.render(title=f"leakage audit: task {t!r}, sections {config.sections}, masked={mask}"))
+
+
+@app.command("demo")
+@friendly_errors
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-output"),
+    size: Annotated[int, typer.Option(help="Phantom image side in pixels.")] = 256,
+    limit: Annotated[int, typer.Option(help="Use only the first N studies (0 = all 3,955).")] = 0,
+) -> None:
+    """Run the embedded default end to end: bundled IU X-ray reports + phantom images.
+
+    Example: `cxrfuse demo --out demo-output`
+    """
+    from cxrfuse.demo import run_demo
+
+    report = run_demo(out, size=size, limit=limit, console=console)
+    console.print(f"\nreport: [bold]{report}[/]")
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,77 @@
+"""What is in a manifest: counts, views, report sections, label prevalence, splits, problems."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from rich.console import Group
+from rich.table import Table
+
+from cxrfuse.data.manifest import REPORT_SECTIONS, Manifest
+from cxrfuse.data.splits import split_summary
+
+
+def manifest_summary(manifest: Manifest) -> dict[str, Any]:
+    """Plain-data summary of a manifest (JSON-serialisable)."""
+    df = manifest.df
+    views = Counter(v["view"] for vs in df["views"] for v in vs)
+    n_images = int(df["views"].map(len).sum())
+    on_disk = int(df["views"].map(lambda vs: sum(bool(v["path"]) for v in vs)).sum())
+    labels = {}
+    for name, col in zip(manifest.labels, manifest.label_columns):
+        values = df[col]
+        known = int(values.notna().sum())
+        labels[name] = {"positive": int(np.nansum(values)), "known": known,
+                        "prevalence": float(np.nansum(values) / known) if known else None}
+    return {
+        "dataset": manifest.dataset,
+        "images": manifest.images,
+        "studies": len(df),
+        "patients": int(df["patient_id"].nunique()),
+        "images_listed": n_images,
+        "images_on_disk": on_disk,
+        "studies_with_images": int(manifest.has_images().sum()),
+        "studies_with_report": int(manifest.has_report().sum()),
+        "views": dict(views.most_common()),
+        "views_per_study": {int(k): int(v) for k, v in df["views"].map(len).value_counts().sort_index().items()},
+        "sections": {s: int(df[s].fillna("").str.strip().astype(bool).sum()) for s in REPORT_SECTIONS},
+        "labels": labels,
+        "tasks": manifest.tasks,
+        "splits": {str(k): int(v) for k, v in df["split"].fillna("(none)").value_counts().items()},
+        "problems": manifest.problems.get("counts", {}),
+    }
+
+
+def render_summary(manifest: Manifest) -> Group:
+    """The summary as rich tables for the terminal."""
+    s = manifest_summary(manifest)
+    overview = Table(title=f"{s['dataset']} manifest", show_header=False)
+    for key in ("studies", "patients", "images_listed", "images_on_disk", "studies_with_images",
+                "studies_with_report"):
+        overview.add_row(key.replace("_", " "), str(s[key]))
+    overview.add_row("pixels", {"phantom": "synthetic phantoms (not real radiographs)",
+                                "real": "real images", "none": "none on disk"}[s["images"]])
+    overview.add_row("views", ", ".join(f"{k} {v}" for k, v in s["views"].items()) or "-")
+    overview.add_row("views per study", ", ".join(f"{k}: {v}" for k, v in s["views_per_study"].items()))
+    overview.add_row("sections with text", ", ".join(f"{k} {v}" for k, v in s["sections"].items()))
+    overview.add_row("problems", ", ".join(f"{k} {v}" for k, v in s["problems"].items()) or "none")
+    labels = Table(title="labels")
+    for col in ("label", "positive", "known", "prevalence", "tasks"):
+        labels.add_column(col, justify="right" if col in ("positive", "known", "prevalence") else "left")
+    for name, row in s["labels"].items():
+        tasks = ", ".join(t for t, names in manifest.tasks.items() if name in names)
+        prevalence = "-" if row["prevalence"] is None else f"{row['prevalence']:.3f}"
+        labels.add_row(name, str(row["positive"]), str(row["known"]), prevalence, tasks)
+    parts: list[Any] = [overview, labels]
+    if manifest.df["split"].notna().any():
+        table = split_summary(manifest).T
+        splits = Table(title="splits (label rows: positives/known)")
+        splits.add_column("")
+        for col in table.columns:
+            splits.add_column(str(col), justify="right")
+        for idx, row in table.iterrows():
+            splits.add_row(str(idx), *[str(v) for v in row])
+        parts.append(splits)
+    return Group(*parts)

@@ -1,0 +1,34 @@
+"""Shared fixtures: the IU X-ray reports that torchxrayvision ships, ingested once per session."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cxrfuse.data import Manifest
+from cxrfuse.data.iu_xray import bundled_reports, ingest_iu_xray
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def iu_manifest() -> Manifest:
+    """All 3,955 bundled IU X-ray reports as a manifest (no images)."""
+    manifest, _ = ingest_iu_xray()
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def iu_xml_bytes() -> dict[int, bytes]:
+    """Raw XML of a few bundled reports, by report number (for building OpenI folders in tests)."""
+    wanted = {f"ecgen-radiology/{n}.xml": n for n in (1, 2, 3, 4, 5, 6)}
+    out: dict[int, bytes] = {}
+    with tarfile.open(bundled_reports()) as archive:
+        for member in archive.getmembers():
+            if member.name in wanted:
+                handle = archive.extractfile(member)
+                assert handle is not None
+                out[wanted[member.name]] = handle.read()
+    return out

@@ -96,7 +96,7 @@ def normalise_view(value: object) -> str:
         "AP": "AP", "AP AXIAL": "AP", "ANTERO POSTERIOR": "AP", "ANTEROPOSTERIOR": "AP",
         "AP SUPINE": "AP", "AP ERECT": "AP",
         "LATERAL": "LATERAL", "LAT": "LATERAL", "RL": "LATERAL",
-        "LL": "LL", "LEFT LATERAL": "LL", "LLD": "LL",
+        "XTABLE LATERAL": "LATERAL", "LL": "LL", "LEFT LATERAL": "LL",
     }
     return aliases.get(text, "UNKNOWN")
 
@@ -136,22 +136,23 @@ class Manifest:
         Each record holds the base columns it knows (missing ones become null) and a
         ``labels`` dict ``{label name: 1 | 0 | None}``.
         """
+        columns = [label_column(n) for n in labels]
         rows = []
         for rec in records:
             row = {col: rec.get(col) for col in BASE_COLUMNS}
             row["dataset"] = rec.get("dataset", dataset)
             row["views"] = [
-                {"image_id": str(v["image_id"]), "path": v.get("path"), "view": normalise_view(v.get("view"))}
+                {"image_id": str(v["image_id"]), "path": _none_if_missing(v.get("path")),
+                 "view": normalise_view(v.get("view"))}
                 for v in rec.get("views") or []
             ]
             row["source_labels"] = list(rec.get("source_labels") or [])
             values = rec.get("labels") or {}
-            for name in labels:
+            for name, col in zip(labels, columns):
                 value = values.get(name)
-                row[label_column(name)] = np.nan if value is None else float(value)
+                row[col] = np.nan if value is None else float(value)
             rows.append(row)
-        columns = list(BASE_COLUMNS) + [label_column(n) for n in labels]
-        df = pd.DataFrame(rows, columns=columns)
+        df = pd.DataFrame(rows, columns=list(BASE_COLUMNS) + columns)
         manifest = cls(
             df=_coerce(df, labels),
             dataset=dataset,
@@ -280,10 +281,11 @@ def read_manifest(path: str | Path) -> Manifest:
     df = table.to_pandas()
     df["views"] = df["views"].map(lambda vs: [dict(v) for v in vs] if vs is not None else [])
     df["source_labels"] = df["source_labels"].map(lambda xs: list(xs) if xs is not None else [])
+    labels = list(meta.get("labels", []))
     manifest = Manifest(
-        df=df,
+        df=_coerce(df, labels),
         dataset=meta.get("dataset", ""),
-        labels=list(meta.get("labels", [])),
+        labels=labels,
         tasks={k: list(v) for k, v in meta.get("tasks", {}).items()},
         images=meta.get("images", "none"),
         problems=meta.get("problems", {}),
@@ -293,11 +295,18 @@ def read_manifest(path: str | Path) -> Manifest:
     return manifest
 
 
+def _none_if_missing(value: Any) -> Any:
+    """None for None/NaN/pd.NA, the value otherwise."""
+    return None if value is None or (not isinstance(value, (list, dict, str)) and pd.isna(value)) else value
+
+
 def _coerce(df: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    """Pin column dtypes: text columns are object with None for missing (never NaN)."""
     df = df.copy()
     for col in ("dataset", "study_id", "patient_id", *REPORT_SECTIONS, "report", "sex", "split"):
         if col in df:
-            df[col] = df[col].map(lambda x: None if x is None or (isinstance(x, float) and np.isnan(x)) else str(x))
+            values = [None if _none_if_missing(x) is None else str(x) for x in df[col].tolist()]
+            df[col] = pd.Series(values, index=df.index, dtype=object)
     if "age" in df:
         df["age"] = pd.to_numeric(df["age"], errors="coerce").astype("float64")
     if "fold" in df:

@@ -37,7 +37,7 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CxrfuseError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}")
+            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
             raise typer.Exit(2) from exc
 
     return wrapper  # type: ignore[return-value]
@@ -219,8 +219,8 @@ def stats_cmd(
         console.print_json(json.dumps(summary, default=str))
         return
     console.print(render_summary(manifest))
-    for t, audit in audits.items():
-        console.print(audit.render(title=f"leakage audit: task {t!r}, sections {config.sections}, masked={mask}"))
+    for audit in audits.values():
+        console.print(audit.render())
 
 
 @app.command("demo")

@@ -1,0 +1,210 @@
+"""Leakage audit: what label information is still in the text a model will read.
+
+:func:`audit_leakage` prepares the text exactly as training would (:func:`prepare_texts`) and
+searches it with the *unmasked* patterns:
+
+- ``label`` rows: each label's terms (for a whole-study label such as ``abnormal``: every
+  finding family); with masking on these should all be zero;
+- ``normal`` rows: the stock normal phrases (whole-study labels only);
+- ``probe`` rows: context words (:data:`~cxrfuse.text.terms.PROBE_TERMS`) that are never
+  masked but may still carry the label (``blunting``, ``silhouette``, ``streaky``).
+
+Each row counts the studies whose prepared text still matches, split by the label's value
+(positive / negative / unknown), with the most frequent surviving terms. The audit also
+counts mask tokens per study, overall and by label value: a mask count that differs a lot
+between positive and negative studies is itself a signal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+
+from cxrfuse.data.manifest import Manifest, label_column
+from cxrfuse.text.mask import NORMAL_FAMILY, compile_terms, label_families, probe_families
+from cxrfuse.text.pipeline import prepare_texts
+from cxrfuse.text.sections import TextConfig
+
+KINDS = ("label", "normal", "probe")
+
+
+@dataclass(frozen=True)
+class SurvivingTerms:
+    """One audit row: the studies whose prepared text still matches one term family."""
+
+    kind: str  # "label", "normal" or "probe"
+    label: str  # the manifest label that splits positive / negative
+    family: str  # the term family searched
+    studies: int
+    positive: int
+    negative: int
+    unknown: int
+    top_terms: tuple[tuple[str, int], ...] = ()
+
+    def top_text(self) -> str:
+        return ", ".join(f"{term} ({n})" for term, n in self.top_terms)
+
+
+@dataclass
+class LeakageAudit:
+    """Result of :func:`audit_leakage`."""
+
+    task: str | None
+    labels: list[str]
+    config: dict[str, Any]
+    n_studies: int
+    n_with_text: int
+    rows: list[SurvivingTerms]
+    masks_by_label: dict[str, dict[str, float]] = field(default_factory=dict)
+    masks_per_study: pd.Series = field(default_factory=lambda: pd.Series(dtype="int64"), repr=False)
+
+    @property
+    def total_surviving(self) -> int:
+        """Study x family hits of label terms and normal phrases (probes not counted)."""
+        return sum(r.studies for r in self.rows if r.kind != "probe")
+
+    @property
+    def total_probe(self) -> int:
+        """Study x family hits of probe (context) words."""
+        return sum(r.studies for r in self.rows if r.kind == "probe")
+
+    def mask_summary(self) -> dict[str, float]:
+        counts = self.masks_per_study.to_numpy()
+        if counts.size == 0:
+            return {"mean": 0.0, "median": 0.0, "max": 0.0, "share_with_mask": 0.0}
+        return {
+            "mean": round(float(counts.mean()), 3),
+            "median": float(np.median(counts)),
+            "max": float(counts.max()),
+            "share_with_mask": round(float((counts > 0).mean()), 4),
+        }
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (kind, label, family), top terms as ``"term (n), ..."``."""
+        records = [{**asdict(r), "top_terms": r.top_text()} for r in self.rows]
+        columns = ["kind", "label", "family", "studies", "positive", "negative", "unknown", "top_terms"]
+        return pd.DataFrame(records, columns=columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no per-study data)."""
+        return {
+            "task": self.task,
+            "labels": list(self.labels),
+            "config": dict(self.config),
+            "n_studies": self.n_studies,
+            "n_with_text": self.n_with_text,
+            "total_surviving": self.total_surviving,
+            "total_probe": self.total_probe,
+            "masks_per_study": {**self.mask_summary(), "by_label": self.masks_by_label},
+            "rows": [{**asdict(r), "top_terms": [list(t) for t in r.top_terms]} for r in self.rows],
+        }
+
+    def render(self, *, show_zero: bool = True) -> Table:
+        """A rich table for ``cxrfuse stats``."""
+        summary = self.mask_summary()
+        table = Table(
+            title=f"Leakage audit: task {self.task or 'all labels'}, sections "
+            f"{'+'.join(self.config.get('sections', []))}, masking "
+            f"{'on' if self.config.get('mask_labels') else 'off'}",
+            caption=f"{self.total_surviving} surviving label/normal-phrase hits, "
+            f"{self.total_probe} probe-word hits; {self.n_with_text}/{self.n_studies} studies "
+            f"with text; masks per study: mean {summary['mean']}, max {summary['max']:.0f}",
+        )
+        for name, justify in [("kind", "left"), ("label", "left"), ("terms", "left"),
+                              ("studies", "right"), ("pos", "right"), ("neg", "right"),
+                              ("top surviving terms", "left")]:
+            table.add_column(name, justify=justify)
+        for r in self.rows:
+            if not show_zero and r.studies == 0:
+                continue
+            style = "red" if r.kind != "probe" and r.studies else None
+            table.add_row(r.kind, r.label, r.family, str(r.studies), str(r.positive),
+                          str(r.negative), r.top_text(), style=style)
+        return table
+
+
+def _families(labels: list[str]) -> list[tuple[str, str, str, list[str]]]:
+    """(kind, label, family, terms) for every family the audit searches, grouped by kind."""
+    out = []
+    for label in labels:
+        for family, terms in label_families(label).items():
+            out.append(("normal" if family == NORMAL_FAMILY else "label", label, family, terms))
+    for label in labels:
+        for family, terms in probe_families(label).items():
+            out.append(("probe", label, family, terms))
+    return out
+
+
+def _candidates(texts: list[str], terms: list[str]) -> list[int]:
+    """Indices of texts matching any of ``terms`` (one pass instead of one per family)."""
+    pattern = compile_terms(tuple(terms))
+    return [i for i, text in enumerate(texts) if pattern.search(text)]
+
+
+def _count(texts: list[str], subset: list[int], pattern: re.Pattern[str]) -> tuple[np.ndarray, Counter[str]]:
+    """Per study: does the pattern match; overall: how often each matched string occurs."""
+    hit = np.zeros(len(texts), dtype=bool)
+    terms: Counter[str] = Counter()
+    for i in subset:
+        found = [m.group(0).lower() for m in pattern.finditer(texts[i])]
+        if found:
+            hit[i] = True
+            terms.update(re.sub(r"[\s-]+", " ", f) for f in found)
+    return hit, terms
+
+
+def _row(kind: str, label: str, family: str, hit: np.ndarray, terms: Counter[str],
+         values: np.ndarray, top: int) -> SurvivingTerms:
+    return SurvivingTerms(
+        kind=kind, label=label, family=family, studies=int(hit.sum()),
+        positive=int((hit & (values == 1)).sum()), negative=int((hit & (values == 0)).sum()),
+        unknown=int((hit & np.isnan(values)).sum()), top_terms=tuple(terms.most_common(top)),
+    )
+
+
+def _masks_by_label(counts: np.ndarray, manifest: Manifest, labels: list[str]) -> dict[str, dict[str, float]]:
+    out = {}
+    for label in labels:
+        values = manifest.df[label_column(label)].to_numpy(dtype=np.float64)
+        out[label] = {
+            name: round(float(counts[values == v].mean()), 3) if (values == v).any() else 0.0
+            for name, v in (("positive", 1.0), ("negative", 0.0))
+        }
+    return out
+
+
+def audit_leakage(
+    manifest: Manifest, config: TextConfig, task: str | None = None, *, top: int = 5
+) -> LeakageAudit:
+    """Search the prepared text of every study for label terms, normal phrases and probes."""
+    labels = manifest.task_labels(task)
+    texts = prepare_texts(manifest, config, task).tolist()
+    families = _families(labels)
+    subsets = {
+        probe: _candidates(texts, [t for kind, _, _, terms in families
+                                   if (kind == "probe") == probe for t in terms])
+        for probe in (False, True)
+    }
+    rows = []
+    for kind, label, family, terms in families:
+        values = manifest.df[label_column(label)].to_numpy(dtype=np.float64)
+        hit, found = _count(texts, subsets[kind == "probe"], compile_terms(tuple(terms)))
+        rows.append(_row(kind, label, family, hit, found, values, top))
+    token = re.escape(config.mask_token)
+    counts = np.array([len(re.findall(token, t)) if config.mask_labels else 0 for t in texts])
+    return LeakageAudit(
+        task=task,
+        labels=labels,
+        config=config.model_dump(),
+        n_studies=len(texts),
+        n_with_text=sum(bool(t.strip()) for t in texts),
+        rows=rows,
+        masks_by_label=_masks_by_label(counts, manifest, labels),
+        masks_per_study=pd.Series(counts, index=manifest.df.index, name="masks"),
+    )

@@ -1,0 +1,253 @@
+"""Label-mention masking: replace every phrase that states a label with a mask token.
+
+Which phrases are masked depends on the labels of the task:
+
+- a finding label (``Cardiomegaly``, ``Pleural Effusion``, ...) masks its own terms from
+  :data:`~cxrfuse.text.terms.LABEL_TERMS`, positive and negative statements alike;
+- a whole-study label (``abnormal``, CheXpert ``No Finding``) masks every finding family of
+  :data:`~cxrfuse.text.terms.FAMILIES` (any finding mention says "abnormal") plus the stock
+  :data:`~cxrfuse.text.terms.NORMAL_PHRASES`;
+- an unknown label is masked by its own name and simple plural forms, with a warning.
+
+A negation cue right before a term (``no``, ``without``, ``no evidence of``, ``negative for``)
+is masked with it: ``"no pleural effusion"`` and ``"small pleural effusion"`` become
+``"[MASK]"`` and ``"small [MASK]"``, so the polarity of the statement does not survive next
+to the token. Masks separated only by spaces, hyphens, commas, slashes, ``and`` / ``or``
+collapse into one token.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from re._constants import (  # the regex parse tree: used only to find first characters
+    ASSERT,
+    ASSERT_NOT,
+    AT,
+    BRANCH,
+    IN,
+    LITERAL,
+    MAX_REPEAT,
+    MIN_REPEAT,
+    POSSESSIVE_REPEAT,
+    RANGE,
+    SUBPATTERN,
+)
+from re._parser import parse
+
+from cxrfuse.text.terms import (
+    FAMILIES,
+    LABEL_TERMS,
+    MODIFIERS,
+    NEGATION_CUES,
+    NEGATION_FILLERS,
+    NORMAL_PHRASES,
+    PROBE_TERMS,
+    WHOLE_STUDY_LABELS,
+)
+
+__all__ = [
+    "FAMILIES",
+    "LABEL_TERMS",
+    "NORMAL_PHRASES",
+    "PROBE_TERMS",
+    "compile_terms",
+    "label_families",
+    "label_patterns",
+    "mask_label_mentions",
+    "normalise_label",
+    "probe_families",
+]
+
+NORMAL_FAMILY = "normal phrases"
+_warned: set[str] = set()
+
+
+def normalise_label(name: str) -> str:
+    """Table key of a label name: lower case, ``_`` and runs of spaces read as one space."""
+    return re.sub(r"[\s_]+", " ", name.strip().lower())
+
+
+def _spell(term: str) -> str:
+    """Expand the table's spacing shorthand (see :mod:`cxrfuse.text.terms`)."""
+    return term.replace(" ?", r"[\s-]*").replace(" ", r"[\s-]+")
+
+
+def _trie(words: Sequence[str]) -> str:
+    """A regex matching any of ``words`` that fails after one character on most text."""
+    tree: dict = {}
+    for word in words:
+        node = tree
+        for char in word.lower():
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def build(node: dict) -> str:
+        ends = "" in node
+        branches = [
+            ("[\\s-]+" if c == " " else re.escape(c)) + build(child)
+            for c, child in sorted(node.items())
+            if c
+        ]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if ends else body
+
+    return build(tree)
+
+
+_PREFIX = (
+    rf"(?:(?:{_trie(NEGATION_CUES)})[\s-]+(?:(?:{_trie(NEGATION_FILLERS)})[\s-]+){{0,6}})?"
+    rf"(?:(?:{_trie(MODIFIERS)})[\s-]+)*"
+)
+"""Negation cue and modifiers masked together with the term that follows them."""
+
+
+def _first_chars(items: Iterable) -> tuple[set[str] | None, bool]:
+    """Characters a parsed regex can start with (None: any) and whether it can match empty."""
+    chars: set[str] = set()
+    for op, av in items:
+        if op in (AT, ASSERT, ASSERT_NOT):
+            continue
+        if op is LITERAL:
+            return chars | {chr(av).lower()}, False
+        if op is IN and all(o in (LITERAL, RANGE) for o, _ in av):
+            for o, a in av:
+                span = range(a[0], a[1] + 1) if o is RANGE else [a]
+                chars |= {chr(c).lower() for c in span}
+            return chars, False
+        if op is SUBPATTERN or op in (MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT):
+            inner, nullable = _first_chars(av[-1])
+            nullable = nullable or (op is not SUBPATTERN and av[0] == 0)
+        elif op is BRANCH:
+            parts = [_first_chars(b) for b in av[1]]
+            if any(f is None for f, _ in parts):
+                return None, False
+            inner = set().union(*(f for f, _ in parts))
+            nullable = any(n for _, n in parts)
+        else:
+            return None, False
+        if inner is None:
+            return None, False
+        chars |= inner
+        if not nullable:
+            return chars, False
+    return chars, True
+
+
+def _specificity(term: str) -> tuple[int, int, str]:
+    """Sort key: alternatives with more required text are tried first (regex alternation
+    takes the first that matches, not the longest)."""
+    low, high = parse(_spell(term), re.IGNORECASE).getwidth()
+    return low, min(high, 10_000), term
+
+
+def _dispatch(terms: Sequence[str]) -> str:
+    """Alternation of ``terms`` grouped by first character, most specific first in a group."""
+    buckets: dict[str, list[str]] = {}
+    anywhere: list[str] = []
+    for term in sorted(set(terms), key=_specificity, reverse=True):
+        spelled = _spell(term)
+        first, nullable = _first_chars(parse(spelled, re.IGNORECASE))
+        if first is None or nullable:
+            anywhere.append(spelled)
+            continue
+        for char in first:
+            buckets.setdefault(char, []).append(spelled)
+    parts = [f"(?={re.escape(c)})(?:{'|'.join(ts)})" for c, ts in sorted(buckets.items())]
+    parts += anywhere
+    return "|".join(parts) or r"(?!x)x"
+
+
+@lru_cache(maxsize=256)
+def compile_terms(terms: tuple[str, ...], prefix: bool = False) -> re.Pattern[str]:
+    """One case-insensitive whole-word pattern for ``terms``.
+
+    With ``prefix`` the match also takes a preceding negation cue and modifiers
+    (``no definite``, ``small right``). Alternatives are dispatched on their first character,
+    which makes one pattern of several hundred terms fast enough for large corpora.
+    """
+    lead = _PREFIX if prefix else ""
+    return re.compile(rf"(?<!\w){lead}(?:{_dispatch(terms)})(?!\w)", re.IGNORECASE)
+
+
+def _own_name_terms(key: str) -> list[str]:
+    """The label's own name with simple word forms (``lung lesion`` -> ``lung lesions?``)."""
+    words = [re.escape(w) for w in re.split(r"[\s-]+", key) if w]
+    return [" ".join(words) + r"(?:s|es)?"] if words else []
+
+
+def label_families(label: str) -> dict[str, list[str]]:
+    """Term families a label masks: ``{family name: terms}``.
+
+    A finding label gives one family named after itself; a whole-study label gives every
+    family plus ``"normal phrases"``; an unknown label its own name (and warns once).
+    """
+    key = normalise_label(label)
+    if key in WHOLE_STUDY_LABELS:
+        families = {name: list(terms) for name, terms in FAMILIES.items()}
+        families[NORMAL_FAMILY] = list(NORMAL_PHRASES) + _own_name_terms(key)
+        return families
+    if key not in LABEL_TERMS and key not in _warned:
+        _warned.add(key)
+        warnings.warn(
+            f"label {label!r} has no entry in cxrfuse.text.LABEL_TERMS; masking only its own "
+            "name and plural, so synonyms will leak",
+            stacklevel=3,
+        )
+    return {key: list(LABEL_TERMS.get(key, [])) + _own_name_terms(key)}
+
+
+def probe_families(label: str) -> dict[str, list[str]]:
+    """Probe (context) words to audit for a label: ``{family name: probe terms}``."""
+    key = normalise_label(label)
+    if key in WHOLE_STUDY_LABELS:
+        return {f: PROBE_TERMS[f] for f in FAMILIES if f in PROBE_TERMS}
+    return {key: PROBE_TERMS[key]} if key in PROBE_TERMS else {}
+
+
+@lru_cache(maxsize=256)
+def _all_terms(labels: tuple[str, ...]) -> tuple[str, ...]:
+    terms: list[str] = []
+    for label in labels:
+        for family in label_families(label).values():
+            terms.extend(family)
+    return tuple(terms)
+
+
+def label_patterns(labels: Sequence[str]) -> dict[str, re.Pattern[str]]:
+    """Per label, the compiled pattern of every term it masks (compiled once, cached)."""
+    return {label: compile_terms(_all_terms((label,))) for label in labels}
+
+
+@lru_cache(maxsize=64)
+def _token_patterns(token: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(prefix absorber, collapser) for one mask token."""
+    tok = re.escape(token)
+    absorb = re.compile(rf"(?<!\w){_PREFIX}{tok}", re.IGNORECASE)
+    sep = r"(?:[\s,/-]|\b(?:and|or)\b)*"
+    return absorb, re.compile(rf"{tok}(?:{sep}{tok})+", re.IGNORECASE)
+
+
+def mask_label_mentions(text: str, labels: Sequence[str], *, token: str = "[MASK]") -> str:
+    """Replace every mention of ``labels`` in ``text`` with ``token``.
+
+    Three regex passes: the terms; the negation cue and modifiers right before a token
+    (``no definite [MASK]`` -> ``[MASK]``); runs of tokens (``[MASK], [MASK] or [MASK]`` ->
+    ``[MASK]``). One pass over the terms is enough: no term contains a wildcard, so none can
+    match across or inside a token, and a match can only start where the original scan
+    already looked. Searching the result with :func:`label_patterns` therefore finds nothing.
+    """
+    if not text or not labels:
+        return text
+    pattern = compile_terms(_all_terms(tuple(labels)))
+    if pattern.search(token):
+        raise ValueError(f"mask token {token!r} is itself a term of {list(labels)}; choose another")
+    absorb, collapse = _token_patterns(token)
+    masked = pattern.sub(token, text)
+    if masked == text:
+        return text
+    return collapse.sub(token, absorb.sub(token, masked))

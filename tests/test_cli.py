@@ -1,0 +1,48 @@
+"""The command line: every verb has help with an example, runs end to end, and fails clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cxrfuse.cli import app
+from cxrfuse.data import read_manifest
+
+runner = CliRunner()
+VERBS = [["ingest", "iu-xray"], ["ingest", "mimic-cxr"], ["ingest", "nih"], ["split"], ["phantoms"],
+         ["stats"], ["demo"]]
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_every_verb_has_help_with_an_example(verb):
+    result = runner.invoke(app, [*verb, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output and "cxrfuse" in result.output
+
+
+def test_ingest_split_stats_on_bundled_reports(tmp_path):
+    out = tmp_path / "iu.parquet"
+    result = runner.invoke(app, ["ingest", "iu-xray", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "wrote 3955 studies" in result.output and "empty-report: 28" in result.output
+    result = runner.invoke(app, ["split", str(out), "--task", "multilabel", "--folds", "3"])
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(out)
+    assert set(manifest.df["split"]) == {"train", "val", "test"}
+    assert manifest.df["fold"].notna().sum() == (manifest.df["split"] != "test").sum()
+    result = runner.invoke(app, ["stats", str(out), "--json", "--task", "multilabel"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["studies"] == 3955 and summary["labels"]["abnormal"]["positive"] == 2469
+    assert "multilabel" in summary["leakage_audit"]
+
+
+def test_bad_input_gives_one_line_error_and_exit_code_2(tmp_path):
+    result = runner.invoke(app, ["stats", str(tmp_path / "missing.parquet")])
+    assert result.exit_code == 2
+    assert "missing.parquet: no such manifest file" in result.output
+    result = runner.invoke(app, ["ingest", "iu-xray", "--layout", "kaggle", "--images", str(tmp_path),
+                                 "--out", str(tmp_path / "x.parquet")])
+    assert result.exit_code == 2 and "indiana_reports.csv: file not found" in result.output

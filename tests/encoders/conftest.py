@@ -1,0 +1,102 @@
+"""Encoder tests run offline: hub and download caches point at empty temporary folders."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = [f"w{i}" for i in range(40)] + [
+    "heart",
+    "size",
+    "normal",
+    "lungs",
+    "clear",
+    "no",
+    "pleural",
+    "effusion",
+    "pneumothorax",
+    "focal",
+    "consolidation",
+    "mild",
+    "cardiomegaly",
+    "left",
+    "right",
+    "base",
+    "opacity",
+]
+
+
+@pytest.fixture(autouse=True)
+def offline_caches(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Offline mode with empty torch / torchxrayvision / Hugging Face caches."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(home))  # torchxrayvision caches under ~/.torchxrayvision
+    return home
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on 2 shared cores (or under pytest -n 2) more threads thrash."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("CXRFUSE_ONLINE") == "1":
+        return True
+    try:
+        urllib.request.urlopen(
+            urllib.request.Request("https://huggingface.co", method="HEAD"), timeout=3
+        )
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For @pytest.mark.network tests: skip offline, else lift the offline flag."""
+    if not _hub_reachable():
+        pytest.skip("needs a model hub (set CXRFUSE_ONLINE=1 or be online)")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    import huggingface_hub.constants  # reads the flag at import: lift it there too
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer, 32-wide BERT with a small word vocabulary, saved like a hub model."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (folder / "vocab.txt").write_text("\n".join(specials + WORDS) + "\n")
+    BertTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(specials) + len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(str(folder))
+    return folder

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from enum import Enum
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -70,10 +70,10 @@ class LabelPolicy(str, Enum):
 @friendly_errors
 def ingest_iu_xray_cmd(
     out: Annotated[Path, typer.Option(help="Manifest to write (.parquet).")],
-    images: Annotated[Optional[Path], typer.Option(help="Image folder (openi), dataset folder (kaggle, r2gen).")] = None,
-    reports: Annotated[Optional[Path], typer.Option(help="OpenI XML: NLMCXR_reports.tgz or a folder. Default: torchxrayvision's copy.")] = None,
+    images: Annotated[Path | None, typer.Option(help="Image folder (openi), dataset folder (kaggle, r2gen).")] = None,
+    reports: Annotated[Path | None, typer.Option(help="OpenI XML: NLMCXR_reports.tgz or a folder. Default: torchxrayvision's copy.")] = None,
     layout: Annotated[IULayout, typer.Option(help="Which IU X-ray layout the files follow.")] = IULayout.openi,
-    findings: Annotated[Optional[str], typer.Option(help="Comma-separated finding vocabulary; 'Name=MeSH A|MeSH B' adds synonyms.")] = None,
+    findings: Annotated[str | None, typer.Option(help="Comma-separated finding vocabulary; 'Name=MeSH A|MeSH B' adds synonyms.")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first problem instead of collecting them.")] = False,
 ) -> None:
     """Ingest IU X-ray (OpenI) reports and images.
@@ -95,12 +95,12 @@ def ingest_iu_xray_cmd(
 def ingest_mimic_cmd(
     root: Annotated[Path, typer.Option(help="MIMIC-CXR-JPG root (the folder with mimic-cxr-2.0.0-*.csv.gz and files/).")],
     out: Annotated[Path, typer.Option(help="Manifest to write (.parquet).")],
-    reports: Annotated[Optional[Path], typer.Option(help="mimic-cxr-reports.zip, if not under ROOT.")] = None,
+    reports: Annotated[Path | None, typer.Option(help="mimic-cxr-reports.zip, if not under ROOT.")] = None,
     views: Annotated[str, typer.Option(help="Comma-separated view positions to keep, or 'all'.")] = "PA",
     one_per_subject: Annotated[bool, typer.Option(help="Keep one image (and study) per subject.")] = False,
     uncertain: Annotated[LabelPolicy, typer.Option(help="CheXpert -1 (uncertain) becomes: ignore (NaN), zero or one.")] = LabelPolicy.ignore,
     blank: Annotated[LabelPolicy, typer.Option(help="Blank CheXpert values become: ignore (NaN), zero or one.")] = LabelPolicy.zero,
-    task: Annotated[Optional[str], typer.Option(help="Restrict rows to a task, e.g. 'pneumonia-vs-no-finding'.")] = None,
+    task: Annotated[str | None, typer.Option(help="Restrict rows to a task, e.g. 'pneumonia-vs-no-finding'.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the one-per-subject choice.")] = 0,
     strict: Annotated[bool, typer.Option(help="Stop at the first problem.")] = False,
 ) -> None:
@@ -141,10 +141,10 @@ def ingest_nih_cmd(
 @friendly_errors
 def split_cmd(
     manifest_path: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Manifest to split.")],
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the split manifest (default: in place).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the split manifest (default: in place).")] = None,
     fractions: Annotated[str, typer.Option(help="train,val,test fractions.")] = "0.7,0.1,0.2",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    task: Annotated[Optional[str], typer.Option(help="Task or label to stratify on (default: all labels).")] = None,
+    task: Annotated[str | None, typer.Option(help="Task or label to stratify on (default: all labels).")] = None,
     folds: Annotated[int, typer.Option(help="Also assign k-fold indices over train+val (0 = none).")] = 0,
     keep_existing: Annotated[bool, typer.Option(help="Keep a split the source already has (MIMIC, R2Gen).")] = False,
 ) -> None:
@@ -196,7 +196,7 @@ def phantoms_cmd(
 @friendly_errors
 def stats_cmd(
     manifest_path: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Manifest to describe.")],
-    task: Annotated[Optional[str], typer.Option(help="Task for the leakage audit (default: each task of the manifest).")] = None,
+    task: Annotated[str | None, typer.Option(help="Task for the leakage audit (default: each task of the manifest).")] = None,
     sections: Annotated[str, typer.Option(help="Report sections the text models would read.")] = "findings,impression",
     mask: Annotated[bool, typer.Option(help="Audit the text after label-mention masking.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,

@@ -116,7 +116,7 @@ def iter_openi_reports(source: Path, problems: ProblemLog) -> Iterator[OpenIRepo
     if not source.exists():
         raise DataError(f"{source}: no such reports archive or folder")
     try:
-        archive = tarfile.open(source)
+        archive = tarfile.open(source)  # noqa: SIM115 - closed by the with-block below
     except tarfile.TarError as exc:
         raise DataError(f"{source}: not a readable tar archive ({exc})") from exc
     with archive:
@@ -144,7 +144,7 @@ def dicom_views(path: Path | None) -> dict[str, dict[str, Any]]:
     age = ((study - birth).dt.days / 365.25).round(1)
     ids = table["imageid"].str.replace(r"^CXR(\d+)_IM", r"CXR\1_IM", regex=True)
     return {
-        i: {"view": normalise_view(v), "age": a if a == a and 0 <= a < 120 else None}
+        i: {"view": normalise_view(v), "age": a if pd.notna(a) and 0 <= a < 120 else None}
         for i, v, a in zip(ids, table["View Position"], age)
     }
 

@@ -34,6 +34,7 @@ parameters).
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ class Manifest:
             "tasks": {k: list(v) for k, v in self.tasks.items()},
             "images": self.images,
             "problems": dict(self.problems),
-            "info": dict(self.info),
+            "info": copy.deepcopy(self.info),
         }
         fields.update(changes)
         manifest = Manifest(**fields)

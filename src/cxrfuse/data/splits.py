@@ -42,7 +42,7 @@ def _shuffle_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarr
         if counts.min() < 2:  # a stratum too small to split: fall back to a plain shuffle
             rng = np.random.default_rng(seed)
             order = rng.permutation(len(y))
-            n_test = int(round(test_size * len(y)))
+            n_test = round(test_size * len(y))
             return np.sort(order[n_test:]), np.sort(order[:n_test])
         splitter = StratifiedShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
     train, test = next(splitter.split(np.zeros(len(y)), targets))

@@ -121,7 +121,7 @@ def test_kaggle_layout_missing_column_names_file_and_column(tmp_path):
     root = tmp_path / "bad"
     _kaggle_tree(root)
     (root / "indiana_projections.csv").write_text("uid,filename\n1,a.png\n")
-    with pytest.raises(DataError, match=r"indiana_projections.csv: missing column\(s\) \['projection'\]"):
+    with pytest.raises(DataError, match=r"indiana_projections.csv: missing required column 'projection'"):
         ingest_iu_xray(root, layout="kaggle")
 
 

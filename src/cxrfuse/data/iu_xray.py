@@ -31,6 +31,7 @@ import pandas as pd
 
 from cxrfuse.data.labels import ABNORMAL, IU_DEFAULT_FINDINGS, Finding, iu_labels
 from cxrfuse.data.manifest import REPORT_SECTIONS, Manifest, normalise_view
+from cxrfuse.data.tables import read_csv
 from cxrfuse.problems import DataError, ProblemLog
 
 DATASET = "iu-xray"
@@ -239,24 +240,11 @@ def _openi_records(images: Path | None, reports: Path | None, findings: tuple[Fi
                      "view_source": "DICOM metadata table (noisy; many UNKNOWN)"}
 
 
-def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: malformed CSV ({exc})") from exc
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
-    return table
-
-
 def _kaggle_records(root: Path, findings: tuple[Finding, ...], dicom: dict[str, dict[str, Any]],
                     problems: ProblemLog) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     reports_csv, proj_csv = root / "indiana_reports.csv", root / "indiana_projections.csv"
-    reports = _read_csv(reports_csv, ["uid", "MeSH", "indication", "comparison", "findings", "impression"])
-    projections = _read_csv(proj_csv, ["uid", "filename", "projection"])
+    reports = read_csv(reports_csv, ["uid", "MeSH", "indication", "comparison", "findings", "impression"])
+    projections = read_csv(proj_csv, ["uid", "filename", "projection"])
     image_dir = next((d for d in (root / "images" / "images_normalized", root / "images_normalized", root / "images")
                       if d.is_dir()), None)
     if image_dir is None:

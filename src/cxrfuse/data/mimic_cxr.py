@@ -36,6 +36,7 @@ from cxrfuse.data.manifest import (
     label_column,
     normalise_view,
 )
+from cxrfuse.data.tables import read_csv
 from cxrfuse.problems import DataError, ProblemLog
 
 DATASET = "mimic-cxr"
@@ -136,19 +137,6 @@ def find_csv(root: Path, name: str, required: bool = True) -> Path | None:
     if required:
         raise DataError(f"{root / name}: required file not found (nor {name}.gz)")
     return None
-
-
-def read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    """All columns as stripped strings (blank = ``""``); a missing column raises DataError."""
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise DataError(f"{path}: malformed CSV ({exc})") from exc
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: missing required column {missing[0]!r} "
-                        f"(missing: {missing}; found: {list(table.columns)})")
-    return table.fillna("").apply(lambda col: col.str.strip())
 
 
 def _flag_rows(bad: pd.Series, table: pd.DataFrame, cols: Sequence[str], path: Path,

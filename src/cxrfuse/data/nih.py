@@ -22,7 +22,8 @@ import pandas as pd
 
 from cxrfuse.data.labels import ABNORMAL, NIH_LABELS
 from cxrfuse.data.manifest import Manifest, label_column, normalise_view
-from cxrfuse.data.mimic_cxr import read_csv, task_slug, view_filter
+from cxrfuse.data.mimic_cxr import task_slug, view_filter
+from cxrfuse.data.tables import read_csv
 from cxrfuse.problems import DataError, ProblemLog
 
 DATASET = "nih-cxr14"

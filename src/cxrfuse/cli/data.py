@@ -1,50 +1,20 @@
-"""The ``cxrfuse`` command line: one verb per pipeline stage, each a thin call into the library."""
+"""Data verbs: ``ingest`` (IU X-ray, MIMIC-CXR, NIH), ``split``, ``phantoms``, ``stats``."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from enum import Enum
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from cxrfuse.problems import CxrfuseError, ProblemLog
+from cxrfuse.cli import app, console, csv_list, friendly_errors
+from cxrfuse.problems import ProblemLog
 
-console = Console()
-err_console = Console(stderr=True)
-app = typer.Typer(
-    name="cxrfuse",
-    help="Multimodal chest X-ray classification: fuse image and radiology-report embeddings.",
-    no_args_is_help=True,
-    rich_markup_mode="markdown",
-    pretty_exceptions_enable=False,
-)
 ingest_app = typer.Typer(help="Turn a dataset layout on disk into a study manifest (Parquet).", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(func: F) -> F:
-    """Print cxrfuse errors (bad input, missing files) as one clear line and exit with code 2."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except CxrfuseError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
-            raise typer.Exit(2) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _csv(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+_csv = csv_list
 
 
 def _report_ingest(manifest: Any, problems: ProblemLog, out: Path) -> None:
@@ -221,28 +191,3 @@ def stats_cmd(
     console.print(render_summary(manifest))
     for audit in audits.values():
         console.print(audit.render())
-
-
-@app.command("demo")
-@friendly_errors
-def demo_cmd(
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-output"),
-    size: Annotated[int, typer.Option(help="Phantom image side in pixels.")] = 256,
-    limit: Annotated[int, typer.Option(help="Use only the first N studies (0 = all 3,955).")] = 0,
-) -> None:
-    """Run the embedded default end to end: bundled IU X-ray reports + phantom images.
-
-    Example: `cxrfuse demo --out demo-output`
-    """
-    from cxrfuse.demo import run_demo
-
-    report = run_demo(out, size=size, limit=limit, console=console)
-    console.print(f"\nreport: [bold]{report}[/]")
-
-
-def main() -> None:  # pragma: no cover - entry point
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

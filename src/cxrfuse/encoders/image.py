@@ -439,8 +439,21 @@ def _center_crop_resize(x: torch.Tensor, size: int) -> torch.Tensor:
 def _normalise(x: torch.Tensor, normalisation: Normalisation) -> torch.Tensor:
     """[0, 1] input to the model's range: xrv's [-1024, 1024] or (x - mean) / std."""
     if normalisation == "xrv":
-        import torchxrayvision as xrv
-
-        return torch.from_numpy(xrv.datasets.normalize(x.numpy(), 1.0))
-    mean, std = (torch.tensor(v, dtype=x.dtype)[:, None, None] for v in normalisation)
+        return (2 * x - 1.0) * 1024  # the arithmetic of torchxrayvision.utils.normalize(x, 1)
+    mean, std = (
+        torch.tensor(v, dtype=x.dtype, device=x.device)[:, None, None] for v in normalisation
+    )
     return (x - mean) / std
+
+
+def to_model_input(images: torch.Tensor, spec: ImageEncoderSpec) -> torch.Tensor:
+    """A batch of decoded, resized gray uint8 images (B, S, S) as normalised (B, C, S, S) input.
+
+    Equal to stacking :func:`preprocess_image` of each image (the crop and resize are no-ops
+    on an image that already has the input size), but batched and on any device.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 3:
+        raise TypeError(f"expected a (B, S, S) uint8 batch, got {images.dtype} {tuple(images.shape)}")
+    x = images.to(torch.float32) / 255.0
+    x = x.unsqueeze(1).expand(-1, spec.channels, -1, -1)
+    return _normalise(x, spec.normalisation)

@@ -1,13 +1,19 @@
 """The embedding store: image and text embeddings computed once, keyed by what they depend on.
 
 Image embeddings live in ``store_dir/<key>/`` where ``key`` digests the images (ids, paths,
-sizes, mtimes), the encoder name, a hash of its weights, its preprocessing spec and the
-storage dtype. Vectors are written in shards (``images-00000.npy`` plus
+sizes, mtimes), the encoder name, a hash of its weights, its preprocessing spec, the compute
+precision and the storage dtype. Vectors are written in shards (``images-00000.npy`` plus
 ``images-00000.ids.json``), each renamed into place only when complete, so a killed run
 resumes without recomputing finished shards; ``meta.json`` marks a finished store, which a
 rerun loads without doing any work. Text embeddings are stored the same way (``texts.npy``,
-``texts.ids.json``, ``texts.parquet``) under a key of the prepared texts and the encoder
-fingerprint.
+``texts.ids.json``, ``texts.parquet``) under a key of the prepared texts, the text
+configuration, the task and the encoder fingerprint.
+
+Images are decoded in DataLoader workers to 8-bit gray, centre-cropped and resized
+(:mod:`cxrfuse.encoders.decode`), optionally through a decoded-image cache
+(:mod:`cxrfuse.encoders.cache`), and normalised in the main process or on the GPU.
+Several processes (``torch.distributed``) split the shards between them
+(:mod:`cxrfuse.encoders.distributed`).
 
 Typical use::
 
@@ -17,12 +23,13 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,53 +37,41 @@ import numpy as np
 import pandas as pd
 
 from cxrfuse.data.manifest import FRONTAL_VIEWS, Manifest
-from cxrfuse.problems import DataError, ProblemLog
+from cxrfuse.encoders.decode import DECODE_VERSION, decode_resized
+from cxrfuse.encoders.files import (
+    clean_temp_files,
+    file_stamp,
+    sha256_json,
+    write_json,
+    write_npy,
+)
+from cxrfuse.problems import CxrfuseError, DataError, ProblemLog
 
 if TYPE_CHECKING:
     import torch
 
+    from cxrfuse.encoders.cache import DecodedImageCache
     from cxrfuse.encoders.image import ImageEncoder
     from cxrfuse.encoders.text import TextEncoder
     from cxrfuse.text import TextConfig
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: images go through cxrfuse.encoders.decode (uint8 resize, PIL)
 KEY_LENGTH = 16
 LATERAL_VIEWS = frozenset({"LATERAL", "LL"})
 StudyMode = Literal["frontal", "mean", "concat", "stack"]
 DTYPES = ("float32", "float16")
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+# short aliases kept for the code below
+_sha256, _write_json, _write_npy, _clean_temp_files = (
+    sha256_json,
+    write_json,
+    write_npy,
+    clean_temp_files,
+)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _sha256(payload: Any) -> str:
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    """Write an .npy file atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _clean_temp_files(folder: Path) -> None:
-    for tmp in folder.glob("*.tmp-*"):
-        tmp.unlink(missing_ok=True)
 
 
 def weights_fingerprint(encoder: torch.nn.Module) -> str:
@@ -105,7 +100,29 @@ def preprocessing_spec(encoder: ImageEncoder) -> dict[str, Any]:
         "channels": spec.channels,
         "normalisation": spec.normalisation,
         "grayscale_to_rgb": spec.grayscale_to_rgb,
+        "decode_version": DECODE_VERSION,
     }
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/None: the first GPU if there is one, else the CPU; otherwise as given."""
+    import torch
+
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CxrfuseError("device 'cuda' was asked for but torch sees no GPU; use --device cpu")
+    return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"``: bfloat16 autocast on GPU, float32 on CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    return precision
 
 
 @dataclass(frozen=True)
@@ -126,41 +143,49 @@ def _image_records(manifest: Manifest) -> list[_ImageRecord]:
     ]
 
 
-def _file_stamp(path: str) -> tuple[int | None, int | None]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None, None
-    return st.st_size, st.st_mtime_ns
+_file_stamp = file_stamp
 
 
 # ----------------------------------------------------------------------------- images
 
 
 class _ImageDataset:
-    """Opens images as grayscale uint8 and preprocesses them; decode errors become a flag."""
+    """Each image as (S, S) gray uint8, from the cache or decoded; a failure becomes a flag."""
 
-    def __init__(self, records: Sequence[_ImageRecord], encoder: ImageEncoder) -> None:
+    def __init__(
+        self, records: Sequence[_ImageRecord], size: int, cache: DecodedImageCache | None
+    ) -> None:
         self.records = list(records)
-        self.spec = encoder.spec
-        self.shape = (encoder.spec.channels, encoder.spec.input_size, encoder.spec.input_size)
+        self.size = size
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[int, Any, bool, str]:
+    def __getitem__(self, index: int) -> tuple[int, Any, bool, str, bool]:
+        """(index, pixels, decoded ok, error, freshly decoded rather than cached)."""
         import torch
-        from PIL import Image
 
-        from cxrfuse.encoders.image import preprocess_image
-
+        if self.cache is not None:
+            hit = self.cache.lookup(index)
+            if hit is not None:
+                pixels, ok, error = hit
+                return index, torch.from_numpy(np.array(pixels)), ok, error, False
         try:
-            with Image.open(self.records[index].path) as im:
-                arr = np.asarray(im.convert("L"), dtype=np.uint8)
-            x = preprocess_image(arr, self.spec)
-            return index, x, True, ""
+            pixels = decode_resized(self.records[index].path, self.size)
+            return index, torch.from_numpy(pixels), True, "", True
         except Exception as err:  # noqa: BLE001 - any unreadable file is reported, never raised
-            return index, torch.zeros(self.shape), False, f"{type(err).__name__}: {err}"
+            empty = torch.zeros((self.size, self.size), dtype=torch.uint8)
+            return index, empty, False, f"{type(err).__name__}: {err}", True
+
+
+def _collate(items: list[tuple[int, Any, bool, str, bool]]) -> tuple[Any, ...]:
+    import torch
+
+    indices = [i for i, *_ in items]
+    pixels = torch.stack([p for _, p, *_ in items])
+    ok = torch.tensor([item[2] for item in items], dtype=torch.bool)
+    return indices, pixels, ok, [item[3] for item in items], [item[4] for item in items]
 
 
 @dataclass
@@ -174,6 +199,7 @@ class ImageEmbeddings:
     views: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     _vectors: np.ndarray | None = field(default=None, repr=False)
+    reused: bool = False  # True when a finished store was loaded instead of computed
 
     @property
     def dim(self) -> int:
@@ -265,11 +291,24 @@ class ImageEmbeddings:
 
 
 def image_store_key(
-    manifest: Manifest, encoder: ImageEncoder, dtype: str = "float32"
+    manifest: Manifest,
+    encoder: ImageEncoder,
+    dtype: str = "float32",
+    precision: str = "float32",
 ) -> tuple[str, dict[str, Any]]:
     """The store key (16 hex) and the inputs it digests."""
     records = _image_records(manifest)
-    images = sorted((r.study_id, r.image_id, r.path, *_file_stamp(r.path)) for r in records)
+    return _image_key(records, [file_stamp(r.path) for r in records], encoder, dtype, precision)
+
+
+def _image_key(
+    records: Sequence[_ImageRecord],
+    stamps: Sequence[tuple[int | None, int | None]],
+    encoder: ImageEncoder,
+    dtype: str,
+    precision: str,
+) -> tuple[str, dict[str, Any]]:
+    images = sorted((r.study_id, r.image_id, r.path, *s) for r, s in zip(records, stamps))
     inputs = {
         "store_version": STORE_VERSION,
         "kind": "images",
@@ -279,6 +318,7 @@ def image_store_key(
         "weights": str(getattr(encoder, "weights", "")),
         "weights_sha256": weights_fingerprint(encoder),
         "preprocessing": preprocessing_spec(encoder),
+        "precision": precision,
         "dtype": dtype,
     }
     return _sha256(inputs)[:KEY_LENGTH], inputs
@@ -294,67 +334,193 @@ def embed_images(
     shard_size: int = 1024,
     dtype: Literal["float32", "float16"] = "float32",
     progress: bool = True,
+    device: str | torch.device | None = None,
+    precision: Literal["auto", "float32", "bfloat16"] = "auto",
+    cache_dir: str | Path | None = None,
+    compile: bool = False,
+    channels_last: bool | None = None,
 ) -> ImageEmbeddings:
     """Embed every image (every view with a path) into ``store_dir/<key>/``; resumable.
 
     Unreadable images are recorded as "unreadable-image" problems and get no vector.
+    ``num_workers`` DataLoader processes decode and resize while the model runs. ``device``
+    (default: where the encoder is) with ``precision`` "auto" means bfloat16 autocast on GPU
+    and float32 on CPU; on GPU batches are pinned and channels-last (``channels_last``
+    overrides). ``cache_dir`` keeps the decoded, resized uint8 images for the next encoder
+    with the same input size or a rerun. ``compile`` runs the encoder through
+    ``torch.compile``. In an initialised ``torch.distributed`` process group each rank embeds
+    the shards it owns and rank 0 writes ``meta.json``.
     """
     import torch
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+
+    from cxrfuse.encoders.distributed import current_context
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError("shard_size and batch_size must be positive")
-    key, inputs = image_store_key(manifest, encoder, dtype)
+    if shard_size < 1 or batch_size < 1 or num_workers < 0:
+        raise ValueError("shard_size and batch_size must be positive, num_workers >= 0")
+    if device is not None:
+        encoder.to(resolve_device(device))
+    run_device = next(iter(encoder.parameters()), torch.zeros(())).device
+    precision = resolve_precision(precision, run_device)  # type: ignore[assignment]
+    records = _image_records(manifest)
+    stamps = [file_stamp(r.path) for r in records]
+    key, inputs = _image_key(records, stamps, encoder, dtype, precision)
     folder = Path(store_dir) / key
     if (folder / "meta.json").is_file():
-        return load_image_embeddings(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _clean_temp_files(folder)
-
-    records = _image_records(manifest)
+        return replace(load_image_embeddings(folder), reused=True)
+    ctx = current_context()
     bounds = [(s, min(s + shard_size, len(records))) for s in range(0, len(records), shard_size)]
-    pending = [i for i in range(len(bounds)) if not _shard_ids(folder, i).is_file()]
+    cache = None
+    if ctx.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        _clean_temp_files(folder)
+        cache = _open_cache(cache_dir, records, stamps, encoder, shard_size, create=True)
+        todo = [i for i in range(len(bounds)) if not _shard_ids(folder, i).is_file()]
+    ctx.barrier()  # rank 0 has cleaned up after a killed run before anyone writes
+    if not ctx.is_main:
+        cache = _open_cache(cache_dir, records, stamps, encoder, shard_size, create=False)
+    pending = [i for i in range(len(bounds)) if ctx.owns(i) and not _shard_ids(folder, i).is_file()]
     batches = [
         list(range(b, min(b + batch_size, bounds[i][1])))
         for i in pending
         for b in range(bounds[i][0], bounds[i][1], batch_size)
     ]
     n_pending = sum(bounds[i][1] - bounds[i][0] for i in pending)
-    dataset = _ImageDataset(records, encoder)
-    loader = DataLoader(
-        dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate
+    on_gpu = run_device.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(records, encoder.spec.input_size, cache),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=on_gpu,
+        persistent_workers=False,
     )
-    device = next(iter(encoder.parameters()), torch.zeros(())).device
+    if channels_last if channels_last is not None else on_gpu:
+        encoder.to(memory_format=torch.channels_last)
+    model = torch.compile(encoder) if compile else encoder
+    autocast = (
+        torch.autocast(run_device.type, dtype=torch.bfloat16)
+        if precision == "bfloat16"
+        else contextlib.nullcontext()
+    )
     out: dict[int, tuple[np.ndarray | None, str]] = {}
+    n_cached = 0
     was_training = encoder.training
     encoder.eval()
     start = time.perf_counter()
-    bar = tqdm(total=n_pending, unit="img", desc="embedding images", disable=not progress)
+    label = f"embedding images (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else ""
+    bar = _progress(n_pending, label or "embedding images", progress and ctx.is_main)
     try:
         with torch.inference_mode():
-            for indices, x, ok, errors in loader:
-                feats = torch.zeros((len(indices), encoder.feature_dim))
-                if ok.any():
-                    feats[ok] = encoder(x[ok].to(device)).float().cpu()
-                arr = feats.numpy()
+            for indices, pixels, ok, errors, fresh in loader:
+                if cache is not None:
+                    for j, index in enumerate(indices):
+                        if fresh[j]:
+                            cache.add(index, pixels[j].numpy(), bool(ok[j]), errors[j])
+                    n_cached += len(indices) - sum(fresh)
+                feats = _forward(model, encoder, pixels, ok, run_device, autocast, channels_last)
                 for j, index in enumerate(indices):
-                    out[index] = (arr[j] if ok[j] else None, errors[j])
+                    out[index] = (feats[j] if ok[j] else None, errors[j])
                 bar.update(len(indices))
                 _flush_shards(folder, bounds, pending, records, out, dtype, encoder.feature_dim)
     finally:
         bar.close()
         encoder.train(was_training)
-    elapsed = time.perf_counter() - start
     _flush_shards(folder, bounds, pending, records, out, dtype, encoder.feature_dim)
+    ctx.barrier()  # every rank's shards are on disk
+    if ctx.is_main:
+        elapsed = time.perf_counter() - start
+        computed = sum(bounds[i][1] - bounds[i][0] for i in todo)
+        run = {
+            "computed_this_run": computed,
+            "images_per_s": computed / elapsed if elapsed > 0 and computed else None,
+            "shard_size": shard_size,
+            "world_size": ctx.world_size,
+            "device": str(run_device),
+            "num_workers": num_workers,
+            "batch_size": batch_size,
+            "compile": compile,
+            "cache": None if cache is None else {"folder": str(cache.folder), "hits": n_cached},
+        }
+        _finish_image_store(folder, key, inputs, encoder, records, bounds, manifest, dtype, run)
+    ctx.barrier()  # meta.json is written
+    return load_image_embeddings(folder)
 
+
+def _open_cache(
+    cache_dir: str | Path | None,
+    records: Sequence[_ImageRecord],
+    stamps: Sequence[tuple[int | None, int | None]],
+    encoder: ImageEncoder,
+    shard_size: int,
+    *,
+    create: bool,
+) -> DecodedImageCache | None:
+    if cache_dir is None:
+        return None
+    from cxrfuse.encoders.cache import DecodedImageCache
+
+    paths = [r.path for r in records]
+    size = encoder.spec.input_size
+    return DecodedImageCache(cache_dir, paths, stamps, size, shard_size, create=create)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, smoothing=0.1)
+
+
+def _forward(
+    model: Any,
+    encoder: ImageEncoder,
+    pixels: torch.Tensor,
+    ok: torch.Tensor,
+    device: torch.device,
+    autocast: Any,
+    channels_last: bool | None,
+) -> np.ndarray:
+    """Features (B, D) float32 of a uint8 batch; rows that failed to decode stay zero."""
+    import torch
+
+    from cxrfuse.encoders.image import to_model_input
+
+    feats = np.zeros((len(ok), encoder.feature_dim), dtype=np.float32)
+    if not ok.any():
+        return feats
+    x = pixels.to(device, non_blocking=True)
+    if not ok.all():
+        x = x[ok.to(device)]
+    x = to_model_input(x, encoder.spec)
+    if channels_last if channels_last is not None else device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast:
+        y = model(x)
+    feats[ok.numpy()] = y.float().cpu().numpy()
+    return feats
+
+
+def _finish_image_store(
+    folder: Path,
+    key: str,
+    inputs: dict[str, Any],
+    encoder: ImageEncoder,
+    records: Sequence[_ImageRecord],
+    bounds: Sequence[tuple[int, int]],
+    manifest: Manifest,
+    dtype: str,
+    run: dict[str, Any],
+) -> None:
+    """Check every shard is there, collect the failures, and write ``meta.json``."""
     problems = ProblemLog()
+    missing = [i for i in range(len(bounds)) if not _shard_ids(folder, i).is_file()]
+    if missing:
+        raise DataError(f"{folder}: shard(s) {missing[:5]} missing after embedding; rerun")
     for i in range(len(bounds)):
         for fail in json.loads(_shard_ids(folder, i).read_text())["failed"]:
             problems.add("unreadable-image", fail["path"], fail["error"])
-    embeddings = load_image_embeddings(folder, require_meta=False)
+    n_embedded = len(records) - len(problems)
     meta = {
         "store_version": STORE_VERSION,
         "kind": "images",
@@ -365,28 +531,15 @@ def embed_images(
         "dim": encoder.feature_dim,
         "dtype": dtype,
         "n_images": len(records),
-        "n_embedded": len(embeddings),
+        "n_embedded": n_embedded,
         "n_failed": len(problems),
         "n_studies": len(manifest),
-        "shard_size": shard_size,
         "n_shards": len(bounds),
-        "computed_this_run": n_pending,
-        "images_per_s": n_pending / elapsed if elapsed > 0 and n_pending else None,
+        **run,
         "problems": problems.to_records(limit=10_000),
         "problem_counts": problems.counts(),
     }
     _write_json(folder / "meta.json", meta)
-    embeddings.meta = meta
-    return embeddings
-
-
-def _collate(items: list[tuple[int, Any, bool, str]]) -> tuple[list[int], Any, Any, list[str]]:
-    import torch
-
-    indices = [i for i, _, _, _ in items]
-    x = torch.stack([t for _, t, _, _ in items])
-    ok = torch.tensor([f for _, _, f, _ in items], dtype=torch.bool)
-    return indices, x, ok, [e for _, _, _, e in items]
 
 
 def _shard_npy(folder: Path, i: int) -> Path:
@@ -474,6 +627,7 @@ class TextEmbeddings:
     mask: np.ndarray
     texts: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False  # True when a finished store was loaded instead of computed
 
     def __len__(self) -> int:
         return len(self.study_ids)
@@ -530,7 +684,7 @@ def embed_texts(
     key = _sha256(inputs)[:KEY_LENGTH]
     folder = Path(store_dir) / key
     if (folder / "meta.json").is_file():
-        return load_text_embeddings(folder)
+        return replace(load_text_embeddings(folder), reused=True)
     folder.mkdir(parents=True, exist_ok=True)
     _clean_temp_files(folder)
     start = time.perf_counter()
@@ -584,56 +738,78 @@ def load_text_embeddings(path: str | Path) -> TextEmbeddings:
 # ----------------------------------------------------------------------------- both
 
 
+def default_workers(device: torch.device | str, nproc: int = 1) -> int:
+    """DataLoader workers per rank: all spare cores for a GPU, one decoder next to a CPU model."""
+    cores = max(1, (os.cpu_count() or 1) // max(1, nproc))
+    if str(device).startswith("cuda"):
+        return max(1, min(16, cores - 1))
+    return 1 if cores > 1 else 0
+
+
 def embed(
-    manifest_path: str | Path,
+    manifest: str | Path | Manifest,
     image_encoder: str | None,
     text_encoder: str | None,
     store_dir: str | Path,
     *,
     image_weights: str = "default",
+    text_weights: str = "default",
     text_sections: Sequence[str] = ("indication",),
     mask_labels: bool = True,
+    task: str | None = None,
     batch_size: int = 32,
-    num_workers: int = 0,
+    num_workers: int | None = None,
+    shard_size: int = 1024,
     input_size: int | None = None,
+    dtype: Literal["float32", "float16"] = "float32",
+    precision: Literal["auto", "float32", "bfloat16"] = "auto",
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    compile: bool = False,
+    nproc: int = 1,
     progress: bool = True,
     text_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Embed a manifest's images and/or texts; return store paths and a summary.
+    """Embed a manifest's images and/or texts into ``store_dir``; return paths and a summary.
 
-    ``text_options`` go to :func:`create_text_encoder` (e.g. ``{"svd_dim": 64}`` for tf-idf).
+    ``manifest`` is a Manifest or its Parquet file. Texts are the chosen report
+    ``text_sections``, with the labels of ``task`` (default: all labels) masked when
+    ``mask_labels``. ``nproc`` > 1 spawns that many local ranks for the images (gloo on CPU,
+    nccl on GPU); under ``torchrun`` (WORLD_SIZE > 1 in the environment) this process joins
+    the ranks torchrun started. Texts are embedded by rank 0 only. ``num_workers`` None picks
+    :func:`default_workers`. ``text_options`` go to :func:`create_text_encoder`
+    (e.g. ``{"svd_dim": 64}`` for tf-idf).
     """
     from cxrfuse.data.manifest import read_manifest
-    from cxrfuse.encoders.registry import create_image_encoder, create_text_encoder
+    from cxrfuse.encoders import distributed
+    from cxrfuse.encoders.registry import create_text_encoder
     from cxrfuse.text import TextConfig
 
-    manifest = read_manifest(manifest_path)
-    summary: dict[str, Any] = {"manifest": str(manifest_path), "n_studies": len(manifest)}
+    if image_encoder is None and text_encoder is None:
+        raise CxrfuseError("nothing to embed: name an image encoder, a text encoder or both")
+    source = str(manifest) if not isinstance(manifest, Manifest) else "<Manifest>"
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    config = TextConfig(sections=list(text_sections), mask_labels=mask_labels)  # check early
+    summary: dict[str, Any] = {"manifest": source, "n_studies": len(manifest)}
+    is_main = True
     if image_encoder is not None:
-        encoder = create_image_encoder(image_encoder, weights=image_weights, input_size=input_size)
-        images = embed_images(
-            manifest,
-            encoder,
-            store_dir,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            progress=progress,
-        )
-        meta = images.meta
-        summary["images"] = {
-            "path": str(images.path),
-            "encoder": meta["encoder"],
-            "dim": meta["dim"],
-            "n_images": meta["n_images"],
-            "n_embedded": meta["n_embedded"],
-            "n_failed": meta["n_failed"],
-            "images_per_s": meta.get("images_per_s"),
-            "problems": meta.get("problems", []),
+        options = {
+            "batch_size": batch_size,
+            "num_workers": num_workers,
+            "shard_size": shard_size,
+            "dtype": dtype,
+            "precision": precision,
+            "cache_dir": cache_dir,
+            "compile": compile,
+            "progress": progress,
         }
-    if text_encoder is not None:
-        tenc = create_text_encoder(text_encoder, **(text_options or {}))
-        config = TextConfig(sections=list(text_sections), mask_labels=mask_labels)
-        texts = embed_texts(manifest, tenc, config, store_dir)
+        spec = (image_encoder, image_weights, input_size)
+        images, is_main = _embed_images_ranked(manifest, spec, store_dir, device, nproc, options)
+        if is_main:
+            summary["images"] = _image_summary(images)
+    if text_encoder is not None and is_main:
+        tenc = create_text_encoder(text_encoder, weights=text_weights, **(text_options or {}))
+        texts = embed_texts(manifest, tenc, config, store_dir, task=task)
         summary["texts"] = {
             "path": str(texts.path),
             "encoder": texts.meta.get("encoder"),
@@ -641,5 +817,114 @@ def embed(
             "n_studies": texts.meta.get("n_studies"),
             "n_with_text": texts.meta.get("n_with_text"),
             "n_empty": texts.meta.get("n_empty"),
+            "texts_per_s": texts.meta.get("texts_per_s"),
+            "sections": list(text_sections),
+            "masked": mask_labels,
+            "task": task,
+            "reused": texts.reused,
         }
+    summary["rank"] = 0 if is_main else distributed.current_context().rank
     return summary
+
+
+def _embed_images_ranked(
+    manifest: Manifest,
+    spec: tuple[str, str, int | None],
+    store_dir: str | Path,
+    device: str,
+    nproc: int,
+    options: dict[str, Any],
+) -> tuple[ImageEmbeddings, bool]:
+    """(embeddings, whether this process is rank 0), computed by 1..N processes."""
+    import torch
+
+    from cxrfuse.encoders import distributed
+    from cxrfuse.encoders.registry import create_image_encoder
+
+    name, weights, input_size = spec
+    run_device = resolve_device(device)
+    torchrun = distributed.launched_by_torchrun() and not current_group()
+    if torchrun and nproc > 1:
+        raise CxrfuseError("--nproc starts local ranks itself; do not combine it with torchrun")
+    world = nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))
+    if run_device.type == "cuda" and world > 1:
+        if nproc > torch.cuda.device_count():
+            raise CxrfuseError(f"--nproc {nproc} > {torch.cuda.device_count()} visible GPU(s)")
+        run_device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    options = {
+        **options,
+        "precision": resolve_precision(options["precision"], run_device),
+        "num_workers": options["num_workers"]
+        if options["num_workers"] is not None
+        else default_workers(run_device, world),
+    }
+    encoder = create_image_encoder(name, weights=weights, input_size=input_size)
+    key, _ = image_store_key(manifest, encoder, options["dtype"], options["precision"])
+    folder = Path(store_dir) / key
+    if nproc > 1:
+        reused = (folder / "meta.json").is_file()
+        if not reused:
+            args = (manifest, spec, str(store_dir), run_device.type, options)
+            distributed.launch_local(nproc, _image_rank, args)
+        return replace(load_image_embeddings(folder), reused=reused), True
+    ctx = distributed.init_from_env(run_device.type) if torchrun else None
+    try:
+        images = embed_images(manifest, encoder, store_dir, device=run_device, **options)
+        is_main = distributed.current_context().is_main
+    finally:
+        if ctx is not None:
+            distributed.shutdown()
+    return images, is_main
+
+
+def current_group() -> bool:
+    """Whether a torch.distributed process group is already initialised here."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _image_rank(
+    manifest: Manifest,
+    spec: tuple[str, str, int | None],
+    store_dir: str,
+    device_type: str,
+    options: dict[str, Any],
+) -> None:
+    """One spawned rank: join the group, embed this rank's shards, leave."""
+    import torch
+
+    from cxrfuse.encoders import distributed
+    from cxrfuse.encoders.registry import create_image_encoder
+
+    ctx = distributed.init_from_env(device_type)
+    try:
+        if device_type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world_size))
+        device = torch.device("cuda", ctx.local_rank) if device_type == "cuda" else "cpu"
+        name, weights, input_size = spec
+        encoder = create_image_encoder(name, weights=weights, input_size=input_size)
+        embed_images(manifest, encoder, store_dir, device=device, **options)
+    finally:
+        distributed.shutdown()
+
+
+def _image_summary(images: ImageEmbeddings) -> dict[str, Any]:
+    meta, reused = images.meta, images.reused
+    return {
+        "path": str(images.path),
+        "encoder": meta["encoder"],
+        "dim": meta["dim"],
+        "dtype": meta.get("dtype"),
+        "n_images": meta["n_images"],
+        "n_embedded": meta["n_embedded"],
+        "n_failed": meta["n_failed"],
+        "failed_paths": [p["where"] for p in meta.get("problems", [])],
+        "images_per_s": None if reused else meta.get("images_per_s"),
+        "computed_this_run": 0 if reused else meta.get("computed_this_run"),
+        "world_size": meta.get("world_size", 1),
+        "device": meta.get("device"),
+        "cache": None if reused else meta.get("cache"),
+        "problems": meta.get("problems", []),
+        "reused": reused,
+    }

@@ -1,0 +1,62 @@
+"""Crash-safe files for the stores: atomic JSON/.npy writes, content digests, file stamps.
+
+A file is written to ``NAME.tmp-HOST-PID`` (flushed and fsync'ed) and renamed over ``NAME``,
+so a reader never sees half a file and a killed writer leaves only a temp file, which the
+next run deletes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def sha256_json(payload: Any) -> str:
+    """sha256 of ``payload`` as canonical JSON (sorted keys; other types via ``str``)."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temp file, fsync, rename)."""
+    tmp = _temp_path(path)
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    """Write an .npy file atomically (temp file, fsync, rename)."""
+    tmp = _temp_path(path)
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def clean_temp_files(folder: Path) -> None:
+    """Delete temp files a killed writer left in ``folder``."""
+    for tmp in folder.glob("*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def file_stamp(path: str) -> tuple[int | None, int | None]:
+    """(size, mtime in ns) of ``path``; (None, None) when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns

@@ -35,7 +35,9 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     box = (left, top, left + side, top + side)
-    out = img.crop(box) if side == size else img.resize((size, size), RESAMPLE, box=box)
+    out = img.crop(box) if (width, height) != (side, side) else img
+    if side != size:  # crop first, so the filter never reaches pixels outside the square
+        out = out.resize((size, size), RESAMPLE)
     return np.array(out, dtype=np.uint8)  # a writable copy
 
 

@@ -56,6 +56,19 @@ class RankContext:
             dist.barrier()
 
 
+    def sum(self, value: int) -> int:
+        """``value`` summed over all ranks (collective: every rank must call it)."""
+        if self.world_size == 1:
+            return int(value)
+        import torch
+        import torch.distributed as dist
+
+        device = f"cuda:{self.local_rank}" if self.backend == "nccl" else "cpu"
+        total = torch.tensor([int(value)], dtype=torch.int64, device=device)
+        dist.all_reduce(total)
+        return int(total.item())
+
+
 def current_context() -> RankContext:
     """The rank context of an initialised default process group, else a single process."""
     import torch.distributed as dist

@@ -336,3 +336,45 @@ def strip_prefixes(state: dict[str, Any], prefixes: Sequence[str]) -> dict[str, 
             key = key.removeprefix(prefix)
         out[key] = value
     return out
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+def encoder_table(offline_only: bool = False) -> list[dict[str, Any]]:
+    """One row per registered encoder (image first): name, dim, input, offline, notes."""
+    rows: list[dict[str, Any]] = []
+    for name in list_image_encoders(offline_only):
+        spec = get_image_encoder_spec(name)
+        norm = "xrv [-1024, 1024]" if spec.normalisation == "xrv" else "mean/std"
+        rows.append(
+            {
+                "kind": "image",
+                "name": name,
+                "dim": spec.feature_dim,
+                "input": f"{spec.input_size} px, {spec.channels} ch, {norm}",
+                "offline": spec.offline,
+                "family": spec.family,
+                "pooling": spec.pooling,
+                "default_weights": spec.default_weights,
+                "notes": spec.notes,
+            }
+        )
+    for name in list_text_encoders(offline_only):
+        tspec = get_text_encoder_spec(name)
+        window = f"{tspec.max_length} tokens" if tspec.max_length else "any length"
+        pooling = f", {tspec.pooling} pooling" if tspec.pooling else ""
+        rows.append(
+            {
+                "kind": "text",
+                "name": name,
+                "dim": tspec.dim,
+                "input": f"{window}{pooling}",
+                "offline": tspec.offline,
+                "family": tspec.kind,
+                "pooling": tspec.pooling,
+                "default_weights": tspec.source,
+                "notes": tspec.notes,
+            }
+        )
+    return rows

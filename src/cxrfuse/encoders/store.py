@@ -428,7 +428,7 @@ def embed_images(
         bar.close()
         encoder.train(was_training)
     _flush_shards(folder, bounds, pending, records, out, dtype, encoder.feature_dim)
-    ctx.barrier()  # every rank's shards are on disk
+    n_cached = ctx.sum(n_cached)  # also a barrier: every rank's shards are on disk
     if ctx.is_main:
         elapsed = time.perf_counter() - start
         computed = sum(bounds[i][1] - bounds[i][0] for i in todo)

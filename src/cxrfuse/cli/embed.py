@@ -1,0 +1,157 @@
+"""Encoder verbs: ``embed`` (images and reports into the embedding store), ``encoders`` (list)."""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from cxrfuse.cli import app, console, csv_list, friendly_errors
+
+MAX_FAILURES_SHOWN = 20
+
+
+class StoreDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@app.command("embed")
+@friendly_errors
+def embed_cmd(
+    manifest_path: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Study manifest (.parquet).")],
+    store: Annotated[Path, typer.Option(help="Embedding store folder (one sub-folder per key).")],
+    image_encoder: Annotated[str | None, typer.Option(help="Image encoder name (see `cxrfuse encoders`).")] = None,
+    text_encoder: Annotated[str | None, typer.Option(help="Report encoder name (see `cxrfuse encoders`).")] = None,
+    image_weights: Annotated[str, typer.Option(help="'default', a registry weights name, a local state_dict file, or 'none' (random).")] = "default",
+    text_weights: Annotated[str, typer.Option(help="'default', a Hugging Face id or local model folder, or 'none' (random).")] = "default",
+    sections: Annotated[str, typer.Option(help="Comma-separated report sections to encode.")] = "indication",
+    mask: Annotated[bool, typer.Option("--mask/--no-mask", help="Mask label mentions in the text.")] = True,
+    task: Annotated[str | None, typer.Option(help="Task or label whose words are masked (default: all labels).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    workers: Annotated[int | None, typer.Option(min=0, help="DataLoader workers decoding images (default: 1 on CPU, spare cores on GPU).")] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="Images per store shard (the unit of resumption).")] = 1024,
+    dtype: Annotated[StoreDtype, typer.Option(help="Storage dtype of the vectors.")] = StoreDtype.float32,
+    precision: Annotated[Precision, typer.Option(help="Compute precision: auto = bfloat16 autocast on GPU, float32 on CPU.")] = Precision.auto,
+    input_size: Annotated[int | None, typer.Option(min=8, help="Override the encoder's input size (pixels).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Decoded-image cache folder: decode and resize each image once, reuse it for every encoder of that input size.")] = None,
+    device: Annotated[Device, typer.Option(help="Where the image model runs.")] = Device.auto,
+    compile: Annotated[bool, typer.Option("--compile", help="Run the image model through torch.compile.")] = False,
+    nproc: Annotated[int, typer.Option(min=1, help="Local processes embedding images in parallel (gloo on CPU, one GPU each with nccl).")] = 1,
+    svd_dim: Annotated[int | None, typer.Option(min=1, help="tfidf only: SVD dimension (default 256).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Embed a manifest's images and reports into the embedding store (resumable, keyed).
+
+    A second run with the same key does no work; a killed run resumes from its last whole
+    shard. Multi-node: `torchrun --no-python --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d
+    --rdzv-endpoint HEAD:29500 cxrfuse embed ...` with the store on shared storage.
+
+    Example: `cxrfuse embed iu.parquet --image-encoder efficientnet-lite0 --text-encoder minilm --store store/ --cache cache/`
+    """
+    from cxrfuse.encoders.store import embed
+
+    text_options = {"svd_dim": svd_dim} if svd_dim else None
+    summary = embed(
+        manifest_path, image_encoder, text_encoder, store,
+        image_weights=image_weights, text_weights=text_weights,
+        text_sections=csv_list(sections) or ["indication"], mask_labels=mask, task=task,
+        batch_size=batch_size, num_workers=workers, shard_size=shard_size, input_size=input_size,
+        dtype=dtype.value, precision=precision.value, device=device.value, cache_dir=cache,
+        compile=compile, nproc=nproc, progress=progress, text_options=text_options,
+    )  # fmt: skip
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 reports
+    if as_json:
+        console.print_json(json.dumps(summary, default=str))
+        return
+    console.print(render_embed_summary(summary))
+    failed = summary.get("images", {}).get("failed_paths", [])
+    for path in failed[:MAX_FAILURES_SHOWN]:
+        console.print(f"  [red]unreadable[/] {path}", highlight=False, soft_wrap=True)
+    if len(failed) > MAX_FAILURES_SHOWN:
+        console.print(f"  ... and {len(failed) - MAX_FAILURES_SHOWN} more (see meta.json)")
+
+
+def render_embed_summary(summary: dict[str, Any]) -> Table:
+    """The end-of-run table: what was embedded, what failed, how fast, where it is."""
+    table = Table(title=f"embedding store: {summary['n_studies']} studies", show_lines=False)
+    for column in ("", "encoder", "embedded", "failed / empty", "speed", "store"):
+        table.add_column(column, overflow="fold")
+    images = summary.get("images")
+    if images:
+        speed = (
+            "reused (no work)"
+            if images["reused"]
+            else f"{images['images_per_s'] or 0:.1f} img/s ({images['world_size']} rank(s))"
+        )
+        cache = images.get("cache")
+        if cache:
+            speed += f", {cache['hits']} from cache"
+        table.add_row(
+            "images",
+            f"{images['encoder']} ({images['dim']}-d, {images['dtype']})",
+            f"{images['n_embedded']} / {images['n_images']}",
+            str(images["n_failed"]),
+            speed,
+            images["path"],
+        )
+    texts = summary.get("texts")
+    if texts:
+        speed = "reused (no work)" if texts["reused"] else f"{texts['texts_per_s'] or 0:.1f} texts/s"
+        masked = "masked" if texts["masked"] else "unmasked"
+        table.add_row(
+            "texts",
+            f"{texts['encoder']} ({texts['dim']}-d; {'+'.join(texts['sections'])}, {masked})",
+            f"{texts['n_with_text']} with text",
+            f"{texts['n_empty']} without text",
+            speed,
+            texts["path"],
+        )
+    return table
+
+
+@app.command("encoders")
+@friendly_errors
+def encoders_cmd(
+    offline: Annotated[bool, typer.Option("--offline", help="Only encoders whose weights work offline.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
+) -> None:
+    """List the registered image and report encoders (dimension, input size, offline, notes).
+
+    Example: `cxrfuse encoders --offline`
+    """
+    from cxrfuse.encoders.registry import encoder_table
+
+    rows = encoder_table(offline_only=offline)
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    for kind in ("image", "text"):
+        table = Table(title=f"{kind} encoders", show_lines=False)
+        for column in ("name", "dim", "input", "offline", "notes"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            if row["kind"] == kind:
+                offline_mark = "[green]yes[/]" if row["offline"] else "no"
+                table.add_row(row["name"], str(row["dim"] or "fit"), row["input"], offline_mark,
+                              row["notes"])
+        console.print(table)

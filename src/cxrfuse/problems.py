@@ -19,6 +19,10 @@ class DataError(CxrfuseError):
     """Input data is missing or malformed; the message names the file, row or field."""
 
 
+class ConfigError(CxrfuseError):
+    """A config file or ``--set`` override is invalid; names the file, key path, allowed values."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing that could not be used, with where it was found."""

@@ -1,0 +1,574 @@
+"""Run and experiment configs: pydantic models of the YAML files, overrides, grid expansion.
+
+A **run config** (:class:`RunConfig`) says everything one trained model depends on: data
+(manifest, task, store, subsampling), the image and text sides (encoder, its offline
+substitute, view fusion, report sections), the fusion head, training (optimiser, schedule,
+loss, early stopping, precision, devices), fine-tuning and evaluation settings. An
+**experiment config** (:class:`ExperimentConfig`) is a base run config plus a grid of dotted
+keys and a list of seeds; :meth:`ExperimentConfig.expand` gives one run config per grid point
+and seed, with readable names (``multimodal-focal-sub75-seed0``).
+
+Every model forbids unknown keys. :func:`load_config` re-raises validation errors as
+:class:`~cxrfuse.problems.ConfigError` naming the file, the key path (``training.loss.kind``)
+and the allowed values or keys. ``overrides`` (``--set key.path=value``) are parsed as YAML
+and applied before validation.
+
+Example::
+
+    config = load_run_config("configs/iu-binary-views-mean.yaml", ["training.max_epochs=5"])
+    config = apply_offline(config)      # swap in efficientnet-lite0 / minilm / tfidf
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxrfuse.problems import ConfigError
+from cxrfuse.text import TextConfig
+
+Modality = Literal["image", "text"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+class SubsampleConfig(_Strict):
+    """Seeded subsampling of the training split to a target positive fraction.
+
+    ``positive_fraction: 0.25`` gives the 75:25 negative:positive ratio of seed 004: every
+    positive study is kept and negatives are drawn (or, when there are too few negatives,
+    positives are drawn). For multilabel tasks a study counts as positive when any label is.
+    ``seed`` defaults to the run seed.
+    """
+
+    positive_fraction: float = Field(gt=0.0, lt=1.0)
+    seed: int | None = None
+
+
+class DataConfig(_Strict):
+    """Which studies, labels and embedding store a run uses."""
+
+    manifest: str = "demo-output/phantoms/manifest.parquet"
+    task: str = "normal-abnormal"
+    store: str = "demo-output/store"
+    subsample: SubsampleConfig | None = None
+    sampler: Literal["none", "weighted"] = "none"
+
+
+class ImageSideConfig(_Strict):
+    """The image encoder (frozen, embeddings from the store) and how views are fused."""
+
+    encoder: str = "xrv-densenet121-nih"
+    offline_encoder: str = "efficientnet-lite0"
+    weights: str = "default"
+    input_size: int | None = Field(None, ge=16)
+    views: Literal["frontal", "mean", "concat", "attention"] = "mean"
+    embed_batch_size: int = Field(32, ge=1)
+
+
+class TextSideConfig(TextConfig):
+    """The text encoder and the report text it reads (all :class:`~cxrfuse.text.TextConfig`
+    fields, defaulting to the indication only: text that exists before the image is read)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    encoder: str = "biobert"
+    offline_encoder: str = "minilm"
+    weights: str = "default"
+    sections: list[Literal["comparison", "indication", "findings", "impression"]] = Field(
+        default_factory=lambda: ["indication"]
+    )
+    options: dict[str, Any] = Field(default_factory=dict)
+    offline_options: dict[str, Any] | None = None
+
+    def text_config(self) -> TextConfig:
+        """The plain :class:`TextConfig` (sections, masking, cleaning) of this side."""
+        return TextConfig(**self.model_dump(include=set(TextConfig.model_fields)))
+
+
+class ModelConfig(_Strict):
+    """The fusion head (:func:`cxrfuse.fusion.build_head`)."""
+
+    kind: Literal["concat-mlp", "late-fusion"] = "concat-mlp"
+    modalities: list[Modality] = Field(default_factory=lambda: ["image", "text"])
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256])
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    projection_dim: int = Field(256, ge=1)
+    output: Literal["sigmoid", "softmax"] = "sigmoid"
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("choose at least one of image, text")
+        if len(set(value)) != len(value):
+            raise ValueError(f"modalities listed twice: {value}")
+        return [m for m in ("image", "text") if m in value]
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule, stepped once per epoch.
+
+    ``step``: multiply by ``gamma`` every ``step_size`` epochs. ``linear``: from
+    ``start_factor`` to ``end_factor`` of the learning rate over ``total_epochs`` (default
+    ``max_epochs``). ``plateau``: multiply by ``factor`` after ``patience`` epochs without a
+    lower validation loss. ``cosine``: cosine annealing to ``min_lr`` over ``max_epochs``.
+    """
+
+    kind: Literal["none", "step", "linear", "plateau", "cosine"] = "none"
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0.0)
+    start_factor: float = Field(1.0, gt=0.0, le=1.0)
+    end_factor: float = Field(0.1, ge=0.0, le=1.0)
+    total_epochs: int | None = Field(None, ge=1)
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(2, ge=0)
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+class EarlyStoppingConfig(_Strict):
+    """Stop when the validation loss has not improved for ``patience`` epochs."""
+
+    monitor: Literal["val_loss"] = "val_loss"
+    patience: int = Field(3, ge=0)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class LossConfig(_Strict):
+    """``bce`` (sigmoid outputs, optional ``pos_weight``), ``ce`` (softmax outputs) or
+    ``focal`` (alpha, gamma; torchvision's ``sigmoid_focal_loss`` semantics; alpha < 0 turns
+    the alpha weighting off)."""
+
+    kind: Literal["bce", "ce", "focal"] = "bce"
+    pos_weight: float | list[float] | Literal["balanced"] | None = None
+    alpha: float = Field(0.25, le=1.0)
+    gamma: float = Field(2.0, ge=0.0)
+
+
+class TrainingConfig(_Strict):
+    """Optimiser, schedule, loss, early stopping and where the training runs."""
+
+    mode: Literal["embeddings", "finetune"] = "embeddings"
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(0.003, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(40, ge=1)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    class_weights: Literal["balanced"] | None = None
+    precision: Literal["auto", "32", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    num_workers: int = Field(0, ge=0)
+    deterministic: bool = True
+    gradient_clip_val: float | None = Field(None, gt=0.0)
+
+
+class AugmentConfig(_Strict):
+    """Image augmentation of the fine-tuning mode."""
+
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    rotate_deg: float = Field(10.0, ge=0.0)
+    translate: float = Field(0.05, ge=0.0, lt=1.0)
+    scale: tuple[float, float] = (0.9, 1.1)
+    brightness: float = Field(0.1, ge=0.0)
+    contrast: float = Field(0.1, ge=0.0)
+
+
+class FinetuneConfig(_Strict):
+    """Used only when ``training.mode == "finetune"`` (the image encoder is trained)."""
+
+    freeze: list[str] = Field(default_factory=lambda: ["conv1", "layer1", "layer2"])
+    grayscale: bool = False
+    image_lr: float = Field(0.0001, gt=0.0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class EvaluationConfig(_Strict):
+    """How evaluation chooses thresholds (on validation) and bootstraps confidence intervals."""
+
+    threshold: Literal["f1", "youden"] | float = "f1"
+    n_boot: int = Field(1000, ge=0)
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError("a fixed threshold must lie strictly between 0 and 1")
+        return value
+
+
+class RunConfig(_Strict):
+    """One trained model; the run directory is ``<runs_dir>/<name>``."""
+
+    name: str = "run"
+    runs_dir: str = "runs"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    image: ImageSideConfig = Field(default_factory=ImageSideConfig)
+    text: TextSideConfig = Field(default_factory=TextSideConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+-]*", value):
+            raise ValueError(
+                "a run name is letters, digits and . _ = + - (it names a folder), "
+                f"got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        loss, output = self.training.loss.kind, self.model.output
+        if loss == "ce" and output != "softmax":
+            raise ValueError("training.loss.kind 'ce' needs model.output 'softmax'")
+        if loss == "bce" and output != "sigmoid":
+            raise ValueError("training.loss.kind 'bce' needs model.output 'sigmoid'")
+        if self.training.mode == "finetune" and "image" not in self.model.modalities:
+            raise ValueError("training.mode 'finetune' trains the image encoder: add image to "
+                             "model.modalities")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class OverrideRule(_Strict):
+    """Extra settings for the grid points that match ``when`` (dotted key -> value)."""
+
+    when: dict[str, Any]
+    set: dict[str, Any]
+
+
+class ExperimentConfig(_Strict):
+    """A grid of runs: ``base`` (a run config or a path to one), ``grid`` (dotted key ->
+    values, cartesian product), ``seeds`` and ``overrides_by`` rules."""
+
+    name: str
+    runs_dir: str = "runs"
+    base: RunConfig
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    overrides_by: list[OverrideRule] = Field(default_factory=list)
+
+    @field_validator("overrides_by", mode="before")
+    @classmethod
+    def _empty_mapping(cls, value: Any) -> Any:
+        return [] if value == {} or value is None else value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("give at least one seed, each once")
+        return value
+
+    @property
+    def experiment_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def expand(self, source: str = "experiment") -> list[RunConfig]:
+        """One run config per grid point and seed, named after the grid point."""
+        keys = list(self.grid)
+        base = self.base.model_dump(mode="json")
+        runs, names = [], set()
+        for values in itertools.product(*(self.grid[k] for k in keys)) if keys else [()]:
+            point = dict(zip(keys, values))
+            for seed in self.seeds:
+                raw = copy.deepcopy(base)
+                for key, value in point.items():
+                    set_dotted(raw, key, copy.deepcopy(value))
+                for rule in self.overrides_by:
+                    if all(_same(point.get(k, get_dotted(raw, k)), v) for k, v in rule.when.items()):
+                        for key, value in rule.set.items():
+                            set_dotted(raw, key, copy.deepcopy(value))
+                raw["seed"] = seed
+                raw["name"] = run_name(point, seed) if point else f"{self.base.name}-seed{seed}"
+                raw["runs_dir"] = str(self.experiment_dir / "runs")
+                config = validate_run(raw, source)
+                if config.name in names:
+                    raise ConfigError(f"{source}: two grid points share the run name {config.name!r}")
+                names.add(config.name)
+                runs.append(config)
+        return runs
+
+    def grid_values(self, config: RunConfig) -> dict[str, Any]:
+        """The grid key values of one expanded run (for summary tables)."""
+        raw = config.model_dump(mode="json")
+        return {key: get_dotted(raw, key) for key in self.grid}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return yaml.safe_dump(a) == yaml.safe_dump(b)
+
+
+# ----------------------------------------------------------------------------- run names
+
+
+def value_slug(key: str, value: Any) -> str:
+    """A short readable name for one grid value (``[image, text]`` -> ``multimodal``)."""
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "modalities" and isinstance(value, list):
+        return "multimodal" if len(value) > 1 else str(value[0])
+    if leaf == "subsample":
+        if value is None:
+            return "full"
+        fraction = value.get("positive_fraction") if isinstance(value, Mapping) else value
+        return f"sub{round(100 * (1 - float(fraction)))}"
+    if value is None:
+        return f"no-{leaf}"
+    if isinstance(value, bool):
+        return leaf if value else f"no-{leaf}"
+    if isinstance(value, (int, float)):
+        return f"{leaf}{value:g}" if isinstance(value, float) else f"{leaf}{value}"
+    if isinstance(value, Mapping):
+        return "-".join(value_slug(f"{key}.{k}", v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v) for v in value) or f"no-{leaf}"
+    return str(value)
+
+
+def run_name(point: Mapping[str, Any], seed: int) -> str:
+    """``multimodal-focal-sub75-seed0``: modalities first, then the other grid values."""
+    keys = sorted(point, key=lambda k: not k.endswith("modalities"))
+    parts = [value_slug(k, point[k]) for k in keys]
+    name = "-".join([*parts, f"seed{seed}"])
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", name)
+
+
+# ----------------------------------------------------------------------------- dotted keys
+
+
+def get_dotted(raw: Mapping[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested dicts, creating the missing levels."""
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"training.loss.kind=focal"`` -> ``("training.loss.kind", "focal")``; the value is YAML."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
+        raise ConfigError(f"--set {text!r}: expected key.path=value, e.g. training.lr=0.001")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from err
+    return key, parsed
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The members of a Union/Optional/Annotated annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [m for a in typing.get_args(annotation) for m in _unwrap(a)]
+    return [annotation]
+
+
+def _resolve(root: type[BaseModel], loc: Sequence[Any]) -> tuple[list[str], type[BaseModel] | None]:
+    """The key path of an error location without union branch tags, and the model it ends in."""
+    path: list[str] = []
+    current: list[Any] = [root]
+    for part in loc:
+        models = [c for c in current if isinstance(c, type) and issubclass(c, BaseModel)]
+        model = next((m for m in models if isinstance(part, str) and part in m.model_fields), None)
+        if model is not None:
+            path.append(part)
+            current = _unwrap(model.model_fields[part].annotation)
+        elif isinstance(part, int):
+            path.append(str(part))
+            lists = [c for c in current if typing.get_origin(c) in (list, tuple)]
+            args = typing.get_args(lists[0]) if lists else ()
+            current = _unwrap(args[0]) if args else []
+        else:  # a union branch tag such as "list[float]" or a model class name
+            tagged = [c for c in current if getattr(c, "__name__", None) == part]
+            current = tagged or current
+    models = [c for c in current if isinstance(c, type) and issubclass(c, BaseModel)]
+    return path, models[0] if models else None
+
+
+def format_validation_error(err: ValidationError, root: type[BaseModel], source: str) -> str:
+    """One line per key path: what is wrong and what is allowed."""
+    lines: dict[str, list[str]] = {}
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        if item["type"] == "extra_forbidden":
+            path, parent = _resolve(root, loc[:-1])
+            key = ".".join([*path, str(loc[-1])])
+            allowed = sorted(parent.model_fields) if parent is not None else []
+            msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
+        else:
+            path, _ = _resolve(root, loc)
+            key = ".".join(path) or "(top level)"
+            msg = item["msg"]
+            if "input" in item and item["type"] != "missing" and not isinstance(item["input"], dict):
+                msg += f" (got {item['input']!r})"
+        lines.setdefault(key, [])
+        if msg not in lines[key]:
+            lines[key].append(msg)
+    body = "\n".join(f"  {key}: {' | or: '.join(msgs)}" for key, msgs in lines.items())
+    return f"{source}: invalid config\n{body}"
+
+
+def validate_run(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
+    """A :class:`RunConfig` from a mapping, or a :class:`ConfigError` naming key paths."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of config sections, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(dict(raw))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, RunConfig, source)) from None
+
+
+# ----------------------------------------------------------------------------- loading
+
+EXPERIMENT_KEYS = frozenset(ExperimentConfig.model_fields) - {"name", "runs_dir"}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    return raw
+
+
+def is_experiment(raw: Mapping[str, Any]) -> bool:
+    return any(k in raw for k in ("grid", "base", "seeds", "overrides_by"))
+
+
+def _base_path(reference: str, config_path: Path) -> Path:
+    candidates = [config_path.parent / reference, Path(reference)]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        tried = ", ".join(str(p) for p in candidates)
+        raise ConfigError(f"{config_path}: base: no such file {reference!r} (tried {tried})")
+    return found
+
+
+def load_config(
+    path: str | Path, overrides: Iterable[str] = ()
+) -> RunConfig | ExperimentConfig:
+    """Read a run or experiment config (an experiment has ``grid``/``base``/``seeds``).
+
+    ``overrides`` are ``key.path=value`` strings. For an experiment, keys of the experiment
+    itself (``seeds``, ``grid.<key>``, ``name``) change the experiment; other keys change its
+    base run config.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    parsed = [parse_override(o) for o in overrides]
+    if not is_experiment(raw):
+        for key, value in parsed:
+            set_dotted(raw, key, value)
+        return validate_run(raw, str(path))
+    base = raw.get("base", {})
+    if isinstance(base, str):
+        base = _read_yaml(_base_path(base, path))
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: base: expected a run config mapping or a path to one")
+    raw["base"] = base
+    for key, value in parsed:
+        top = key.split(".", 1)[0]
+        if top in EXPERIMENT_KEYS | {"name", "runs_dir"}:
+            if top == "grid" and "." in key:
+                raw.setdefault("grid", {})[key.split(".", 1)[1]] = value
+            else:
+                set_dotted(raw, key, value)
+        else:
+            set_dotted(base, key, value)
+    base.setdefault("name", raw.get("name", "base"))
+    try:
+        experiment = ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, ExperimentConfig, str(path))) from None
+    experiment.expand(str(path))  # every grid point must validate now, not halfway through
+    return experiment
+
+
+def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """A run config; an experiment config is refused with a pointer to ``cxrfuse experiment``."""
+    config = load_config(path, overrides)
+    if isinstance(config, ExperimentConfig):
+        raise ConfigError(f"{path}: this is an experiment config (grid/seeds): run "
+                          f"`cxrfuse experiment {path}`")
+    return config
+
+
+def load_experiment_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """An experiment config; a run config becomes a one-run experiment with its own seed."""
+    config = load_config(path, overrides)
+    if isinstance(config, RunConfig):
+        return ExperimentConfig(name=config.name, runs_dir=config.runs_dir, base=config,
+                                seeds=[config.seed])
+    return config
+
+
+def apply_offline(config: RunConfig) -> RunConfig:
+    """A copy whose encoders are the offline substitutes (default weights, offline options)."""
+    raw = config.model_dump()
+    raw["image"].update(encoder=config.image.offline_encoder, weights="default")
+    raw["text"].update(encoder=config.text.offline_encoder, weights="default")
+    if config.text.offline_options is not None:
+        raw["text"]["options"] = dict(config.text.offline_options)
+    return RunConfig.model_validate(raw)
+
+
+def apply_offline_experiment(config: ExperimentConfig) -> ExperimentConfig:
+    """The experiment with :func:`apply_offline` applied to its base run config."""
+    return config.model_copy(update={"base": apply_offline(config.base)})

@@ -1,0 +1,202 @@
+"""The Lightning module around a fusion head: loss, optimiser, schedule, per-epoch metrics.
+
+Batches are dicts with ``image``/``image_mask``/``text``/``text_mask`` (whichever the head
+reads) and ``y`` (B, n_labels; NaN unknown). Per epoch and split the module computes the loss
+(mean over studies) and accuracy, precision, recall, F1 (threshold 0.5) and AUROC with
+scikit-learn, macro-averaged over labels; predictions are gathered across processes with
+torchmetrics' ``CatMetric`` so the table is the same under DDP. Rows land in ``history``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from torch import nn
+from torchmetrics import CatMetric, MeanMetric
+
+from cxrfuse.config import ScheduleConfig
+
+METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
+
+
+def epoch_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 (at ``threshold``) and AUROC, macro over labels.
+
+    ``y`` and ``p`` are (n, n_labels); unknown labels (NaN) are left out per label. AUROC is
+    NaN for a label whose known values hold one class only.
+    """
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    if y.ndim == 1:
+        y, p = y[:, None], p[:, None]
+    per: dict[str, list[float]] = {k: [] for k in METRICS[1:]}
+    for j in range(y.shape[1]):
+        known = ~np.isnan(y[:, j])
+        if not known.any():
+            continue
+        t, s = y[known, j].astype(int), p[known, j]
+        hat = (s >= threshold).astype(int)
+        per["accuracy"].append(accuracy_score(t, hat))
+        per["precision"].append(precision_score(t, hat, zero_division=0))
+        per["recall"].append(recall_score(t, hat, zero_division=0))
+        per["f1"].append(f1_score(t, hat, zero_division=0))
+        per["auroc"].append(roc_auc_score(t, s) if len(np.unique(t)) == 2 else math.nan)
+    out = {}
+    for key, values in per.items():
+        finite = [v for v in values if not math.isnan(v)]
+        out[key] = float(np.mean(finite)) if finite else math.nan
+    return out
+
+
+def probabilities(logits: torch.Tensor, output: str) -> torch.Tensor:
+    """Positive-class probabilities (B, n_labels) from sigmoid or two-logit softmax outputs."""
+    logits = logits.float()
+    if output == "softmax":
+        return torch.softmax(logits, dim=1)[:, 1:]
+    return torch.sigmoid(logits)
+
+
+def make_optimizer(params: Any, kind: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, max_epochs: int
+) -> dict[str, Any] | None:
+    """A Lightning ``lr_scheduler`` dict stepped per epoch, or None for a constant rate."""
+    from torch.optim import lr_scheduler as sched
+
+    if schedule.kind == "none":
+        return None
+    if schedule.kind == "step":
+        scheduler: Any = sched.StepLR(optimizer, step_size=schedule.step_size, gamma=schedule.gamma)
+    elif schedule.kind == "linear":
+        scheduler = sched.LinearLR(
+            optimizer,
+            start_factor=schedule.start_factor,
+            end_factor=max(schedule.end_factor, 1e-8),
+            total_iters=schedule.total_epochs or max_epochs,
+        )
+    elif schedule.kind == "plateau":
+        scheduler = sched.ReduceLROnPlateau(
+            optimizer, factor=schedule.factor, patience=schedule.patience, min_lr=schedule.min_lr
+        )
+        return {"scheduler": scheduler, "interval": "epoch", "monitor": "val_loss"}
+    else:
+        scheduler = sched.CosineAnnealingLR(optimizer, T_max=max_epochs, eta_min=schedule.min_lr)
+    return {"scheduler": scheduler, "interval": "epoch"}
+
+
+class _EpochAccumulator(nn.Module):
+    """Loss mean and gathered probabilities/targets of one split for one epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss = MeanMetric()
+        self.probs = CatMetric()
+        self.targets = CatMetric()
+
+    def update(self, loss: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.loss.update(loss.detach().float(), weight=len(targets))
+        self.probs.update(probs.detach().float())
+        self.targets.update(targets.detach().float())
+
+    def compute_and_reset(self) -> dict[str, float]:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+            loss = float(self.loss.compute())
+            probs, targets = self.probs.compute(), self.targets.compute()
+        for metric in (self.loss, self.probs, self.targets):
+            metric.reset()
+        if isinstance(probs, list) or probs.numel() == 0:  # nothing seen this epoch
+            return {"loss": loss} | {k: math.nan for k in METRICS[1:]}
+        n_labels = targets.reshape(len(targets), -1).shape[1]
+        y = targets.reshape(-1, n_labels).cpu().numpy()
+        p = probs.reshape(-1, n_labels).cpu().numpy()
+        return {"loss": loss, **epoch_metrics(y, p)}
+
+
+class FusionModule(pl.LightningModule):
+    """Trains ``head`` (any module called as ``head(image=, image_mask=, text=, text_mask=)``)."""
+
+    def __init__(
+        self,
+        head: nn.Module,
+        loss: nn.Module,
+        *,
+        output: str = "sigmoid",
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        schedule: ScheduleConfig | None = None,
+        max_epochs: int = 40,
+    ) -> None:
+        super().__init__()
+        self.head, self.loss_fn, self.output = head, loss, output
+        self.optimizer_kind, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.schedule = schedule or ScheduleConfig()
+        self.max_epochs = max_epochs
+        self.train_acc, self.val_acc = _EpochAccumulator(), _EpochAccumulator()
+        self.history: list[dict[str, Any]] = []
+        self._epoch_lr = math.nan
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(**{k: batch[k] for k in ("image", "image_mask", "text", "text_mask")
+                            if k in batch})
+
+    def _step(self, batch: dict[str, torch.Tensor], accumulator: _EpochAccumulator) -> torch.Tensor:
+        logits = self(batch)
+        loss = self.loss_fn(logits, batch["y"])
+        accumulator.update(loss, probabilities(logits, self.output), batch["y"])
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, self.train_acc)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, self.val_acc)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def _record(self, split: str, accumulator: _EpochAccumulator) -> None:
+        row = {"epoch": int(self.current_epoch), "split": split,
+               **accumulator.compute_and_reset(), "lr": self._epoch_lr}
+        self.history.append(row)
+        if split == "val":
+            self.log("val_loss", row["loss"], prog_bar=True, sync_dist=False)
+            self.log("val_auroc", row["auroc"], prog_bar=True, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._record("val", self.val_acc)
+
+    def on_train_epoch_end(self) -> None:
+        self._record("train", self.train_acc)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = make_optimizer(self.head.parameters(), self.optimizer_kind, self.lr,
+                                   self.weight_decay)
+        scheduler = make_scheduler(optimizer, self.schedule, self.max_epochs)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    @torch.no_grad()
+    def predict_arrays(self, tensors: dict[str, torch.Tensor], batch_size: int = 4096) -> np.ndarray:
+        """Positive-class probabilities (n, n_labels) in eval mode, float32 on this device."""
+        was_training = self.training
+        self.eval()
+        n = len(next(iter(tensors.values())))
+        out = []
+        for start in range(0, n, batch_size):
+            batch = {k: v[start:start + batch_size].to(self.device) for k, v in tensors.items()
+                     if k != "y"}
+            out.append(probabilities(self(batch), self.output).cpu())
+        self.train(was_training)
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)

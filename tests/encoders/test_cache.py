@@ -152,7 +152,7 @@ def test_cache_shards_are_atomic_and_resumable(tmp_path: Path) -> None:
     assert cache.has_shard(0) and not cache.has_shard(1) and not cache.complete
     reopened = DecodedImageCache(tmp_path / "c", paths, stamps, size=4, shard_size=99)
     assert reopened.shard_size == 2 and reopened.folder == cache.folder
-    px, ok, err = reopened.lookup(0)
+    px, ok, _ = reopened.lookup(0)
     assert ok and (px == 0).all()
     assert reopened.lookup(1)[1:] == (False, "bad")
     assert reopened.lookup(2) is None  # its shard was never completed
@@ -173,4 +173,3 @@ def test_workers_keep_ids_and_order(lite0, tmp_path: Path) -> None:
     assert parallel.image_ids == serial.image_ids and parallel.study_ids == serial.study_ids
     assert parallel.meta["n_failed"] == 1 and parallel.problems[0]["where"] == bad
     np.testing.assert_array_equal(parallel.vectors, serial.vectors)
-

@@ -92,9 +92,11 @@ def test_torchrun_cli_two_ranks_resume_a_partial_store(data: Path, tmp_path: Pat
         str(tmp_path / "store"), "--json", "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=240, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout[done.stdout.index("{"):])  # only rank 0 prints
+    summary = json.loads(done.stdout[done.stdout.index("{") :])  # only rank 0 prints
     assert summary["images"]["world_size"] == 2
     assert summary["images"]["computed_this_run"] == 10  # 14 images, 4 were already done
     result = load_image_embeddings(summary["images"]["path"])

@@ -312,3 +312,35 @@ def test_embed_runs_both_and_summarises(tmp_path: Path) -> None:
     assert Path(summary["images"]["path"]).is_dir() and Path(summary["texts"]["path"]).is_dir()
     meta = json.loads((Path(summary["images"]["path"]) / "meta.json").read_text())
     assert meta["key_inputs"]["encoder"] == "efficientnet-lite0"
+
+
+def test_manifest_without_images_keeps_masks(lite0, tmp_path: Path) -> None:
+    manifest = Manifest.from_records(_records(3), dataset="iu-xray", labels=LABELS)  # reports only
+    store = embed_images(manifest, lite0, tmp_path, progress=False)
+    assert len(store) == 0 and store.meta["n_images"] == 0 and store.dim == 1280
+    for mode, shape, mask_shape in (
+        ("frontal", (3, 1280), (3,)),
+        ("mean", (3, 1280), (3,)),
+        ("concat", (3, 2560), (3, 2)),
+        ("stack", (3, 1, 1280), (3, 1)),
+    ):
+        X, mask = load_image_embeddings(store.path).study_matrix(manifest, mode)  # type: ignore[arg-type]
+        assert X.shape == shape and mask.shape == mask_shape and not mask.any() and not X.any()
+
+
+def test_precision_is_in_the_key_and_bfloat16_is_close(
+    phantoms: Manifest, lite0, tmp_path: Path
+) -> None:
+    assert (
+        image_store_key(phantoms, lite0)[0]
+        != image_store_key(phantoms, lite0, "float32", "bfloat16")[0]
+    )
+    full = embed_images(phantoms, lite0, tmp_path, progress=False)
+    half = embed_images(phantoms, lite0, tmp_path, precision="bfloat16", progress=False)
+    assert half.path != full.path and half.meta["key_inputs"]["precision"] == "bfloat16"
+    assert full.meta["key_inputs"]["precision"] == "float32"  # "auto" on CPU
+    a, b = np.asarray(full.vectors), np.asarray(half.vectors)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert np.abs(a - b).max() > 0 and cosine.min() > 0.97, cosine.min()
+    with pytest.raises(ValueError, match="precision"):
+        embed_images(phantoms, lite0, tmp_path, precision="int8", progress=False)  # type: ignore[arg-type]

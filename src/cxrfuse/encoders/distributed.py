@@ -55,7 +55,6 @@ class RankContext:
         else:
             dist.barrier()
 
-
     def sum(self, value: int) -> int:
         """``value`` summed over all ranks (collective: every rank must call it)."""
         if self.world_size == 1:

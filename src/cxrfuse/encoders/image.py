@@ -453,7 +453,9 @@ def to_model_input(images: torch.Tensor, spec: ImageEncoderSpec) -> torch.Tensor
     on an image that already has the input size), but batched and on any device.
     """
     if images.dtype != torch.uint8 or images.ndim != 3:
-        raise TypeError(f"expected a (B, S, S) uint8 batch, got {images.dtype} {tuple(images.shape)}")
+        raise TypeError(
+            f"expected a (B, S, S) uint8 batch, got {images.dtype} {tuple(images.shape)}"
+        )
     x = images.to(torch.float32) / 255.0
     x = x.unsqueeze(1).expand(-1, spec.channels, -1, -1)
     return _normalise(x, spec.normalisation)

@@ -783,13 +783,12 @@ def embed(
     from cxrfuse.data.manifest import read_manifest
     from cxrfuse.encoders import distributed
     from cxrfuse.encoders.registry import create_text_encoder
-    from cxrfuse.text import TextConfig
 
     if image_encoder is None and text_encoder is None:
         raise CxrfuseError("nothing to embed: name an image encoder, a text encoder or both")
     source = str(manifest) if not isinstance(manifest, Manifest) else "<Manifest>"
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-    config = TextConfig(sections=list(text_sections), mask_labels=mask_labels)  # check early
+    config = _text_config(text_sections, mask_labels)  # checked before any work
     summary: dict[str, Any] = {"manifest": source, "n_studies": len(manifest)}
     is_main = True
     if image_encoder is not None:
@@ -825,6 +824,22 @@ def embed(
         }
     summary["rank"] = 0 if is_main else distributed.current_context().rank
     return summary
+
+
+def _text_config(sections: Sequence[str], mask_labels: bool) -> TextConfig:
+    """The text configuration, or a CxrfuseError naming the bad field and value."""
+    from pydantic import ValidationError
+
+    from cxrfuse.text import TextConfig
+
+    try:
+        return TextConfig(sections=list(sections), mask_labels=mask_labels)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CxrfuseError(
+            f"text configuration: {where} = {first.get('input')!r}: {first['msg']}"
+        ) from err
 
 
 def _embed_images_ranked(

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from cxrfuse.config import RunConfig, set_dotted, validate_run
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
 from cxrfuse.encoders import create_image_encoder
+from cxrfuse.encoders.decode import decode_resized
 from cxrfuse.encoders.image import to_model_input
+from cxrfuse.encoders.store import load_image_embeddings
 from cxrfuse.fusion import build_head
-from cxrfuse.problems import ConfigError
+from cxrfuse.problems import ConfigError, DataError
 from cxrfuse.training.augment import build_augment
 from cxrfuse.training.finetune import (
     FinetuneModel,
@@ -22,20 +28,12 @@ from cxrfuse.training.finetune import (
     adapt_to_grayscale,
     collate_studies,
     freeze_backbone,
+    load_finetuned_encoder,
     view_slots,
 )
+from cxrfuse.training.runner import load_run, train_run
 
 SIZE = 64
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One intra-op thread (2 shared cores) and offline model hubs."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -164,11 +162,99 @@ def test_study_dataset_augments_only_when_asked_and_flags_unreadable_views(
     text = np.arange(8, dtype=np.float32).reshape(4, 2)
     plain = StudyImages(slots, SIZE, y, text, np.ones(4, dtype=bool))
     a, b = plain[0], plain[0]
-    assert a["images"].dtype == torch.uint8 and a["images"].shape == (2, SIZE, SIZE)
-    assert torch.equal(a["images"], b["images"])  # no augmentation: deterministic
+    assert a["image"].dtype == torch.uint8 and a["image"].shape == (2, SIZE, SIZE)
+    assert torch.equal(a["image"], b["image"])  # no augmentation: deterministic
     assert plain[1]["image_mask"].tolist() == [True, False] and "broken.png" in plain[1]["errors"][0]
     aug = StudyImages(slots, SIZE, y, augment=build_augment({"hflip": 1.0}))
-    assert torch.equal(aug[0]["images"][0], a["images"][0].flip(-1))
+    assert torch.equal(aug[0]["image"][0], a["image"][0].flip(-1))
     batch = collate_studies([plain[i] for i in range(4)])
-    assert batch["images"].shape == (4, 2, SIZE, SIZE) and batch["text"].shape == (4, 2)
+    assert batch["image"].shape == (4, 2, SIZE, SIZE) and batch["text"].shape == (4, 2)
     assert batch["y"].shape == (4, 1) and len(batch["errors"]) == 1
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _config(phantoms_path: Path, tmp_path: Path, **changes: Any) -> RunConfig:
+    raw = {
+        "name": "tiny-finetune",
+        "runs_dir": str(tmp_path / "runs"),
+        "seed": 0,
+        "data": {"manifest": str(phantoms_path), "task": "cardiomegaly",
+                 "store": str(tmp_path / "store")},
+        "image": {"encoder": "efficientnet-lite0", "input_size": SIZE, "views": "mean"},
+        "text": {"encoder": "tfidf", "sections": ["indication"], "options": {"svd_dim": 4}},
+        "model": {"kind": "concat-mlp", "modalities": ["image", "text"], "hidden": [16],
+                  "dropout": 0.0},
+        "training": {"mode": "finetune", "lr": 0.003, "batch_size": 8, "max_epochs": 3,
+                     "early_stopping": None},
+        "finetune": {"freeze": ["_conv_stem", "_bn0", "_blocks.0"], "image_lr": 0.001,
+                     "augment": {"hflip": 0.5, "rotate_deg": 5, "translate": 0.02,
+                                 "scale": [0.95, 1.05], "brightness": 0.05, "contrast": 0.05}},
+    }
+    for key, value in changes.items():
+        set_dotted(raw, key, value)
+    return validate_run(raw)
+
+
+def test_tiny_finetune_run_writes_the_run_directory_and_learns(phantoms: Manifest, tmp_path: Path):
+    path = phantoms.save(tmp_path / "manifest.parquet")
+    config = _config(path, tmp_path)
+    run_dir = train_run(config, progress=False)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["images"] == "phantom"
+    assert info["n"] == {"train": 20, "val": 8, "test": 8}
+    for name in ("config.yaml", "epochs.csv", "predictions.parquet", "model.safetensors",
+                 "model.json", "encoder.safetensors", "plots/training_curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / ".checkpoints").exists()
+    epochs = pd.read_csv(run_dir / "epochs.csv")
+    assert list(epochs.columns) == ["epoch", "split", "loss", "accuracy", "precision", "recall",
+                                    "f1", "auroc", "lr"]
+    train_loss = epochs[epochs["split"] == "train"]["loss"].to_numpy()
+    assert len(train_loss) == 3 and train_loss[-1] < train_loss[0]
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    assert sorted(preds["split"].unique()) == ["test", "val"] and len(preds) == 16
+    assert {"y__cardiomegaly", "p__cardiomegaly"} <= set(preds.columns)
+    assert preds["p__cardiomegaly"].between(0, 1).all()
+    sidecar = json.loads((run_dir / "model.json").read_text())
+    assert sidecar["image"]["finetuned"] is True and sidecar["image"]["grayscale"] is False
+    assert sidecar["head"]["kwargs"]["image_dim"] == 1280 and sidecar["text"]["state"]
+    # the head file has the embedding path's keys; the encoder file the ImageEncoder's
+    head = build_head(**sidecar["head"]["kwargs"])
+    assert set(load_file(str(run_dir / "model.safetensors"))) == set(head.state_dict())
+    # the fine-tuned encoder comes back and reproduces the stored val/test embeddings
+    encoder = load_finetuned_encoder(run_dir)
+    stored = load_image_embeddings(info["stores"]["image"])
+    first = stored.image_ids[0]
+    view = next(v for views in phantoms.df["views"] for v in views if v["image_id"] == first)
+    pixels = torch.from_numpy(decode_resized(view["path"], SIZE))[None]
+    with torch.no_grad():
+        again = encoder(to_model_input(pixels, encoder.spec))[0].numpy()
+    assert np.allclose(again, stored.vectors[0], atol=1e-4)
+    pretrained = create_image_encoder("efficientnet-lite0", input_size=SIZE).eval()
+    frozen_key = "backbone._blocks.0._depthwise_conv.weight"
+    trained_key = "backbone._blocks.10._depthwise_conv.weight"
+    assert torch.equal(encoder.state_dict()[frozen_key], pretrained.state_dict()[frozen_key])
+    assert not torch.equal(encoder.state_dict()[trained_key], pretrained.state_dict()[trained_key])
+    # the predictions equal the head on those embeddings (what evaluation reads)
+    run = load_run(run_dir)
+    inputs, _ = run.split_inputs("test")
+    test_preds = preds[preds["split"] == "test"]["p__cardiomegaly"].to_numpy()
+    assert np.allclose(run.predict_proba(inputs)[:, 0], test_preds, atol=1e-5)
+
+
+def test_image_only_grayscale_run_and_its_encoder(phantoms: Manifest, tmp_path: Path):
+    path = phantoms.save(tmp_path / "manifest.parquet")
+    config = _config(path, tmp_path, **{
+        "name": "gray-cnn", "model.modalities": ["image"], "model.hidden": [],
+        "image.views": "frontal", "finetune.grayscale": True, "training.max_epochs": 1,
+    })
+    run_dir = train_run(config, progress=False)
+    sidecar = json.loads((run_dir / "model.json").read_text())
+    assert sidecar["image"]["grayscale"] is True and sidecar["text"] is None
+    encoder = load_finetuned_encoder(run_dir)
+    assert encoder.spec.channels == 1 and encoder.backbone._conv_stem.weight.shape[1] == 1
+    with pytest.raises(DataError, match="not fine-tuned"):
+        (run_dir / "model.json").write_text(json.dumps({**sidecar, "image": {"finetuned": False}}))
+        load_finetuned_encoder(run_dir)

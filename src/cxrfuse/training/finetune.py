@@ -26,6 +26,7 @@ state_dict); ``model.json`` marks ``"image": {..., "finetuned": true, "grayscale
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from cxrfuse.data.manifest import FRONTAL_VIEWS, Manifest
 from cxrfuse.encoders.decode import decode_resized
@@ -43,12 +44,17 @@ from cxrfuse.encoders.registry import Normalisation
 from cxrfuse.encoders.store import LATERAL_VIEWS
 from cxrfuse.fusion import FusionHead
 from cxrfuse.problems import ConfigError, CxrfuseError, DataError
+from cxrfuse.training.artifacts import SIDECAR_FILE
+from cxrfuse.training.module import FusionModule, make_optimizer, make_scheduler
 
 if TYPE_CHECKING:
+    from cxrfuse.config import RunConfig
+    from cxrfuse.encoders.store import ImageEmbeddings
     from cxrfuse.training.augment import Augment
+    from cxrfuse.training.data import StudyArrays
 
 ENCODER_FILE = "encoder.safetensors"
-SIDECAR_FILE = "model.json"
+EVAL_BATCH = 4096
 
 
 # ----------------------------------------------------------------------------- encoder surgery
@@ -131,9 +137,10 @@ def freeze_backbone(encoder: ImageEncoder, prefixes: Sequence[str]) -> list[str]
 class FinetuneModel(nn.Module):
     """A trainable image encoder shared by every view, and a fusion head.
 
-    ``forward(images, image_mask, text, text_mask)``: ``images`` (B, V, S, S) uint8 gray
-    pixels (or (B, V, C, S, S) float model input), ``image_mask`` (B, V) True where a view
-    exists; only existing views go through the encoder. Returns the head's logits.
+    ``forward(image, image_mask, text, text_mask)`` (the keywords of a fusion head):
+    ``image`` (B, V, S, S) uint8 gray pixels (or (B, V, C, S, S) float model input),
+    ``image_mask`` (B, V) True where a view exists; only existing views go through the encoder.
+    Returns the head's logits.
     """
 
     def __init__(self, encoder: ImageEncoder, head: FusionHead, frozen: Sequence[str] = ()):
@@ -150,29 +157,31 @@ class FinetuneModel(nn.Module):
             modules[name].eval()
         return self
 
-    def embed_views(self, images: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+    def embed_views(self, image: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
         """(B, V, S, S) uint8 or (B, V, C, S, S) float views -> (B, V, D) features."""
-        b, v = images.shape[:2]
+        b, v = image.shape[:2]
         mask = image_mask.bool()
-        picked = images[mask]
+        picked = image[mask]
         if picked.dtype == torch.uint8:
             picked = to_model_input(picked, self.encoder.spec)
+        if picked.is_cuda:
+            picked = picked.contiguous(memory_format=torch.channels_last)
         feats = self.encoder(picked) if picked.shape[0] else None
         dim = self.encoder.feature_dim
         dtype = feats.dtype if feats is not None else torch.float32
-        out = torch.zeros((b, v, dim), dtype=dtype, device=images.device)
+        out = torch.zeros((b, v, dim), dtype=dtype, device=image.device)
         if feats is not None:
             out[mask] = feats
         return out
 
     def forward(
         self,
-        images: torch.Tensor,
+        image: torch.Tensor,
         image_mask: torch.Tensor,
         text: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        views = self.embed_views(images, image_mask)
+        views = self.embed_views(image, image_mask)
         return self.head(views, image_mask, text, text_mask)
 
     def param_groups(self, image_lr: float, head_lr: float) -> list[dict[str, Any]]:
@@ -216,7 +225,7 @@ class StudyImages(Dataset):
     """One item per study: its views as uint8 pixels (augmented when ``augment`` is given),
     the frozen text vector, the labels.
 
-    Items are dicts with ``images`` (V, S, S) uint8, ``image_mask`` (V,), ``text`` (Dt,) and
+    Items are dicts with ``image`` (V, S, S) uint8, ``image_mask`` (V,), ``text`` (Dt,) and
     ``text_mask`` () when text vectors are given, ``y`` (L,) float with NaN unknown, ``index``.
     A view that cannot be decoded is left out (mask False) and listed in ``errors``.
     """
@@ -266,7 +275,7 @@ class StudyImages(Dataset):
                 continue
             images[j], mask[j] = pixels, True
         item: dict[str, Any] = {
-            "images": images,
+            "image": images,
             "image_mask": mask,
             "y": torch.from_numpy(self.labels[index]),
             "index": index,
@@ -348,3 +357,280 @@ def load_finetuned_encoder(run_dir: str | Path, device: str | torch.device = "cp
         raise DataError(f"{weights} does not fit {image['encoder']}: {err}") from err
     encoder.weights = str(weights)
     return encoder.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class FinetuneModule(FusionModule):
+    """:class:`FusionModule` around a :class:`FinetuneModel`: the same loss, metrics, history
+    and schedules, with two learning rates (encoder ``image_lr``, head ``lr``); unreadable
+    views met during training are collected in ``unreadable``."""
+
+    def __init__(self, model: FinetuneModel, loss: nn.Module, *, image_lr: float, **kwargs: Any):
+        super().__init__(model, loss, **kwargs)
+        self.image_lr = image_lr
+        self.unreadable: set[str] = set()
+
+    def _step(self, batch: dict[str, Any], accumulator: Any) -> torch.Tensor:
+        self.unreadable.update(batch.get("errors", ()))
+        return super()._step(batch, accumulator)
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda":
+            self.head.encoder.to(memory_format=torch.channels_last)
+
+    def configure_optimizers(self) -> Any:
+        groups = self.head.param_groups(image_lr=self.image_lr, head_lr=self.lr)
+        optimizer = make_optimizer(groups, self.optimizer_kind, self.lr, self.weight_decay)
+        scheduler = make_scheduler(optimizer, self.schedule, self.max_epochs)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def build_finetune_encoder(config: RunConfig) -> tuple[ImageEncoder, list[str]]:
+    """The configured encoder (pretrained weights as configured), grayscale-adapted if asked,
+    with ``finetune.freeze`` applied; returns it (train mode) and the frozen module names."""
+    from cxrfuse.encoders import create_image_encoder
+
+    side, tune = config.image, config.finetune
+    encoder = create_image_encoder(side.encoder, weights=side.weights, input_size=side.input_size)
+    if tune.grayscale:
+        adapt_to_grayscale(encoder)
+    return encoder.train(), freeze_backbone(encoder, tune.freeze)
+
+
+def shape_stand_in(n: int, n_views: int, dim: int) -> np.ndarray:
+    """A read-only zero array of shape (n, n_views, dim) that takes no memory (stride 0).
+
+    It stands in for ``StudyArrays.image`` so that the runner's helpers that read only its
+    shape (head size, view count) serve the fine-tuning path; the pixels live in
+    :class:`StudyImages`.
+    """
+    return np.broadcast_to(np.zeros((1, 1, 1), dtype=np.float32), (n, n_views, dim))
+
+
+def study_arrays(config: RunConfig, *, progress: bool = True) -> tuple[StudyArrays, Manifest]:
+    """Labels, splits and frozen text embeddings of the run's studies (manifest order), via
+    the embedding path's :func:`~cxrfuse.training.data.build_study_arrays` (text only)."""
+    from cxrfuse.data.manifest import read_manifest
+    from cxrfuse.training.data import assemble, build_study_arrays
+
+    manifest = read_manifest(config.data.manifest)
+    if "text" in config.model.modalities:
+        text_only = config.model_copy(
+            update={"model": config.model.model_copy(update={"modalities": ["text"]})}
+        )
+        arrays = build_study_arrays(text_only, progress=progress)
+    else:
+        arrays = assemble(manifest, config.data.task)
+        arrays.info = {"manifest": str(config.data.manifest),
+                       "stores": {"image": None, "text": None}}
+    return arrays, manifest
+
+
+def _loader(
+    dataset: StudyImages,
+    config: RunConfig,
+    *,
+    shuffle: bool = False,
+    sampler: Any = None,
+    batch_size: int | None = None,
+) -> DataLoader:
+    workers = config.training.num_workers
+    generator = torch.Generator().manual_seed(config.seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size or config.training.batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        generator=generator,
+        num_workers=workers,
+        collate_fn=collate_studies,
+        worker_init_fn=seed_worker_augment,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _study_images(
+    arrays: StudyArrays,
+    rows: np.ndarray,
+    slots: list[list[str | None]],
+    size: int,
+    augment: Augment | None = None,
+) -> StudyImages:
+    text = None if arrays.text is None else arrays.text[rows]
+    text_mask = None if arrays.text_mask is None else arrays.text_mask[rows]
+    return StudyImages([slots[r] for r in rows], size, arrays.y[rows], text, text_mask, augment)
+
+
+def embed_eval_views(
+    config: RunConfig,
+    encoder: ImageEncoder,
+    manifest: Manifest,
+    study_ids: Sequence[str],
+    *,
+    progress: bool = True,
+) -> tuple[ImageEmbeddings, np.ndarray, np.ndarray]:
+    """Store the fine-tuned encoder's embeddings of the given studies' images (val and test).
+
+    The store folder is keyed by the fine-tuned weights, so ``cxrfuse evaluate`` (shuffle
+    ablations) and :class:`~cxrfuse.training.runner.LoadedRun` read these studies like any
+    embedding-path run. Returns the embeddings and the (n, V, D) views and (n, V) mask of
+    ``study_ids`` in that order.
+    """
+    from cxrfuse.encoders.store import embed_images
+    from cxrfuse.training.data import study_level_image
+
+    wanted = set(map(str, study_ids))
+    keep = manifest.df["study_id"].astype(str).isin(wanted).to_numpy()
+    subset = manifest.replace(df=manifest.df[keep].reset_index(drop=True))
+    gpu = torch.cuda.is_available() and config.training.accelerator in ("auto", "gpu", "cuda")
+    embeddings = embed_images(
+        subset,
+        encoder.eval(),
+        config.data.store,
+        batch_size=config.image.embed_batch_size,
+        num_workers=config.training.num_workers,
+        progress=progress,
+        device="cuda" if gpu else "cpu",
+    )
+    X, mask = study_level_image(embeddings, subset, config.image.views)
+    pos = {sid: i for i, sid in enumerate(subset.df["study_id"].astype(str))}
+    order = np.array([pos[str(s)] for s in study_ids], dtype=np.int64)
+    return embeddings, X[order], mask[order]
+
+
+@torch.no_grad()
+def head_probabilities(
+    head: FusionHead, output: str, inputs: dict[str, np.ndarray | None]
+) -> np.ndarray:
+    """Positive-class probabilities (n, n_labels) of a head on (n, V, D) views and text."""
+    from cxrfuse.training.module import probabilities
+
+    head = head.cpu().eval()
+    tensors = {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in inputs.items() if v is not None}
+    n = len(next(iter(tensors.values())))
+    out = [
+        probabilities(head(**{k: v[s : s + EVAL_BATCH] for k, v in tensors.items()}), output)
+        for s in range(0, n, EVAL_BATCH)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros((0, head.n_outputs), np.float32)
+
+
+def train_finetune(config: RunConfig, run_dir: Path, *, progress: bool = True) -> None:
+    """Fine-tune the image encoder with the head and write the run directory.
+
+    Same files as the embedding path (``/work/notes/rundir.md``) plus ``encoder.safetensors``;
+    the val/test predictions come from the fine-tuned encoder's embeddings, which are stored
+    (``run.json`` ``stores.image``) so that evaluation reads them like any other run.
+    """
+    import lightning.pytorch as pl
+    import pandas as pd
+
+    from cxrfuse.training.augment import build_augment
+    from cxrfuse.training.module import METRICS
+    from cxrfuse.training.runner import (
+        _environment,
+        _missing_counts,
+        _now,
+        _predictions_frame,
+        _sidecar,
+        _write_json,
+        fit_module,
+        make_head,
+        make_loss,
+        plot_training_curves,
+        training_rows,
+    )
+    from cxrfuse.training.sampling import weighted_sampler
+
+    if config.training.mode != "finetune":
+        raise ConfigError("train_finetune needs training.mode 'finetune'")
+    started, start = _now(), time.perf_counter()
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    arrays, manifest = study_arrays(config, progress=progress)
+    side = config.image
+    slots_all, width = view_slots(manifest, side.views)
+    row_of = {sid: i for i, sid in enumerate(manifest.df["study_id"].astype(str))}
+    slots = [slots_all[row_of[str(sid)]] for sid in arrays.study_ids]
+    has_view = np.array([[p is not None for p in s] for s in slots], dtype=bool)
+    if not has_view.any():
+        raise DataError(f"{config.data.manifest}: no study of the task has an image path "
+                        "(`cxrfuse phantoms` draws stand-ins)")
+    encoder, frozen = build_finetune_encoder(config)
+    arrays.image = shape_stand_in(len(arrays), width, encoder.feature_dim)
+    arrays.image_mask = has_view
+    model = FinetuneModel(encoder, make_head(config, arrays), frozen)
+    size = model.encoder.spec.input_size
+
+    train_rows = training_rows(config, arrays)
+    val_rows, test_rows = arrays.indices("val"), arrays.indices("test")
+    training = config.training
+    augment = build_augment(config.finetune.augment, seed=config.seed)
+    sampler = (weighted_sampler(arrays.y[train_rows], seed=config.seed)
+               if config.data.sampler == "weighted" else None)
+    train_loader = _loader(_study_images(arrays, train_rows, slots, size, augment), config,
+                           shuffle=True, sampler=sampler)
+    val_loader = _loader(_study_images(arrays, val_rows, slots, size), config)
+    module = FinetuneModule(
+        model, make_loss(config, arrays.y[train_rows]), image_lr=config.finetune.image_lr,
+        output=config.model.output, optimizer=training.optimizer, lr=training.lr,
+        weight_decay=training.weight_decay, schedule=training.schedule,
+        max_epochs=training.max_epochs,
+    )
+    fit = fit_module(module, train_loader, val_loader, training, run_dir / ".checkpoints",
+                     progress=progress)
+
+    eval_rows = np.concatenate([val_rows, test_rows])
+    embeddings, views, view_mask = embed_eval_views(
+        config, model.encoder, manifest, [str(s) for s in arrays.study_ids[eval_rows]],
+        progress=progress)
+    if not fit["is_global_zero"]:
+        return
+    probs = head_probabilities(model.head, config.model.output, {
+        "image": views, "image_mask": view_mask,
+        "text": None if arrays.text is None else arrays.text[eval_rows],
+        "text_mask": None if arrays.text_mask is None else arrays.text_mask[eval_rows],
+    })
+    _predictions_frame(arrays, eval_rows, probs).to_parquet(run_dir / "predictions.parquet",
+                                                              index=False)
+    history = pd.DataFrame(module.history, columns=["epoch", "split", *METRICS, "lr"])
+    history = history.sort_values(["epoch", "split"], kind="stable").reset_index(drop=True)
+    history.to_csv(run_dir / "epochs.csv", index=False)
+    plot_training_curves(history, run_dir / "plots" / "training_curves.png", config.name)
+
+    spec = model.encoder.spec
+    arrays.info["image"] = {
+        "encoder": side.encoder, "weights": side.weights, "views": side.views,
+        "input_size": spec.input_size, "dim": int(model.encoder.feature_dim),
+        "finetuned": True, "grayscale": bool(config.finetune.grayscale),
+        "channels": spec.channels, "freeze": list(model.frozen), "file": ENCODER_FILE,
+    }
+    arrays.info["stores"] = {**arrays.info.get("stores", {}), "image": str(embeddings.path)}
+    save_encoder(model.encoder, run_dir / ENCODER_FILE)
+    from cxrfuse.training.artifacts import save_head
+
+    save_head(model.head, run_dir, _sidecar(config, arrays, model.head, run_dir))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    info: dict[str, Any] = {
+        "name": config.name, "status": "finished", "started": started, "seed": config.seed,
+        "task": config.data.task, "labels": list(arrays.labels), "output": config.model.output,
+        "modalities": list(config.model.modalities), "images": arrays.images_kind,
+        "manifest": arrays.info.get("manifest"), "stores": arrays.info["stores"],
+        "n": {"train": len(train_rows), "val": len(val_rows), "test": len(test_rows)},
+        "n_train_before_subsample": len(arrays.indices("train")),
+        "missing": _missing_counts(arrays),
+        "fit": {k: v for k, v in fit.items() if k != "is_global_zero"},
+        "finetune": {
+            "trainable_parameters": int(trainable),
+            "frozen": list(model.frozen),
+            "image_lr": config.finetune.image_lr,
+            "augment": None if augment is None else repr(augment),
+            "unreadable_views": sorted(module.unreadable)[:100],
+            "n_unreadable_views": len(module.unreadable),
+        },
+        "environment": _environment(),
+        "finished": _now(),
+        "timing_s": round(time.perf_counter() - start, 3),
+    }
+    _write_json(run_dir / "run.json", info)

@@ -1,4 +1,4 @@
-"""Image and text encoders behind a timm-style registry (``create_*_encoder`` by name)."""
+"""Image and text encoders behind a timm-style registry, and the embedding store that runs them."""
 
 from cxrfuse.encoders.registry import (
     ImageEncoderSpec,
@@ -7,6 +7,7 @@ from cxrfuse.encoders.registry import (
     WeightsUnavailableError,
     create_image_encoder,
     create_text_encoder,
+    encoder_table,
     get_image_encoder_spec,
     get_text_encoder_spec,
     list_image_encoders,
@@ -14,18 +15,37 @@ from cxrfuse.encoders.registry import (
     register_image_encoder,
     register_text_encoder,
 )
+from cxrfuse.encoders.store import (
+    ImageEmbeddings,
+    TextEmbeddings,
+    embed,
+    embed_images,
+    embed_texts,
+    image_store_key,
+    load_image_embeddings,
+    load_text_embeddings,
+)
 
 __all__ = [
+    "ImageEmbeddings",
     "ImageEncoderSpec",
+    "TextEmbeddings",
     "TextEncoderSpec",
     "UnknownEncoderError",
     "WeightsUnavailableError",
     "create_image_encoder",
     "create_text_encoder",
+    "embed",
+    "embed_images",
+    "embed_texts",
+    "encoder_table",
     "get_image_encoder_spec",
     "get_text_encoder_spec",
+    "image_store_key",
     "list_image_encoders",
     "list_text_encoders",
+    "load_image_embeddings",
+    "load_text_embeddings",
     "register_image_encoder",
     "register_text_encoder",
 ]

@@ -1,0 +1,197 @@
+"""Image embedding throughput, all on the same machine and the same phantom PNG files.
+
+(a) bare model forward on in-memory, already normalised tensors (the ceiling for the model);
+(b) the store end to end from PNG files: ``embed_images`` with DataLoader workers;
+(c) a naive loop: open one PNG with PIL, preprocess, forward with batch size 1;
+(d) the store end to end from the decoded-image cache (filled by an earlier run);
+(e) the CPU decode ceiling: all cores decoding + resizing the PNGs in parallel, no model.
+
+Targets (issue 3). 2-core CPU, efficientnet-lite0: (b) >= 0.85 x (a) and (b) >= 5 x (c).
+One GPU (``--device cuda``: bf16 autocast, channels_last, ``--compile``), DenseNet-121:
+(d) >= 5,000 images/s and (b) >= 0.7 x (e).
+
+    .venv/bin/python benchmarks/embed_throughput.py                       # CPU defaults
+    python benchmarks/embed_throughput.py --device cuda --encoder xrv-densenet121-all \\
+        --weights none --n 8192 --batch-size 256 --compile                # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def make_data(folder: Path, n_images: int, size: int) -> tuple[Any, list[str]]:
+    """A manifest of ``n_images`` phantom PNGs (two views per study) and their paths."""
+    from cxrfuse.data.manifest import Manifest
+    from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
+
+    records = [
+        {"study_id": f"S{i:05d}", "patient_id": f"P{i:05d}", "split": "train",
+         "labels": {"abnormal": i % 2}}
+        for i in range(-(-n_images // 2))
+    ]  # fmt: skip
+    manifest = Manifest.from_records(records, dataset="iu-xray", labels=["abnormal"])
+    manifest = make_phantoms(
+        manifest, folder, PhantomConfig(size=size), progress=False, workers=os.cpu_count() or 1
+    )
+    paths = [v["path"] for views in manifest.df["views"] for v in views]
+    return manifest, paths
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_forward(model: Any, encoder: Any, paths: list[str], args: Any, device: torch.device) -> float:
+    """(a) images/s of the model alone on a pre-decoded, normalised batch already on device."""
+    from cxrfuse.encoders.decode import decode_resized
+    from cxrfuse.encoders.image import to_model_input
+
+    size = encoder.spec.input_size
+    pixels = torch.stack([torch.from_numpy(decode_resized(p, size)) for p in paths[: args.batch_size]])
+    x = to_model_input(pixels.to(device), encoder.spec)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    n_batches = -(-len(paths) // args.batch_size)
+    with torch.inference_mode(), autocast(device):
+        for _ in range(2):
+            model(x)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(n_batches):
+            model(x).float().cpu()
+        sync(device)
+    return n_batches * args.batch_size / (time.perf_counter() - start)
+
+
+def autocast(device: torch.device) -> Any:
+    import contextlib
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def store_run(manifest: Any, encoder: Any, store: Path, args: Any, device: torch.device,
+              cache: Path | None = None) -> float:  # fmt: skip
+    """(b)/(d) images/s of ``embed_images`` end to end (wall time of the whole call)."""
+    from cxrfuse.encoders.store import embed_images
+
+    start = time.perf_counter()
+    result = embed_images(
+        manifest, encoder, store, batch_size=args.batch_size, num_workers=args.workers,
+        device=device, cache_dir=cache, compile=args.compile, progress=False,
+    )  # fmt: skip
+    sync(device)
+    return len(result) / (time.perf_counter() - start)
+
+
+def naive_loop(encoder: Any, paths: list[str], device: torch.device) -> float:
+    """(c) images/s of: PIL open, preprocess, forward one image at a time."""
+    from PIL import Image
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for path in paths:
+            with Image.open(path) as im:
+                x = encoder.preprocess(im.convert("L"))[None].to(device)
+            encoder(x).cpu()
+    return len(paths) / (time.perf_counter() - start)
+
+
+def _decode_one(job: tuple[str, int]) -> int:
+    from cxrfuse.encoders.decode import decode_resized
+
+    return int(decode_resized(*job).shape[0])
+
+
+def decode_ceiling(paths: list[str], size: int, processes: int) -> float:
+    """(e) images/s all ``processes`` cores decode + resize the PNGs (no model)."""
+    jobs = [(p, size) for p in paths]
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_decode_one, jobs[:processes], chunksize=1))  # start the workers
+        start = time.perf_counter()
+        list(pool.map(_decode_one, jobs, chunksize=max(1, len(jobs) // (8 * processes))))
+    return len(jobs) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--encoder", default="efficientnet-lite0")
+    parser.add_argument("--weights", default="default", help="'none' = random (same speed)")
+    parser.add_argument("--n", type=int, default=128, help="phantom images")
+    parser.add_argument("--image-size", type=int, default=1024, help="phantom PNG side (px)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None, help="default: the store's default")
+    parser.add_argument("--naive-n", type=int, default=64, help="images for the naive loop")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (a), (b) and (d)")
+    parser.add_argument("--data", type=Path, default=None, help="keep/reuse phantoms here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+
+    from cxrfuse.encoders import create_image_encoder
+    from cxrfuse.encoders.store import default_workers
+
+    device = torch.device(args.device)
+    args.workers = default_workers(device) if args.workers is None else args.workers
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data or Path(tmp) / "phantoms"
+        manifest, paths = make_data(data, args.n, args.image_size)
+        encoder = create_image_encoder(args.encoder, weights=args.weights, device=device)
+        if device.type == "cuda":
+            encoder.to(memory_format=torch.channels_last)
+        model = torch.compile(encoder) if args.compile else encoder
+        if args.compile:  # compile once, outside every timing, for both ways of calling it
+            warm = manifest.replace(df=manifest.df.iloc[:1])
+            store_run(warm, encoder, Path(tmp) / "warm", args, device)
+        res: dict[str, float] = {}
+        res["a_bare_forward"] = bare_forward(model, encoder, paths, args, device)
+        res["b_store_from_png"] = store_run(manifest, encoder, Path(tmp) / "b", args, device)
+        res["c_naive_loop"] = naive_loop(encoder, paths[: args.naive_n], device)
+        store_run(manifest, encoder, Path(tmp) / "d0", args, device, Path(tmp) / "cache")
+        res["d_store_from_cache"] = store_run(
+            manifest, encoder, Path(tmp) / "d", args, device, Path(tmp) / "cache"
+        )
+        res["e_decode_ceiling"] = decode_ceiling(
+            paths, encoder.spec.input_size, os.cpu_count() or 1
+        )
+    ratios = {
+        "b/a": res["b_store_from_png"] / res["a_bare_forward"],
+        "b/c": res["b_store_from_png"] / res["c_naive_loop"],
+        "d/a": res["d_store_from_cache"] / res["a_bare_forward"],
+        "b/e": res["b_store_from_png"] / res["e_decode_ceiling"],
+    }
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, GPU {gpu}; torch {torch.__version__}, "
+               f"{torch.get_num_threads()} intra-op threads")  # fmt: skip
+    print(f"machine: {machine}")
+    print(f"encoder {args.encoder} ({args.weights} weights, {encoder.spec.input_size} px), "
+          f"{args.n} phantom PNGs of {args.image_size} px, batch {args.batch_size}, "
+          f"{args.workers} worker(s), device {device}, compile {args.compile}")  # fmt: skip
+    print("\n| path | images/s |\n|---|---:|")
+    for name, value in res.items():
+        print(f"| {name} | {value:,.1f} |")
+    print("\n| ratio | value | target |\n|---|---:|---|")
+    targets = {"b/a": ">= 0.85 (CPU)", "b/c": ">= 5 (CPU)", "d/a": "", "b/e": ">= 0.7 (GPU)"}
+    for name, value in ratios.items():
+        print(f"| {name} | {value:.2f} | {targets[name]} |")
+    if args.json:
+        payload = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+                   "images_per_s": res, "ratios": ratios}  # fmt: skip
+        args.json.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()

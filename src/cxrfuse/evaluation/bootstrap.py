@@ -172,8 +172,9 @@ def paired_bootstrap(
     """Paired bootstrap of the headline-metric difference ``a - b`` on the same studies.
 
     Both models are scored on every replicate; returns per metric the observed difference
-    (``diff``), its percentile interval and a two-sided p-value (twice the smaller share of
-    replicate differences on either side of zero, capped at 1).
+    (``diff``), its percentile interval and a two-sided p-value: twice the smaller share of
+    replicate differences on either side of zero, as ``(count + 1) / (n_boot + 1)`` so it is never
+    reported as exactly 0, capped at 1.
     """
     y_true, prob_a = check_inputs(y_true, prob_a)
     _, prob_b = check_inputs(y_true, prob_b)
@@ -195,7 +196,8 @@ def paired_bootstrap(
     for m, key in zip(metrics, keys):
         d = samples[key][np.isfinite(samples[key])]
         interval = _interval(samples[key], alpha)
-        p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if d.size else None
+        tail = min((d <= 0).sum(), (d >= 0).sum())
+        p = float(min(1.0, 2 * (tail + 1) / (d.size + 1))) if d.size else None
         out[m] = {"diff": _finite(observed[key][0]), "low": interval["low"], "high": interval["high"], "p": p}
     return out
 

@@ -61,6 +61,19 @@ def _one_class(y: np.ndarray) -> bool:
     return y.size == 0 or np.unique(y).size < 2
 
 
+def parse_threshold(method: str | float) -> str | float:
+    """A threshold method name (``"f1"``, ``"youden"``) or a fixed threshold in [0, 1] as a float."""
+    if isinstance(method, str) and method in ("f1", "youden"):
+        return method
+    try:
+        value = float(method)
+    except (TypeError, ValueError):
+        raise CxrfuseError(f"threshold {method!r}: choose one of {THRESHOLD_METHODS} or a number in [0, 1]") from None
+    if not 0.0 <= value <= 1.0:
+        raise CxrfuseError(f"threshold {method!r} is outside [0, 1]")
+    return value
+
+
 def choose_threshold(y: np.ndarray, p: np.ndarray, method: str | float = "f1") -> tuple[float, str | None]:
     """Decision threshold for one label (predict positive when ``p >= threshold``).
 
@@ -68,10 +81,9 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, method: str | float = "f1") -
     ``"f1"`` (max F1 on the precision-recall curve). Call it on the **validation** split.
     Returns the threshold and a warning (None when fine); a label with one class falls back to 0.5.
     """
-    if isinstance(method, int | float) or _is_number(method):
-        return float(method), None
-    if method not in THRESHOLD_METHODS:
-        raise CxrfuseError(f"threshold method {method!r}: choose one of {THRESHOLD_METHODS} or a number")
+    method = parse_threshold(method)
+    if isinstance(method, float):
+        return method, None
     known = ~np.isnan(y)
     y, p = y[known], p[known]
     if _one_class(y):
@@ -85,14 +97,6 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, method: str | float = "f1") -
     with np.errstate(divide="ignore", invalid="ignore"):
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     return float(thresholds[np.argmax(f1[:-1])]), None
-
-
-def _is_number(value: object) -> bool:
-    try:
-        float(str(value))
-    except ValueError:
-        return False
-    return True
 
 
 def choose_thresholds(

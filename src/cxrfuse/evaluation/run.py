@@ -191,10 +191,19 @@ def _resolve(path: str | Path, run_dir: Path) -> Path:
     return path if path.exists() or path.is_absolute() else (run_dir / path)
 
 
+def evaluation_settings(run_dir: str | Path) -> dict[str, Any]:
+    """``threshold`` and ``n_boot`` from the ``evaluation`` section of the run's ``config.yaml``
+    (defaults ``"f1"`` and 1000 when absent)."""
+    path = Path(run_dir) / "config.yaml"
+    section = (yaml.safe_load(path.read_text()) or {}).get("evaluation") if path.exists() else None
+    section = section if isinstance(section, Mapping) else {}
+    return {"threshold": section.get("threshold", "f1"), "n_boot": int(section.get("n_boot", 1000))}
+
+
 def evaluate_run(
     run_dir: str | Path,
-    threshold: str | float = "f1",
-    n_boot: int = 1000,
+    threshold: str | float | None = None,
+    n_boot: int | None = None,
     seed: int = 0,
     *,
     shuffle: Sequence[str] = (),
@@ -206,10 +215,16 @@ def evaluate_run(
     when ``shuffle`` names modalities) and returns the metrics dict.
 
     Thresholds are chosen on the val split with ``threshold`` (``"f1"``, ``"youden"``, ``"0.5"``
-    or a number) and applied to test; intervals are percentile bootstraps over test studies.
+    or a number) and applied to test; intervals are percentile bootstraps over test studies
+    (``n_boot=0``: none). ``None`` takes the value from the run config's ``evaluation`` section.
     """
     run_dir = Path(run_dir)
     run = read_run(run_dir)
+    defaults = evaluation_settings(run_dir)
+    threshold = defaults["threshold"] if threshold is None else threshold
+    n_boot = defaults["n_boot"] if n_boot is None else n_boot
+    if shuffle:  # fail before the work, not after it
+        check_shuffle(run, run_dir, shuffle)
     if run.get("status") != "finished":
         raise DataError(f"{run_dir / 'run.json'}: status is {run.get('status')!r}, not 'finished'"
                         + (f" (error: {run['error']})" if run.get("error") else ""))
@@ -225,7 +240,7 @@ def evaluate_run(
         "threshold_warnings": warnings, "n_boot": n_boot, "bootstrap_seed": seed,
         "val": compute_metrics(val_y, val_p, thresholds, labels),
         "test": compute_metrics(test_y, test_p, thresholds, labels),
-        "ci": bootstrap_ci(test_y, test_p, thresholds, labels, n_boot=n_boot, seed=seed),
+        "ci": bootstrap_ci(test_y, test_p, thresholds, labels, n_boot=n_boot, seed=seed) if n_boot else {},
         "evaluated": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": environment(),
     }
@@ -236,7 +251,7 @@ def evaluate_run(
     write_json(run_dir / "metrics.json", result)
     _store_thresholds(run_dir, result["thresholds"])
     if shuffle:
-        shuffle_run(run_dir, shuffle, repeats=repeats, seed=seed, thresholds=thresholds)
+        result["shuffle"] = shuffle_run(run_dir, shuffle, repeats=repeats, seed=seed, thresholds=thresholds)
     return result
 
 
@@ -261,6 +276,25 @@ def _store_thresholds(run_dir: Path, thresholds: Mapping[str, float]) -> None:
         write_json(path, sidecar)
 
 
+def require_load_run() -> Any:
+    """:func:`cxrfuse.training.load_run`, or a clear error when this cxrfuse has none."""
+    try:
+        from cxrfuse.training import load_run  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise CxrfuseError("shuffling a modality needs the trained model, and this cxrfuse has no "
+                           "cxrfuse.training.load_run to rebuild it yet") from exc
+    return load_run
+
+
+def check_shuffle(run: Mapping[str, Any], run_dir: Path, modalities: Sequence[str]) -> Any:
+    """Raise unless the run uses every modality to shuffle and its model can be loaded;
+    returns :func:`cxrfuse.training.load_run`."""
+    unused = [m for m in modalities if m not in run["modalities"]]
+    if unused:
+        raise CxrfuseError(f"{run_dir}: cannot shuffle {unused}: the run uses only {run['modalities']}")
+    return require_load_run()
+
+
 def shuffle_run(
     run_dir: str | Path, modalities: Sequence[str], *, repeats: int = 5, seed: int = 0,
     thresholds: np.ndarray | float | None = None,
@@ -269,14 +303,7 @@ def shuffle_run(
     merges the results into ``ablation.json`` and returns them."""
     run_dir = Path(run_dir)
     run = read_run(run_dir)
-    unused = [m for m in modalities if m not in run["modalities"]]
-    if unused:
-        raise CxrfuseError(f"{run_dir}: cannot shuffle {unused}: the run uses only {run['modalities']}")
-    try:
-        from cxrfuse.training import load_run  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise CxrfuseError("--shuffle needs the trained model, and this cxrfuse has no "
-                           "cxrfuse.training.load_run to rebuild it yet") from exc
+    load_run = check_shuffle(run, run_dir, modalities)
     if thresholds is None:
         metrics_path = run_dir / "metrics.json"
         stored = read_json(metrics_path)["thresholds"] if metrics_path.exists() else {}
@@ -333,7 +360,7 @@ def _setting_names(settings: list[dict[str, str]]) -> list[str]:
 
 
 def evaluate_experiment(
-    exp_dir: str | Path, threshold: str | float = "f1", n_boot: int = 1000, seed: int = 0,
+    exp_dir: str | Path, threshold: str | float | None = None, n_boot: int | None = None, seed: int = 0,
     *, reuse: bool = True, leakage: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every finished run of an experiment and compare modalities.
@@ -344,8 +371,12 @@ def evaluate_experiment(
     predictions and used the same threshold method and bootstrap.
     """
     exp_dir = Path(exp_dir)
+    run_dirs = find_runs(exp_dir)
+    defaults = evaluation_settings(run_dirs[0])
+    threshold = defaults["threshold"] if threshold is None else threshold
+    n_boot = defaults["n_boot"] if n_boot is None else n_boot
     records = []
-    for run_dir in tqdm(find_runs(exp_dir), desc="evaluate runs"):
+    for run_dir in tqdm(run_dirs, desc="evaluate runs"):
         run = read_json(run_dir / "run.json")
         record: dict[str, Any] = {"run": run.get("name", run_dir.name), "dir": run_dir, "status": run.get("status"),
                                   "error": run.get("error"), "modalities": list(run.get("modalities") or []),

@@ -49,7 +49,8 @@ def load_head(run_dir: Path, sidecar: dict[str, Any] | None = None) -> FusionHea
     """The trained head of a run directory, in eval mode on the CPU."""
     sidecar = sidecar or read_sidecar(run_dir)
     spec = sidecar["head"]
-    head = build_head(spec["kind"], **spec["kwargs"])
+    kwargs = {k: v for k, v in spec["kwargs"].items() if k != "kind"}
+    head = build_head(spec["kind"], **kwargs)
     head.load_state_dict(load_file(str(Path(run_dir) / WEIGHTS_FILE), device="cpu"))
     return head.eval()
 

@@ -400,7 +400,7 @@ def train_run(config: RunConfig, *, progress: bool = True) -> Path:
             except ImportError as err:
                 raise CxrfuseError("training.mode 'finetune' needs cxrfuse.training.finetune, "
                                    f"which is not available in this install ({err})") from err
-            train_finetune(config, run_dir)
+            train_finetune(config, run_dir, progress=progress)
             return run_dir
         arrays = build_study_arrays(config, progress=progress)
         train_on_arrays(config, arrays, run_dir, progress=progress)

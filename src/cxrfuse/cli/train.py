@@ -1,0 +1,154 @@
+"""Training verbs: ``train`` (one run), ``experiment`` (a grid of runs), ``predict`` (one study)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from importlib import import_module
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cxrfuse.cli import app, console, err_console, friendly_errors
+from cxrfuse.problems import CxrfuseError, DataError
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key: key.path=value (value parsed as YAML); repeatable."),
+]
+OfflineOption = Annotated[
+    bool, typer.Option("--offline", help="Swap in each side's offline_encoder (efficientnet-lite, minilm, tfidf).")
+]
+RunsDirOption = Annotated[Path | None, typer.Option(help="Write runs under this folder instead of runs_dir.")]
+EvaluateOption = Annotated[
+    bool, typer.Option("--evaluate/--no-evaluate", help="Write metrics.json (cxrfuse evaluate) after each run.")
+]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+
+
+def _evaluator() -> Callable[..., Any] | None:
+    """``evaluate_run`` of the evaluation package, when this install has it."""
+    for name in ("cxrfuse.evaluation", "cxrfuse.evaluation.run"):
+        try:
+            function = getattr(import_module(name), "evaluate_run", None)
+        except ImportError:
+            function = None
+        if function is not None:
+            return function
+    return None
+
+
+def _evaluate(run_dir: Path) -> None:
+    """Write metrics.json for a finished run; a problem is reported, never fatal to training."""
+    evaluate_run = _evaluator()
+    if evaluate_run is None:
+        err_console.print("[yellow]note:[/] cxrfuse.evaluation.evaluate_run is not available in "
+                          f"this install; no metrics.json for {run_dir} (predictions are written)")
+        return
+    import yaml
+
+    from cxrfuse.config import validate_run
+
+    config = validate_run(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    try:
+        evaluate_run(run_dir, config.evaluation.threshold, config.evaluation.n_boot, config.seed)
+    except CxrfuseError as err:
+        err_console.print(f"[yellow]evaluation of {run_dir} failed:[/] {err}")
+        return
+    console.print(f"  metrics: [bold]{run_dir / 'metrics.json'}[/]")
+
+
+@app.command("train")
+@friendly_errors
+def train_cmd(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config (YAML).")],
+    set_: SetOption = None,
+    offline: OfflineOption = False,
+    runs_dir: RunsDirOption = None,
+    evaluate: EvaluateOption = True,
+    progress: ProgressOption = True,
+) -> None:
+    """Train one fusion head on cached embeddings (embedding what the store lacks) and write
+    runs/NAME/: config.yaml, run.json, epochs.csv, plots/, predictions.parquet, model.safetensors
+    with its model.json sidecar, and metrics.json (evaluation).
+
+    Example: `cxrfuse train configs/iu-binary-views-mean-indication.yaml --offline --set training.max_epochs=10`
+    """
+    from cxrfuse.config import apply_offline, load_run_config
+    from cxrfuse.training.runner import train_run
+
+    config = load_run_config(config_path, set_ or [])
+    if offline:
+        config = apply_offline(config)
+    if runs_dir is not None:
+        config = config.model_copy(update={"runs_dir": str(runs_dir)})
+    console.print(f"training [bold]{config.name}[/] ({'+'.join(config.model.modalities)}, "
+                  f"task {config.data.task}) -> {config.run_dir}")
+    try:
+        run_dir = train_run(config, progress=progress)
+    except CxrfuseError:
+        raise
+    except Exception as err:
+        raise CxrfuseError(f"run {config.name} failed ({type(err).__name__}: {err}); "
+                           f"details in {config.run_dir / 'run.json'}") from err
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    fit = info.get("fit", {})
+    console.print(f"finished in {info.get('timing_s', float('nan')):.1f} s; best epoch "
+                  f"{fit.get('best_epoch')} (val loss {fit.get('best_val_loss', float('nan')):.4f}) "
+                  f"-> [bold]{run_dir}[/]")
+    if evaluate:
+        _evaluate(run_dir)
+
+
+@app.command("experiment")
+@friendly_errors
+def experiment_cmd(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Experiment config (YAML): base + grid + seeds.")],
+    set_: SetOption = None,
+    offline: OfflineOption = False,
+    runs_dir: RunsDirOption = None,
+    evaluate: EvaluateOption = True,
+    progress: ProgressOption = True,
+) -> None:
+    """Run every grid point x seed of an experiment (finished runs are skipped, a failed run is
+    recorded and the grid goes on) and write summary.csv / summary.md (mean ± sd over seeds).
+
+    Example: `cxrfuse experiment configs/mimic-pneumonia-grid.yaml --offline --set seeds=[0,1,2]`
+    """
+    from cxrfuse.config import apply_offline_experiment, load_experiment_config
+    from cxrfuse.training.runner import train_experiment
+
+    experiment = load_experiment_config(config_path, set_ or [])
+    if offline:
+        experiment = apply_offline_experiment(experiment)
+    if runs_dir is not None:
+        experiment = experiment.model_copy(update={"runs_dir": str(runs_dir)})
+    n = len(experiment.expand(str(config_path)))
+    console.print(f"experiment [bold]{experiment.name}[/]: {n} run(s) -> {experiment.experiment_dir}")
+    out = train_experiment(experiment, progress=progress, after_run=_evaluate if evaluate else None,
+                           console=console)
+    console.print((out / "summary.md").read_text())
+    console.print(f"wrote [bold]{out / 'summary.csv'}[/] and {out / 'summary.md'}")
+
+
+@app.command("predict")
+@friendly_errors
+def predict_cmd(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory.")],
+    image: Annotated[list[Path] | None, typer.Option("--image", help="Image file; frontal first, then lateral. Repeatable.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Report text file with section headings (INDICATION:, FINDINGS:, ...).")] = None,
+) -> None:
+    """Probabilities of one study from its image(s) and report, as JSON.
+
+    Example: `cxrfuse predict runs/iu-binary-views-mean-indication --image 1_frontal.png --image 1_lateral.png --report 1.txt`
+    """
+    from cxrfuse.training.runner import predict
+
+    text = None
+    if report is not None:
+        if not report.is_file():
+            raise DataError(f"{report}: no such report file")
+        text = report.read_text()
+    probs = predict(run_dir, [str(p) for p in image or []], text)
+    typer.echo(json.dumps(probs, indent=2))

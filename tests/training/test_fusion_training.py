@@ -1,0 +1,101 @@
+"""Training on synthetic embeddings where each modality carries half of the signal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
+
+from cxrfuse.config import RunConfig
+from cxrfuse.training.data import StudyArrays
+from cxrfuse.training.estimator import FusionClassifier
+from cxrfuse.training.runner import train_on_arrays
+
+
+def half_signal_arrays(n: int = 1600, dim: int = 12, seed: int = 0) -> StudyArrays:
+    """label = [z1 + z2 + noise > 0]; the image views carry z1, the report vector z2."""
+    rng = np.random.default_rng(seed)
+    z1, z2 = rng.normal(size=n), rng.normal(size=n)
+    y = (z1 + z2 + 0.35 * rng.normal(size=n) > 0).astype(np.float32)[:, None]
+    image = rng.normal(size=(n, 2, dim)).astype(np.float32)
+    image[:, :, :3] += 1.5 * z1[:, None, None]  # both views show it, with view noise
+    text = rng.normal(size=(n, dim)).astype(np.float32)
+    text[:, :3] += 1.5 * z2[:, None]
+    split = rng.choice(np.array(["train", "val", "test"], dtype=object), size=n, p=[0.6, 0.15, 0.25])
+    ids = np.array([f"s{i}" for i in range(n)], dtype=object)
+    return StudyArrays(ids, ids.copy(), split, y, ["abnormal"], image, np.ones((n, 2), bool),
+                       text, np.ones(n, bool))
+
+
+@pytest.fixture(scope="module")
+def test_aurocs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
+    arrays = half_signal_arrays()
+    out = {}
+    for name, modalities in (("image", ["image"]), ("text", ["text"]),
+                             ("multimodal", ["image", "text"])):
+        config = RunConfig(
+            name=name, seed=0, model={"kind": "late-fusion", "modalities": modalities,
+                                      "projection_dim": 32},
+            image={"views": "attention"},
+            training={"lr": 0.003, "batch_size": 64, "max_epochs": 25,
+                      "early_stopping": {"patience": 4}},
+        )
+        run_dir = tmp_path_factory.mktemp(name)
+        train_on_arrays(config, arrays, run_dir, progress=False)
+        frame = pd.read_parquet(run_dir / "predictions.parquet")
+        test = frame[frame["split"] == "test"]
+        out[name] = roc_auc_score(test["y__abnormal"], test["p__abnormal"])
+    return out
+
+
+def test_each_modality_alone_gets_part_of_the_signal(test_aurocs: dict[str, float]) -> None:
+    assert 0.65 < test_aurocs["image"] < 0.88
+    assert 0.65 < test_aurocs["text"] < 0.88
+
+
+def test_fused_model_beats_both_unimodal_ones(test_aurocs: dict[str, float]) -> None:
+    assert test_aurocs["multimodal"] > 0.93
+    assert test_aurocs["multimodal"] > max(test_aurocs["image"], test_aurocs["text"]) + 0.08
+
+
+def test_run_directory_tables(tmp_path: Path) -> None:
+    arrays = half_signal_arrays(n=300)
+    config = RunConfig(name="small", model={"modalities": ["image", "text"]},
+                       training={"max_epochs": 4, "early_stopping": None,
+                                 "schedule": {"kind": "step", "step_size": 2, "gamma": 0.5}},
+                       data={"subsample": {"positive_fraction": 0.25}, "sampler": "weighted"})
+    info = train_on_arrays(config, arrays, tmp_path, progress=False)
+    epochs = pd.read_csv(tmp_path / "epochs.csv")
+    assert list(epochs.columns) == ["epoch", "split", "loss", "accuracy", "precision", "recall",
+                                    "f1", "auroc", "lr"]
+    assert epochs["epoch"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert epochs["split"].tolist() == ["train", "val"] * 4
+    assert epochs["lr"].tolist() == pytest.approx([0.003] * 4 + [0.0015] * 4)  # step schedule
+    negatives = int((arrays.y[arrays.indices("train")] == 0).sum())  # balanced data: too few
+    assert info["n"]["train"] == negatives + round(negatives / 3)  # for 75:25, positives drawn
+    assert not (tmp_path / ".checkpoints").exists()  # no pickled checkpoint stays behind
+    assert (tmp_path / "plots" / "training_curves.png").stat().st_size > 10_000
+
+
+def test_estimator_binary_and_multilabel() -> None:
+    arrays = half_signal_arrays(n=900)
+    train, test = arrays.indices("train"), arrays.indices("test")
+    X = {"image": arrays.image, "text": arrays.text}
+    pick = lambda rows: {k: v[rows] for k, v in X.items()}
+    clf = FusionClassifier(kind="concat-mlp", hidden=(32,), max_epochs=15, lr=0.003, patience=3)
+    clf.fit(pick(train), arrays.y[train, 0])
+    proba = clf.predict_proba(pick(test))
+    assert proba.shape == (len(test), 2) and np.allclose(proba.sum(1), 1.0)
+    assert roc_auc_score(arrays.y[test, 0], proba[:, 1]) > 0.9
+    assert set(clf.predict(pick(test))) <= {0, 1}
+    assert clone(clf).get_params() == clf.get_params()
+    with pytest.raises(ValueError, match="lacks"):
+        clf.predict_proba({"image": arrays.image[test]})
+    y2 = np.column_stack([arrays.y[:, 0], 1 - arrays.y[:, 0]])
+    multi = FusionClassifier(hidden=(16,), max_epochs=3).fit(arrays.text[train], y2[train])
+    assert multi.predict_proba(arrays.text[test]).shape == (len(test), 2)
+    assert multi.predict(arrays.text[test]).shape == (len(test), 2)

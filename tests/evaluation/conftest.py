@@ -1,4 +1,4 @@
-"""Fixtures: a small split IU manifest, a run directory and an experiment directory (see rundirs.py)."""
+"""Fixtures: a small split IU manifest, a run and an experiment directory (see rundirs.py)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def small_manifest(iu_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """900 bundled IU studies, a three-label task, patient-level 60/20/20 split, saved."""
-    manifest = iu_manifest.replace(df=iu_manifest.df.head(900).copy(),
-                                   tasks={**iu_manifest.tasks, "three": LABELS})
+    manifest = iu_manifest.replace(
+        df=iu_manifest.df.head(900).copy(), tasks={**iu_manifest.tasks, "three": LABELS}
+    )
     manifest = assign_splits(manifest, (0.6, 0.2, 0.2), seed=0, task="three")
     return manifest.save(tmp_path_factory.mktemp("manifest") / "iu.parquet")
 
@@ -47,9 +48,24 @@ def experiment_dir(tmp_path_factory: pytest.TempPathFactory, small_manifest: Pat
             build_run(exp / "runs", small_manifest, modalities, seed)
     failed = exp / "runs" / "multimodal-seed2"
     failed.mkdir(parents=True)
-    (failed / "run.json").write_text(json.dumps({"name": "multimodal-seed2", "status": "failed",
-                                                 "error": "CUDA out of memory", "seed": 2,
-                                                 "labels": LABELS, "modalities": ["image", "text"]}))
-    (exp / "experiment.yaml").write_text(yaml.safe_dump({"name": "demo-exp", "grid": {
-        "modalities": [["image"], ["text"], ["image", "text"]], "seed": [0, 1, 2]}}))
+    (failed / "run.json").write_text(
+        json.dumps(
+            {
+                "name": "multimodal-seed2",
+                "status": "failed",
+                "error": "CUDA out of memory",
+                "seed": 2,
+                "labels": LABELS,
+                "modalities": ["image", "text"],
+            }
+        )
+    )
+    (exp / "experiment.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "demo-exp",
+                "grid": {"modalities": [["image"], ["text"], ["image", "text"]], "seed": [0, 1, 2]},
+            }
+        )
+    )
     return exp

@@ -28,8 +28,16 @@ def synthetic_embeddings(y: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     return {"image": image, "text": text}
 
 
-def build_run(root: Path, manifest_path: Path, modalities: list[str], seed: int, *,
-              name: str | None = None, epochs: int = 4, images: str = "phantom") -> Path:
+def build_run(
+    root: Path,
+    manifest_path: Path,
+    modalities: list[str],
+    seed: int,
+    *,
+    name: str | None = None,
+    epochs: int = 4,
+    images: str = "phantom",
+) -> Path:
     """Train one SGD logistic model per label on the chosen modalities and write the run files."""
     from cxrfuse.data import read_manifest
 
@@ -60,8 +68,14 @@ def build_run(root: Path, manifest_path: Path, modalities: list[str], seed: int,
                 stats["f1"].append(f1_score(ys[k, j], probs[k, j] >= 0.5, zero_division=0))
                 stats["auroc"].append(roc_auc_score(ys[k, j], probs[k, j]))
                 stats["accuracy"].append(float(((probs[k, j] >= 0.5) == ys[k, j]).mean()))
-            rows.append({"epoch": epoch, "split": part, **{k: float(np.mean(v)) for k, v in stats.items()},
-                         "lr": 0.01})
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "split": part,
+                    **{k: float(np.mean(v)) for k, v in stats.items()},
+                    "lr": 0.01,
+                }
+            )
     pd.DataFrame(rows).to_csv(run_dir / "epochs.csv", index=False)
     keep = np.isin(split, ["val", "test"])
     preds = manifest.df.loc[keep, ["study_id", "patient_id", "split"]].reset_index(drop=True)
@@ -70,20 +84,58 @@ def build_run(root: Path, manifest_path: Path, modalities: list[str], seed: int,
         preds[f"y__{label_slug(label)}"] = y[keep, j]
         preds[f"p__{label_slug(label)}"] = probs[:, j]
     preds.to_parquet(run_dir / "predictions.parquet")
-    text = {"encoder": "tfidf", "text_config": TEXT_CONFIG, "dim": 8} if "text" in modalities else None
-    (run_dir / "model.json").write_text(json.dumps({
-        "format": "cxrfuse-head/1", "head": {"kind": "concat-mlp", "kwargs": {}}, "labels": LABELS,
-        "task": "three", "output": "sigmoid", "image": None, "text": text}))
-    config = RunConfig(name=name, seed=seed, runs_dir=str(root), data={"manifest": str(manifest_path), "task": "three"},
-                       text={**TEXT_CONFIG, "encoder": "tfidf"}, model={"modalities": modalities},
-                       training={"max_epochs": epochs}, evaluation={"threshold": "f1", "n_boot": 200})
+    text = (
+        {"encoder": "tfidf", "text_config": TEXT_CONFIG, "dim": 8} if "text" in modalities else None
+    )
+    (run_dir / "model.json").write_text(
+        json.dumps(
+            {
+                "format": "cxrfuse-head/1",
+                "head": {"kind": "concat-mlp", "kwargs": {}},
+                "labels": LABELS,
+                "task": "three",
+                "output": "sigmoid",
+                "image": None,
+                "text": text,
+            }
+        )
+    )
+    config = RunConfig(
+        name=name,
+        seed=seed,
+        runs_dir=str(root),
+        data={"manifest": str(manifest_path), "task": "three"},
+        text={**TEXT_CONFIG, "encoder": "tfidf"},
+        model={"modalities": modalities},
+        training={"max_epochs": epochs},
+        evaluation={"threshold": "f1", "n_boot": 200},
+    )
     (run_dir / "config.yaml").write_text(config.to_yaml())
-    (run_dir / "run.json").write_text(json.dumps({
-        "name": name, "status": "finished", "started": "2024-01-01T00:00:00", "finished": "2024-01-01T00:01:00",
-        "seed": seed, "task": "three", "labels": LABELS, "output": "sigmoid", "modalities": modalities,
-        "images": images, "manifest": str(manifest_path), "stores": {"image": None, "text": None},
-        "n": {s: int((split == s).sum()) for s in ("train", "val", "test")},
-        "environment": {"python": "3.11", "torch": torch.__version__, "cxrfuse": "0.1.0",
-                        "platform": "test", "device": "cpu"},
-        "timing_s": 1.5}))
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "status": "finished",
+                "started": "2024-01-01T00:00:00",
+                "finished": "2024-01-01T00:01:00",
+                "seed": seed,
+                "task": "three",
+                "labels": LABELS,
+                "output": "sigmoid",
+                "modalities": modalities,
+                "images": images,
+                "manifest": str(manifest_path),
+                "stores": {"image": None, "text": None},
+                "n": {s: int((split == s).sum()) for s in ("train", "val", "test")},
+                "environment": {
+                    "python": "3.11",
+                    "torch": torch.__version__,
+                    "cxrfuse": "0.1.0",
+                    "platform": "test",
+                    "device": "cpu",
+                },
+                "timing_s": 1.5,
+            }
+        )
+    )
     return run_dir

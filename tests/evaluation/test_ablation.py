@@ -75,22 +75,34 @@ def test_complementarity_counts_add_up() -> None:
     counts = complementarity(y, p_image, p_text, 0.5, [0.4, 0.5, 0.6])
     pairs = counts["pairs"]
     assert pairs["total"] == (~np.isnan(y)).sum()
-    assert pairs["both"] + pairs["only_text"] + pairs["only_image"] + pairs["neither"] == pairs["total"]
+    assert (
+        pairs["both"] + pairs["only_text"] + pairs["only_image"] + pairs["neither"]
+        == pairs["total"]
+    )
     assert pairs["both"] + pairs["only_image"] == np.nansum(correct_matrix(y, p_image, 0.5))
     studies = counts["studies"]
     assert studies["total"] == (~np.isnan(y).any(axis=1)).sum()
-    assert sum(studies[k] for k in ("both", "only_text", "only_image", "neither")) == studies["total"]
+    assert (
+        sum(studies[k] for k in ("both", "only_text", "only_image", "neither")) == studies["total"]
+    )
 
 
 def _metrics(auroc: float, f1: float) -> dict:
-    return {"test": {"headline": {"auroc": auroc, "precision": 0.7, "recall": 0.6, "f1": f1}},
-            "ci": {"headline/auroc": {"low": auroc - 0.05, "high": auroc + 0.05}}}
+    return {
+        "test": {"headline": {"auroc": auroc, "precision": 0.7, "recall": 0.6, "f1": f1}},
+        "ci": {"headline/auroc": {"low": auroc - 0.05, "high": auroc + 0.05}},
+    }
 
 
 def test_modality_table_has_the_published_shape() -> None:
-    runs = [{"modalities": ["image", "text"], "seed": s, "metrics": _metrics(0.9 + s / 100, 0.8)} for s in (0, 1)]
-    runs += [{"modalities": ["text"], "seed": 0, "metrics": _metrics(0.85, 0.7)},
-             {"modalities": ["image"], "seed": 0, "metrics": _metrics(0.8, 0.6)}]
+    runs = [
+        {"modalities": ["image", "text"], "seed": s, "metrics": _metrics(0.9 + s / 100, 0.8)}
+        for s in (0, 1)
+    ]
+    runs += [
+        {"modalities": ["text"], "seed": 0, "metrics": _metrics(0.85, 0.7)},
+        {"modalities": ["image"], "seed": 0, "metrics": _metrics(0.8, 0.6)},
+    ]
     table = modality_table(runs)
     assert table["modality"].tolist() == ["Image", "Text", "Multimodal"]
     assert table.loc[2, "auroc"] == pytest.approx(0.905) and table.loc[2, "seeds"] == 2
@@ -107,16 +119,26 @@ def split_reports(iu_manifest: Manifest) -> Manifest:
     return assign_splits(subset, (0.7, 0.1, 0.2), seed=0, task="normal-abnormal")
 
 
-def test_leakage_probe_flags_masked_findings_but_not_the_indication(split_reports: Manifest) -> None:
-    leaky = leakage_probe(split_reports, TextConfig(sections=["findings", "impression"]), task="normal-abnormal")
+def test_leakage_probe_flags_masked_findings_but_not_the_indication(
+    split_reports: Manifest,
+) -> None:
+    leaky = leakage_probe(
+        split_reports, TextConfig(sections=["findings", "impression"]), task="normal-abnormal"
+    )
     assert leaky["per_label"]["abnormal"]["chosen"] > 0.9  # DESIGN.md measured 0.984 on all reports
     assert leaky["per_label"]["abnormal"]["indication"] < 0.75
     assert leaky["warning"] and "still carries the label" in leaky["warning"]
     assert leaky["audit"]["total_probe"] > 0 and leaky["train"] > leaky["test"] > 0
-    honest = leakage_probe(split_reports, TextConfig(sections=["indication"]), task="normal-abnormal")
+    honest = leakage_probe(
+        split_reports, TextConfig(sections=["indication"]), task="normal-abnormal"
+    )
     assert honest["warning"] is None and honest["gap"] == 0
 
 
 def test_leakage_probe_needs_a_split(iu_manifest: Manifest) -> None:
     with pytest.raises(DataError, match="cxrfuse split"):
-        leakage_probe(iu_manifest.replace(df=iu_manifest.df.head(50).copy()), TextConfig(), task="normal-abnormal")
+        leakage_probe(
+            iu_manifest.replace(df=iu_manifest.df.head(50).copy()),
+            TextConfig(),
+            task="normal-abnormal",
+        )

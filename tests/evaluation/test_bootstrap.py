@@ -21,7 +21,9 @@ from cxrfuse.evaluation.bootstrap import (
 from cxrfuse.evaluation.metrics import compute_metrics
 
 
-def scores(n: int, signal: float, seed: int = 0, n_labels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def scores(
+    n: int, signal: float, seed: int = 0, n_labels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = (rng.random((n, n_labels)) < 0.3).astype(float)
     p = 1 / (1 + np.exp(-(signal * (2 * y - 1) + rng.normal(size=(n, n_labels)))))
@@ -110,7 +112,9 @@ def test_delong_detects_a_real_difference_and_not_a_null_one() -> None:
     assert delong_test(y, strong, twin)["p"] > 0.05
     y_nan = y.copy()
     y_nan[:50] = np.nan
-    assert delong_test(y_nan, strong, weak)["auroc_a"] == pytest.approx(roc_auc_score(y[50:], strong[50:]))
+    assert delong_test(y_nan, strong, weak)["auroc_a"] == pytest.approx(
+        roc_auc_score(y[50:], strong[50:])
+    )
 
 
 def test_paired_bootstrap_difference_and_p_value() -> None:
@@ -126,6 +130,9 @@ def test_paired_bootstrap_difference_and_p_value() -> None:
 
 
 def test_seed_summary() -> None:
-    assert seed_summary([0.8, 0.9, None, float("nan")]) == {"mean": pytest.approx(0.85),
-                                                            "sd": pytest.approx(np.std([0.8, 0.9], ddof=1)), "n": 2}
+    assert seed_summary([0.8, 0.9, None, float("nan")]) == {
+        "mean": pytest.approx(0.85),
+        "sd": pytest.approx(np.std([0.8, 0.9], ddof=1)),
+        "n": 2,
+    }
     assert seed_summary([0.7])["sd"] is None

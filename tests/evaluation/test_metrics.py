@@ -1,4 +1,4 @@
-"""Metrics agree with scikit-learn, thresholds come from validation, degenerate labels do not crash."""
+"""Metrics agree with scikit-learn, thresholds come from val, degenerate labels do not crash."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from cxrfuse.evaluation.metrics import (
 from cxrfuse.problems import CxrfuseError
 
 
-def fixed_multilabel(n: int = 300, n_labels: int = 4, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+def fixed_multilabel(
+    n: int = 300, n_labels: int = 4, seed: int = 7
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = (rng.random((n, n_labels)) < [0.1, 0.3, 0.5, 0.2]).astype(float)
     p = np.clip(0.35 * y + 0.65 * rng.random((n, n_labels)), 0, 1).round(3)  # ties on purpose
@@ -67,13 +69,21 @@ def test_unknown_labels_are_excluded_per_label() -> None:
     for j, name in enumerate("abcd"):
         known = ~np.isnan(y[:, j])
         assert m["per_label"][name]["n"] == known.sum()
-        assert m["per_label"][name]["auroc"] == pytest.approx(roc_auc_score(y[known, j], p[known, j]))
-        assert m["per_label"][name]["f1"] == pytest.approx(f1_score(y[known, j], p[known, j] >= 0.5))
+        assert m["per_label"][name]["auroc"] == pytest.approx(
+            roc_auc_score(y[known, j], p[known, j])
+        )
+        assert m["per_label"][name]["f1"] == pytest.approx(
+            f1_score(y[known, j], p[known, j] >= 0.5)
+        )
     complete = ~np.isnan(y).any(axis=1)
     assert m["exact_match"]["studies"] == complete.sum()
-    assert m["exact_match"]["accuracy"] == pytest.approx(accuracy_score(y[complete], (p[complete] >= 0.5).astype(int)))
+    assert m["exact_match"]["accuracy"] == pytest.approx(
+        accuracy_score(y[complete], (p[complete] >= 0.5).astype(int))
+    )
     right = correct_matrix(y, p, 0.5)
-    assert np.isnan(right[::5, 1]).all() and np.nanmean(right[:, 0]) == pytest.approx(m["per_label"]["a"]["accuracy"])
+    assert np.isnan(right[::5, 1]).all() and np.nanmean(right[:, 0]) == pytest.approx(
+        m["per_label"]["a"]["accuracy"]
+    )
 
 
 def test_binary_headline_is_the_label_itself() -> None:
@@ -117,12 +127,17 @@ def _brute_force(y: np.ndarray, p: np.ndarray, score) -> float:
 def test_f1_and_youden_thresholds_are_the_optima() -> None:
     y, p = fixed_multilabel()
     for j in range(y.shape[1]):
-        f1_best = _brute_force(y[:, j], p[:, j], lambda yy, pred, t: f1_score(yy, pred, zero_division=0))
-        youden_best = _brute_force(y[:, j], p[:, j], lambda yy, pred, t: recall_score(yy, pred)
-                                   - (pred[yy == 0].mean()))
+        f1_best = _brute_force(
+            y[:, j], p[:, j], lambda yy, pred, t: f1_score(yy, pred, zero_division=0)
+        )
+        youden_best = _brute_force(
+            y[:, j], p[:, j], lambda yy, pred, t: recall_score(yy, pred) - (pred[yy == 0].mean())
+        )
         f1_t, _ = choose_threshold(y[:, j], p[:, j], "f1")
         you_t, _ = choose_threshold(y[:, j], p[:, j], "youden")
-        assert f1_score(y[:, j], p[:, j] >= f1_t) == pytest.approx(f1_score(y[:, j], p[:, j] >= f1_best))
+        assert f1_score(y[:, j], p[:, j] >= f1_t) == pytest.approx(
+            f1_score(y[:, j], p[:, j] >= f1_best)
+        )
         assert you_t == pytest.approx(youden_best)
     assert choose_threshold(y[:, 0], p[:, 0], "0.5") == (0.5, None)
     assert choose_threshold(y[:, 0], p[:, 0], 0.3) == (0.3, None)
@@ -143,7 +158,9 @@ def test_threshold_comes_from_validation_not_test() -> None:
     assert thr[0] == pytest.approx(0.3, abs=0.01) and best_test == pytest.approx(0.7, abs=0.01)
     m = compute_metrics(y_test, p_test, thr)
     assert m["thresholds"]["0"] == thr[0]
-    assert m["headline"]["precision"] < 0.5  # the val cut is wrong for test, and we report that honestly
+    assert (
+        m["headline"]["precision"] < 0.5
+    )  # the val cut is wrong for test, and we report that honestly
 
 
 def test_bad_inputs_raise_clear_errors() -> None:

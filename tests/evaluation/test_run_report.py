@@ -1,4 +1,4 @@
-"""evaluate_run / evaluate_experiment / write_report and the CLI on directories built per the contract."""
+"""evaluate_run, evaluate_experiment, write_report and the CLI on contract-built directories."""
 
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ PLOTS = ("roc", "pr", "confusion", "reliability", "training_curves")
 def arrays(run_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     frame = pd.read_parquet(run_dir / "predictions.parquet")
     part = frame[frame["split"] == split]
-    return (part[[f"y__{label_slug(n)}" for n in LABELS]].to_numpy(float),
-            part[[f"p__{label_slug(n)}" for n in LABELS]].to_numpy(float))
+    return (
+        part[[f"y__{label_slug(n)}" for n in LABELS]].to_numpy(float),
+        part[[f"p__{label_slug(n)}" for n in LABELS]].to_numpy(float),
+    )
 
 
 def test_evaluate_run_writes_metrics_plots_and_thresholds(run_dir: Path) -> None:
@@ -46,7 +48,10 @@ def test_evaluate_run_writes_metrics_plots_and_thresholds(run_dir: Path) -> None
     for name in PLOTS:
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 5000
     sidecar = json.loads((run_dir / "model.json").read_text())
-    assert sidecar["thresholds"] == pytest.approx(result["thresholds"]) and sidecar["format"] == "cxrfuse-head/1"
+    assert (
+        sidecar["thresholds"] == pytest.approx(result["thresholds"])
+        and sidecar["format"] == "cxrfuse-head/1"
+    )
     leak = stored["leakage"]
     assert leak["warning"] and leak["macro"]["chosen"] > leak["macro"]["indication"] + 0.1
 
@@ -72,7 +77,9 @@ def evaluated(experiment_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return exp, evaluate_experiment(exp, n_boot=200, seed=0)
 
 
-def test_evaluate_experiment_groups_seeds_and_compares_modalities(evaluated: tuple[Path, dict]) -> None:
+def test_evaluate_experiment_groups_seeds_and_compares_modalities(
+    evaluated: tuple[Path, dict],
+) -> None:
     exp, result = evaluated
     summary = pd.read_csv(exp / "summary.csv")
     assert len(summary) == 7 and (summary["status"] == "failed").sum() == 1
@@ -80,7 +87,10 @@ def test_evaluate_experiment_groups_seeds_and_compares_modalities(evaluated: tup
     assert summary["auroc"].notna().sum() == 6
     (setting,) = result["settings"]
     table = pd.DataFrame(setting["modality_table"])
-    assert table["modality"].tolist() == ["Image", "Text", "Multimodal"] and (table["seeds"] == 2).all()
+    assert (
+        table["modality"].tolist() == ["Image", "Text", "Multimodal"]
+        and (table["seeds"] == 2).all()
+    )
     fused_runs = summary[summary["modalities"] == "image+text"]["auroc"]
     assert table.loc[2, "auroc"] == pytest.approx(fused_runs.mean())
     assert table.loc[2, "auroc_sd"] == pytest.approx(fused_runs.std(ddof=1))
@@ -89,19 +99,32 @@ def test_evaluate_experiment_groups_seeds_and_compares_modalities(evaluated: tup
     assert paired["bootstrap"]["auroc"]["diff"] > 0 and set(paired["delong"]) == set(LABELS)
     assert len(setting["complementarity"]) == 2
     pairs = setting["complementarity"][0]["pairs"]
-    assert pairs["both"] + pairs["only_text"] + pairs["only_image"] + pairs["neither"] == pairs["total"]
+    assert (
+        pairs["both"] + pairs["only_text"] + pairs["only_image"] + pairs["neither"]
+        == pairs["total"]
+    )
     for rel in setting["plots"]:
         assert (exp / rel).exists()
     md = (exp / "summary.md").read_text()
     assert "| Multimodal |" in md and "only text" in md and "DeLong" in md
 
 
-def test_experiment_report_has_every_section_and_embedded_images(evaluated: tuple[Path, dict]) -> None:
+def test_experiment_report_has_every_section_and_embedded_images(
+    evaluated: tuple[Path, dict],
+) -> None:
     exp, _ = evaluated
     html_path, md_path = write_report(exp)
     html = html_path.read_text()
-    for title in ("Overview", "Data", "Text configuration and leakage", "Configuration", "Results",
-                  "Ablations", "Plots", "Environment"):
+    for title in (
+        "Overview",
+        "Data",
+        "Text configuration and leakage",
+        "Configuration",
+        "Results",
+        "Ablations",
+        "Plots",
+        "Environment",
+    ):
         assert f"<h2>{title}" in html and f"## {title}" in md_path.read_text()
     assert html_lib.escape(PHANTOM_NOTE) in html and "still carries the label" in html
     assert html.count('src="data:image/png;base64,') >= 3  # venn, roc by modality, training curves
@@ -116,7 +139,14 @@ def test_run_report_evaluates_first_when_needed(run_dir: Path) -> None:
     assert (run_dir / "metrics.json").exists()
     html = html_path.read_text()
     assert html.count('src="data:image/png;base64,') == len(PLOTS)
-    for text in (html_lib.escape(PHANTOM_NOTE), "Leakage probe", "Label prevalence", "config.yaml", "exact_match", "torch"):
+    for text in (
+        html_lib.escape(PHANTOM_NOTE),
+        "Leakage probe",
+        "Label prevalence",
+        "config.yaml",
+        "exact_match",
+        "torch",
+    ):
         assert text in html
     assert "no shuffle test yet" in html.lower()
 
@@ -133,18 +163,27 @@ def test_cli_help_has_an_example(verb: str) -> None:
 
 
 def test_cli_evaluate_and_report_a_run(run_dir: Path) -> None:
-    result = runner.invoke(app, ["evaluate", str(run_dir), "--n-boot", "50", "--threshold", "youden"])
+    result = runner.invoke(
+        app, ["evaluate", str(run_dir), "--n-boot", "50", "--threshold", "youden"]
+    )
     assert result.exit_code == 0, result.output
-    assert "auroc" in result.output and json.loads((run_dir / "metrics.json").read_text())["threshold_method"] == "youden"
+    assert (
+        "auroc" in result.output
+        and json.loads((run_dir / "metrics.json").read_text())["threshold_method"] == "youden"
+    )
     result = runner.invoke(app, ["report", str(run_dir)])
     assert result.exit_code == 0 and (run_dir / "report.html").exists()
     result = runner.invoke(app, ["evaluate", str(run_dir), "--threshold", "median"])
     assert result.exit_code == 2 and "choose one of" in result.output
 
 
-def test_shuffle_refuses_a_modality_the_run_does_not_use(tmp_path: Path, small_manifest: Path) -> None:
+def test_shuffle_refuses_a_modality_the_run_does_not_use(
+    tmp_path: Path, small_manifest: Path
+) -> None:
     text_only = build_run(tmp_path, small_manifest, ["text"], seed=0)
-    result = runner.invoke(app, ["evaluate", str(text_only), "--n-boot", "20", "--no-leakage", "--shuffle", "image"])
+    result = runner.invoke(
+        app, ["evaluate", str(text_only), "--n-boot", "20", "--no-leakage", "--shuffle", "image"]
+    )
     assert result.exit_code == 2 and "uses only ['text']" in result.output
 
 
@@ -159,32 +198,49 @@ def trained_run(iu_manifest, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     df = iu_manifest.df
     has_text = df["findings"].notna() & df["indication"].notna()
-    pick = np.concatenate([np.flatnonzero((df["label_abnormal"] == v) & has_text)[:40] for v in (0, 1)])
+    pick = np.concatenate(
+        [np.flatnonzero((df["label_abnormal"] == v) & has_text)[:40] for v in (0, 1)]
+    )
     small = iu_manifest.replace(df=df.iloc[np.sort(pick)].reset_index(drop=True))
     small = assign_splits(small, (0.5, 0.25, 0.25), seed=0, task="normal-abnormal")
     root = tmp_path_factory.mktemp("trained")
     make_phantoms(small, root / "phantoms", PhantomConfig(size=64, seed=0), progress=False)
     config = RunConfig(
-        name="multimodal-seed0", runs_dir=str(root / "runs"),
-        data={"manifest": str(root / "phantoms" / "manifest.parquet"), "task": "normal-abnormal",
-              "store": str(root / "store")},
+        name="multimodal-seed0",
+        runs_dir=str(root / "runs"),
+        data={
+            "manifest": str(root / "phantoms" / "manifest.parquet"),
+            "task": "normal-abnormal",
+            "store": str(root / "store"),
+        },
         image={"encoder": "efficientnet-lite0", "weights": "none", "input_size": 64},
-        text={"encoder": "tfidf", "sections": ["findings", "impression"], "options": {"svd_dim": 16}},
-        training={"max_epochs": 3})
+        text={
+            "encoder": "tfidf",
+            "sections": ["findings", "impression"],
+            "options": {"svd_dim": 16},
+        },
+        training={"max_epochs": 3},
+    )
     return train_run(config, progress=False)
 
 
 @pytest.mark.slow
-def test_shuffle_end_to_end_on_a_trained_head(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shuffle_end_to_end_on_a_trained_head(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The fused model leans on the leaky text: shuffling the text costs far more than the image."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = runner.invoke(app, ["evaluate", str(trained_run), "--n-boot", "100", "--shuffle", "both",
-                                 "--repeats", "3"])
+    result = runner.invoke(
+        app,
+        ["evaluate", str(trained_run), "--n-boot", "100", "--shuffle", "both", "--repeats", "3"],
+    )
     assert result.exit_code == 0, result.output
     shuffle = json.loads((trained_run / "ablation.json").read_text())["shuffle"]
     assert set(shuffle) == {"image", "text"} and len(shuffle["text"]["shuffled"]["auroc"]) == 3
     baseline = json.loads((trained_run / "metrics.json").read_text())["test"]["headline"]["auroc"]
-    assert shuffle["text"]["baseline"]["auroc"] == pytest.approx(baseline, abs=1e-6)  # same rows, same model
+    assert shuffle["text"]["baseline"]["auroc"] == pytest.approx(
+        baseline, abs=1e-6
+    )  # same rows, same model
     assert shuffle["text"]["drop"]["auroc"]["mean"] > 0.2
     assert shuffle["text"]["drop"]["auroc"]["mean"] > shuffle["image"]["drop"]["auroc"]["mean"]
     html_path, _ = write_report(trained_run)

@@ -1,4 +1,4 @@
-"""Evaluation verbs: ``evaluate`` (metrics, intervals, ablations) and ``report`` (HTML + Markdown)."""
+"""Evaluation verbs: ``evaluate`` (metrics, intervals, ablations), ``report`` (HTML, Markdown)."""
 
 from __future__ import annotations
 
@@ -35,20 +35,44 @@ def _table(title: str, frame: Any) -> Table:
 @app.command("evaluate")
 @friendly_errors
 def evaluate_cmd(
-    path: Annotated[Path, typer.Argument(metavar="RUN_OR_EXPERIMENT_DIR", help="A run directory or an experiment directory.")],
-    threshold: Annotated[str | None, typer.Option(help="How to choose decision thresholds on val: f1, youden, 0.5 or a number (default: the run config's evaluation.threshold, else f1).")] = None,
-    n_boot: Annotated[int | None, typer.Option(min=0, help="Bootstrap resamples of the test studies (default: the run config's evaluation.n_boot, else 1000; 0 = no intervals).")] = None,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN_OR_EXPERIMENT_DIR", help="A run directory or an experiment directory."
+        ),
+    ],
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            help="How to choose decision thresholds on val: f1, youden, 0.5 or a number "
+            "(default: the run config's evaluation.threshold, else f1)."
+        ),
+    ] = None,
+    n_boot: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Bootstrap resamples of the test studies (default: the run config's "
+            "evaluation.n_boot, else 1000; 0 = no intervals).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Bootstrap and shuffle seed.")] = 0,
-    shuffle: Annotated[Shuffle | None, typer.Option(help="Bimodal sensitivity test: shuffle this modality across test studies.")] = None,
+    shuffle: Annotated[
+        Shuffle | None,
+        typer.Option(help="Bimodal sensitivity test: shuffle this modality across test studies."),
+    ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Shuffles per modality.")] = 5,
-    leakage: Annotated[bool, typer.Option("--leakage/--no-leakage", help="Run the text leakage probe for text models.")] = True,
+    leakage: Annotated[
+        bool,
+        typer.Option("--leakage/--no-leakage", help="Run the text leakage probe for text models."),
+    ] = True,
 ) -> None:
     """Metrics with 95 % bootstrap intervals at val-chosen thresholds; for an experiment also the
     unimodal vs multimodal table, fused vs best-unimodal tests and complementarity.
 
     Writes metrics.json and plots/ per run (ablation.json with --shuffle), and evaluation.json,
     summary.csv and summary.md for an experiment.
-    Example: `cxrfuse evaluate runs/multimodal-seed0 --threshold f1 --n-boot 1000 --shuffle both --repeats 5`
+    Example: `cxrfuse evaluate runs/exp/runs/multimodal-seed0 --n-boot 1000 --shuffle both`
     """
     from cxrfuse.evaluation.ablation import format_table, format_value
     from cxrfuse.evaluation.metrics import parse_threshold
@@ -63,11 +87,15 @@ def evaluate_cmd(
 
     if threshold is not None:
         parse_threshold(threshold)  # a bad value fails before any work
-    modalities = [] if shuffle is None else ["image", "text"] if shuffle is Shuffle.both else [shuffle.value]
+    modalities = (
+        [] if shuffle is None else ["image", "text"] if shuffle is Shuffle.both else [shuffle.value]
+    )
     if modalities:
         require_load_run()
     if _is_run(path):
-        result = evaluate_run(path, threshold, n_boot, seed, leakage=leakage, shuffle=modalities, repeats=repeats)
+        result = evaluate_run(
+            path, threshold, n_boot, seed, leakage=leakage, shuffle=modalities, repeats=repeats
+        )
         rows = []
         for m, v in result["test"]["headline"].items():
             ci = result["ci"].get(f"headline/{m}", {})
@@ -87,11 +115,19 @@ def evaluate_cmd(
     import pandas as pd
 
     for comp in result["settings"]:
-        console.print(_table(f"setting {comp['setting']}: unimodal vs multimodal (test)",
-                             format_table(pd.DataFrame(comp["modality_table"]))))
+        console.print(
+            _table(
+                f"setting {comp['setting']}: unimodal vs multimodal (test)",
+                format_table(pd.DataFrame(comp["modality_table"])),
+            )
+        )
     if modalities:
-        targets = [d for d in find_runs(path) if read_json(d / "run.json").get("status") == "finished"
-                   and set(modalities) <= set(read_json(d / "run.json").get("modalities", []))]
+        targets = [
+            d
+            for d in find_runs(path)
+            if read_json(d / "run.json").get("status") == "finished"
+            and set(modalities) <= set(read_json(d / "run.json").get("modalities", []))
+        ]
         if not targets:
             raise CxrfuseError(f"no finished run uses all of {modalities}; nothing to shuffle")
         for run_dir in targets:
@@ -102,14 +138,21 @@ def evaluate_cmd(
 def _print_shuffle(run_dir: Path, results: dict[str, Any]) -> None:
     for modality, res in results.items():
         drop = res["drop"]["auroc"]
-        console.print(f"{run_dir.name}: shuffling {modality} drops AUROC by {drop['mean']:.3f}"
-                      f" (range {drop['min']:.3f} to {drop['max']:.3f} over {res['repeats']} shuffles)")
+        console.print(
+            f"{run_dir.name}: shuffling {modality} drops AUROC by {drop['mean']:.3f}"
+            f" (range {drop['min']:.3f} to {drop['max']:.3f} over {res['repeats']} shuffles)"
+        )
 
 
 @app.command("report")
 @friendly_errors
 def report_cmd(
-    path: Annotated[Path, typer.Argument(metavar="RUN_OR_EXPERIMENT_DIR", help="A run directory or an experiment directory.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN_OR_EXPERIMENT_DIR", help="A run directory or an experiment directory."
+        ),
+    ],
 ) -> None:
     """Write report.html (self-contained, images embedded) and report.md into the directory.
 

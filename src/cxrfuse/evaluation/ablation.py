@@ -43,7 +43,9 @@ def modality_name(modalities: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------- modality table
-def modality_table(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str] = TABLE_METRICS) -> pd.DataFrame:
+def modality_table(
+    runs: Sequence[Mapping[str, Any]], metrics: Sequence[str] = TABLE_METRICS
+) -> pd.DataFrame:
     """One row per modality set: each metric as mean, sd across seeds and the bootstrap interval.
 
     Each run is ``{"modalities": [...], "seed": int, "metrics": <metrics.json dict>}``. With one
@@ -62,15 +64,24 @@ def modality_table(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str] = T
         for m in metrics:
             summary = seed_summary([r["metrics"]["test"]["headline"].get(m) for r in members])
             row[m], row[f"{m}_sd"] = summary["mean"], summary["sd"]
-            ci = members[0]["metrics"].get("ci", {}).get(f"headline/{m}", {}) if len(members) == 1 else {}
+            ci = (
+                members[0]["metrics"].get("ci", {}).get(f"headline/{m}", {})
+                if len(members) == 1
+                else {}
+            )
             row[f"{m}_low"], row[f"{m}_high"] = ci.get("low"), ci.get("high")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def format_value(mean: float | None, sd: float | None = None, low: float | None = None,
-                 high: float | None = None, digits: int = 3) -> str:
-    """``0.812 ± 0.031`` (seeds), ``0.812 [0.780, 0.840]`` (bootstrap CI) or ``0.812``; ``-`` for none."""
+def format_value(
+    mean: float | None,
+    sd: float | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    digits: int = 3,
+) -> str:
+    """``0.812 ± 0.031`` (seeds), ``0.812 [0.780, 0.840]`` (bootstrap CI), ``0.812``, or ``-``."""
     if mean is None or not np.isfinite(mean):
         return "-"
     text = f"{mean:.{digits}f}"
@@ -81,14 +92,18 @@ def format_value(mean: float | None, sd: float | None = None, low: float | None 
     return text
 
 
-def format_table(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS, key: str = "modality") -> pd.DataFrame:
+def format_table(
+    table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS, key: str = "modality"
+) -> pd.DataFrame:
     """The numeric table of :func:`modality_table` as display strings."""
     out = pd.DataFrame({key: table[key]})
     if "seeds" in table:
         out["seeds"] = table["seeds"]
     for m in metrics:
         out[m.upper() if m in ("auroc", "auprc") else m.capitalize()] = [
-            format_value(r[m], r.get(f"{m}_sd"), r.get(f"{m}_low"), r.get(f"{m}_high")) for _, r in table.iterrows()]
+            format_value(r[m], r.get(f"{m}_sd"), r.get(f"{m}_low"), r.get(f"{m}_high"))
+            for _, r in table.iterrows()
+        ]
     return out
 
 
@@ -143,16 +158,29 @@ def shuffle_sensitivity(
     drop = {}
     for m in metrics:
         d = baseline[m] - np.asarray(shuffled[m], dtype=float)
-        drop[m] = {"mean": float(np.nanmean(d)), "sd": float(np.nanstd(d, ddof=1)) if repeats > 1 else None,
-                   "min": float(np.nanmin(d)), "max": float(np.nanmax(d))}
-    return {"modality": modality, "repeats": repeats, "seed": seed,
-            "baseline": {m: baseline[m] for m in metrics}, "shuffled": shuffled, "drop": drop}
+        drop[m] = {
+            "mean": float(np.nanmean(d)),
+            "sd": float(np.nanstd(d, ddof=1)) if repeats > 1 else None,
+            "min": float(np.nanmin(d)),
+            "max": float(np.nanmax(d)),
+        }
+    return {
+        "modality": modality,
+        "repeats": repeats,
+        "seed": seed,
+        "baseline": {m: baseline[m] for m in metrics},
+        "shuffled": shuffled,
+        "drop": drop,
+    }
 
 
 # ---------------------------------------------------------------------------- complementarity
 def complementarity(
-    y_true: np.ndarray, prob_image: np.ndarray, prob_text: np.ndarray,
-    thresholds_image: np.ndarray | float, thresholds_text: np.ndarray | float,
+    y_true: np.ndarray,
+    prob_image: np.ndarray,
+    prob_text: np.ndarray,
+    thresholds_image: np.ndarray | float,
+    thresholds_text: np.ndarray | float,
 ) -> dict[str, dict[str, int]]:
     """Which (study, label) pairs, and which whole studies, each unimodal model gets right.
 
@@ -169,22 +197,33 @@ def complementarity(
 
     def counts(a: np.ndarray, b: np.ndarray) -> dict[str, int]:
         a, b = a.astype(bool), b.astype(bool)
-        return {"both": int((a & b).sum()), "only_text": int((b & ~a).sum()),
-                "only_image": int((a & ~b).sum()), "neither": int((~a & ~b).sum()), "total": int(a.size)}
+        return {
+            "both": int((a & b).sum()),
+            "only_text": int((b & ~a).sum()),
+            "only_image": int((a & ~b).sum()),
+            "neither": int((~a & ~b).sum()),
+            "total": int(a.size),
+        }
 
     pairs = counts(right_image[known], right_text[known])
-    studies = counts(np.nan_to_num(right_image[complete]).all(axis=1),
-                     np.nan_to_num(right_text[complete]).all(axis=1))
+    studies = counts(
+        np.nan_to_num(right_image[complete]).all(axis=1),
+        np.nan_to_num(right_text[complete]).all(axis=1),
+    )
     return {"pairs": pairs, "studies": studies}
 
 
 # ---------------------------------------------------------------------------- leakage probe
-def _probe_auroc(texts: pd.Series, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> float | None:
+def _probe_auroc(
+    texts: pd.Series, y: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> float | None:
     fit, score = train & ~np.isnan(y), test & ~np.isnan(y)
     if len(np.unique(y[fit])) < 2 or len(np.unique(y[score])) < 2:
         return None
-    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
-                          LogisticRegression(max_iter=2000, C=4.0))
+    model = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+        LogisticRegression(max_iter=2000, C=4.0),
+    )
     docs = texts.fillna("").to_numpy()
     if not any(d.strip() for d in docs[fit]):
         return 0.5  # no text at all: the probe can only guess
@@ -195,7 +234,9 @@ def _probe_auroc(texts: pd.Series, y: np.ndarray, train: np.ndarray, test: np.nd
     return float(roc_auc_score(y[score].astype(int), model.predict_proba(docs[score])[:, 1]))
 
 
-def leakage_probe(manifest: Manifest, config: TextConfig, task: str | None = None) -> dict[str, Any]:
+def leakage_probe(
+    manifest: Manifest, config: TextConfig, task: str | None = None
+) -> dict[str, Any]:
     """Can words alone predict the labels? TF-IDF (1-2 grams) + logistic regression fitted on the
     manifest's ``train`` split, AUROC on ``test``, for the chosen text and for the indication only.
 
@@ -206,29 +247,53 @@ def leakage_probe(manifest: Manifest, config: TextConfig, task: str | None = Non
     split = manifest.df["split"].to_numpy()
     train, test = split == "train", split == "test"
     if not train.any() or not test.any():
-        raise DataError("leakage probe: the manifest needs 'train' and 'test' rows in its split column "
-                        "(run `cxrfuse split` first)")
+        raise DataError(
+            "leakage probe: the manifest needs 'train' and 'test' rows in its split column "
+            "(run `cxrfuse split` first)"
+        )
     labels = manifest.task_labels(task)
-    texts = {"chosen": prepare_texts(manifest, config, task), "indication": prepare_texts(manifest, INDICATION_ONLY, task)}
+    texts = {
+        "chosen": prepare_texts(manifest, config, task),
+        "indication": prepare_texts(manifest, INDICATION_ONLY, task),
+    }
     same = config.model_dump() == INDICATION_ONLY.model_dump()
     per_label = {}
     for name in tqdm(labels, desc="leakage probe", leave=False):
         y = manifest.label_matrix([name])[:, 0].astype(np.float64)
         chosen = _probe_auroc(texts["chosen"], y, train, test)
-        per_label[name] = {"chosen": chosen, "indication": chosen if same else _probe_auroc(texts["indication"], y, train, test)}
-    macro = {k: seed_summary([v[k] for v in per_label.values()])["mean"] for k in ("chosen", "indication")}
+        per_label[name] = {
+            "chosen": chosen,
+            "indication": chosen if same else _probe_auroc(texts["indication"], y, train, test),
+        }
+    macro = {
+        k: seed_summary([v[k] for v in per_label.values()])["mean"]
+        for k in ("chosen", "indication")
+    }
     audit = audit_leakage(manifest, config, task=task)
     warning = None
-    if not same and macro["chosen"] is not None and macro["indication"] is not None \
-            and macro["chosen"] - macro["indication"] >= LEAK_GAP:
-        warning = (f"The chosen text ({'+'.join(config.sections)}, masking "
-                   f"{'on' if config.mask_labels else 'off'}) predicts the labels from words alone with "
-                   f"AUROC {macro['chosen']:.3f}, against {macro['indication']:.3f} for the indication: "
-                   "the text still carries the label. Results of text and fused models on this text "
-                   "measure report reading, not image understanding.")
+    if (
+        not same
+        and macro["chosen"] is not None
+        and macro["indication"] is not None
+        and macro["chosen"] - macro["indication"] >= LEAK_GAP
+    ):
+        warning = (
+            f"The chosen text ({'+'.join(config.sections)}, masking "
+            f"{'on' if config.mask_labels else 'off'}) predicts the labels from words alone with "
+            f"AUROC {macro['chosen']:.3f}, against {macro['indication']:.3f} for the indication: "
+            "the text still carries the label. Results of text and fused models on this text "
+            "measure report reading, not image understanding."
+        )
     audit_dict = audit.to_dict()
     audit_dict["rows"] = [r for r in audit_dict["rows"] if r["studies"] > 0]
-    return {"task": task, "text_config": config.model_dump(), "train": int(train.sum()), "test": int(test.sum()),
-            "per_label": per_label, "macro": macro, "gap": (None if None in macro.values()
-                                                            else macro["chosen"] - macro["indication"]),
-            "audit": audit_dict, "warning": warning}
+    return {
+        "task": task,
+        "text_config": config.model_dump(),
+        "train": int(train.sum()),
+        "test": int(test.sum()),
+        "per_label": per_label,
+        "macro": macro,
+        "gap": (None if None in macro.values() else macro["chosen"] - macro["indication"]),
+        "audit": audit_dict,
+        "warning": warning,
+    }

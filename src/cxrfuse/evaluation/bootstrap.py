@@ -88,8 +88,12 @@ def weighted_threshold(w: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict[s
 
 
 def replicate_metrics(
-    w: np.ndarray, y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray,
-    labels: Sequence[str], micro: bool = True,
+    w: np.ndarray,
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    thresholds: np.ndarray,
+    labels: Sequence[str],
+    micro: bool = True,
 ) -> dict[str, np.ndarray]:
     """Every metric for each replicate (row of ``w``): keys ``label/<name>/<metric>``,
     ``macro/<metric>``, ``micro/<metric>``, ``exact_match`` and ``headline/<metric>``."""
@@ -110,8 +114,12 @@ def replicate_metrics(
         rows, cols = np.nonzero(known)
         wm = w[:, rows]
         yk = y_true[rows, cols]
-        out.update({f"micro/{m}": v for m, v in weighted_threshold(wm, yk, pred[rows, cols]).items()})
-        out.update({f"micro/{m}": v for m, v in weighted_ranking(wm, yk, y_prob[rows, cols]).items()})
+        out.update(
+            {f"micro/{m}": v for m, v in weighted_threshold(wm, yk, pred[rows, cols]).items()}
+        )
+        out.update(
+            {f"micro/{m}": v for m, v in weighted_ranking(wm, yk, y_prob[rows, cols]).items()}
+        )
     complete = known.all(axis=1)
     correct = (pred == np.nan_to_num(y_true).astype(bool)).all(axis=1) & complete
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -128,7 +136,12 @@ def _interval(samples: np.ndarray, alpha: float = ALPHA) -> dict[str, float | No
     if finite.size < max(10, 0.5 * samples.size):
         return {"low": None, "high": None, "se": None, "valid": int(finite.size)}
     low, high = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return {"low": float(low), "high": float(high), "se": float(finite.std(ddof=1)), "valid": int(finite.size)}
+    return {
+        "low": float(low),
+        "high": float(high),
+        "se": float(finite.std(ddof=1)),
+        "valid": int(finite.size),
+    }
 
 
 def _collect(
@@ -145,9 +158,15 @@ def _collect(
 
 
 def bootstrap_ci(
-    y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray | float = 0.5,
-    labels: Sequence[str] | None = None, *, n_boot: int = 1000, seed: int = 0,
-    alpha: float = ALPHA, progress: bool = False,
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    thresholds: np.ndarray | float = 0.5,
+    labels: Sequence[str] | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = ALPHA,
+    progress: bool = False,
 ) -> dict[str, dict[str, float | None]]:
     """Percentile bootstrap intervals (default 95 %) for every metric of :func:`replicate_metrics`.
 
@@ -158,16 +177,29 @@ def bootstrap_ci(
     y_true, y_prob = check_inputs(y_true, y_prob)
     names = list(labels) if labels is not None else [str(i) for i in range(y_true.shape[1])]
     thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (y_true.shape[1],))
-    samples = _collect(len(y_true), n_boot, seed,
-                       lambda w: replicate_metrics(w, y_true, y_prob, thr, names), progress, "bootstrap")
+    samples = _collect(
+        len(y_true),
+        n_boot,
+        seed,
+        lambda w: replicate_metrics(w, y_true, y_prob, thr, names),
+        progress,
+        "bootstrap",
+    )
     return {key: _interval(v, alpha) for key, v in samples.items()}
 
 
 def paired_bootstrap(
-    y_true: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray,
-    thresholds_a: np.ndarray | float, thresholds_b: np.ndarray | float,
-    labels: Sequence[str] | None = None, *, metrics: Sequence[str] = HEADLINE,
-    n_boot: int = 1000, seed: int = 0, alpha: float = ALPHA,
+    y_true: np.ndarray,
+    prob_a: np.ndarray,
+    prob_b: np.ndarray,
+    thresholds_a: np.ndarray | float,
+    thresholds_b: np.ndarray | float,
+    labels: Sequence[str] | None = None,
+    *,
+    metrics: Sequence[str] = HEADLINE,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = ALPHA,
 ) -> dict[str, dict[str, float | None]]:
     """Paired bootstrap of the headline-metric difference ``a - b`` on the same studies.
 
@@ -198,7 +230,12 @@ def paired_bootstrap(
         interval = _interval(samples[key], alpha)
         tail = min((d <= 0).sum(), (d >= 0).sum())
         p = float(min(1.0, 2 * (tail + 1) / (d.size + 1))) if d.size else None
-        out[m] = {"diff": _finite(observed[key][0]), "low": interval["low"], "high": interval["high"], "p": p}
+        out[m] = {
+            "diff": _finite(observed[key][0]),
+            "low": interval["low"],
+            "high": interval["high"],
+            "p": p,
+        }
     return out
 
 
@@ -207,7 +244,9 @@ def _finite(x: float) -> float | None:
 
 
 # ---------------------------------------------------------------------------------- DeLong
-def delong_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def delong_components(
+    y: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fast DeLong (Sun & Xu 2014, O(n log n)): AUROCs (k,) and structural components.
 
     ``scores`` (k, n) holds k models' scores on the same studies; returns ``aucs``, ``v10``
@@ -238,26 +277,39 @@ def delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np
 def delong_test(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict[str, float]:
     """DeLong's test of two correlated AUROCs on the same studies (NaN labels dropped).
 
-    Returns ``auroc_a``, ``auroc_b``, ``diff`` (a - b), its 95 % interval, ``z`` and the two-sided ``p``.
+    Returns ``auroc_a``, ``auroc_b``, ``diff`` (a - b), its 95 % interval (``low``, ``high``),
+    ``z`` and the two-sided ``p``.
     """
     y = np.asarray(y, dtype=np.float64)
     known = ~np.isnan(y)
-    aucs, cov = delong_covariance(y[known], np.stack([np.asarray(score_a)[known], np.asarray(score_b)[known]]))
+    aucs, cov = delong_covariance(
+        y[known], np.stack([np.asarray(score_a)[known], np.asarray(score_b)[known]])
+    )
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     se = np.sqrt(max(var, 0.0))
     z = diff / se if se > 0 else (0.0 if diff == 0 else np.inf * np.sign(diff))
     p = float(2 * norm.sf(abs(z))) if np.isfinite(z) else 0.0
-    return {"auroc_a": float(aucs[0]), "auroc_b": float(aucs[1]), "diff": diff,
-            "low": diff - 1.959964 * se, "high": diff + 1.959964 * se, "z": float(z), "p": p}
+    return {
+        "auroc_a": float(aucs[0]),
+        "auroc_b": float(aucs[1]),
+        "diff": diff,
+        "low": diff - 1.959964 * se,
+        "high": diff + 1.959964 * se,
+        "z": float(z),
+        "p": p,
+    }
 
 
 # ---------------------------------------------------------------------------------- seeds
 def seed_summary(values: Sequence[float | None]) -> dict[str, float | int | None]:
     """Mean and sample standard deviation across seeds (NaN/None values left out)."""
     x = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    return {"mean": float(x.mean()) if x.size else None,
-            "sd": float(x.std(ddof=1)) if x.size > 1 else None, "n": int(x.size)}
+    return {
+        "mean": float(x.mean()) if x.size else None,
+        "sd": float(x.std(ddof=1)) if x.size > 1 else None,
+        "n": int(x.size),
+    }
 
 
 __all__ = [

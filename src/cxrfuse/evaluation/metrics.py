@@ -62,19 +62,23 @@ def _one_class(y: np.ndarray) -> bool:
 
 
 def parse_threshold(method: str | float) -> str | float:
-    """A threshold method name (``"f1"``, ``"youden"``) or a fixed threshold in [0, 1] as a float."""
+    """A threshold method name (``"f1"``, ``"youden"``) or a fixed threshold in [0, 1] (float)."""
     if isinstance(method, str) and method in ("f1", "youden"):
         return method
     try:
         value = float(method)
     except (TypeError, ValueError):
-        raise CxrfuseError(f"threshold {method!r}: choose one of {THRESHOLD_METHODS} or a number in [0, 1]") from None
+        raise CxrfuseError(
+            f"threshold {method!r}: choose one of {THRESHOLD_METHODS} or a number in [0, 1]"
+        ) from None
     if not 0.0 <= value <= 1.0:
         raise CxrfuseError(f"threshold {method!r} is outside [0, 1]")
     return value
 
 
-def choose_threshold(y: np.ndarray, p: np.ndarray, method: str | float = "f1") -> tuple[float, str | None]:
+def choose_threshold(
+    y: np.ndarray, p: np.ndarray, method: str | float = "f1"
+) -> tuple[float, str | None]:
     """Decision threshold for one label (predict positive when ``p >= threshold``).
 
     ``method``: ``"0.5"`` (or any number), ``"youden"`` (max TPR - FPR on the ROC curve) or
@@ -100,7 +104,10 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, method: str | float = "f1") -
 
 
 def choose_thresholds(
-    y_true: np.ndarray, y_prob: np.ndarray, method: str | float = "f1", labels: Sequence[str] | None = None
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    method: str | float = "f1",
+    labels: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """One threshold per label (see :func:`choose_threshold`) and the warnings, naming the label."""
     y_true, y_prob = check_inputs(y_true, y_prob)
@@ -130,10 +137,24 @@ def calibration(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str, Any
     nonzero = count > 0
     mean_prob = np.where(nonzero, prob_sum / np.maximum(count, 1), np.nan)
     frac_pos = np.where(nonzero, pos_sum / np.maximum(count, 1), np.nan)
-    ece = float(np.nansum(np.abs(mean_prob - frac_pos) * count) / count.sum()) if count.sum() else float("nan")
-    return {"ece": ece, "bins": [
-        {"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": int(count[i]),
-         "mean_prob": _f(mean_prob[i]), "frac_pos": _f(frac_pos[i])} for i in range(n_bins)]}
+    ece = (
+        float(np.nansum(np.abs(mean_prob - frac_pos) * count) / count.sum())
+        if count.sum()
+        else float("nan")
+    )
+    return {
+        "ece": ece,
+        "bins": [
+            {
+                "lower": float(edges[i]),
+                "upper": float(edges[i + 1]),
+                "count": int(count[i]),
+                "mean_prob": _f(mean_prob[i]),
+                "frac_pos": _f(frac_pos[i]),
+            }
+            for i in range(n_bins)
+        ],
+    }
 
 
 def _f(x: float) -> float | None:
@@ -141,16 +162,24 @@ def _f(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
-def label_metrics(y: np.ndarray, p: np.ndarray, threshold: float, n_bins: int = 10) -> dict[str, Any]:
-    """Metrics of one label on its known rows; a one-class label gets NaN ranking metrics and a warning."""
+def label_metrics(
+    y: np.ndarray, p: np.ndarray, threshold: float, n_bins: int = 10
+) -> dict[str, Any]:
+    """Metrics of one label on its known rows (a one-class label: NaN AUROC/AUPRC, a warning)."""
     known = ~np.isnan(y)
     y, p = y[known].astype(int), p[known]
     pred = (p >= threshold).astype(int)
-    out: dict[str, Any] = {"n": int(y.size), "positives": int(y.sum()), "threshold": float(threshold)}
+    out: dict[str, Any] = {
+        "n": int(y.size),
+        "positives": int(y.sum()),
+        "threshold": float(threshold),
+    }
     warnings: list[str] = []
     if y.size == 0:
         out.update({m: float("nan") for m in (*THRESHOLD_METRICS, *RANKING_METRICS, "ece")})
-        out.update({"confusion": [[0, 0], [0, 0]], "warnings": ["no known labels"], "reliability": []})
+        out.update(
+            {"confusion": [[0, 0], [0, 0]], "warnings": ["no known labels"], "reliability": []}
+        )
         return out
     out["accuracy"] = float(accuracy_score(y, pred))
     out["precision"] = float(precision_score(y, pred, zero_division=np.nan))
@@ -158,7 +187,9 @@ def label_metrics(y: np.ndarray, p: np.ndarray, threshold: float, n_bins: int = 
     out["f1"] = float(f1_score(y, pred, zero_division=np.nan))
     if _one_class(y):
         out["auroc"] = out["auprc"] = float("nan")
-        warnings.append(f"only one class ({y[0]}) among {y.size} known labels: AUROC/AUPRC undefined")
+        warnings.append(
+            f"only one class ({y[0]}) among {y.size} known labels: AUROC/AUPRC undefined"
+        )
     else:
         out["auroc"] = float(roc_auc_score(y, p))
         out["auprc"] = float(average_precision_score(y, p))
@@ -189,7 +220,10 @@ def compute_metrics(
     if len(names) != n_labels:
         raise CxrfuseError(f"{len(names)} label names for {n_labels} label columns")
     thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (n_labels,))
-    per_label = {name: label_metrics(y_true[:, j], y_prob[:, j], thr[j], n_bins) for j, name in enumerate(names)}
+    per_label = {
+        name: label_metrics(y_true[:, j], y_prob[:, j], thr[j], n_bins)
+        for j, name in enumerate(names)
+    }
     warnings = [f"{name}: {w}" for name, m in per_label.items() for w in m["warnings"]]
     macro = {}
     for metric in (*THRESHOLD_METRICS, *RANKING_METRICS, "ece"):
@@ -200,7 +234,9 @@ def compute_metrics(
     yk, pk, predk = y_true[known].astype(int), y_prob[known], pred[known]
     micro = {
         "accuracy": float(accuracy_score(yk, predk)) if yk.size else float("nan"),
-        "precision": float(precision_score(yk, predk, zero_division=np.nan)) if yk.size else float("nan"),
+        "precision": float(precision_score(yk, predk, zero_division=np.nan))
+        if yk.size
+        else float("nan"),
         "recall": float(recall_score(yk, predk, zero_division=np.nan)) if yk.size else float("nan"),
         "f1": float(f1_score(yk, predk, zero_division=np.nan)) if yk.size else float("nan"),
         "auroc": float("nan") if _one_class(yk) else float(roc_auc_score(yk, pk)),
@@ -208,17 +244,33 @@ def compute_metrics(
     }
     complete = known.all(axis=1)
     correct = (pred == np.nan_to_num(y_true)).all(axis=1)
-    exact = {"studies": int(complete.sum()),
-             "accuracy": float(correct[complete].mean()) if complete.any() else float("nan")}
-    headline = {k: per_label[names[0]][k] for k in HEADLINE} if n_labels == 1 else {k: macro[k] for k in HEADLINE}
+    exact = {
+        "studies": int(complete.sum()),
+        "accuracy": float(correct[complete].mean()) if complete.any() else float("nan"),
+    }
+    headline = (
+        {k: per_label[names[0]][k] for k in HEADLINE}
+        if n_labels == 1
+        else {k: macro[k] for k in HEADLINE}
+    )
     headline["exact_match"] = exact["accuracy"]
-    return {"labels": names, "n": int(n), "thresholds": dict(zip(names, map(float, thr))),
-            "per_label": per_label, "macro": macro, "micro": micro, "exact_match": exact,
-            "headline": headline, "warnings": warnings}
+    return {
+        "labels": names,
+        "n": int(n),
+        "thresholds": dict(zip(names, map(float, thr))),
+        "per_label": per_label,
+        "macro": macro,
+        "micro": micro,
+        "exact_match": exact,
+        "headline": headline,
+        "warnings": warnings,
+    }
 
 
-def correct_matrix(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
-    """(n, L) float: 1 where the thresholded prediction matches a known label, 0 where not, NaN unknown."""
+def correct_matrix(
+    y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray | float
+) -> np.ndarray:
+    """(n, L): 1 where the thresholded prediction matches a known label, 0 if not, NaN unknown."""
     y_true, y_prob = check_inputs(y_true, y_prob)
     thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (y_true.shape[1],))
     right = ((y_prob >= thr).astype(float) == y_true).astype(float)

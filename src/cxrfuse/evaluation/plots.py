@@ -21,7 +21,9 @@ from cxrfuse.evaluation.metrics import as_2d
 DPI = 100
 
 
-def _grid(n: int, width: float = 3.4, height: float = 3.2, max_cols: int = 4) -> tuple[Any, np.ndarray]:
+def _grid(
+    n: int, width: float = 3.4, height: float = 3.2, max_cols: int = 4
+) -> tuple[Any, np.ndarray]:
     cols = min(n, max_cols)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
@@ -30,17 +32,24 @@ def _grid(n: int, width: float = 3.4, height: float = 3.2, max_cols: int = 4) ->
     return fig, axes.ravel()
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def _save(fig: Any, path: str | Path, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
 
-def _curves(kind: str, y_true: np.ndarray, probs: Mapping[str, np.ndarray], labels: Sequence[str],
-            path: str | Path, title: str) -> Path:
+def _curves(
+    kind: str,
+    y_true: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    labels: Sequence[str],
+    path: str | Path,
+    title: str,
+) -> Path:
     y_true = as_2d(y_true)
     fig, axes = _grid(len(labels))
     for j, (ax, name) in enumerate(zip(axes, labels)):
@@ -74,20 +83,33 @@ def _curves(kind: str, y_true: np.ndarray, probs: Mapping[str, np.ndarray], labe
     return _save(fig, path)
 
 
-def plot_roc(y_true: np.ndarray, probs: Mapping[str, np.ndarray], labels: Sequence[str], path: str | Path,
-             title: str = "ROC curves (test)") -> Path:
+def plot_roc(
+    y_true: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    labels: Sequence[str],
+    path: str | Path,
+    title: str = "ROC curves (test)",
+) -> Path:
     """One panel per label, one curve per model (``probs``: model name -> (n, L) probabilities)."""
     return _curves("roc", y_true, probs, labels, path, title)
 
 
-def plot_pr(y_true: np.ndarray, probs: Mapping[str, np.ndarray], labels: Sequence[str], path: str | Path,
-            title: str = "Precision-recall curves (test)") -> Path:
+def plot_pr(
+    y_true: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    labels: Sequence[str],
+    path: str | Path,
+    title: str = "Precision-recall curves (test)",
+) -> Path:
     """Like :func:`plot_roc`; the dotted line is the label's prevalence (a random model)."""
     return _curves("pr", y_true, probs, labels, path, title)
 
 
-def plot_training_curves(epochs: pd.DataFrame | str | Path, path: str | Path,
-                         metrics: Sequence[str] = ("loss", "auroc", "f1", "accuracy")) -> Path:
+def plot_training_curves(
+    epochs: pd.DataFrame | str | Path,
+    path: str | Path,
+    metrics: Sequence[str] = ("loss", "auroc", "f1", "accuracy"),
+) -> Path:
     """Train and validation curves per metric from an ``epochs.csv`` table."""
     frame = pd.read_csv(epochs) if isinstance(epochs, str | Path) else epochs
     present = [m for m in metrics if m in frame.columns and frame[m].notna().any()]
@@ -102,8 +124,11 @@ def plot_training_curves(epochs: pd.DataFrame | str | Path, path: str | Path,
     return _save(fig, path)
 
 
-def plot_confusion(per_label: Mapping[str, Mapping[str, Any]], path: str | Path,
-                   title: str = "Confusion matrices (test, val-chosen thresholds)") -> Path:
+def plot_confusion(
+    per_label: Mapping[str, Mapping[str, Any]],
+    path: str | Path,
+    title: str = "Confusion matrices (test, val-chosen thresholds)",
+) -> Path:
     """One 2x2 matrix per label from ``compute_metrics(...)["per_label"]``."""
     names = list(per_label)
     fig, axes = _grid(len(names), width=2.8, height=2.8, max_cols=5)
@@ -111,8 +136,15 @@ def plot_confusion(per_label: Mapping[str, Mapping[str, Any]], path: str | Path,
         cm = np.asarray(per_label[name]["confusion"])
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center",
-                    color="white" if v > cm.max() / 2 else "black", fontsize=10)
+            ax.text(
+                j,
+                i,
+                str(v),
+                ha="center",
+                va="center",
+                color="white" if v > cm.max() / 2 else "black",
+                fontsize=10,
+            )
         ax.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=8)
         ax.set_yticks([0, 1], ["true 0", "true 1"], fontsize=8)
         ax.set_title(f"{name}\nthreshold {per_label[name]['threshold']:.2f}", fontsize=9)
@@ -120,8 +152,11 @@ def plot_confusion(per_label: Mapping[str, Mapping[str, Any]], path: str | Path,
     return _save(fig, path)
 
 
-def plot_reliability(per_label: Mapping[str, Mapping[str, Any]], path: str | Path,
-                     title: str = "Reliability diagram (test)") -> Path:
+def plot_reliability(
+    per_label: Mapping[str, Mapping[str, Any]],
+    path: str | Path,
+    title: str = "Reliability diagram (test)",
+) -> Path:
     """Fraction positive against mean predicted probability per bin, one panel per label."""
     names = list(per_label)
     fig, axes = _grid(len(names), width=3.0, height=3.0, max_cols=5)
@@ -135,7 +170,9 @@ def plot_reliability(per_label: Mapping[str, Mapping[str, Any]], path: str | Pat
             ax.plot(mean, frac, c="tab:blue", lw=1)
             ax.scatter(mean, frac, s=10 + 60 * sizes / sizes.max(), c="tab:blue", zorder=3)
         ece = per_label[name].get("ece")
-        ax.set_title(f"{name}\nECE {ece:.3f}" if ece is not None and np.isfinite(ece) else name, fontsize=9)
+        ax.set_title(
+            f"{name}\nECE {ece:.3f}" if ece is not None and np.isfinite(ece) else name, fontsize=9
+        )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("mean predicted probability", fontsize=8)
@@ -144,14 +181,42 @@ def plot_reliability(per_label: Mapping[str, Mapping[str, Any]], path: str | Pat
     return _save(fig, path)
 
 
-def plot_venn(counts: Mapping[str, int], path: str | Path,
-              title: str = "Correct (study, label) pairs: text-only vs image-only model") -> Path:
+def plot_venn(
+    counts: Mapping[str, int],
+    path: str | Path,
+    title: str = "Correct (study, label) pairs: text-only vs image-only model",
+) -> Path:
     """Two-set Venn diagram of the pairs each unimodal model gets right; ``neither`` noted below."""
+    from matplotlib.patches import Patch
     from matplotlib_venn import venn2
 
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
-    venn2(subsets=(counts["only_text"], counts["only_image"], counts["both"]),
-          set_labels=("text model right", "image model right"), set_colors=("tab:orange", "tab:blue"), ax=ax)
+    colors = ("tab:orange", "tab:blue")
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    venn2(
+        subsets=(counts["only_text"], counts["only_image"], counts["both"]),
+        set_labels=("", ""),
+        set_colors=colors,
+        ax=ax,
+    )
+    ax.legend(
+        handles=[Patch(color=c, alpha=0.5) for c in colors],
+        labels=[
+            f"text model right ({counts['both'] + counts['only_text']})",
+            f"image model right ({counts['both'] + counts['only_image']})",
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=2,
+        fontsize=8,
+        frameon=False,
+    )
     ax.set_title(title, fontsize=10)
-    fig.text(0.5, 0.03, f"both wrong: {counts['neither']}   total: {counts['total']}", ha="center", fontsize=9)
-    return _save(fig, path)
+    fig.text(
+        0.5,
+        0.02,
+        f"both wrong: {counts['neither']}   total: {counts['total']}",
+        ha="center",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path, tight=False)

@@ -23,14 +23,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from cxrfuse.problems import CxrfuseError
-
-try:  # TODO(finetune): drop the fallback once cxrfuse.problems.ConfigError is committed
-    from cxrfuse.problems import ConfigError
-except ImportError:  # pragma: no cover
-
-    class ConfigError(CxrfuseError):  # type: ignore[no-redef]
-        """A bad config value."""
+from cxrfuse.problems import ConfigError, CxrfuseError
 
 AUGMENT_KEYS = ("hflip", "rotate_deg", "translate", "scale", "brightness", "contrast", "gamma")
 """Keys of the ``finetune.augment`` config section."""

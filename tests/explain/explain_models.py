@@ -15,6 +15,7 @@ from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.fusion import build_head
 
 LABELS = ["Cardiomegaly", "Pleural Effusion", "Nodule"]
+INDICATIONS = ["cough", "chest pain", "shortness of breath", "fever and cough", "preoperative exam"]
 
 
 def gray_spec(name: str, size: int, dim: int):
@@ -86,12 +87,13 @@ def label_manifest(n: int, seed: int = 0, prevalence: float = 0.4) -> Manifest:
     records = [
         {
             "study_id": f"S{i:04d}", "patient_id": f"P{i:04d}", "split": str(splits[i]),
-            "indication": "cough", "views": [],
+            "indication": str(rng.choice(INDICATIONS)), "views": [],
             "labels": {lab: float(rng.uniform() < prevalence) for lab in LABELS},
         }
         for i in range(n)
     ]  # fmt: skip
-    return Manifest.from_records(records, dataset="iu-xray", labels=LABELS)
+    return Manifest.from_records(records, dataset="iu-xray", labels=LABELS,
+                                 tasks={"lesions": LABELS})
 
 
 def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:

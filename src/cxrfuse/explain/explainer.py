@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from cxrfuse.data.manifest import FRONTAL_VIEWS, LABEL_PREFIX, Manifest, label_column
 from cxrfuse.data.phantoms import file_stem
+from cxrfuse.encoders.decode import gray8
 from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.explain.gradcam import (
     FusedImageClassifier,
@@ -30,7 +31,7 @@ from cxrfuse.explain.gradcam import (
     label_target,
     positive_probability,
 )
-from cxrfuse.explain.overlay import gray_unit, write_overlay
+from cxrfuse.explain.overlay import write_overlay
 from cxrfuse.fusion.heads import FusionHead
 from cxrfuse.problems import CxrfuseError, DataError
 
@@ -140,35 +141,54 @@ class Explainer:
             path = str(view["path"])
             try:
                 with Image.open(path) as img:
-                    img.load()
-                    original, tensor = gray_unit(img), self.encoder.preprocess(img)
+                    pixels = np.asarray(gray8(img))  # as the embedding store decodes
+                original = pixels.astype(np.float32) / 255.0
+                tensor = self.encoder.preprocess(pixels)
             except (OSError, ValueError, TypeError) as err:
                 raise DataError(f"study {sid}: cannot read view {path}: {err}") from err
             image_id, position = str(view["image_id"]), str(view["view"])
             out.append(ViewInput(sid, image_id, position, path, slot, original, tensor))
         return out
 
-    def model_for(self, views: Sequence[ViewInput], slot: int) -> FusedImageClassifier:
-        """The single-input model of the view in ``slot``; other views and the report fixed."""
+    def context(self, views: Sequence[ViewInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The study's view embeddings (1, V, D) and mask (1, V) in the head's slots.
+
+        A study with one view needs no encoding: that view's slot is replaced by the model.
+        """
         if not views:
             raise DataError("no readable view to explain")
-        sid = views[0].study_id
         n_slots = self.head.views.n_views if self.view_fusion == "concat" else 1  # type: ignore[union-attr]
         n_slots = max([n_slots, *(v.slot + 1 for v in views)])
-        with torch.no_grad():
-            vectors = self.encoder(torch.stack([v.tensor for v in views]).to(self.device))
-        context = torch.zeros(1, n_slots, vectors.shape[1], device=self.device)
+        context = torch.zeros(1, n_slots, self.encoder.feature_dim, device=self.device)
         mask = torch.zeros(1, n_slots, dtype=torch.bool, device=self.device)
-        for v, vec in zip(views, vectors):
-            context[0, v.slot], mask[0, v.slot] = vec, True
+        if len(views) > 1:
+            with torch.no_grad():
+                vectors = self.encoder(torch.stack([v.tensor for v in views]).to(self.device))
+            for v, vec in zip(views, vectors):
+                context[0, v.slot] = vec
+        for v in views:
+            mask[0, v.slot] = True
+        return context, mask
+
+    def model_for(
+        self,
+        views: Sequence[ViewInput],
+        slot: int,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> FusedImageClassifier:
+        """The single-input model of the view in ``slot``; other views and the report fixed.
+
+        ``context`` (from :meth:`context`) saves re-encoding the views for each slot.
+        """
+        vectors, mask = context or self.context(views)
         text = text_mask = None
         if "text" in self.head.modalities:
             dim = self.head.init_kwargs["text_dim"]
-            vec, present = self.texts.get(sid, (np.zeros(dim, np.float32), False))
+            vec, present = self.texts.get(views[0].study_id, (np.zeros(dim, np.float32), False))
             text = torch.as_tensor(np.asarray(vec, np.float32), device=self.device)[None]
             text_mask = torch.tensor([bool(present)], device=self.device)
         return FusedImageClassifier(
-            self.encoder, self.head, views=context, view_mask=mask, slot=slot, text=text,
+            self.encoder, self.head, views=vectors, view_mask=mask, slot=slot, text=text,
             text_mask=text_mask,
         )  # fmt: skip
 
@@ -183,9 +203,10 @@ class Explainer:
         """Maps (and with ``out_dir`` overlay PNGs) of every used view for each label."""
         labels = list(labels or self.labels)
         views = self.load_views(study)
+        context = self.context(views)
         results = []
         for view in views:
-            model = self.model_for(views, view.slot)
+            model = self.model_for(views, view.slot, context)
             x = view.tensor[None].to(self.device)
             with torch.no_grad():
                 logits = model(x)

@@ -9,15 +9,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
-SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
-
-
-def gray_unit(img: Image.Image) -> np.ndarray:
-    """A PIL image as an HxW float32 array in [0, 1] (16-bit images scaled, not clipped)."""
-    if img.mode in SIXTEEN_BIT_MODES:
-        return np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
-    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-
 
 def cam_to_original(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A square CAM of the model input back on an HxW original.

@@ -217,11 +217,13 @@ def score_on_phantoms(
     rng = np.random.default_rng(seed)
     rows, cam_curves, random_curves = [], [], []
     for _, study in tqdm(df.iterrows(), total=len(df), desc="score", disable=not progress):
-        views = None
+        views = context = None
         for lab in labels:
             if not float(study[f"label_{label_slug(lab)}"]) >= 0.5:
                 continue
-            views = views or explainer.load_views(study)
+            if views is None:
+                views = explainer.load_views(study)
+                context = explainer.context(views)
             for view in views:
                 file = mask_path(phantom_dir, view.study_id, view.view, lab)
                 if not file.exists():
@@ -231,7 +233,7 @@ def score_on_phantoms(
                     mask = resize_mask(np.asarray(img.convert("L")) > 0, size)
                 if not mask.any():
                     continue
-                model = explainer.model_for(views, view.slot)
+                model = explainer.model_for(views, view.slot, context)
                 x = view.tensor[None].to(explainer.device)
                 index = explainer.labels.index(lab)
                 cam = compute_cam(model, x, label_target(explainer.labels, lab, explainer.output),

@@ -1,0 +1,132 @@
+"""Explanations of a trained run directory (the entry points of ``cxrfuse explain``/``attribute``).
+
+Outputs go under the run directory unless told otherwise:
+
+* ``explain/<method>/``: one overlay PNG per (view, label), named
+  ``<image id>__<label slug>__<method>.png``, and ``index.csv``;
+* ``explain/<method>/scores/`` (phantom runs, ``score=True``): ``pointing_game.md``/``.csv``,
+  ``cases.csv``, ``pointing_game.png``, ``deletion.png``;
+* ``attribution/``: ``attribution.csv`` (per study and label), ``attribution_summary.csv``/``.md``
+  and ``attribution.png``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cxrfuse.data.manifest import Manifest, read_manifest
+from cxrfuse.explain.attribution import (
+    ModalityInputs,
+    ModalityMeans,
+    Removal,
+    modality_attribution,
+    write_attribution,
+)
+from cxrfuse.explain.explainer import Explainer, ViewExplanation
+from cxrfuse.explain.scoring import PhantomScores, score_on_phantoms, write_scores
+from cxrfuse.problems import CxrfuseError
+
+
+def explainer_from_run(run_dir: str | Path, device: str = "cpu") -> tuple[Explainer, Manifest]:
+    """The run's image encoder (fine-tuned or as named in ``model.json``), head and report
+    embeddings, and the run's manifest."""
+    from cxrfuse.encoders.registry import create_image_encoder
+    from cxrfuse.training.runner import load_run
+
+    run = load_run(run_dir)
+    image = run.sidecar.get("image")
+    if not image:
+        raise CxrfuseError(
+            f"{run_dir}: this run reads {run.info.get('modalities', ['text'])} only; image "
+            "explanations need a model that reads images (try `cxrfuse attribute` for fused runs)"
+        )
+    if image.get("finetuned"):
+        from cxrfuse.training.finetune import load_finetuned_encoder
+
+        encoder = load_finetuned_encoder(run_dir, device=device)
+    else:
+        encoder = create_image_encoder(image["encoder"], weights=image["weights"],
+                                       input_size=image.get("input_size"), device=device)  # fmt: skip
+    texts: dict[str, Any] = {}
+    if run.sidecar.get("text"):
+        arrays = run.arrays()
+        texts = {
+            str(sid): (vec, bool(present))
+            for sid, vec, present in zip(arrays.study_ids, arrays.text, arrays.text_mask)
+        }
+    manifest = read_manifest(run.info.get("manifest") or run.config.data.manifest)
+    explainer = Explainer(encoder, run.head, run.labels, output=run.sidecar["output"],
+                          texts=texts, device=device)  # fmt: skip
+    return explainer, manifest
+
+
+@dataclass
+class RunExplanation:
+    """What :func:`explain_run` produced."""
+
+    out_dir: Path
+    maps: list[ViewExplanation]
+    scores: PhantomScores | None = None
+    score_files: dict[str, Path] | None = None
+
+
+def explain_run(
+    run_dir: str | Path,
+    *,
+    studies: Sequence[str] | None = None,
+    split: str = "test",
+    limit: int | None = 20,
+    labels: Sequence[str] | None = None,
+    method: str = "gradcam",
+    out_dir: str | Path | None = None,
+    score: bool = False,
+    score_limit: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> RunExplanation:
+    """Overlays for ``studies`` (ids) or the first ``limit`` studies of ``split``; with
+    ``score`` (phantom runs) also the pointing-game / deletion scores on ``split``."""
+    explainer, manifest = explainer_from_run(run_dir, device=device)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "explain" / method
+    maps = explainer.explain_manifest(
+        manifest, studies=studies, split=None if studies else split, limit=limit, labels=labels,
+        method=method, out_dir=out, progress=progress,
+    )  # fmt: skip
+    result = RunExplanation(out, maps)
+    if score:
+        result.scores = score_on_phantoms(explainer, manifest, labels=labels, method=method,
+                                          split=split, limit=score_limit, progress=progress)  # fmt: skip
+        result.score_files = write_scores(result.scores, out / "scores")
+    return result
+
+
+def attribute_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    removal: Removal = "mean",
+    out_dir: str | Path | None = None,
+) -> dict[str, Path]:
+    """Modality attribution of every prediction of ``split`` of a fused run (training means
+    from its train split); writes the table, summary and plot under ``out_dir``."""
+    from cxrfuse.training.runner import load_run
+
+    run = load_run(run_dir)
+    inputs, _ = run.split_inputs(split)
+    if "image" not in inputs or "text" not in inputs:
+        raise CxrfuseError(
+            f"{run_dir}: modality attribution needs a fused run (image and text); this run "
+            f"reads {sorted(k for k in inputs if k in ('image', 'text'))}"
+        )
+    train, _ = run.split_inputs("train")
+    means = ModalityMeans.of(ModalityInputs(**train)) if removal == "mean" else None
+    table = modality_attribution(run.head, ModalityInputs(**inputs), run.labels,
+                                 output=run.sidecar["output"], removal=removal, means=means,
+                                 study_ids=run.split_study_ids(split))  # fmt: skip
+    table.attrs["split"] = split
+    out = Path(out_dir) if out_dir else Path(run_dir) / "attribution"
+    title = f"Modality attribution, {run.info.get('name', Path(run_dir).name)} ({split})"
+    return write_attribution(table, out, title)

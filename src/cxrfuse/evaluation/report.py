@@ -414,7 +414,7 @@ def environment_section(
 def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
     evaluation = read_json(exp_dir / "evaluation.json")
     runs = {r["run"]: r for r in evaluation["runs"]}
-    finished = [(name, Path(r["dir"])) for name, r in runs.items() if r.get("headline")]
+    finished = [(name, exp_dir / r["dir"]) for name, r in runs.items() if r.get("headline")]
     run_json = {name: read_json(d / "run.json") for name, d in finished}
     metrics = {name: read_json(d / "metrics.json") for name, d in finished}
     title = f"cxrfuse report: experiment {evaluation['experiment']}"

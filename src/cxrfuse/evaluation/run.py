@@ -197,10 +197,12 @@ def run_leakage_probe(run: Mapping[str, Any], run_dir: Path) -> dict[str, Any] |
     if not manifest_path:
         return {"skipped": "run.json names no manifest"}
     task = run.get("task")
-    key = json.dumps([str(manifest_path), config.model_dump(), task], sort_keys=True)
+    path = _resolve(manifest_path, run_dir)
+    stamp = path.stat().st_mtime if path.exists() else None
+    key = json.dumps([str(path), stamp, config.model_dump(), task], sort_keys=True)
     if key not in _PROBE_CACHE:
         try:
-            manifest = read_manifest(_resolve(manifest_path, run_dir))
+            manifest = read_manifest(path)
             _PROBE_CACHE[key] = leakage_probe(
                 manifest,
                 config,
@@ -490,7 +492,7 @@ def evaluate_experiment(
         "n_boot": n_boot,
         "runs": [
             {
-                k: (str(v) if k == "dir" else v)
+                k: (str(v.relative_to(exp_dir)) if k == "dir" else v)
                 for k, v in r.items()
                 if k not in ("metrics", "settings")
             }
@@ -597,7 +599,9 @@ def _compare_setting(
                 "studies": len(y),
                 "bootstrap": paired_bootstrap(
                     y, pf, pu, _thresholds(f), _thresholds(u), labels, n_boot=n_boot, seed=seed
-                ),
+                )
+                if n_boot
+                else {},
                 "delong": {},
             }
             for j, label in enumerate(labels):
@@ -731,7 +735,7 @@ def paired_table(comp: Mapping[str, Any]) -> pd.DataFrame:
     """One row per seed: fused - best unimodal differences with intervals and p-values."""
     rows = []
     for t in comp.get("paired", []):
-        a, f = t["bootstrap"]["auroc"], t["bootstrap"]["f1"]
+        a, f = t["bootstrap"].get("auroc", {}), t["bootstrap"].get("f1", {})
         rows.append(
             {
                 "seed": t["seed"],
@@ -739,9 +743,9 @@ def paired_table(comp: Mapping[str, Any]) -> pd.DataFrame:
                 "vs": t["unimodal"],
                 "studies": t["studies"],
                 "AUROC diff": _diff(a),
-                "p (bootstrap)": _p(a["p"]),
+                "p (bootstrap)": _p(a.get("p")),
                 "F1 diff": _diff(f),
-                "p (F1)": _p(f["p"]),
+                "p (F1)": _p(f.get("p")),
                 "DeLong p per label": ", ".join(f"{k} {_p(v['p'])}" for k, v in t["delong"].items())
                 or "-",
             }

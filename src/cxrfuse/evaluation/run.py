@@ -65,16 +65,17 @@ IGNORED_KEYS = {
 def write_json(path: Path, payload: Any) -> Path:
     """JSON with NaN/inf written as null, atomically."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(payload), indent=2, default=str))
+    tmp.write_text(json.dumps(json_safe(payload), indent=2, default=str))
     tmp.replace(path)
     return path
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

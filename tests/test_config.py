@@ -140,9 +140,22 @@ def test_run_name_slugs() -> None:
         "attention-full-seed0"
 
 
+def load_preset(path: Path) -> RunConfig | ExperimentConfig | None:
+    """A training preset; None for a preset of another verb that its own loader accepts (CLIP)."""
+    try:
+        return load_config(path)
+    except ConfigError:
+        from cxrfuse.clip.config import load_clip_config
+
+        load_clip_config(path)  # raises when the file is no valid config of either kind
+        return None
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_preset_validates(path: Path) -> None:
-    config = load_config(path)
+    config = load_preset(path)
+    if config is None:
+        return
     runs = config.expand(str(path)) if isinstance(config, ExperimentConfig) else [config]
     for run in runs:
         offline = apply_offline(run)
@@ -152,7 +165,8 @@ def test_every_preset_validates(path: Path) -> None:
 
 
 def test_presets_exist_with_honest_twins() -> None:
-    presets = {p.stem: load_config(p) for p in CONFIGS.glob("*.yaml")}
+    presets = {p.stem: load_preset(p) for p in CONFIGS.glob("*.yaml")}
+    presets = {name: config for name, config in presets.items() if config is not None}
     assert len(presets) >= 8
     for name, config in presets.items():
         base = config.base if isinstance(config, ExperimentConfig) else config

@@ -128,7 +128,7 @@ def experiment_cmd(
     console.print(f"experiment [bold]{experiment.name}[/]: {n} run(s) -> {experiment.experiment_dir}")
     out = train_experiment(experiment, progress=progress, after_run=_evaluate if evaluate else None,
                            console=console)
-    console.print((out / "summary.md").read_text())
+    console.print((out / "summary.md").read_text(), soft_wrap=True, highlight=False)
     console.print(f"wrote [bold]{out / 'summary.csv'}[/] and {out / 'summary.md'}")
 
 

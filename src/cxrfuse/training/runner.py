@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 import yaml
 
-from cxrfuse.config import ExperimentConfig, RunConfig, TrainingConfig, validate_run
+from cxrfuse.config import ExperimentConfig, RunConfig, TrainingConfig, validate_run, value_slug
 from cxrfuse.data.manifest import label_column
 from cxrfuse.fusion.heads import build_head
 from cxrfuse.problems import CxrfuseError, DataError
@@ -510,7 +510,9 @@ def summary_markdown(experiment: ExperimentConfig, table: pd.DataFrame) -> str:
              (f"{len(table)} run(s), {int((table['status'] == 'finished').sum())} finished; "
              f"seeds {experiment.seeds}. Test metrics at threshold 0.5, macro over labels; "
              "mean ± sd over seeds (sd 0 for one seed)."), ""]
-    done = table[table["status"] == "finished"]
+    done = table[table["status"] == "finished"].copy()
+    for key in keys:  # readable grid values: full / sub75, focal, lr0.001
+        done[key] = [value_slug(key, yaml.safe_load(str(v))) for v in done[key]]
     if not done.empty and metrics:
         agg = []
         for values, part in done.groupby(group, sort=False, dropna=False):

@@ -33,7 +33,7 @@ def half_signal_arrays(n: int = 1600, dim: int = 12, seed: int = 0) -> StudyArra
 
 @pytest.fixture(scope="module")
 def test_aurocs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
-    arrays = half_signal_arrays()
+    arrays = half_signal_arrays(n=1200)
     out = {}
     for name, modalities in (("image", ["image"]), ("text", ["text"]),
                              ("multimodal", ["image", "text"])):
@@ -41,7 +41,7 @@ def test_aurocs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
             name=name, seed=0, model={"kind": "late-fusion", "modalities": modalities,
                                       "projection_dim": 32},
             image={"views": "attention"},
-            training={"lr": 0.003, "batch_size": 64, "max_epochs": 25,
+            training={"lr": 0.003, "batch_size": 64, "max_epochs": 20,
                       "early_stopping": {"patience": 4}},
         )
         run_dir = tmp_path_factory.mktemp(name)

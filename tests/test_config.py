@@ -177,3 +177,20 @@ def test_presets_exist_with_honest_twins() -> None:
             twin_base = twin.base if isinstance(twin, ExperimentConfig) else twin
             assert set(twin_base.text.sections) <= {"indication", "comparison"}
             assert twin_base.model == base.model and twin_base.training == base.training
+
+
+def test_offline_experiment_applies_after_each_grid_point_and_refuses_encoder_grids() -> None:
+    from cxrfuse.config import ExperimentConfig, apply_offline_experiment
+    from cxrfuse.problems import ConfigError
+
+    base = {"image": {"encoder": "resnet50", "offline_encoder": "efficientnet-lite0"},
+            "text": {"encoder": "biobert", "offline_encoder": "minilm"}}
+    grid = ExperimentConfig(name="g", base=base, grid={"image.weights": ["default", "none"]})
+    runs = apply_offline_experiment(grid).expand()
+    assert [r.image.encoder for r in runs] == ["efficientnet-lite0"] * 2
+    assert [r.image.weights for r in runs] == ["default"] * 2  # the substitute's own weights
+    assert {r.text.encoder for r in runs} == {"minilm"}
+    over_encoders = ExperimentConfig(name="b", base=base,
+                                     grid={"image.encoder": ["resnet18", "vgg16"]})
+    with pytest.raises(ConfigError, match="image.encoder"):
+        apply_offline_experiment(over_encoders)

@@ -191,6 +191,7 @@ class AugmentConfig(_Strict):
     scale: tuple[float, float] = (0.9, 1.1)
     brightness: float = Field(0.1, ge=0.0)
     contrast: float = Field(0.1, ge=0.0)
+    gamma: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class FinetuneConfig(_Strict):
@@ -277,6 +278,7 @@ class ExperimentConfig(_Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0])
     overrides_by: list[OverrideRule] = Field(default_factory=list)
+    offline: bool = Field(False, description="swap in the offline encoders after expansion")
 
     @field_validator("overrides_by", mode="before")
     @classmethod
@@ -313,6 +315,8 @@ class ExperimentConfig(_Strict):
                 raw["name"] = run_name(point, seed) if point else f"{self.base.name}-seed{seed}"
                 raw["runs_dir"] = str(self.experiment_dir / "runs")
                 config = validate_run(raw, source)
+                if self.offline:
+                    config = apply_offline(config)
                 if config.name in names:
                     raise ConfigError(f"{source}: two grid points share the run name {config.name!r}")
                 names.add(config.name)
@@ -570,5 +574,14 @@ def apply_offline(config: RunConfig) -> RunConfig:
 
 
 def apply_offline_experiment(config: ExperimentConfig) -> ExperimentConfig:
-    """The experiment with :func:`apply_offline` applied to its base run config."""
-    return config.model_copy(update={"base": apply_offline(config.base)})
+    """The experiment with :func:`apply_offline` applied to its base run config and after
+    every grid point, so a grid cannot bring a hub encoder back. A grid over the encoders
+    themselves is refused: offline, its runs would all use the same substitute."""
+    varied = [k for k in config.grid if k in ("image.encoder", "text.encoder")]
+    if varied:
+        raise ConfigError(
+            f"experiment {config.name!r}: --offline would replace every value of the grid key(s) "
+            f"{varied} by one offline substitute; grid over offline encoders instead "
+            "(e.g. configs/mimic-per-disease-cnn-offline.yaml)"
+        )
+    return config.model_copy(update={"base": apply_offline(config.base), "offline": True})

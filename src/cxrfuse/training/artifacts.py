@@ -39,8 +39,12 @@ def read_sidecar(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / SIDECAR_FILE
     if not path.is_file():
         raise CxrfuseError(f"{run_dir}: no {SIDECAR_FILE}; is this a finished cxrfuse run directory?")
-    sidecar = json.loads(path.read_text())
-    if sidecar.get("format") != SIDECAR_FORMAT:
+    try:
+        sidecar = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CxrfuseError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        sidecar = sidecar if isinstance(sidecar, dict) else {}
         raise CxrfuseError(f"{path}: format {sidecar.get('format')!r}, expected {SIDECAR_FORMAT!r}")
     return sidecar
 
@@ -48,10 +52,18 @@ def read_sidecar(run_dir: Path) -> dict[str, Any]:
 def load_head(run_dir: Path, sidecar: dict[str, Any] | None = None) -> FusionHead:
     """The trained head of a run directory, in eval mode on the CPU."""
     sidecar = sidecar or read_sidecar(run_dir)
-    spec = sidecar["head"]
-    kwargs = {k: v for k, v in spec["kwargs"].items() if k != "kind"}
-    head = build_head(spec["kind"], **kwargs)
-    head.load_state_dict(load_file(str(Path(run_dir) / WEIGHTS_FILE), device="cpu"))
+    where = Path(run_dir) / SIDECAR_FILE
+    try:
+        spec = sidecar["head"]
+        kwargs = {k: v for k, v in spec["kwargs"].items() if k != "kind"}
+        head = build_head(spec["kind"], **kwargs)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CxrfuseError(f"{where}: field 'head' cannot rebuild a fusion head ({err})") from err
+    weights = Path(run_dir) / WEIGHTS_FILE
+    try:
+        head.load_state_dict(load_file(str(weights), device="cpu"))
+    except (OSError, RuntimeError) as err:
+        raise CxrfuseError(f"{weights}: does not hold the weights of {where} ({err})") from err
     return head.eval()
 
 

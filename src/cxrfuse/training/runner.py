@@ -602,20 +602,28 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(run_dir, load_head(run_dir, sidecar), sidecar, config, info)
 
 
-def _image_inputs(spec: dict[str, Any], images: Sequence[str | Path]) -> dict[str, torch.Tensor]:
-    from PIL import Image
-
+def _image_inputs(
+    run_dir: Path, spec: dict[str, Any], images: Sequence[str | Path]
+) -> dict[str, torch.Tensor]:
+    """The study's view embeddings, decoded exactly as the store decodes (the fine-tuned
+    encoder of a fine-tuning run, else the named one)."""
+    from cxrfuse.encoders.decode import decode_resized
     from cxrfuse.encoders.registry import create_image_encoder
 
     if not images:
         raise DataError("this model reads images: pass at least one --image")
-    encoder = create_image_encoder(spec["encoder"], weights=spec["weights"],
-                                   input_size=spec["input_size"])
+    if spec.get("finetuned"):
+        from cxrfuse.training.finetune import load_finetuned_encoder
+
+        encoder = load_finetuned_encoder(run_dir)
+    else:
+        encoder = create_image_encoder(spec["encoder"], weights=spec["weights"],
+                                       input_size=spec["input_size"])
+    size = encoder.spec.input_size
     pixels = []
     for path in images:
         try:
-            with Image.open(path) as im:
-                pixels.append(encoder.preprocess(np.asarray(im.convert("L"), dtype=np.uint8)))
+            pixels.append(encoder.preprocess(decode_resized(path, size)))
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: cannot read the image ({err})") from err
     with torch.inference_mode():
@@ -663,7 +671,7 @@ def predict(run_dir: str | Path, images: Sequence[str | Path] = (), report: str 
     run = load_run(run_dir)
     inputs: dict[str, torch.Tensor] = {}
     if run.sidecar.get("image"):
-        inputs |= _image_inputs(run.sidecar["image"], images)
+        inputs |= _image_inputs(run.run_dir, run.sidecar["image"], images)
     if run.sidecar.get("text"):
         if report is None:
             raise DataError("this model reads report text: pass --report")

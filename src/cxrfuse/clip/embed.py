@@ -1,0 +1,135 @@
+"""Pairs of a split as datasets, and frozen CLIP embeddings of images and report texts.
+
+:func:`pair_dataset` builds the dataset of a split from a :class:`ClipConfig` (used by
+training and by every analysis, so they read the same pairs); :func:`load_run` opens a trained
+run directory and gives a :class:`ClipRun` whose ``embed_split`` returns unit-length image and
+text embeddings, row i of both being study i of the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cxrfuse.clip.checkpoint import load_clip_model
+from cxrfuse.clip.config import ClipConfig, load_clip_config
+from cxrfuse.clip.data import PairDataset, Pairs, build_pairs, make_collate, tokenize
+from cxrfuse.clip.model import ClipModel
+from cxrfuse.data.manifest import Manifest, read_manifest
+from cxrfuse.problems import DataError
+
+
+def pair_dataset(
+    config: ClipConfig,
+    manifest: Manifest,
+    split: str,
+    model: ClipModel,
+    tokenizer: Any,
+    progress: bool = True,
+    text_sections: Sequence[str] | None = None,
+) -> tuple[PairDataset, float]:
+    """The dataset of ``split`` and the fraction of its texts truncated at ``max_length``."""
+    text_config = config.text.text_config()
+    if text_sections is not None:
+        text_config = text_config.model_copy(update={"sections": list(text_sections)})
+    pairs = build_pairs(manifest, split, text_config, config.data.task, config.data.view)
+    if config.data.limit is not None:
+        pairs = pairs.head(config.data.limit)
+    tokens, truncated = tokenize(tokenizer, pairs.texts, config.text.max_length)
+    encoder = model.image_encoder
+    dataset = PairDataset(pairs, encoder.preprocess, encoder.spec.input_size, tokens,
+                          cache=config.data.cache_images, progress=progress)  # fmt: skip
+    return dataset, truncated
+
+
+@torch.no_grad()
+def embed_dataset(
+    model: ClipModel, dataset: PairDataset, tokenizer: Any, batch_size: int = 64,
+    progress: bool = True, device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(image, text) embeddings, float32 (N, D) each, unit length, in dataset order."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=make_collate(tokenizer))
+    images, texts = [], []
+    for batch_images, tokens in tqdm(loader, desc=f"embed {dataset.pairs.split}", unit="batch",
+                                     disable=not progress, leave=False):  # fmt: skip
+        images.append(model.encode_image(batch_images.to(device)).cpu())
+        texts.append(model.encode_text(**{k: v.to(device) for k, v in tokens.items()}).cpu())
+    dim = model.projection_dim
+    return (torch.cat(images) if images else torch.zeros(0, dim),
+            torch.cat(texts) if texts else torch.zeros(0, dim))  # fmt: skip
+
+
+@torch.no_grad()
+def embed_texts(model: ClipModel, tokenizer: Any, texts: Sequence[str], max_length: int,
+                batch_size: int = 64) -> torch.Tensor:  # fmt: skip
+    """Unit-length embeddings of free texts (prompts), (N, D)."""
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[start : start + batch_size]), truncation=True,
+                        max_length=max_length, padding=True, return_tensors="pt")  # fmt: skip
+        keep = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask",
+                                                      "token_type_ids")}  # fmt: skip
+        out.append(model.encode_text(**keep))
+    return torch.cat(out)
+
+
+@dataclass
+class ClipRun:
+    """A trained CLIP run opened for analysis."""
+
+    run_dir: Path
+    config: ClipConfig
+    model: ClipModel
+    tokenizer: Any
+    sidecar: dict[str, Any]
+    manifest: Manifest
+    progress: bool = True
+    _cache: dict[tuple, tuple] = field(default_factory=dict)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.manifest.images == "phantom"
+
+    def embed_split(
+        self, split: str, text_sections: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, Pairs]:
+        """(image, text) embeddings and the pairs of ``split`` (cached per split and text)."""
+        key = (split, tuple(text_sections) if text_sections else None)
+        if key not in self._cache:
+            dataset, _ = pair_dataset(self.config, self.manifest, split, self.model,
+                                      self.tokenizer, self.progress, text_sections)  # fmt: skip
+            if not len(dataset):
+                raise DataError(f"{self.config.data.manifest}: no {split} study has both an "
+                                "image and report text")  # fmt: skip
+            image, text = embed_dataset(self.model, dataset, self.tokenizer,
+                                        self.config.training.batch_size, self.progress)  # fmt: skip
+            self._cache[key] = (image, text, dataset.pairs)
+        return self._cache[key]
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return embed_texts(self.model, self.tokenizer, texts, self.config.text.max_length)
+
+
+def load_run(run_dir: str | Path, progress: bool = True) -> ClipRun:
+    """Open a CLIP run directory: its config, rebuilt model and manifest."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise DataError(f"{config_path}: missing; is {run_dir} a `cxrfuse clip train` run?")
+    config = load_clip_config(config_path)
+    model, tokenizer, sidecar = load_clip_model(run_dir)
+    manifest = read_manifest(config.data.manifest)
+    return ClipRun(run_dir, config, model, tokenizer, sidecar, manifest, progress)
+
+
+def as_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy().astype(np.float32)

@@ -1,0 +1,104 @@
+"""InfoNCE, the temperature, block freezing and retrieval ranks, checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cxrfuse.clip.model import Temperature, freeze_first, image_blocks, info_nce
+from cxrfuse.clip.retrieval import pair_ranks, recall_at_k
+from cxrfuse.clip.train import chunked_info_nce, warmup_cosine
+from cxrfuse.encoders.registry import create_image_encoder
+
+
+def _hand_info_nce(image: np.ndarray, text: np.ndarray, t: float) -> float:
+    """Cross-entropy of each row and each column of the similarity matrix, by formula."""
+    s = image @ text.T / t
+    rows = [-(s[i, i] - math.log(np.exp(s[i]).sum())) for i in range(len(s))]
+    cols = [-(s[i, i] - math.log(np.exp(s[:, i]).sum())) for i in range(len(s))]
+    return (np.mean(rows) + np.mean(cols)) / 2
+
+
+def test_info_nce_equals_hand_computation() -> None:
+    g = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    text = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    expected = _hand_info_nce(image.double().numpy(), text.double().numpy(), 0.1)
+    assert float(info_nce(image, text, 0.1)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_info_nce_is_symmetric_and_rewards_alignment() -> None:
+    g = torch.Generator().manual_seed(1)
+    image = F.normalize(torch.randn(6, 16, generator=g), dim=-1)
+    text = F.normalize(torch.randn(6, 16, generator=g), dim=-1)
+    assert float(info_nce(image, text, 0.1)) == pytest.approx(float(info_nce(text, image, 0.1)))
+    aligned = float(info_nce(image, image, 0.1))
+    assert aligned < float(info_nce(image, text, 0.1))
+    assert aligned < math.log(6)  # better than chance (uniform logits give log N)
+    # permuting the pairs together leaves the loss unchanged
+    perm = torch.randperm(6, generator=g)
+    assert float(info_nce(image[perm], text[perm], 0.1)) == pytest.approx(
+        float(info_nce(image, text, 0.1)), rel=1e-6
+    )
+
+
+def test_chunked_loss_is_the_mean_of_chunk_losses() -> None:
+    g = torch.Generator().manual_seed(2)
+    image = F.normalize(torch.randn(8, 4, generator=g), dim=-1)
+    text = F.normalize(torch.randn(8, 4, generator=g), dim=-1)
+    halves = (float(info_nce(image[:4], text[:4], 0.1)) + float(info_nce(image[4:], text[4:], 0.1)))
+    assert chunked_info_nce(image, text, 0.1, 4) == pytest.approx(halves / 2)
+
+
+def test_fixed_temperature_is_a_buffer() -> None:
+    t = Temperature(0.1, learn=False)
+    assert not list(t.parameters())
+    assert float(t().detach()) == pytest.approx(0.1)
+
+
+def test_learned_temperature_stays_in_range() -> None:
+    t = Temperature(0.1, learn=True, low=0.05, high=0.5)
+    opt = torch.optim.SGD(t.parameters(), lr=100.0)
+    for direction in (1.0, -1.0):  # push hard towards 0 and towards infinity
+        for _ in range(20):
+            opt.zero_grad()
+            (direction * t.log_inv).backward()
+            opt.step()
+            t.clamp_()
+            assert 0.05 - 1e-6 <= float(t().detach()) <= 0.5 + 1e-6
+        assert float(t().detach()) == pytest.approx(0.5 if direction > 0 else 0.05, rel=1e-5)
+    with pytest.raises(ValueError):
+        Temperature(0.001, low=0.01)
+
+
+def test_ranks_and_recall_by_hand() -> None:
+    s = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    i2t, t2i = pair_ranks(s)
+    assert i2t.tolist() == [0, 1, 2]  # row 2: a three-way tie counts against the model
+    assert t2i.tolist() == [0, 0, 2]
+    r = recall_at_k(s, (1, 2))
+    assert r["image_to_text"] == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3)}
+    assert r["chance"] == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3)}
+
+
+def test_warmup_then_cosine() -> None:
+    assert warmup_cosine(0, 4, 20) == pytest.approx(0.25)
+    assert warmup_cosine(3, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine(4, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine(20, 4, 20) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_freezing_the_first_blocks_of_an_image_encoder() -> None:
+    encoder = create_image_encoder("efficientnet-lite0", weights="none", input_size=64)
+    blocks = image_blocks(encoder)
+    assert len(blocks) == 18  # stem, 16 MBConv blocks, head conv
+    freeze_first(blocks, 3, "image")
+    stem = encoder.backbone._conv_stem.weight
+    assert not stem.requires_grad and not encoder.backbone._blocks[1]._depthwise_conv.weight.requires_grad
+    assert encoder.backbone._blocks[2]._depthwise_conv.weight.requires_grad
+    with pytest.raises(Exception, match="freeze_blocks"):
+        freeze_first(blocks, 99, "image")

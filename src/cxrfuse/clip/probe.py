@@ -11,7 +11,6 @@ split; metrics with bootstrap intervals are computed on the test split
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pandas as pd
 from cxrfuse.clip.embed import ClipRun, as_numpy, load_run
 from cxrfuse.data.manifest import label_column
 from cxrfuse.evaluation import bootstrap_ci, choose_thresholds, compute_metrics
+from cxrfuse.evaluation.run import write_json
 from cxrfuse.training.estimator import FusionClassifier
 
 PROBES: dict[str, list[str]] = {"image": ["image"], "report": ["text"],
@@ -99,7 +99,7 @@ def run_probe(run_dir: str | Path, task: str | None = None, progress: bool = Tru
         "synthetic": run.synthetic, "images": run.manifest.images,
     }  # fmt: skip
     out = Path(run_dir)
-    (out / "probe.json").write_text(json.dumps(_clean(result), indent=2) + "\n")
+    write_json(out / "probe.json", result)
     (out / "probe.md").write_text(probe_markdown(result))
     pd.concat(predictions, ignore_index=True).to_parquet(out / "probe_predictions.parquet")
     return result
@@ -107,19 +107,6 @@ def run_probe(run_dir: str | Path, task: str | None = None, progress: bool = Tru
 
 def _headline_ci(ci: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {k.split("/", 1)[1]: v for k, v in ci.items() if k.startswith("headline/")}
-
-
-def _clean(value: Any) -> Any:
-    """NaN -> None, numpy scalars -> Python, recursively (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def _fmt(value: Any, ci: dict[str, Any] | None = None) -> str:

@@ -8,7 +8,6 @@ can never be told apart, so a model that ranks an identical report first still m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,7 @@ def run_retrieval(run_dir: str | Path, split: str | None = None,
                   ks: Sequence[int] | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Recall@K both ways on a split of a trained CLIP run; writes retrieval.json/.md there."""
     from cxrfuse.clip.embed import load_run
+    from cxrfuse.evaluation.run import write_json
 
     run = load_run(run_dir, progress=progress)
     cfg = run.config.retrieval
@@ -75,6 +75,6 @@ def run_retrieval(run_dir: str | Path, split: str | None = None,
     result = {"split": split, **recall_at_k(image @ text.T, ks),
               "synthetic": run.synthetic, "images": run.manifest.images}  # fmt: skip
     out = Path(run_dir)
-    (out / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "retrieval.json", result)
     (out / "retrieval.md").write_text(retrieval_markdown(result))
     return result

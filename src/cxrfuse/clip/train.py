@@ -14,10 +14,10 @@ loss depends on the number of negatives, so it is measured at the training batch
 from __future__ import annotations
 
 import csv
-import json
 import math
 import platform
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from cxrfuse.clip.model import (
 from cxrfuse.clip.retrieval import recall_at_k
 from cxrfuse.data.manifest import read_manifest
 from cxrfuse.encoders.registry import create_image_encoder
+from cxrfuse.evaluation.run import write_json
 from cxrfuse.problems import CxrfuseError, DataError
 
 matplotlib.use("Agg")
@@ -251,7 +252,7 @@ def train_clip(config: ClipConfig, run_dir: Path | None = None) -> Path:
     started, t0 = _now(), time.perf_counter()
     info: dict[str, Any] = {"name": config.name, "status": "running", "task": "clip",
                             "started": started, "seed": config.seed}  # fmt: skip
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(run_dir / "run.json", info)
     module = None
     try:
         module, info = _fit(config, run_dir, info)
@@ -264,7 +265,7 @@ def train_clip(config: ClipConfig, run_dir: Path | None = None) -> Path:
             write_epochs(module.history, run_dir)
             plot_curves(module.history, run_dir / "plots" / "curves.png", config.name)
         info.update(finished=_now(), timing_s=round(time.perf_counter() - t0, 2))
-        (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        write_json(run_dir / "run.json", info)
     return run_dir
 
 
@@ -308,8 +309,10 @@ def _fit(config: ClipConfig, run_dir: Path, info: dict[str, Any]) -> tuple[ClipM
         encoders={"image": config.image_encoder, "text": config.text_encoder},
         environment=_environment(accelerator),
     )  # fmt: skip
-    trainer.validate(module, val_loader, verbose=False)
-    trainer.fit(module, train_loader, val_loader)
+    with warnings.catch_warnings():  # frozen blocks are in eval mode on purpose
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        trainer.validate(module, val_loader, verbose=False)
+        trainer.fit(module, train_loader, val_loader)
     model.cpu().eval()
     if cfg.keep == "best" and module.best is not None:
         model.load_state_dict(module.best[2])

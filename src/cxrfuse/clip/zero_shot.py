@@ -9,7 +9,6 @@ is computed on a split (test by default) against the manifest labels.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from cxrfuse.clip.config import ZeroShotConfig
 from cxrfuse.clip.embed import ClipRun, as_numpy, load_run
+from cxrfuse.evaluation.run import write_json
 
 
 def prompt_embeddings(run: ClipRun, labels: list[str], config: ZeroShotConfig) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def run_zero_shot(run_dir: str | Path, split: str = "test", task: str | None = N
               "macro_auroc": float(np.mean(values)) if values else None,
               "synthetic": run.synthetic, "images": run.manifest.images}  # fmt: skip
     out = Path(run_dir)
-    (out / "zero_shot.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "zero_shot.json", result)
     (out / "zero_shot.md").write_text(zero_shot_markdown(result))
     return result
 

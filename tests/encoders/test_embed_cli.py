@@ -47,7 +47,15 @@ def test_help_has_an_example(verb: list[str]) -> None:
     assert "Example" in result.output and "cxrfuse" in result.output
 
 
-def test_embed_end_to_end_then_reuse(manifest_path: Path, tmp_path: Path) -> None:
+def test_embed_end_to_end_then_reuse(
+    manifest_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    import cxrfuse.cli.embed as embed_cli
+
+    # the module console's width is fixed when it is first imported (80 under pytest-xdist)
+    monkeypatch.setattr(embed_cli, "console", Console(width=250))
     args = [
         "embed", str(manifest_path), "--image-encoder", "efficientnet-lite0", "--input-size", "32",
         "--text-encoder", "tfidf", "--svd-dim", "2", "--store", str(tmp_path / "store"),

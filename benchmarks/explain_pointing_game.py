@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--methods", default="gradcam,gradcam++")
     parser.add_argument("--score-limit", type=int, default=0, help="positive test studies (0=all)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reuse", action="store_true", help="reuse OUT/model.pt if it exists")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/explain"))
     parser.add_argument("--example", type=Path, default=Path("docs/img/gradcam_example.png"))
@@ -107,7 +108,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     manifest = phantom_manifest(args.studies, args.seed, args.out / "phantoms", args.size)
-    encoder, head, val_auc = train(manifest, args.epochs, args.seed, args.input_size)
+    weights = args.out / "model.pt"
+    if args.reuse and weights.exists():
+        encoder, head, val_auc = torch.load(weights, weights_only=False)
+    else:
+        encoder, head, val_auc = train(manifest, args.epochs, args.seed, args.input_size)
+        torch.save((encoder, head, val_auc), weights)
     train_s = time.perf_counter() - start
     explainer = Explainer(encoder, head, LABELS)
     print(f"\nmachine: {platform.machine()} {platform.processor() or ''} "
@@ -127,10 +133,10 @@ def main() -> None:
 
 
 def write_example(explainer: Explainer, manifest: Manifest, path: Path) -> None:
-    """One test study positive for cardiomegaly and an effusion: Grad-CAM of the effusion."""
+    """The Grad-CAM of "Cardiomegaly" of the first cardiomegaly-positive test study."""
     df = manifest.df[manifest.df["split"] == "test"]
-    pick = df[(df["label_pleural_effusion"] == 1) & (df["label_nodule"] == 0)].iloc[0]
-    [result] = explainer.explain_study(pick, labels=["Pleural Effusion"], method="gradcam",
+    pick = df[df["label_cardiomegaly"] == 1].iloc[0]
+    [result] = explainer.explain_study(pick, labels=["Cardiomegaly"], method="gradcam",
                                        out_dir=path.parent / "tmp-example")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     assert result.overlay is not None

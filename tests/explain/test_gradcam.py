@@ -71,7 +71,7 @@ def test_every_method_runs_through_the_fused_head(method: str) -> None:
                       method, **options)  # fmt: skip
     assert out.maps.shape == (2, 32, 32) and out.grid == (4, 4)
     assert np.isfinite(out.maps).all() and out.maps.min() >= 0 and out.maps.max() <= 1 + 1e-6
-    assert not encoder.target_layer._forward_hooks  # released by the context manager
+    assert not model.cam_layer._forward_hooks  # released by the context manager
 
 
 def test_fused_model_places_the_view_in_its_slot_and_holds_the_report() -> None:
@@ -105,9 +105,11 @@ def test_registered_encoders_give_nonzero_maps(name: str, size: int) -> None:
     inplace_before = [m.inplace for m in encoder.modules() if isinstance(m, nn.ReLU)]
     x = torch.randn(1, encoder.spec.channels, size, size)
     out = compute_cam(model, x, label_target(["a", "b"], "a", "sigmoid"), "gradcam")
-    assert out.maps.shape == (1, size, size) and out.maps.max() > 0.5
+    against = compute_cam(model, x, lambda logits: -logits[..., 0], "gradcam")  # evidence against
+    assert out.maps.shape == (1, size, size)
+    assert max(out.maps.max(), against.maps.max()) > 0.5  # gradients reach the hooked map
     assert [m.inplace for m in encoder.modules() if isinstance(m, nn.ReLU)] == inplace_before
-    assert not cam_target_layer(encoder)._forward_hooks
+    assert not model.cam_layer._forward_hooks and not cam_target_layer(encoder)._forward_hooks
 
 
 def test_vit_is_hooked_where_patch_tokens_have_gradients() -> None:

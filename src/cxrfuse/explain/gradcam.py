@@ -6,15 +6,21 @@ fusion head, with the study's other views (as embeddings) and its report embeddi
 -> logits. The image branch is differentiated, the report is a constant, so the map answers
 "where in this view did the fused model look for this label".
 
-Encoder quirks handled here: in-place ReLUs (torchxrayvision's DenseNet) are switched off while
-a CAM runs (:func:`non_inplace_relu`), and a ViT is hooked at the input norm of its last block
-(the patch tokens' gradient is zero at the block output when only the class token is read)
-with :meth:`ViTEncoder.tokens_to_map` as the reshape transform.
+Where the CAM hooks: for CNNs, the output of ``encoder.forward_features`` (the activated map
+that the pooled features are computed from: ``relu(norm5)`` of DenseNet, ReLU6 of
+EfficientNet-Lite's head, ``layer4`` of ResNet), through an identity module of the wrapper, so
+that activations and gradients are those of the map the head actually reads. Hooking a
+pre-activation layer (``encoder.target_layer`` is ``norm5`` / ``_bn1`` for DenseNet /
+EfficientNet-Lite) lets negative or clipped pre-activations into the map. A ViT is hooked at the
+input norm of its last block (the patch tokens get no gradient at the block output when only
+the class token is read) with :meth:`ViTEncoder.tokens_to_map` as the reshape transform.
+In-place ReLUs (torchxrayvision's DenseNet) are switched off while a CAM runs
+(:func:`non_inplace_relu`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -106,6 +112,7 @@ class FusedImageClassifier(nn.Module):
             raise CxrfuseError("this fused model reads the report: pass the study's text embedding")
         self.encoder = encoder
         self.head = head
+        self.feature_map = nn.Identity()  # the hook point: the map the pooled features come from
         self.slot = slot
         self.views = views
         self.view_mask = view_mask
@@ -115,7 +122,10 @@ class FusedImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and not x.requires_grad:
             x = x.detach().requires_grad_(True)  # gradients reach a frozen encoder's layers
-        features = self.encoder(x)  # (B, D)
+        if isinstance(self.encoder, ViTEncoder):
+            features = self.encoder(x)  # the class token: hooked inside the encoder
+        else:
+            features = self.encoder.pool(self.feature_map(self.encoder.forward_features(x)))
         batch = features.shape[0]
         if self.views is None:
             image = features[:, None, :]
@@ -137,12 +147,21 @@ class FusedImageClassifier(nn.Module):
                 text_mask = self.text_mask.to(features.device).bool().expand(batch)
         return self.head(image, image_mask, text, text_mask)
 
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The layer the CAM hooks (see :func:`cam_target_layer`)."""
+        if isinstance(self.encoder, ViTEncoder):
+            return cam_target_layer(self.encoder)
+        return self.feature_map
+
 
 # ----------------------------------------------------------------------------- encoder quirks
 
 
 def cam_target_layer(encoder: ImageEncoder) -> nn.Module:
-    """The layer the CAM hooks: ``encoder.target_layer``, except for a ViT.
+    """The layer inside an encoder that a CAM of it hooks: ``encoder.target_layer``, except for
+    a ViT. (:class:`FusedImageClassifier` hooks CNNs after ``forward_features``, see its
+    ``cam_layer``; for a ViT it uses this.)
 
     A ViT's pooled output is the class token after the final LayerNorm, which acts per token,
     so at the output of the last block the patch tokens get no gradient and every gradient map
@@ -205,11 +224,13 @@ class CamResult:
 def compute_cam(
     model: FusedImageClassifier,
     inputs: torch.Tensor,
-    target: ClassifierOutputTarget,
+    target: Callable[[torch.Tensor], torch.Tensor],
     method: str = "gradcam",
     **cam_options: Any,
 ) -> CamResult:
     """Class activation maps of ``inputs`` (B, C, H, W) for ``target`` through ``model``.
+
+    ``target`` maps the logits of one input to the score to explain (:func:`label_target`).
 
     Hooks are attached for this call only (pytorch-grad-cam's context manager releases them).
     ``cam_options`` go to the CAM class; ``batch_size`` sets how many perturbed copies
@@ -225,7 +246,7 @@ def compute_cam(
     grid: tuple[int, ...] = ()
     with (
         non_inplace_relu(model),
-        cls(model=model, target_layers=[cam_target_layer(encoder)], **options) as cam,
+        cls(model=model, target_layers=[model.cam_layer], **options) as cam,
     ):
         if batch_size is not None:
             cam.batch_size = int(batch_size)

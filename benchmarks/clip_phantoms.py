@@ -84,7 +84,7 @@ def main() -> None:
         "text": {"max_length": 128, "freeze_blocks": args.freeze_text_blocks},
         "training": {"batch_size": args.batch_size, "max_epochs": args.epochs, "lr": args.lr,
                      "head_lr": 1e-3, "progress": True},
-        "probe": {"task": "normal-abnormal", "n_boot": 200},
+        "probe": {"task": "multilabel" if args.lesions_only else "normal-abnormal", "n_boot": 200},
     })  # fmt: skip
     t0 = time.perf_counter()
     run_dir = train_clip(config)

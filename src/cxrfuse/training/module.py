@@ -101,7 +101,7 @@ class _EpochAccumulator(nn.Module):
         super().__init__()
         self.loss = MeanMetric()
         self.probs = CatMetric()
-        self.targets = CatMetric()
+        self.targets = CatMetric(nan_strategy="disable")  # NaN = unknown label: keep the row
 
     def update(self, loss: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor) -> None:
         self.loss.update(loss.detach().float(), weight=len(targets))

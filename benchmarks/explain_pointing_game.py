@@ -109,7 +109,8 @@ def main() -> None:
     start = time.perf_counter()
     manifest = phantom_manifest(args.studies, args.seed, args.out / "phantoms", args.size)
     weights = args.out / "model.pt"
-    if args.reuse and weights.exists():
+    reused = args.reuse and weights.exists()
+    if reused:  # our own cache file, written below
         encoder, head, val_auc = torch.load(weights, weights_only=False)
     else:
         encoder, head, val_auc = train(manifest, args.epochs, args.seed, args.input_size)
@@ -120,7 +121,7 @@ def main() -> None:
           f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, no GPU used")  # fmt: skip
     print(f"data: {args.studies} synthetic phantom studies ({args.size} px, frontal), "
           f"efficientnet-lite0 ImageNet at {args.input_size} px, fine-tuned {args.epochs} epochs "
-          f"({train_s:.0f} s)")  # fmt: skip
+          f"({'cached model' if reused else f'{train_s:.0f} s'})")  # fmt: skip
     print("val AUROC: " + ", ".join(f"{k} {v:.3f}" for k, v in val_auc.items()))
     for method in args.methods.split(","):
         t = time.perf_counter()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from explain_models import LABELS, TinyCNN, image_head, label_manifest
@@ -11,15 +9,6 @@ from PIL import Image
 
 from cxrfuse.data import Manifest
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: the cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)

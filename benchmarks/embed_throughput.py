@@ -133,13 +133,18 @@ def main() -> None:
     parser.add_argument("--weights", default="default", help="'none' = random (same speed)")
     parser.add_argument("--n", type=int, default=128, help="phantom images")
     parser.add_argument("--image-size", type=int, default=1024, help="phantom PNG side (px)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: the store's (4 on a CPU, 256 on a GPU)")
     parser.add_argument("--workers", type=int, default=None, help="default: the store's default")
     parser.add_argument("--naive-n", type=int, default=64, help="images for the naive loop")
     parser.add_argument("--compile", action="store_true", help="torch.compile (a), (b) and (d)")
     parser.add_argument("--data", type=Path, default=None, help="keep/reuse phantoms here")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
+    if args.batch_size is None:
+        from cxrfuse.encoders.store import CPU_BATCH, GPU_BATCH
+
+        args.batch_size = CPU_BATCH if args.device == "cpu" else GPU_BATCH
 
     from cxrfuse.encoders import create_image_encoder
     from cxrfuse.encoders.store import default_workers

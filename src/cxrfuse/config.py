@@ -77,7 +77,7 @@ class ImageSideConfig(_Strict):
     weights: str = "default"
     input_size: int | None = Field(None, ge=16)
     views: Literal["frontal", "mean", "concat", "attention"] = "mean"
-    embed_batch_size: int = Field(32, ge=1)
+    embed_batch_size: int | None = Field(None, ge=1)  # None: 4 on a CPU, 256 on a GPU
 
 
 class TextSideConfig(TextConfig):

@@ -45,7 +45,7 @@ def embed_cmd(
     sections: Annotated[str, typer.Option(help="Comma-separated report sections to encode.")] = "indication",
     mask: Annotated[bool, typer.Option("--mask/--no-mask", help="Mask label mentions in the text.")] = True,
     task: Annotated[str | None, typer.Option(help="Task or label whose words are masked (default: all labels).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 4 on a CPU, 256 on a GPU).")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="DataLoader workers decoding images (default: 1 on CPU, spare cores on GPU).")] = None,
     shard_size: Annotated[int, typer.Option(min=1, help="Images per store shard (the unit of resumption).")] = 1024,
     dtype: Annotated[StoreDtype, typer.Option(help="Storage dtype of the vectors.")] = StoreDtype.float32,

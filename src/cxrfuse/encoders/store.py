@@ -59,6 +59,11 @@ STORE_VERSION = 2  # 2: images go through cxrfuse.encoders.decode (uint8 resize,
 KEY_LENGTH = 16
 LATERAL_VIEWS = frozenset({"LATERAL", "LL"})
 StudyMode = Literal["frontal", "mean", "concat", "stack"]
+CPU_BATCH = 4
+"""Default images per forward pass on a CPU: EfficientNet-Lite0 at 224 px on the 2-core dev
+CPU ran 67 images/s at batch 4, 47 at 1 and 29 at 32 (activations of big batches leave the
+cache)."""
+GPU_BATCH = 256
 DTYPES = ("float32", "float16")
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -329,7 +334,7 @@ def embed_images(
     encoder: ImageEncoder,
     store_dir: str | Path,
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int = 0,
     shard_size: int = 1024,
     dtype: Literal["float32", "float16"] = "float32",
@@ -349,7 +354,9 @@ def embed_images(
     overrides). ``cache_dir`` keeps the decoded, resized uint8 images for the next encoder
     with the same input size or a rerun. ``compile`` runs the encoder through
     ``torch.compile``. In an initialised ``torch.distributed`` process group each rank embeds
-    the shards it owns and rank 0 writes ``meta.json``.
+    the shards it owns and rank 0 writes ``meta.json``. ``batch_size`` None picks
+    :data:`CPU_BATCH` on a CPU (small batches stay in cache: measured fastest) and
+    :data:`GPU_BATCH` on a GPU.
     """
     import torch
 
@@ -357,11 +364,13 @@ def embed_images(
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if shard_size < 1 or batch_size < 1 or num_workers < 0:
-        raise ValueError("shard_size and batch_size must be positive, num_workers >= 0")
     if device is not None:
         encoder.to(resolve_device(device))
     run_device = next(iter(encoder.parameters()), torch.zeros(())).device
+    if batch_size is None:
+        batch_size = CPU_BATCH if run_device.type == "cpu" else GPU_BATCH
+    if shard_size < 1 or batch_size < 1 or num_workers < 0:
+        raise ValueError("shard_size and batch_size must be positive, num_workers >= 0")
     precision = resolve_precision(precision, run_device)  # type: ignore[assignment]
     records = _image_records(manifest)
     stamps = [file_stamp(r.path) for r in records]
@@ -757,7 +766,7 @@ def embed(
     text_sections: Sequence[str] = ("indication",),
     mask_labels: bool = True,
     task: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     shard_size: int = 1024,
     input_size: int | None = None,

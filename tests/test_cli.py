@@ -12,7 +12,9 @@ from cxrfuse.data import read_manifest
 
 runner = CliRunner()
 VERBS = [["ingest", "iu-xray"], ["ingest", "mimic-cxr"], ["ingest", "nih"], ["split"], ["phantoms"],
-         ["stats"], ["demo"]]
+         ["stats"], ["embed"], ["encoders"], ["train"], ["experiment"], ["predict"], ["evaluate"],
+         ["report"], ["explain"], ["attribute"], ["clip", "train"], ["clip", "probe"],
+         ["clip", "zero-shot"], ["clip", "retrieve"], ["demo"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=" ".join)

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import csv
 import math
-import platform
 import time
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from cxrfuse.data.manifest import read_manifest
 from cxrfuse.encoders.registry import create_image_encoder
 from cxrfuse.evaluation.run import write_json
 from cxrfuse.problems import CxrfuseError, DataError
+from cxrfuse.training.runner import environment_info, now_iso
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -228,16 +227,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> P
 
 
 def _environment(accelerator: str) -> dict[str, Any]:
-    import cxrfuse
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "cxrfuse": getattr(cxrfuse, "__version__", "unknown"),
-            "platform": platform.platform(), "device": accelerator,
-            "cpu_threads": torch.get_num_threads()}  # fmt: skip
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """The run environment, with the accelerator asked for and the CPU threads used."""
+    return environment_info(accelerator) | {"cpu_threads": torch.get_num_threads()}
 
 
 def train_clip(config: ClipConfig, run_dir: Path | None = None) -> Path:
@@ -249,7 +240,7 @@ def train_clip(config: ClipConfig, run_dir: Path | None = None) -> Path:
     run_dir = Path(run_dir or config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_clip_config(config, run_dir / "config.yaml")
-    started, t0 = _now(), time.perf_counter()
+    started, t0 = now_iso(), time.perf_counter()
     info: dict[str, Any] = {"name": config.name, "status": "running", "task": "clip",
                             "started": started, "seed": config.seed}  # fmt: skip
     write_json(run_dir / "run.json", info)
@@ -264,7 +255,7 @@ def train_clip(config: ClipConfig, run_dir: Path | None = None) -> Path:
         if module is not None and module.history:
             write_epochs(module.history, run_dir)
             plot_curves(module.history, run_dir / "plots" / "curves.png", config.name)
-        info.update(finished=_now(), timing_s=round(time.perf_counter() - t0, 2))
+        info.update(finished=now_iso(), timing_s=round(time.perf_counter() - t0, 2))
         write_json(run_dir / "run.json", info)
     return run_dir
 

@@ -87,6 +87,12 @@ def label_column(name: str) -> str:
     return LABEL_PREFIX + slug
 
 
+def label_slug(name: str) -> str:
+    """``"Pleural Effusion"`` -> ``"pleural_effusion"``: the label's column suffix in run files
+    (``y__<slug>``, ``p__<slug>`` in ``predictions.parquet``)."""
+    return label_column(name)[len(LABEL_PREFIX) :]
+
+
 def normalise_view(value: object) -> str:
     """Map the many spellings of a view position to one of :data:`VIEW_POSITIONS`."""
     if value is None or (isinstance(value, float) and np.isnan(value)):

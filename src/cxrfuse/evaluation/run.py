@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from cxrfuse.data.manifest import LABEL_PREFIX, label_column, read_manifest
+from cxrfuse.data.manifest import label_slug, read_manifest
 from cxrfuse.evaluation.ablation import (
     complementarity,
     format_table,
@@ -100,12 +100,6 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         if not run.get(key):
             raise DataError(f"{path}: field {key!r} is missing or empty")
     return run
-
-
-def label_slug(name: str) -> str:
-    """Column suffix of a label in ``predictions.parquet`` (``Pleural Effusion`` ->
-    ``pleural_effusion``)."""
-    return label_column(name)[len(LABEL_PREFIX) :]
 
 
 def read_predictions(run_dir: str | Path, labels: Sequence[str]) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cxrfuse.data.manifest import FRONTAL_VIEWS, LABEL_PREFIX, Manifest, label_column
+from cxrfuse.data.manifest import FRONTAL_VIEWS, Manifest, label_slug
 from cxrfuse.data.phantoms import file_stem
 from cxrfuse.encoders.decode import gray8
 from cxrfuse.encoders.image import ImageEncoder
@@ -37,11 +37,6 @@ from cxrfuse.problems import CxrfuseError, DataError
 
 LATERAL_VIEWS = frozenset({"LATERAL", "LL"})
 INDEX_FILE = "index.csv"
-
-
-def label_slug(label: str) -> str:
-    """``"Pleural Effusion"`` -> ``"pleural_effusion"`` (the run-dir column slug)."""
-    return label_column(label)[len(LABEL_PREFIX) :]
 
 
 @dataclass

@@ -36,9 +36,9 @@ from scipy.ndimage import distance_transform_edt
 from scipy.stats import binomtest
 from tqdm import tqdm
 
-from cxrfuse.data.manifest import Manifest
+from cxrfuse.data.manifest import Manifest, label_slug
 from cxrfuse.data.phantoms import lesion_kind, mask_path
-from cxrfuse.explain.explainer import Explainer, label_slug, select_studies
+from cxrfuse.explain.explainer import Explainer, select_studies
 from cxrfuse.explain.gradcam import (
     FusedImageClassifier,
     OutputKind,

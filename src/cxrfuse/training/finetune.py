@@ -532,23 +532,23 @@ def train_finetune(config: RunConfig, run_dir: Path, *, progress: bool = True) -
     from cxrfuse.training.augment import build_augment
     from cxrfuse.training.module import METRICS
     from cxrfuse.training.runner import (
-        _environment,
-        _missing_counts,
-        _now,
-        _predictions_frame,
-        _sidecar,
-        _write_json,
+        build_sidecar,
+        environment_info,
         fit_module,
         make_head,
         make_loss,
+        missing_counts,
+        now_iso,
         plot_training_curves,
+        predictions_frame,
         training_rows,
+        write_run_json,
     )
     from cxrfuse.training.sampling import weighted_sampler
 
     if config.training.mode != "finetune":
         raise ConfigError("train_finetune needs training.mode 'finetune'")
-    started, start = _now(), time.perf_counter()
+    started, start = now_iso(), time.perf_counter()
     pl.seed_everything(config.seed, workers=True, verbose=False)
     arrays, manifest = study_arrays(config, progress=progress)
     side = config.image
@@ -594,7 +594,7 @@ def train_finetune(config: RunConfig, run_dir: Path, *, progress: bool = True) -
         "text": None if arrays.text is None else arrays.text[eval_rows],
         "text_mask": None if arrays.text_mask is None else arrays.text_mask[eval_rows],
     })
-    _predictions_frame(arrays, eval_rows, probs).to_parquet(run_dir / "predictions.parquet",
+    predictions_frame(arrays, eval_rows, probs).to_parquet(run_dir / "predictions.parquet",
                                                               index=False)
     history = pd.DataFrame(module.history, columns=["epoch", "split", *METRICS, "lr"])
     history = history.sort_values(["epoch", "split"], kind="stable").reset_index(drop=True)
@@ -612,7 +612,7 @@ def train_finetune(config: RunConfig, run_dir: Path, *, progress: bool = True) -
     save_encoder(model.encoder, run_dir / ENCODER_FILE)
     from cxrfuse.training.artifacts import save_head
 
-    save_head(model.head, run_dir, _sidecar(config, arrays, model.head, run_dir))
+    save_head(model.head, run_dir, build_sidecar(config, arrays, model.head, run_dir))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info: dict[str, Any] = {
         "name": config.name, "status": "finished", "started": started, "seed": config.seed,
@@ -621,7 +621,7 @@ def train_finetune(config: RunConfig, run_dir: Path, *, progress: bool = True) -
         "manifest": arrays.info.get("manifest"), "stores": arrays.info["stores"],
         "n": {"train": len(train_rows), "val": len(val_rows), "test": len(test_rows)},
         "n_train_before_subsample": len(arrays.indices("train")),
-        "missing": _missing_counts(arrays),
+        "missing": missing_counts(arrays),
         "fit": {k: v for k, v in fit.items() if k != "is_global_zero"},
         "finetune": {
             "trainable_parameters": int(trainable),
@@ -631,11 +631,11 @@ def train_finetune(config: RunConfig, run_dir: Path, *, progress: bool = True) -
             "unreadable_views": sorted(module.unreadable)[:100],
             "n_unreadable_views": len(module.unreadable),
         },
-        "environment": _environment(),
-        "finished": _now(),
+        "environment": environment_info(),
+        "finished": now_iso(),
         "timing_s": round(time.perf_counter() - start, 3),
     }
-    _write_json(run_dir / "run.json", info)
+    write_run_json(run_dir / "run.json", info)
 
 
 # ----------------------------------------------------------------------------- backbone comparison

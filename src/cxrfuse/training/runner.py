@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from cxrfuse.config import ExperimentConfig, RunConfig, TrainingConfig, validate_run, value_slug
-from cxrfuse.data.manifest import label_column
+from cxrfuse.data.manifest import label_slug
 from cxrfuse.fusion.heads import build_head
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.training.artifacts import (
@@ -180,21 +180,24 @@ def fit_module(
 # ----------------------------------------------------------------------------- one run
 
 
-def _environment() -> dict[str, str]:
+def environment_info(device: str | None = None) -> dict[str, str]:
+    """Python, torch, cxrfuse, platform and device (the first GPU, else "cpu") of this run."""
     try:
         version = metadata.version("cxrfuse")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    if device is None:
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"python": sys.version.split()[0], "torch": torch.__version__, "cxrfuse": version,
             "platform": platform.platform(), "device": device}
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, payload: Any) -> None:
+def write_run_json(path: Path, payload: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
     tmp.replace(path)
@@ -206,11 +209,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (np.floating,)):
         return None if math.isnan(value) else float(value)
     return str(value)
-
-
-def label_slug(name: str) -> str:
-    """``Pleural Effusion`` -> ``pleural_effusion`` (the column suffix in predictions)."""
-    return label_column(name).removeprefix("label_")
 
 
 def training_rows(config: RunConfig, arrays: StudyArrays) -> np.ndarray:
@@ -255,7 +253,7 @@ def make_head(config: RunConfig, arrays: StudyArrays) -> torch.nn.Module:
     )
 
 
-def _predictions_frame(arrays: StudyArrays, rows: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+def predictions_frame(arrays: StudyArrays, rows: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
     frame = pd.DataFrame({
         "study_id": arrays.study_ids[rows].astype(str),
         "patient_id": arrays.patient_ids[rows].astype(str),
@@ -298,7 +296,7 @@ def train_on_arrays(
     """Fit the configured head on ``arrays`` and write the run directory; returns run.json."""
     import lightning.pytorch as pl
 
-    started, start = _now(), time.perf_counter()
+    started, start = now_iso(), time.perf_counter()
     pl.seed_everything(config.seed, workers=True, verbose=False)
     train_rows = training_rows(config, arrays)
     val_rows, test_rows = arrays.indices("val"), arrays.indices("test")
@@ -325,29 +323,29 @@ def train_on_arrays(
         "stores": arrays.info.get("stores", {"image": None, "text": None}),
         "n": {"train": len(train_rows), "val": len(val_rows), "test": len(test_rows)},
         "n_train_before_subsample": len(arrays.indices("train")),
-        "missing": _missing_counts(arrays),
+        "missing": missing_counts(arrays),
         "fit": {k: v for k, v in fit.items() if k != "is_global_zero"},
-        "environment": _environment(),
+        "environment": environment_info(),
     }
     if not fit["is_global_zero"]:
         return info
     eval_rows = np.concatenate([val_rows, test_rows])
     probs = module.predict_arrays(arrays.tensors(eval_rows))
-    _predictions_frame(arrays, eval_rows, probs).to_parquet(run_dir / "predictions.parquet",
+    predictions_frame(arrays, eval_rows, probs).to_parquet(run_dir / "predictions.parquet",
                                                               index=False)
     history = pd.DataFrame(module.history, columns=["epoch", "split", *METRICS, "lr"])
     history = history.sort_values(["epoch", "split"], key=lambda s: s.map(
         {"train": 0, "val": 1}) if s.name == "split" else s).reset_index(drop=True)
     history.to_csv(run_dir / "epochs.csv", index=False)
     plot_training_curves(history, run_dir / "plots" / "training_curves.png", config.name)
-    save_head(head, run_dir, _sidecar(config, arrays, head, run_dir))
-    info["finished"] = _now()
+    save_head(head, run_dir, build_sidecar(config, arrays, head, run_dir))
+    info["finished"] = now_iso()
     info["timing_s"] = round(time.perf_counter() - start, 3)
-    _write_json(run_dir / "run.json", info)
+    write_run_json(run_dir / "run.json", info)
     return info
 
 
-def _missing_counts(arrays: StudyArrays) -> dict[str, int]:
+def missing_counts(arrays: StudyArrays) -> dict[str, int]:
     out = {}
     if arrays.image_mask is not None:
         out["image"] = int((~arrays.image_mask.any(axis=1)).sum())
@@ -356,7 +354,7 @@ def _missing_counts(arrays: StudyArrays) -> dict[str, int]:
     return out
 
 
-def _sidecar(config: RunConfig, arrays: StudyArrays, head: Any, run_dir: Path) -> dict[str, Any]:
+def build_sidecar(config: RunConfig, arrays: StudyArrays, head: Any, run_dir: Path) -> dict[str, Any]:
     image = arrays.info.get("image")
     text = arrays.info.get("text")
     if image is not None:
@@ -376,12 +374,12 @@ def _sidecar(config: RunConfig, arrays: StudyArrays, head: Any, run_dir: Path) -
 
 
 def _write_failed(run_dir: Path, config: RunConfig, started: str, start: float, err: BaseException) -> None:
-    _write_json(run_dir / "run.json", {
+    write_run_json(run_dir / "run.json", {
         "name": config.name, "status": "failed", "error": f"{type(err).__name__}: {err}",
-        "traceback": traceback.format_exc(limit=20), "started": started, "finished": _now(),
+        "traceback": traceback.format_exc(limit=20), "started": started, "finished": now_iso(),
         "seed": config.seed, "task": config.data.task, "modalities": list(config.model.modalities),
         "output": config.model.output, "manifest": config.data.manifest,
-        "environment": _environment(), "timing_s": round(time.perf_counter() - start, 3),
+        "environment": environment_info(), "timing_s": round(time.perf_counter() - start, 3),
     })
 
 
@@ -392,7 +390,7 @@ def train_run(config: RunConfig, *, progress: bool = True) -> Path:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config.to_yaml())
-    started, start = _now(), time.perf_counter()
+    started, start = now_iso(), time.perf_counter()
     try:
         if config.training.mode == "finetune":
             try:

@@ -60,6 +60,11 @@ def label_ceiling(run_dir: Path, split: str, ks: list[int]) -> dict:
     return recall_at_k(torch.tensor(agree + noise), ks)
 
 
+def blocks(value: str) -> int | str:
+    """A freeze_blocks value: a number of blocks, or 'all'."""
+    return value if value == "all" else int(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmark-output/clip"))
@@ -68,7 +73,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--freeze-text-blocks", type=int, default=4)
+    parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--freeze-image-blocks", type=blocks, default=0,
+                        help="N or 'all' (lock the tower: features once, projection trains)")
+    parser.add_argument("--freeze-text-blocks", type=blocks, default=4, help="N or 'all'")
     parser.add_argument("--lesions-only", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -80,10 +88,10 @@ def main() -> None:
         "name": "clip-phantoms", "runs_dir": str(args.out / "runs"), "seed": args.seed,
         "offline": True,
         "data": {"manifest": str(manifest_path), "task": "multilabel"},
-        "image": {"input_size": args.size},
+        "image": {"input_size": args.size, "freeze_blocks": args.freeze_image_blocks},
         "text": {"max_length": 128, "freeze_blocks": args.freeze_text_blocks},
         "training": {"batch_size": args.batch_size, "max_epochs": args.epochs, "lr": args.lr,
-                     "head_lr": 1e-3, "progress": True},
+                     "head_lr": args.head_lr, "progress": True},
         "probe": {"task": "multilabel" if args.lesions_only else "normal-abnormal", "n_boot": 200},
     })  # fmt: skip
     t0 = time.perf_counter()
@@ -97,6 +105,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
         "studies": info["n"], "size": args.size, "lesions_only": args.lesions_only,
+        "locked": info["locked"], "lr": args.lr, "head_lr": args.head_lr,
         "epochs": args.epochs, "kept_epoch": info["kept_epoch"], "train_s": round(train_s, 1),
         "val_loss": info["val_loss"], "retrieval": retrieval, "label_ceiling": ceiling,
         "zero_shot": {k: v["auroc"] for k, v in zero_shot["labels"].items()},

@@ -16,7 +16,7 @@ from cxrfuse.cli import app
 from cxrfuse.clip.checkpoint import load_clip_model
 from cxrfuse.clip.config import load_clip_config, validate_clip_config
 from cxrfuse.clip.embed import embed_dataset, pair_dataset
-from cxrfuse.clip.train import chunked_info_nce, train_clip
+from cxrfuse.clip.train import build_clip_model, chunked_info_nce, train_clip
 from cxrfuse.data.manifest import read_manifest
 from cxrfuse.problems import ConfigError
 
@@ -164,3 +164,29 @@ def test_tfidf_cannot_be_trained_contrastively(phantom_manifest_path: Path,
     with pytest.raises(Exception, match="no transformer"):
         train_clip(config)
     assert json.loads((tmp_path / "tiny-clip" / "run.json").read_text())["status"] == "failed"
+
+
+def test_locked_towers_train_only_the_projections(phantom_manifest_path: Path,
+                                                  tmp_path: Path) -> None:
+    """freeze_blocks: all on both towers (LiT-style): features once, towers untouched."""
+    torch.set_num_threads(1)
+    raw = small_config(phantom_manifest_path, tmp_path, **{
+        "image.freeze_blocks": "all", "text.freeze_blocks": "all", "training.max_epochs": 8,
+        "training.head_lr": 3e-3})  # fmt: skip
+    run_dir = train_clip(validate_clip_config(raw))
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished"
+    assert info["locked"] == {"image": True, "text": True}
+    assert info["val_loss"]["after"] < info["val_loss"]["before"] - 0.05
+    # the saved towers are exactly the pretrained ones; only the projections moved
+    model, _, _ = load_clip_model(run_dir)
+    torch.manual_seed(0)  # the run's seed: the same initial projections as the run started from
+    fresh = build_clip_model(validate_clip_config(raw))[0]
+    for name, value in fresh.state_dict().items():
+        saved = model.state_dict()[name]
+        if name.startswith(("image_encoder.", "text_model.")):
+            assert torch.equal(saved, value), name
+    assert not torch.equal(model.image_projection.weight, fresh.image_projection.weight)
+    # the analyses run on the saved model as for any run
+    result = runner.invoke(app, ["clip", "retrieve", str(run_dir), "--no-progress"])
+    assert result.exit_code == 0, result.output

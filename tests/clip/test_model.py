@@ -102,3 +102,31 @@ def test_freezing_the_first_blocks_of_an_image_encoder() -> None:
     assert encoder.backbone._blocks[2]._depthwise_conv.weight.requires_grad
     with pytest.raises(Exception, match="freeze_blocks"):
         freeze_first(blocks, 99, "image")
+
+
+def test_locked_tower_features_give_the_same_embeddings() -> None:
+    """encode_pair on precomputed tower features equals encoding the inputs."""
+    from cxrfuse.clip.model import ClipModel, load_text_tower, resolve_text_source
+
+    torch.manual_seed(0)
+    image = create_image_encoder("efficientnet-lite0", weights="none", input_size=32)
+    tokenizer, text_model = load_text_tower(resolve_text_source("minilm"))
+    model = ClipModel(image, text_model, pooling="mean", projection_dim=8)
+    model.freeze("all", "all")
+    assert model.locked_image and model.locked_text
+    assert not any(p.requires_grad for p in model.image_encoder.parameters())
+    assert not any(p.requires_grad for p in model.text_model.parameters())
+    assert model.image_projection.weight.requires_grad
+    model.train()
+    assert not model.image_encoder.training and not model.text_model.training
+    images = torch.randn(3, 3, 32, 32)
+    tokens = dict(tokenizer(["no effusion.", "cardiomegaly.", "clear lungs"], padding=True,
+                            return_tensors="pt"))  # fmt: skip
+    with torch.no_grad():
+        direct = model.encode_pair(images, tokens)
+        features = model.image_features(images), model.text_features(**tokens)
+        locked = model.encode_pair(*features)
+        loss = float(model(*features))
+    for a, b in zip(direct, locked):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert loss == pytest.approx(float(info_nce(*direct, model.temperature())))

@@ -11,7 +11,7 @@ seed 002 (ViT-B/16 + BERT uncased, 512-d projections, InfoNCE with temperature 0
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -42,15 +42,19 @@ class ClipDataConfig(_Strict):
     cache_images: bool = Field(True, description="decode and resize every image once, in memory")
 
 
+FreezeBlocks = Annotated[int, Field(ge=0)] | Literal["all"]
+
+
 class ClipImageConfig(_Strict):
-    """The image tower: any registered image encoder, trained end to end."""
+    """The image tower: any registered image encoder, trained end to end or locked."""
 
     encoder: str = "vit-b-16"
     offline_encoder: str = "efficientnet-lite0"
     weights: str = "default"
     input_size: int | None = Field(None, ge=16, description="default: the encoder's own size")
-    freeze_blocks: int = Field(
-        0, ge=0, description="freeze the first N blocks (block 1 = the stem / patch embedding)"
+    freeze_blocks: FreezeBlocks = Field(
+        0, description="freeze the first N blocks (block 1 = the stem / patch embedding); "
+        "'all' locks the tower: its features are computed once and only the projection trains"
     )
 
 
@@ -74,8 +78,9 @@ class ClipTextConfig(TextConfig):
     weights: Literal["default", "none"] = "default"
     pooling: Literal["cls", "mean"] | None = Field(None, description="default: the encoder's")
     max_length: int = Field(128, ge=8, le=4096, description="tokens; longer reports truncated")
-    freeze_blocks: int = Field(
-        0, ge=0, description="freeze the first N blocks (block 1 = the token embeddings)"
+    freeze_blocks: FreezeBlocks = Field(
+        0, description="freeze the first N blocks (block 1 = the token embeddings); 'all' "
+        "locks the tower: its features are computed once and only the projection trains"
     )
 
     def text_config(self) -> TextConfig:

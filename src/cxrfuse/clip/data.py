@@ -155,11 +155,37 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[dic
     return keep, truncated
 
 
-def make_collate(tokenizer: Any) -> Callable[[list], tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """Stack images and pad token ids per batch."""
+class LockedPairDataset(Dataset):
+    """A :class:`PairDataset` whose locked towers' features were computed once.
 
-    def collate(batch: list) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    Items are (image features or image tensor, text features or token ids): a locked tower's
+    precomputed feature row replaces its input, the other tower still gets its input.
+    """
+
+    def __init__(self, base: PairDataset, image_features: torch.Tensor | None,
+                 text_features: torch.Tensor | None) -> None:  # fmt: skip
+        self.base, self.image_features, self.text_features = base, image_features, text_features
+        self.pairs = base.pairs
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | dict[str, list[int]]]:
+        image = self.image_features[i] if self.image_features is not None else self.base.image(i)
+        text = (self.text_features[i] if self.text_features is not None
+                else {k: v[i] for k, v in self.base.tokens.items()})  # fmt: skip
+        return image, text
+
+
+def make_collate(
+    tokenizer: Any,
+) -> Callable[[list], tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]]:
+    """Stack images (or features) and pad token ids per batch (or stack text features)."""
+
+    def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
         images = torch.stack([b[0] for b in batch])
+        if isinstance(batch[0][1], torch.Tensor):
+            return images, torch.stack([b[1] for b in batch])
         tokens = tokenizer.pad([b[1] for b in batch], return_tensors="pt")
         return images, dict(tokens)
 

@@ -20,7 +20,14 @@ from tqdm import tqdm
 
 from cxrfuse.clip.checkpoint import load_clip_model
 from cxrfuse.clip.config import ClipConfig, load_clip_config
-from cxrfuse.clip.data import PairDataset, Pairs, build_pairs, make_collate, tokenize
+from cxrfuse.clip.data import (
+    LockedPairDataset,
+    PairDataset,
+    Pairs,
+    build_pairs,
+    make_collate,
+    tokenize,
+)
 from cxrfuse.clip.model import ClipModel
 from cxrfuse.data.manifest import Manifest, read_manifest
 from cxrfuse.problems import DataError
@@ -65,6 +72,34 @@ def embed_dataset(
     dim = model.projection_dim
     return (torch.cat(images) if images else torch.zeros(0, dim),
             torch.cat(texts) if texts else torch.zeros(0, dim))  # fmt: skip
+
+
+@torch.no_grad()
+def lock_towers(
+    model: ClipModel, dataset: PairDataset, tokenizer: Any, batch_size: int = 64,
+    progress: bool = True, device: str | torch.device = "cpu",
+) -> PairDataset | LockedPairDataset:  # fmt: skip
+    """Compute the features of the model's locked towers once; the dataset itself if none is.
+
+    Runs the locked tower(s) in eval mode over the whole dataset, so that training steps only
+    run the projections (and any tower still training).
+    """
+    if not (model.locked_image or model.locked_text):
+        return dataset
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=make_collate(tokenizer))
+    images, texts = [], []
+    for batch_images, tokens in tqdm(loader, desc=f"locked features {dataset.pairs.split}",
+                                     unit="batch", disable=not progress, leave=False):  # fmt: skip
+        if model.locked_image:
+            images.append(model.image_features(batch_images.to(device)).float().cpu())
+        if model.locked_text:
+            tokens = {k: v.to(device) for k, v in tokens.items()}
+            texts.append(model.text_features(**tokens).float().cpu())
+    model.train(was_training)
+    return LockedPairDataset(dataset, torch.cat(images) if images else None,
+                             torch.cat(texts) if texts else None)  # fmt: skip
 
 
 @torch.no_grad()

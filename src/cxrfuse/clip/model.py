@@ -201,16 +201,29 @@ class ClipModel(nn.Module):
         self.text_projection = nn.Linear(text_dim, projection_dim, bias=False)
         self.temperature = temperature or Temperature()
         self._frozen: list[nn.Module] = []
+        self.locked_image = self.locked_text = False
 
     @property
     def projection_dim(self) -> int:
         return self.image_projection.out_features
 
-    def freeze(self, image_blocks_n: int = 0, text_blocks_n: int = 0) -> None:
-        """Freeze the first blocks of each tower (their norm layers stay in eval mode)."""
-        self._frozen = freeze_first(image_blocks(self.image_encoder), image_blocks_n, "image")
-        if text_blocks_n:
-            self._frozen += freeze_first(transformer_blocks(self.text_model), text_blocks_n, "text")
+    def freeze(self, image_blocks_n: int | str = 0, text_blocks_n: int | str = 0) -> None:
+        """Freeze the first blocks of each tower (their norm layers stay in eval mode).
+
+        ``"all"`` locks a whole tower (LiT, Zhai et al. 2022): nothing in it trains, so its
+        features can be computed once and fed to :meth:`encode_pair` instead of its inputs.
+        """
+        self.locked_image, self.locked_text = image_blocks_n == "all", text_blocks_n == "all"
+        self._frozen = []
+        for tower, n, blocks, what in (
+            (self.image_encoder, image_blocks_n, image_blocks, "image"),
+            (self.text_model, text_blocks_n, transformer_blocks, "text"),
+        ):
+            if n == "all":
+                tower.requires_grad_(False)
+                self._frozen.append(tower)
+            elif n:
+                self._frozen += freeze_first(blocks(tower), int(n), what)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> ClipModel:
@@ -220,22 +233,54 @@ class ClipModel(nn.Module):
                 module.eval()
         return self
 
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) preprocessed images -> the image tower's (B, feature_dim) features."""
+        return self.image_encoder(images)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      **extra: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Token ids -> the text tower's pooled (B, hidden_size) features."""
+        hidden = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, **extra
+        ).last_hidden_state
+        return pool_tokens(hidden, attention_mask, self.pooling)  # type: ignore[arg-type]
+
+    def project_image(self, features: torch.Tensor) -> torch.Tensor:
+        """Image tower features -> (B, projection_dim), unit length."""
+        return F.normalize(self.image_projection(features).float(), dim=-1)
+
+    def project_text(self, features: torch.Tensor) -> torch.Tensor:
+        """Text tower features -> (B, projection_dim), unit length."""
+        return F.normalize(self.text_projection(features).float(), dim=-1)
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) preprocessed images -> (B, projection_dim), unit length."""
-        return F.normalize(self.image_projection(self.image_encoder(images)).float(), dim=-1)
+        return self.project_image(self.image_features(images))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     **extra: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """Token ids -> (B, projection_dim), unit length."""
-        hidden = self.text_model(
-            input_ids=input_ids, attention_mask=attention_mask, **extra
-        ).last_hidden_state
-        pooled = pool_tokens(hidden, attention_mask, self.pooling)  # type: ignore[arg-type]
-        return F.normalize(self.text_projection(pooled).float(), dim=-1)
+        return self.project_text(self.text_features(input_ids, attention_mask, **extra))
 
-    def forward(self, images: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The InfoNCE loss of a batch of pairs."""
-        return info_nce(self.encode_image(images), self.encode_text(**tokens), self.temperature())
+    def encode_pair(
+        self, images: torch.Tensor, texts: torch.Tensor | dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both embeddings of a batch of pairs.
+
+        ``images`` are preprocessed images (B, C, H, W) or, from a locked tower, its
+        precomputed features (B, feature_dim); ``texts`` are token tensors or, likewise,
+        precomputed pooled features (B, hidden_size).
+        """
+        image = self.project_image(images) if images.ndim == 2 else self.encode_image(images)
+        text = (self.project_text(texts) if isinstance(texts, torch.Tensor)
+                else self.encode_text(**texts))  # fmt: skip
+        return image, text
+
+    def forward(
+        self, images: torch.Tensor, texts: torch.Tensor | dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The InfoNCE loss of a batch of pairs (inputs as :meth:`encode_pair` takes them)."""
+        return info_nce(*self.encode_pair(images, texts), self.temperature())
 
 
 def load_text_tower(source: TextSource, random_init: bool = False) -> tuple[Any, nn.Module]:

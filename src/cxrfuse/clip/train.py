@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from cxrfuse.clip.checkpoint import save_clip_model
 from cxrfuse.clip.config import ClipConfig, dump_clip_config
 from cxrfuse.clip.data import make_collate
-from cxrfuse.clip.embed import pair_dataset
+from cxrfuse.clip.embed import lock_towers, pair_dataset
 from cxrfuse.clip.model import (
     ClipModel,
     Temperature,
@@ -97,8 +97,8 @@ class ClipModule(L.LightningModule):
         self.best: tuple[int, float, dict[str, torch.Tensor]] | None = None
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        images, tokens = batch
-        loss = self.model(images, tokens)
+        images, texts = batch  # inputs, or a locked tower's features
+        loss = self.model(images, texts)
         self._train_losses.append((float(loss.detach()), len(images)))
         self.log("loss", loss.detach(), prog_bar=True, batch_size=len(images))
         return loss
@@ -107,9 +107,8 @@ class ClipModule(L.LightningModule):
         self.model.temperature.clamp_()  # after the optimiser step
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        images, tokens = batch
-        self._val.append((self.model.encode_image(images).float().cpu(),
-                          self.model.encode_text(**tokens).float().cpu()))  # fmt: skip
+        image, text = self.model.encode_pair(*batch)
+        self._val.append((image.float().cpu(), text.float().cpu()))
 
     def on_validation_epoch_end(self) -> None:
         image = torch.cat([v[0] for v in self._val])
@@ -273,6 +272,14 @@ def _fit(config: ClipConfig, run_dir: Path, info: dict[str, Any]) -> tuple[ClipM
                             f"image and report text (dropped: {dataset.pairs.dropped}); "
                             "CLIP needs at least 2")  # fmt: skip
     cfg = config.training
+    accelerator, precision = resolve_precision(config)
+    if model.locked_image or model.locked_text:
+        device = "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() \
+            else "cpu"  # fmt: skip
+        model.to(device)
+        train_set, val_set = (lock_towers(model, d, tokenizer, cfg.batch_size, progress, device)
+                              for d in (train_set, val_set))  # fmt: skip
+        model.cpu()
     collate = make_collate(tokenizer)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
@@ -283,7 +290,6 @@ def _fit(config: ClipConfig, run_dir: Path, info: dict[str, Any]) -> tuple[ClipM
                            "training pairs; lower it")  # fmt: skip
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, collate_fn=collate,
                             num_workers=cfg.num_workers)  # fmt: skip
-    accelerator, precision = resolve_precision(config)
     module = ClipModule(model, config, len(train_loader))
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=accelerator, devices=cfg.devices,
@@ -297,6 +303,7 @@ def _fit(config: ClipConfig, run_dir: Path, info: dict[str, Any]) -> tuple[ClipM
         n={"train": len(train_set), "val": len(val_set)},
         dropped={"train": train_set.pairs.dropped, "val": val_set.pairs.dropped},
         truncated_train_texts=truncated, precision=precision,
+        locked={"image": model.locked_image, "text": model.locked_text},
         encoders={"image": config.image_encoder, "text": config.text_encoder},
         environment=_environment(accelerator),
     )  # fmt: skip

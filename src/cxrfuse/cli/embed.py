@@ -46,7 +46,7 @@ def embed_cmd(
     mask: Annotated[bool, typer.Option("--mask/--no-mask", help="Mask label mentions in the text.")] = True,
     task: Annotated[str | None, typer.Option(help="Task or label whose words are masked (default: all labels).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 4 on a CPU, 256 on a GPU).")] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="DataLoader workers decoding images (default: 1 on CPU, spare cores on GPU).")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="DataLoader workers decoding images (default: 0 = in line on a CPU of up to 2 cores, else 1; spare cores on GPU).")] = None,
     shard_size: Annotated[int, typer.Option(min=1, help="Images per store shard (the unit of resumption).")] = 1024,
     dtype: Annotated[StoreDtype, typer.Option(help="Storage dtype of the vectors.")] = StoreDtype.float32,
     precision: Annotated[Precision, typer.Option(help="Compute precision: auto = bfloat16 autocast on GPU, float32 on CPU.")] = Precision.auto,

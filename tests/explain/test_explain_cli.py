@@ -81,3 +81,26 @@ def test_bad_input_is_one_clear_line(fused_run: Path) -> None:
     assert result.exit_code == 2 and "mean or zeros" in result.output
     result = runner.invoke(app, ["explain", str(fused_run.parent / "missing")])
     assert result.exit_code == 2
+
+
+def test_report_shows_attribution_and_pointing_scores(fused_run: Path, tmp_path: Path) -> None:
+    """`cxrfuse report` on a run copy picks up what `attribute` and `explain --score` wrote."""
+    import shutil
+
+    from cxrfuse.evaluation.report import write_report
+    from cxrfuse.explain.runs import attribute_run, explain_run
+
+    run = shutil.copytree(fused_run, tmp_path / "run",
+                          ignore=shutil.ignore_patterns("explain", "attribution", "report*"))
+    html = write_report(run)[0].read_text()
+    assert "<h2>Explanations" in html and "No explanations yet" in html
+    attribute_run(run)
+    explain_run(run, limit=1, score=True, score_limit=4, progress=False)
+    html_path, md_path = write_report(run)
+    html, md = html_path.read_text(), md_path.read_text()
+    assert "No explanations yet" not in html
+    assert "Modality attribution" in html and "image_share" in html
+    assert "pointing-game hit rate" in html and "hit_rate" in html
+    for name in ("attribution", "pointing_game", "deletion"):
+        assert f"{name}.png" in md  # linked in the Markdown, embedded in the HTML
+    assert html.count('src="data:image/png;base64,') >= 3

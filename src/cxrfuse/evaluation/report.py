@@ -140,6 +140,7 @@ def run_sections(run_dir: Path) -> tuple[str, list[Section]]:
         "several runs: run `cxrfuse report` on the experiment directory that holds them.",
     )
     sections.append(ablations)
+    sections.append(explanation_section([(metrics["run"], run_dir)]))
     plots = Section("Plots")
     for rel in _plot_order(metrics.get("plots", [])):
         plots.add("image", run_dir / rel, Path(rel).stem.replace("_", " "))
@@ -379,6 +380,51 @@ def _shuffle_blocks(section: Section, runs: Sequence[tuple[str, Path]]) -> None:
         section.add("note", "No shuffle test yet: `cxrfuse evaluate RUN --shuffle both` adds one.")
 
 
+ATTRIBUTION_INTRO = (
+    "Modality attribution (`cxrfuse attribute`): per label, the mean |two-player Shapley value| "
+    "of the image and of the report on the predicted probability, their shares, the signed "
+    "means, and the leave-one-modality-out changes"
+)
+POINTING_INTRO = (
+    "Grad-CAM scored against the phantoms' lesion masks (`cxrfuse explain --score`): pointing-"
+    "game hit rate with 95 % CI next to smooth random maps, saliency mass inside the mask, "
+    "deletion AUC (lower is more faithful)"
+)
+
+
+def explanation_section(runs: Sequence[tuple[str, Path]]) -> Section:
+    """What `cxrfuse attribute` and `cxrfuse explain --score` left in the run directories."""
+    section = Section("Explanations")
+    found = False
+    for name, run_dir in runs:
+        summary = run_dir / "attribution" / "attribution_summary.csv"
+        if summary.exists():
+            found = True
+            table = _formatted(pd.read_csv(summary))
+            section.add("table", table, f"{ATTRIBUTION_INTRO}; run {name}.")
+            if (run_dir / "attribution" / "attribution.png").exists():
+                section.add("image", run_dir / "attribution" / "attribution.png",
+                            f"Modality attribution per label, {name}")  # fmt: skip
+        for scores in sorted((run_dir / "explain").glob("*/scores/pointing_game.csv")):
+            found = True
+            method = scores.parent.parent.name
+            section.add("table", _formatted(pd.read_csv(scores)),
+                        f"{POINTING_INTRO}; run {name}, {method} (synthetic phantoms).")  # fmt: skip
+            for plot in ("pointing_game.png", "deletion.png"):
+                if (scores.parent / plot).exists():
+                    section.add("image", scores.parent / plot, f"{plot[:-4]}, {name}, {method}")
+    if not found:
+        section.add("note", "No explanations yet: `cxrfuse attribute RUN` splits each fused "
+                            "prediction into image and report parts; `cxrfuse explain RUN --score` "
+                            "scores Grad-CAM maps on phantoms.")  # fmt: skip
+    return section
+
+
+def _formatted(table: pd.DataFrame) -> pd.DataFrame:
+    """Floats to 3 decimals for display."""
+    return table.apply(lambda col: col.map(format_value) if col.dtype.kind == "f" else col)
+
+
 def environment_section(
     items: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]],
 ) -> Section:
@@ -477,6 +523,7 @@ def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
                 ablations.add("image", exp_dir / rel, "Complementarity of the unimodal models")
     _shuffle_blocks(ablations, finished)
     sections.append(ablations)
+    sections.append(explanation_section(finished))
     plots = Section("Plots")
     for comp in evaluation["settings"]:
         for rel in comp.get("plots", []):

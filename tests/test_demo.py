@@ -24,6 +24,7 @@ def test_demo_runs_end_to_end_and_reruns_from_cache(tmp_path):
     assert "synthetic phantoms" in text and "Leakage probe" in text
     assert "Fused vs best unimodal" in text or "fused" in text.lower()
     assert html.read_text().count("data:image/png;base64,") >= 3  # plots embedded
+    assert "Modality attribution" in text and "No explanations yet" not in text
     assert (out / "phantom_gallery.png").stat().st_size > 10_000
     runs = sorted(p.name for p in (exp / "runs").iterdir())
     assert len(runs) == 6  # {findings+impression, indication} x {image, text, image+text}
@@ -34,6 +35,7 @@ def test_demo_runs_end_to_end_and_reruns_from_cache(tmp_path):
         if len(run["modalities"]) == 2:  # fused runs get the modality shuffle test
             shuffle = json.loads((exp / "runs" / name / "ablation.json").read_text())["shuffle"]
             assert set(shuffle) == {"image", "text"}
+            assert (exp / "runs" / name / "attribution" / "attribution_summary.csv").is_file()
     phantoms = read_manifest(out / "phantoms" / "manifest.parquet")
     assert len(phantoms) == 120 and phantoms.images == "phantom"
     first = min((out / "phantoms" / "images").iterdir())

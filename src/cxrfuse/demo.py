@@ -7,7 +7,8 @@
    were derived from, and the indication only, written before the image is read;
 4. train image-only, text-only and fused heads for normal vs abnormal for each text choice;
 5. evaluate: val-chosen thresholds, bootstrap intervals, fused vs best unimodal, modality
-   shuffle tests, complementarity, the text leakage probe;
+   shuffle tests, image vs report attribution of the fused runs, complementarity, the text
+   leakage probe;
 6. write ``report.html`` / ``report.md`` and print the headline table.
 
 Everything is cached: a rerun reuses the manifest, phantoms, embeddings and finished runs.
@@ -101,6 +102,7 @@ def run_demo(
     """Run the demo into ``out``; return the path of the experiment's ``report.html``."""
     from cxrfuse.evaluation.report import write_report
     from cxrfuse.evaluation.run import evaluate_experiment, evaluate_run, shuffle_run
+    from cxrfuse.explain.runs import attribute_run
     from cxrfuse.training.runner import train_experiment
 
     console = console or Console()
@@ -120,13 +122,16 @@ def run_demo(
     exp_dir = train_experiment(
         experiment, progress=True, after_run=lambda run_dir: evaluate_run(run_dir), console=console
     )
-    console.rule("5. evaluate: intervals, fused vs best unimodal, shuffle tests, leakage probe")
+    console.rule("5. evaluate: intervals, fused vs best unimodal, shuffle tests, attribution, "
+                 "leakage probe")
     for config in experiment.expand():
         run_dir = config.run_dir
         if not (run_dir / "metrics.json").is_file():
             evaluate_run(run_dir)  # e.g. a run finished before its evaluation was interrupted
         if len(config.model.modalities) == 2 and not (run_dir / "ablation.json").is_file():
             shuffle_run(run_dir, ["image", "text"], repeats=5, seed=0)
+        if len(config.model.modalities) == 2 and not (run_dir / "attribution").is_dir():
+            attribute_run(run_dir)  # did it read or look: image vs report share per label
     evaluate_experiment(exp_dir)
     console.rule("6. report")
     html, md = write_report(exp_dir)

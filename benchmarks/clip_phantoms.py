@@ -8,7 +8,9 @@ share with the image's true labels (random among ties), because phantom images c
 of a report but its labels.
 
     .venv/bin/python benchmarks/clip_phantoms.py --studies 1000 --size 128 --epochs 10
-    .venv/bin/python benchmarks/clip_phantoms.py --lesions-only   # studies that draw a lesion
+    # the RESULTS.md setting: every study that draws a lesion, 256 px, image tower locked (LiT)
+    .venv/bin/python benchmarks/clip_phantoms.py --lesions-only --studies 0 --size 256 \
+        --epochs 20 --freeze-image-blocks all --freeze-text-blocks 4 --lr 2e-5 --head-lr 1e-4
 
 Writes ``<out>/clip_phantoms.json`` and prints a Markdown summary.
 """

@@ -18,6 +18,7 @@ from cxrfuse.clip.config import load_clip_config, validate_clip_config
 from cxrfuse.clip.embed import embed_dataset, pair_dataset
 from cxrfuse.clip.train import build_clip_model, chunked_info_nce, train_clip
 from cxrfuse.data.manifest import read_manifest
+from cxrfuse.evaluation.report import write_report
 from cxrfuse.problems import ConfigError
 
 runner = CliRunner()
@@ -190,3 +191,27 @@ def test_locked_towers_train_only_the_projections(phantom_manifest_path: Path,
     # the analyses run on the saved model as for any run
     result = runner.invoke(app, ["clip", "retrieve", str(run_dir), "--no-progress"])
     assert result.exit_code == 0, result.output
+
+
+def test_report_on_a_clip_run(trained_run: Path, tmp_path: Path) -> None:
+    """`cxrfuse report` on a CLIP run: training first, then each analysis once it has run."""
+    import shutil
+
+    from cxrfuse.clip.retrieval import run_retrieval
+
+    run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns(
+        "retrieval.*", "zero_shot.*", "probe*", "report.*"))  # fmt: skip
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    md = (run / "report.md").read_text()
+    for title in ("Overview", "Retrieval", "Zero-shot classification", "Linear probe",
+                  "Configuration", "Environment"):  # fmt: skip
+        assert f"## {title}" in md
+    assert "synthetic phantoms" in md and "val InfoNCE" in md
+    assert f"Not run yet: `cxrfuse clip retrieve {run}`" in md
+    run_retrieval(run, progress=False)
+    html_path, md_path = write_report(run)
+    md = md_path.read_text()
+    assert "Not run yet: `cxrfuse clip retrieve" not in md and "| image -> report |" in md
+    assert "chance (K/N)" in md and "Not run yet: `cxrfuse clip probe" in md
+    assert 'src="data:image/png;base64,' in html_path.read_text()  # the training curves

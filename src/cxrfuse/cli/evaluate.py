@@ -38,7 +38,8 @@ def evaluate_cmd(
     path: Annotated[
         Path,
         typer.Argument(
-            metavar="RUN_OR_EXPERIMENT_DIR", help="A run directory or an experiment directory."
+            metavar="RUN_OR_EXPERIMENT_DIR",
+            help="A run, experiment or `cxrfuse clip train` run directory.",
         ),
     ],
     threshold: Annotated[
@@ -150,13 +151,15 @@ def report_cmd(
     path: Annotated[
         Path,
         typer.Argument(
-            metavar="RUN_OR_EXPERIMENT_DIR", help="A run directory or an experiment directory."
+            metavar="RUN_OR_EXPERIMENT_DIR",
+            help="A run, experiment or `cxrfuse clip train` run directory.",
         ),
     ],
 ) -> None:
     """Write report.html (self-contained, images embedded) and report.md into the directory.
 
-    Evaluates first (default settings) when there are no metrics yet.
+    Evaluates first (default settings) when there are no metrics yet; a CLIP run reports its
+    training and whichever of retrieve / zero-shot / probe have run.
     Example: `cxrfuse report runs/demo-experiment`
     """
     from cxrfuse.evaluation.report import write_report

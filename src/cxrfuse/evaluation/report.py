@@ -61,15 +61,19 @@ class Section:
 
 # ------------------------------------------------------------------------------ entry point
 def write_report(path: str | Path, *, evaluate_if_missing: bool = True) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` into a run or experiment directory.
+    """Write ``report.html`` and ``report.md`` into a run, experiment or CLIP run directory.
 
     Evaluates first (default settings) when the run has no ``metrics.json`` (or the experiment
-    no ``evaluation.json``). Returns the two paths.
+    no ``evaluation.json``); a CLIP run reports the analyses it holds. Returns the two paths.
     """
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
-    if (root / "run.json").exists():
+    if (root / "run.json").exists() and read_json(root / "run.json").get("task") == "clip":
+        from cxrfuse.clip.report import clip_sections  # CLIP runs have their own analyses
+
+        title, sections = clip_sections(root)
+    elif (root / "run.json").exists():
         if not (root / "metrics.json").exists():
             if not evaluate_if_missing:
                 raise DataError(f"{root}: no metrics.json; run `cxrfuse evaluate {root}` first")

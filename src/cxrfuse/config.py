@@ -67,6 +67,10 @@ class DataConfig(_Strict):
     store: str = "demo-output/store"
     subsample: SubsampleConfig | None = None
     sampler: Literal["none", "weighted"] = "none"
+    image_cache: str | None = Field(
+        None, description="decoded-image cache folder (as `cxrfuse embed --cache`): fine-tuning "
+        "decodes each image once into it and reads pixels from it in every epoch"
+    )
 
 
 class ImageSideConfig(_Strict):

@@ -258,3 +258,37 @@ def test_image_only_grayscale_run_and_its_encoder(phantoms: Manifest, tmp_path: 
     with pytest.raises(DataError, match="not fine-tuned"):
         (run_dir / "model.json").write_text(json.dumps({**sidecar, "image": {"finetuned": False}}))
         load_finetuned_encoder(run_dir)
+
+
+def test_finetune_reads_pixels_from_the_decoded_image_cache(
+    phantoms: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """data.image_cache: every image decoded once; a rerun decodes nothing and learns the same."""
+    import cxrfuse.encoders.decode as decode_module
+    import cxrfuse.training.finetune as finetune_module
+
+    path = phantoms.save(tmp_path / "manifest.parquet")
+    base = {"training.max_epochs": 2, "finetune.augment": {}}
+    plain = train_run(_config(path, tmp_path / "plain", **base), progress=False)
+    cache_dir = tmp_path / "cache"
+    cached = train_run(_config(path, tmp_path / "cached", **base, **{
+        "data.image_cache": str(cache_dir)}), progress=False)  # fmt: skip
+    (folder,) = cache_dir.glob(f"decoded-{SIZE}px-*")
+    assert len(list(folder.glob("decoded-*.npy"))) == 1  # 36 studies x 2 views, one shard
+    # the same pixels, so the same training: identical predictions with and without the cache
+    a = pd.read_parquet(plain / "predictions.parquet")["p__cardiomegaly"]
+    b = pd.read_parquet(cached / "predictions.parquet")["p__cardiomegaly"]
+    assert np.allclose(a, b, atol=1e-6)
+
+    def no_decoding(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("decoded a file although the cache holds it")
+
+    monkeypatch.setattr(finetune_module, "decode_resized", no_decoding)
+    monkeypatch.setattr(decode_module, "decode_resized", no_decoding)
+    slots, _ = view_slots(phantoms, "mean")
+    cache, rows = finetune_module.manifest_image_cache(cache_dir, phantoms, SIZE)
+    assert finetune_module.fill_cache(cache, progress=False) == 0
+    dataset = StudyImages(slots, SIZE, phantoms.label_matrix("cardiomegaly"), cache=cache,
+                          cache_rows=rows)  # fmt: skip
+    item = dataset[0]
+    assert bool(item["image_mask"].any()) and not item["errors"]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrfuse.data.manifest import Manifest
 from cxrfuse.encoders.decode import DECODE_VERSION
 from cxrfuse.encoders.files import clean_temp_files, sha256_json, write_json, write_npy
 from cxrfuse.problems import DataError
@@ -134,3 +135,35 @@ class DecodedImageCache:
         write_npy(npy, pixels_all)
         write_json(ids, info)  # the shard counts as cached once this exists
         del self._pending[shard]
+
+
+def manifest_image_cache(
+    cache_dir: str | Path, manifest: Manifest, size: int, shard_size: int = 1024
+) -> tuple[DecodedImageCache, dict[str, int]]:
+    """The cache of every image of ``manifest`` at ``size`` px, in the store's order (so it is
+    the same cache as ``cxrfuse embed --cache`` of that manifest), and each path's row."""
+    from cxrfuse.encoders.files import file_stamp
+
+    paths = [str(v["path"]) for views in manifest.df["views"] for v in views if v.get("path")]
+    cache = DecodedImageCache(cache_dir, paths, [file_stamp(p) for p in paths], size, shard_size)
+    return cache, {path: i for i, path in enumerate(paths)}
+
+
+def fill_cache(cache: DecodedImageCache, progress: bool = True) -> int:
+    """Decode every image whose shard is not written yet; returns how many were decoded.
+
+    An unreadable file is recorded as not ok with its error (never raised), as in the store.
+    """
+    from tqdm.auto import tqdm
+
+    from cxrfuse.encoders.decode import decode_resized
+
+    todo = [i for i in range(len(cache.paths)) if not cache.has_shard(i // cache.shard_size)]
+    empty = np.zeros((cache.size, cache.size), dtype=np.uint8)
+    for i in tqdm(todo, desc=f"decode into the {cache.size}-px cache", unit="img",
+                  disable=not progress or not todo):  # fmt: skip
+        try:
+            cache.add(i, decode_resized(cache.paths[i], cache.size), True, "")
+        except Exception as err:  # noqa: BLE001 - an unreadable file is recorded, not fatal
+            cache.add(i, empty, False, f"{type(err).__name__}: {err}")
+    return len(todo)

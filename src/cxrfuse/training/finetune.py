@@ -2,7 +2,8 @@
 
 ``training.mode: finetune`` (seeds 001, 003, 004). Each study's views are decoded in
 DataLoader workers (:func:`cxrfuse.encoders.decode.decode_resized`: 8-bit gray, central
-square, resized), augmented on the training split (:mod:`cxrfuse.training.augment`, on [0, 1]
+square, resized; with ``data.image_cache`` once, into the decoded-image cache, and read from
+it in every epoch), augmented on the training split (:mod:`cxrfuse.training.augment`, on [0, 1]
 pixels), and normalised on the device by the encoder's own spec
 (:func:`cxrfuse.encoders.image.to_model_input`). Every view goes through the one shared
 encoder; the (B, V, D) view features go to the head's view fusion, exactly like stored
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from cxrfuse.data.manifest import FRONTAL_VIEWS, Manifest
+from cxrfuse.encoders.cache import DecodedImageCache, fill_cache, manifest_image_cache
 from cxrfuse.encoders.decode import decode_resized
 from cxrfuse.encoders.image import ImageEncoder, to_model_input
 from cxrfuse.encoders.registry import Normalisation
@@ -240,6 +242,8 @@ class StudyImages(Dataset):
         text: np.ndarray | None = None,
         text_mask: np.ndarray | None = None,
         augment: Augment | None = None,
+        cache: DecodedImageCache | None = None,
+        cache_rows: Mapping[str, int] | None = None,
     ) -> None:
         if len(slots) != len(labels) or (text is not None and len(text) != len(labels)):
             raise DataError("slots, labels and text vectors must have one row per study")
@@ -249,13 +253,25 @@ class StudyImages(Dataset):
         self.text = None if text is None else np.array(text, dtype=np.float32)
         self.text_mask = None if text_mask is None else np.asarray(text_mask, dtype=bool)
         self.augment = augment
+        self.cache, self.cache_rows = cache, dict(cache_rows or {})
 
     def __len__(self) -> int:
         return len(self.slots)
 
+    def _pixels(self, path: str) -> np.ndarray:
+        """The view's uint8 pixels: from the decoded-image cache when it holds them."""
+        row = self.cache_rows.get(path)
+        hit = None if self.cache is None or row is None else self.cache.lookup(row)
+        if hit is None:
+            return decode_resized(path, self.size)
+        pixels, ok, error = hit
+        if not ok:
+            raise DataError(error)
+        return np.array(pixels)  # a writable copy of the memory-mapped row
+
     def _load(self, path: str) -> tuple[torch.Tensor | None, str]:
         try:
-            pixels = torch.from_numpy(decode_resized(path, self.size))
+            pixels = torch.from_numpy(self._pixels(path))
         except Exception as err:  # noqa: BLE001 - an unreadable view becomes a missing view
             return None, f"{path}: {type(err).__name__}: {err}"
         if self.augment is not None:
@@ -459,10 +475,12 @@ def _study_images(
     slots: list[list[str | None]],
     size: int,
     augment: Augment | None = None,
+    cache: tuple[DecodedImageCache, dict[str, int]] | None = None,
 ) -> StudyImages:
     text = None if arrays.text is None else arrays.text[rows]
     text_mask = None if arrays.text_mask is None else arrays.text_mask[rows]
-    return StudyImages([slots[r] for r in rows], size, arrays.y[rows], text, text_mask, augment)
+    return StudyImages([slots[r] for r in rows], size, arrays.y[rows], text, text_mask, augment,
+                       *(cache or (None, None)))  # fmt: skip
 
 
 def embed_eval_views(
@@ -571,9 +589,13 @@ def train_finetune(config: RunConfig, run_dir: Path, *, progress: bool = True) -
     augment = build_augment(config.finetune.augment, seed=config.seed)
     sampler = (weighted_sampler(arrays.y[train_rows], seed=config.seed)
                if config.data.sampler == "weighted" else None)
-    train_loader = _loader(_study_images(arrays, train_rows, slots, size, augment), config,
+    cache = None
+    if config.data.image_cache:  # decode once, read pixels from the cache in every epoch
+        cache = manifest_image_cache(config.data.image_cache, manifest, size)
+        fill_cache(cache[0], progress)
+    train_loader = _loader(_study_images(arrays, train_rows, slots, size, augment, cache), config,
                            shuffle=True, sampler=sampler)
-    val_loader = _loader(_study_images(arrays, val_rows, slots, size), config)
+    val_loader = _loader(_study_images(arrays, val_rows, slots, size, cache=cache), config)
     module = FinetuneModule(
         model, make_loss(config, arrays.y[train_rows]), image_lr=config.finetune.image_lr,
         output=config.model.output, optimizer=training.optimizer, lr=training.lr,

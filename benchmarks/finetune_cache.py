@@ -49,7 +49,7 @@ def run(manifest: Path, out: Path, epochs: int, input_size: int, cache: Path | N
         "model": {"kind": "concat-mlp", "modalities": ["image"], "hidden": [64]},
         "training": {"mode": "finetune", "max_epochs": epochs, "batch_size": 16,
                      "early_stopping": None},
-        "finetune": {"freeze": [], "augment": {"hflip": 0.5, "rotate_deg": 5}},
+        "finetune": {"augment": {"hflip": 0.5, "rotate_deg": 5}},
     })  # fmt: skip
     start = time.perf_counter()
     train_run(config, progress=False)

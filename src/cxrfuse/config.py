@@ -201,7 +201,10 @@ class AugmentConfig(_Strict):
 class FinetuneConfig(_Strict):
     """Used only when ``training.mode == "finetune"`` (the image encoder is trained)."""
 
-    freeze: list[str] = Field(default_factory=lambda: ["conv1", "layer1", "layer2"])
+    freeze: list[str] = Field(
+        default_factory=list, description="backbone module names kept frozen (default: none; "
+        "seed 003's ResNet-50: [conv1, layer1, layer2])"
+    )
     grayscale: bool = False
     image_lr: float = Field(0.0001, gt=0.0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

@@ -27,6 +27,7 @@ from cxrfuse.training.finetune import (
     StudyImages,
     adapt_to_grayscale,
     collate_studies,
+    find_input_conv,
     freeze_backbone,
     load_finetuned_encoder,
     view_slots,
@@ -292,3 +293,18 @@ def test_finetune_reads_pixels_from_the_decoded_image_cache(
                           cache_rows=rows)  # fmt: skip
     item = dataset[0]
     assert bool(item["image_mask"].any()) and not item["errors"]
+
+
+@pytest.mark.parametrize("encoder", ["efficientnet-lite0", "resnet18"])
+def test_default_freeze_list_fits_every_backbone(encoder: str, tmp_path: Path):
+    """The default finetune.freeze is empty, so fine-tuning any backbone needs no freeze list."""
+    from cxrfuse.training.finetune import build_finetune_encoder
+
+    config = _config(tmp_path / "m.parquet", tmp_path, **{"image.encoder": encoder,
+                                                           "image.weights": "none"})  # fmt: skip
+    config = config.model_copy(update={"finetune": type(config.finetune)()})
+    assert config.finetune.freeze == []
+    built, frozen = build_finetune_encoder(config)
+    assert frozen == []
+    _, first_conv = find_input_conv(built.backbone)
+    assert first_conv.weight.requires_grad

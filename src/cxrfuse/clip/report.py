@@ -69,12 +69,19 @@ def overview_section(run: dict[str, Any], run_dir: Path) -> Section:
     return section
 
 
+def _analysis(run_dir: Path, title: str, file: str, verb: str) -> tuple[Section, Any]:
+    """The section and the analysis result (``None``, with a note naming the command, when
+    ``cxrfuse clip <verb>`` has not run yet)."""
+    section = Section(title)
+    if not (run_dir / file).exists():
+        return section.add("note", f"Not run yet: `cxrfuse clip {verb} {run_dir}`."), None
+    return section, read_json(run_dir / file)
+
+
 def retrieval_section(run_dir: Path) -> Section:
-    section = Section("Retrieval")
-    path = run_dir / "retrieval.json"
-    if not path.exists():
-        return section.add("note", f"Not run yet: `cxrfuse clip retrieve {run_dir}`.")
-    result = read_json(path)
+    section, result = _analysis(run_dir, "Retrieval", "retrieval.json", "retrieve")
+    if result is None:
+        return section
     rows = []
     for name, key in (("image -> report", "image_to_text"), ("report -> image", "text_to_image"),
                       ("chance (K/N)", "chance")):  # fmt: skip
@@ -91,11 +98,9 @@ def retrieval_section(run_dir: Path) -> Section:
 
 
 def zero_shot_section(run_dir: Path) -> Section:
-    section = Section("Zero-shot classification")
-    path = run_dir / "zero_shot.json"
-    if not path.exists():
-        return section.add("note", f"Not run yet: `cxrfuse clip zero-shot {run_dir}`.")
-    result = read_json(path)
+    section, result = _analysis(run_dir, "Zero-shot classification", "zero_shot.json", "zero-shot")
+    if result is None:
+        return section
     rows = [
         {"label": label, "AUROC": format_value(item["auroc"]),
          "positives / n": f"{item['positives']} / {item['n']}",
@@ -111,11 +116,9 @@ def zero_shot_section(run_dir: Path) -> Section:
 
 
 def probe_section(run_dir: Path) -> Section:
-    section = Section("Linear probe")
-    path = run_dir / "probe.json"
-    if not path.exists():
-        return section.add("note", f"Not run yet: `cxrfuse clip probe {run_dir}`.")
-    result = read_json(path)
+    section, result = _analysis(run_dir, "Linear probe", "probe.json", "probe")
+    if result is None:
+        return section
     rows = []
     for name, probe in result["probes"].items():
         h, ci = probe["headline"], probe["ci"].get("auroc") or {}

@@ -201,6 +201,8 @@ def test_report_on_a_clip_run(trained_run: Path, tmp_path: Path) -> None:
 
     run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns(
         "retrieval.*", "zero_shot.*", "probe*", "report.*"))  # fmt: skip
+    result = runner.invoke(app, ["evaluate", str(run)])
+    assert result.exit_code == 2 and "cxrfuse clip retrieve" in result.output
     result = runner.invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
     md = (run / "report.md").read_text()

@@ -38,8 +38,7 @@ def evaluate_cmd(
     path: Annotated[
         Path,
         typer.Argument(
-            metavar="RUN_OR_EXPERIMENT_DIR",
-            help="A run, experiment or `cxrfuse clip train` run directory.",
+            metavar="RUN_OR_EXPERIMENT_DIR", help="A run directory or an experiment directory."
         ),
     ],
     threshold: Annotated[

@@ -41,7 +41,7 @@ from cxrfuse.data.manifest import read_manifest
 from cxrfuse.encoders.registry import create_image_encoder
 from cxrfuse.evaluation.run import write_json
 from cxrfuse.problems import CxrfuseError, DataError
-from cxrfuse.training.runner import environment_info, now_iso
+from cxrfuse.training.runner import environment_info, now_iso, quiet_lightning
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -291,12 +291,6 @@ def _fit(config: ClipConfig, run_dir: Path, info: dict[str, Any]) -> tuple[ClipM
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, collate_fn=collate,
                             num_workers=cfg.num_workers)  # fmt: skip
     module = ClipModule(model, config, len(train_loader))
-    trainer = L.Trainer(
-        max_epochs=cfg.max_epochs, accelerator=accelerator, devices=cfg.devices,
-        precision=precision, gradient_clip_val=cfg.gradient_clip, logger=False,
-        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-        num_sanity_val_steps=0, deterministic=False,
-    )  # fmt: skip
     info.update(
         labels=train_set.pairs.label_names, modalities=["image", "text"],
         images=manifest.images, manifest=str(config.data.manifest),
@@ -307,8 +301,14 @@ def _fit(config: ClipConfig, run_dir: Path, info: dict[str, Any]) -> tuple[ClipM
         encoders={"image": config.image_encoder, "text": config.text_encoder},
         environment=_environment(accelerator),
     )  # fmt: skip
-    with warnings.catch_warnings():  # frozen blocks are in eval mode on purpose
+    with quiet_lightning(), warnings.catch_warnings():  # frozen blocks: eval mode on purpose
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        trainer = L.Trainer(
+            max_epochs=cfg.max_epochs, accelerator=accelerator, devices=cfg.devices,
+            precision=precision, gradient_clip_val=cfg.gradient_clip, logger=False,
+            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+            num_sanity_val_steps=0, deterministic=False,
+        )  # fmt: skip
         trainer.validate(module, val_loader, verbose=False)
         trainer.fit(module, train_loader, val_loader)
     model.cpu().eval()

@@ -82,12 +82,19 @@ def _hf_cache_dir() -> str | None:
 
 def _from_pretrained(source: str, random_init: bool, local_only: bool) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     kwargs = {"cache_dir": _hf_cache_dir(), "local_files_only": local_only}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     if random_init:
         return tokenizer, AutoModel.from_config(AutoConfig.from_pretrained(source, **kwargs))
-    return tokenizer, AutoModel.from_pretrained(source, **kwargs)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar; downloads keep theirs
+    try:
+        return tokenizer, AutoModel.from_pretrained(source, **kwargs)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def load_hf_model(name: str, source: str | Path, random_init: bool = False) -> tuple[Any, Any]:

@@ -1,4 +1,4 @@
-"""Crash-safe files for the stores: atomic JSON/.npy writes, content digests, file stamps.
+"""Crash-safe files: atomic JSON/.npy writes (stores, run directories), digests, file stamps.
 
 A file is written to ``NAME.tmp-HOST-PID`` (flushed and fsync'ed) and renamed over ``NAME``,
 so a reader never sees half a file and a killed writer leaves only a temp file, which the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -27,14 +28,28 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file, fsync, rename)."""
+def write_json(path: Path, payload: Any, *, indent: int | None = None) -> Path:
+    """Write strict JSON atomically (temp file, fsync, rename); see :func:`json_safe`."""
     tmp = _temp_path(path)
     with open(tmp, "w") as fh:
-        json.dump(payload, fh, default=str)
+        json.dump(json_safe(payload), fh, indent=indent, default=str)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    return path
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:

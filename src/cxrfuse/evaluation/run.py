@@ -12,7 +12,6 @@ model against the best unimodal one (paired bootstrap, DeLong) and counts comple
 from __future__ import annotations
 
 import json
-import math
 import platform
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from cxrfuse.data.manifest import label_slug, read_manifest
+from cxrfuse.encoders.files import write_json as write_json_atomic
 from cxrfuse.evaluation.ablation import (
     complementarity,
     format_table,
@@ -63,24 +63,8 @@ IGNORED_KEYS = {
 
 # ------------------------------------------------------------------------------ files
 def write_json(path: Path, payload: Any) -> Path:
-    """JSON with NaN/inf written as null, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(payload), indent=2, default=str))
-    tmp.replace(path)
-    return path
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    """Indented strict JSON (NaN/inf as null), written atomically."""
+    return write_json_atomic(path, payload, indent=2)
 
 
 def read_json(path: Path) -> dict[str, Any]:

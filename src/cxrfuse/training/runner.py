@@ -18,7 +18,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import math
 import platform
 import shutil
 import sys
@@ -38,6 +37,7 @@ import yaml
 
 from cxrfuse.config import ExperimentConfig, RunConfig, TrainingConfig, validate_run, value_slug
 from cxrfuse.data.manifest import label_slug
+from cxrfuse.encoders.files import write_json
 from cxrfuse.fusion.heads import build_head
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.training.artifacts import (
@@ -198,17 +198,8 @@ def now_iso() -> str:
 
 
 def write_run_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
-    tmp.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return None if math.isnan(value) else float(value)
-    return str(value)
+    """``run.json``: indented strict JSON (NaN as null), written atomically."""
+    write_json(path, payload, indent=2)
 
 
 def training_rows(config: RunConfig, arrays: StudyArrays) -> np.ndarray:

@@ -101,6 +101,9 @@ def test_retrieve_from_the_cli(trained_run: Path) -> None:
     assert out["chance"]["5"] == pytest.approx(5 / out["n"])
     assert 0 <= out["image_to_text"]["1"] <= out["image_to_text"]["5"] <= out["image_to_text"]["10"]
     assert "chance (K/N)" in (trained_run / "retrieval.md").read_text()
+    ceiling = out["label_ceiling"]["image_to_text"]
+    assert out["chance"]["5"] <= ceiling["5"] <= 1.0 and "label ceiling" in (
+        trained_run / "retrieval.md").read_text()  # fmt: skip
 
 
 def test_zero_shot_from_the_cli(trained_run: Path) -> None:
@@ -214,6 +217,7 @@ def test_report_on_a_clip_run(trained_run: Path, tmp_path: Path) -> None:
     run_retrieval(run, progress=False)
     html_path, md_path = write_report(run)
     md = md_path.read_text()
-    assert "Not run yet: `cxrfuse clip retrieve" not in md and "| image -> report |" in md
+    assert "Not run yet: `cxrfuse clip retrieve" not in md and "| image -> report " in md
+    assert "label ceiling (oracle: same label set)" in md
     assert "chance (K/N)" in md and "Not run yet: `cxrfuse clip probe" in md
     assert 'src="data:image/png;base64,' in html_path.read_text()  # the training curves

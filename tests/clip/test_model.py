@@ -130,3 +130,22 @@ def test_locked_tower_features_give_the_same_embeddings() -> None:
     for a, b in zip(direct, locked):
         assert torch.allclose(a, b, atol=1e-6)
     assert loss == pytest.approx(float(info_nce(*direct, model.temperature())))
+
+
+def test_label_ceiling_is_the_expected_recall_of_the_label_oracle() -> None:
+    """Studies 0 and 1 share a label set (one tie each), 2 and 3 are unique; NaN = absent."""
+    from cxrfuse.clip.retrieval import label_ceiling
+
+    labels = np.array([[1, 0], [1, np.nan], [0, 1], [np.nan, 0]])
+    out = label_ceiling(labels, ks=[1, 2])
+    assert out["image_to_text"] == out["text_to_image"] == {1: 0.75, 2: 1.0}
+    assert out["chance"] == {1: 0.25, 2: 0.5} and out["n"] == 4
+    # the sampled oracle agrees with the exact expectation
+    rng = np.random.default_rng(0)
+    y = np.array([[1, 0], [1, 0], [0, 1], [0, 0]], dtype=float)
+    hits = []
+    for _ in range(2000):
+        noise = rng.random((4, 4)) * 1e-3
+        hits.append(recall_at_k(torch.tensor(-np.abs(y[:, None] - y[None]).sum(-1) + noise),
+                                [1])["image_to_text"][1])  # fmt: skip
+    assert np.mean(hits) == pytest.approx(0.75, abs=0.02)

@@ -90,10 +90,18 @@ def retrieval_section(run_dir: Path) -> Section:
         row["median rank"] = format_value(result["median_rank"].get(key, result["n"] / 2),
                                           digits=0)  # fmt: skip
         rows.append(row)
+    if result.get("label_ceiling"):
+        ceiling = result["label_ceiling"]
+        rows.append({"direction": "label ceiling (oracle: same label set)",
+                     **{f"R@{k}": format_value(v) for k, v in ceiling["image_to_text"].items()},
+                     "median rank": format_value(ceiling["median_rank"]["image_to_text"],
+                                                 digits=0)})  # fmt: skip
     return section.add(
         "table", pd.DataFrame(rows),
         f"Exact-pair recall on the {result['split']} split (N = {result['n']}): a study's own "
-        "report (or image) must be retrieved; identical texts of other studies count as misses",
+        "report (or image) must be retrieved; identical texts of other studies count as misses. "
+        "The label ceiling is the expected recall of an oracle that knows the labels and ranks "
+        "the studies with the query's label set first",
     )  # fmt: skip
 
 

@@ -4,6 +4,10 @@ Recall@K counts a query as a hit when its own pair (the same study) is among the
 similar items of the other modality. Chance is ``K / N`` for N candidates. Exact-pair recall
 is conservative: two studies with the same report text (frequent for normal IU reports)
 can never be told apart, so a model that ranks an identical report first still misses.
+The *label ceiling* is the expected Recall@K of an oracle that knows every study's labels and
+ranks first the candidates with the query's exact label set (at random among them): what a
+model that sees nothing of a pair but its labels can reach (phantom images carry nothing
+else).
 """
 
 from __future__ import annotations
@@ -43,6 +47,27 @@ def recall_at_k(similarity: torch.Tensor | np.ndarray, ks: Sequence[int] = (1, 5
     }  # fmt: skip
 
 
+def label_ceiling(labels: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Expected Recall@K of the label oracle (same keys as :func:`recall_at_k`).
+
+    The oracle ranks first every candidate whose label set equals the query's (unknown labels
+    count as absent); the true pair sits uniformly at random among those ``t + 1`` ties, so
+    its expected Recall@K is ``min(1, K / (t + 1))``, exactly, in both directions.
+    """
+    y = torch.as_tensor(np.nan_to_num(np.asarray(labels, dtype=np.float64)) > 0,
+                        dtype=torch.float64)  # fmt: skip
+    n = len(y)
+    counts = y.sum(1)
+    hamming = counts[:, None] + counts[None, :] - 2 * (y @ y.T)  # labels on which two differ
+    ties = ((hamming == 0).sum(1) - 1).numpy()  # other studies with the very same labels
+    recall = {int(k): float(np.minimum(1.0, k / (ties + 1)).mean()) if n else float("nan")
+              for k in ks}  # fmt: skip
+    median = float(np.median((ties + 2) / 2)) if n else float("nan")  # expected rank, 1-based
+    return {"n": n, "image_to_text": recall, "text_to_image": dict(recall),
+            "chance": {int(k): min(1.0, k / n) if n else float("nan") for k in ks},
+            "median_rank": {"image_to_text": median, "text_to_image": median}}  # fmt: skip
+
+
 def retrieval_markdown(result: dict[str, Any], title: str = "Retrieval") -> str:
     """A Markdown table: Recall@K per direction with chance beside it."""
     ks = sorted(result["chance"])
@@ -54,6 +79,11 @@ def retrieval_markdown(result: dict[str, Any], title: str = "Retrieval") -> str:
         lines.append(f"| {name} | {cells} | {result['median_rank'][key]:.0f} |")
     chance = " | ".join(f"{result['chance'][k]:.3f}" for k in ks)
     lines.append(f"| chance (K/N) | {chance} | {(result['n'] + 1) / 2:.0f} |")
+    if result.get("label_ceiling"):
+        ceiling = result["label_ceiling"]["image_to_text"]
+        cells = " | ".join(f"{ceiling[k]:.3f}" for k in ks)
+        lines.append(f"| label ceiling (oracle: same label set) | {cells} | "
+                     f"{result['label_ceiling']['median_rank']['image_to_text']:.0f} |")  # fmt: skip
     lines += ["", ("Exact-pair recall: a study's own report must be retrieved; identical report "
               "texts of other studies count as misses.")]  # fmt: skip
     if result.get("synthetic"):
@@ -63,7 +93,8 @@ def retrieval_markdown(result: dict[str, Any], title: str = "Retrieval") -> str:
 
 def run_retrieval(run_dir: str | Path, split: str | None = None,
                   ks: Sequence[int] | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Recall@K both ways on a split of a trained CLIP run; writes retrieval.json/.md there."""
+    """Recall@K both ways on a split of a trained CLIP run, with chance and the label ceiling;
+    writes retrieval.json/.md there."""
     from cxrfuse.clip.embed import load_run
     from cxrfuse.evaluation.run import write_json
 
@@ -71,9 +102,11 @@ def run_retrieval(run_dir: str | Path, split: str | None = None,
     cfg = run.config.retrieval
     split = split or cfg.split
     ks = list(ks or cfg.ks)
-    image, text, _pairs = run.embed_split(split)
+    image, text, pairs = run.embed_split(split)
     result = {"split": split, **recall_at_k(image @ text.T, ks),
               "synthetic": run.synthetic, "images": run.manifest.images}  # fmt: skip
+    if pairs.labels.size:
+        result["label_ceiling"] = label_ceiling(pairs.labels, ks)
     out = Path(run_dir)
     write_json(out / "retrieval.json", result)
     (out / "retrieval.md").write_text(retrieval_markdown(result))

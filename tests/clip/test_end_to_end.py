@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -214,6 +215,7 @@ def test_report_on_a_clip_run(trained_run: Path, tmp_path: Path) -> None:
         assert f"## {title}" in md
     assert "synthetic phantoms" in md and "val InfoNCE" in md
     assert f"Not run yet: `cxrfuse clip retrieve {run}`" in md
+    assert "## Explanations" in md and "zero-shot score on the image tower" in md
     run_retrieval(run, progress=False)
     html_path, md_path = write_report(run)
     md = md_path.read_text()
@@ -221,3 +223,31 @@ def test_report_on_a_clip_run(trained_run: Path, tmp_path: Path) -> None:
     assert "label ceiling (oracle: same label set)" in md
     assert "chance (K/N)" in md and "Not run yet: `cxrfuse clip probe" in md
     assert 'src="data:image/png;base64,' in html_path.read_text()  # the training curves
+
+
+def test_gradcam_of_the_zero_shot_score(trained_run: Path, tmp_path: Path) -> None:
+    """`cxrfuse explain` on a CLIP run maps the zero-shot score of a label on the image tower;
+    the explained model's probability is the zero-shot score of `cxrfuse clip zero-shot`."""
+    from cxrfuse.clip.embed import load_run
+    from cxrfuse.clip.explain import clip_explainer
+    from cxrfuse.clip.zero_shot import prompt_embeddings, zero_shot_scores
+
+    explainer, manifest = clip_explainer(trained_run)
+    run = load_run(trained_run, progress=False)
+    row = manifest.df[manifest.df["split"] == "test"].iloc[0]
+    (view,) = explainer.load_views(row)
+    x = view.tensor[None]
+    with torch.no_grad():
+        explained = torch.sigmoid(explainer.model_for([view], 0)(x)).numpy()
+        prompts = prompt_embeddings(run, explainer.labels, run.config.zero_shot)
+        expected = zero_shot_scores(run.model.encode_image(x), prompts,
+                                    float(run.model.temperature()))  # fmt: skip
+    assert explained.shape == expected.shape == (1, len(explainer.labels))
+    assert np.allclose(explained, expected, atol=1e-5)
+    out = tmp_path / "maps"
+    result = runner.invoke(app, ["explain", str(trained_run), "--study", str(row["study_id"]),
+                                 "--label", "Cardiomegaly", "--method", "gradcam++",
+                                 "--out", str(out), "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    index = pd.read_csv(out / "index.csv")
+    assert list(index["label"]) == ["Cardiomegaly"] and Path(index["overlay"][0]).is_file()

@@ -56,7 +56,8 @@ def explain_cmd(
 ) -> None:
     """Grad-CAM (or another pytorch-grad-cam method) through the fused classifier: one overlay
     PNG per view and label (the view beside its map) in RUN_DIR/explain/METHOD/, with index.csv.
-    The report embedding is held fixed; the image branch is differentiated.
+    The report embedding is held fixed; the image branch is differentiated. On a CLIP run
+    (`cxrfuse clip train`) each label's zero-shot score is mapped on the image tower.
 
     Example: `cxrfuse explain runs/phantom-fused --study CXR1 --label Cardiomegaly --method gradcam++`
 

@@ -3,8 +3,8 @@
 ``cxrfuse report RUNS/<clip run>`` gives the same self-contained ``report.html`` /
 ``report.md`` as for a fusion run: the training (val InfoNCE and retrieval before and after,
 the curves), then whichever analyses the run directory holds (``retrieval.json``,
-``zero_shot.json``, ``probe.json``), each next to its chance level, the configuration and the
-environment. An analysis not run yet is named with the command that adds it.
+``zero_shot.json``, ``probe.json``, the pointing-game scores of ``cxrfuse explain --score``),
+each next to its chance level, the configuration and the environment. An analysis not run yet is named with the command that adds it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,18 @@ from typing import Any
 import pandas as pd
 
 from cxrfuse.evaluation.ablation import format_value
-from cxrfuse.evaluation.report import PHANTOM_NOTE, Section, config_section
+from cxrfuse.evaluation.report import (
+    PHANTOM_NOTE,
+    Section,
+    config_section,
+    explanation_section,
+)
 from cxrfuse.evaluation.run import read_json
+
+EXPLAIN_HINT = (
+    "No explanations yet: `cxrfuse explain RUN --score` maps each label's zero-shot score on the "
+    "image tower (Grad-CAM) and, on phantoms, scores the maps against the lesion masks."
+)
 
 
 def clip_sections(run_dir: Path) -> tuple[str, list[Section]]:
@@ -28,6 +38,7 @@ def clip_sections(run_dir: Path) -> tuple[str, list[Section]]:
         retrieval_section(run_dir),
         zero_shot_section(run_dir),
         probe_section(run_dir),
+        explanation_section([(str(run.get("name", run_dir.name)), run_dir)], EXPLAIN_HINT),
         config_section(run_dir / "config.yaml"),
         environment_section(run),
     ]

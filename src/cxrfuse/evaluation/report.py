@@ -396,8 +396,15 @@ POINTING_INTRO = (
 )
 
 
-def explanation_section(runs: Sequence[tuple[str, Path]]) -> Section:
-    """What `cxrfuse attribute` and `cxrfuse explain --score` left in the run directories."""
+EXPLAIN_HINT = (
+    "No explanations yet: `cxrfuse attribute RUN` splits each fused prediction into image and "
+    "report parts; `cxrfuse explain RUN --score` scores Grad-CAM maps on phantoms."
+)
+
+
+def explanation_section(runs: Sequence[tuple[str, Path]], hint: str = EXPLAIN_HINT) -> Section:
+    """What `cxrfuse attribute` and `cxrfuse explain --score` left in the run directories
+    (``hint`` when nothing yet)."""
     section = Section("Explanations")
     found = False
     for name, run_dir in runs:
@@ -418,9 +425,7 @@ def explanation_section(runs: Sequence[tuple[str, Path]]) -> Section:
                 if (scores.parent / plot).exists():
                     section.add("image", scores.parent / plot, f"{plot[:-4]}, {name}, {method}")
     if not found:
-        section.add("note", "No explanations yet: `cxrfuse attribute RUN` splits each fused "
-                            "prediction into image and report parts; `cxrfuse explain RUN --score` "
-                            "scores Grad-CAM maps on phantoms.")  # fmt: skip
+        section.add("note", hint)
     return section
 
 

@@ -162,6 +162,27 @@ def test_cache_shards_are_atomic_and_resumable(tmp_path: Path) -> None:
     assert moved.lookup(0) is None  # the file changed since it was cached
 
 
+def test_fill_cache_records_unreadable_files_and_bad_folders_fail_clearly(tmp_path: Path) -> None:
+    from cxrfuse.encoders.cache import fill_cache
+    from cxrfuse.problems import DataError
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    cache = DecodedImageCache(tmp_path / "c", [str(good), str(bad)], [(1, 1), (1, 2)], size=4)
+    assert fill_cache(cache, progress=False) == 2 and cache.complete
+    assert fill_cache(cache, progress=False) == 0  # nothing left to decode
+    px, ok, _ = cache.lookup(0)
+    assert ok and (px == 200).all()
+    _, ok, error = cache.lookup(1)
+    assert not ok and "UnidentifiedImageError" in error
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DataError, match="cannot create the decoded-image cache"):
+        DecodedImageCache(blocker / "cache", [str(good)], [(1, 1)], size=4)
+
+
 def test_workers_keep_ids_and_order(lite0, tmp_path: Path) -> None:
     manifest = _manifest(tmp_path / "data", n=6)
     bad = manifest.df["views"][2][1]["path"]

@@ -61,9 +61,13 @@ class DecodedImageCache:
         self.folder = Path(root) / f"decoded-{self.size}px-{self.key}"
         info_path = self.folder / "cache.json"
         if create and not info_path.is_file():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            clean_temp_files(self.folder)
-            write_json(info_path, {**inputs, "shard_size": int(shard_size)})
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                clean_temp_files(self.folder)
+                write_json(info_path, {**inputs, "shard_size": int(shard_size)})
+            except OSError as err:
+                raise DataError(f"{self.folder}: cannot create the decoded-image cache "
+                                f"({err.strerror or err})") from err  # fmt: skip
         try:
             self.shard_size = int(json.loads(info_path.read_text())["shard_size"])
         except (OSError, ValueError, KeyError) as err:

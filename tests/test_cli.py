@@ -14,7 +14,7 @@ runner = CliRunner()
 VERBS = [["ingest", "iu-xray"], ["ingest", "mimic-cxr"], ["ingest", "nih"], ["split"], ["phantoms"],
          ["stats"], ["embed"], ["encoders"], ["train"], ["experiment"], ["predict"], ["evaluate"],
          ["report"], ["explain"], ["attribute"], ["clip", "train"], ["clip", "probe"],
-         ["clip", "zero-shot"], ["clip", "retrieve"], ["demo"]]
+         ["clip", "zero-shot"], ["clip", "retrieve"], ["clip", "generate"], ["demo"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=" ".join)

@@ -251,3 +251,29 @@ def test_gradcam_of_the_zero_shot_score(trained_run: Path, tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     index = pd.read_csv(out / "index.csv")
     assert list(index["label"]) == ["Cardiomegaly"] and Path(index["overlay"][0]).is_file()
+
+
+def test_generate_reports_by_retrieval_from_the_cli(trained_run: Path, tmp_path: Path) -> None:
+    """Each test image gets a *training* report; scored beside the image-blind baselines."""
+    import shutil
+
+    run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns(
+        "generat*", "report.*"))  # fmt: skip
+    result = runner.invoke(app, ["clip", "generate", str(run), "--k", "3", "--n-boot", "20",
+                                 "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = json.loads((run / "generation.json").read_text())
+    assert list(out["methods"]) == ["CLIP retrieval (k = 3)", "random training report",
+                                    "most frequent training report"]  # fmt: skip
+    for scores in out["methods"].values():
+        f1 = scores["clinical"]["micro_f1"]
+        assert 0.0 <= f1["value"] <= 1.0 and 0.0 <= scores["bleu1"] <= 100.0
+    generated = pd.read_parquet(run / "generated.parquet")
+    config = load_clip_config(run / "config.yaml")
+    manifest = read_manifest(config.data.manifest)
+    split_of = dict(zip(manifest.df["study_id"].astype(str), manifest.df["split"]))
+    assert len(generated) == out["n"] and set(generated["source_study_id"].map(split_of)) == {
+        "train"}  # no test report is ever copied  # fmt: skip
+    assert "## Report generation by retrieval" in (run / "generation.md").read_text()
+    write_report(run)
+    assert "## Report generation" in (run / "report.md").read_text()

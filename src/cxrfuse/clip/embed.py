@@ -33,6 +33,20 @@ from cxrfuse.data.manifest import Manifest, read_manifest
 from cxrfuse.problems import DataError
 
 
+def split_pairs(
+    config: ClipConfig,
+    manifest: Manifest,
+    split: str,
+    text_sections: Sequence[str] | None = None,
+) -> Pairs:
+    """The (image path, report text, labels) pairs of ``split`` as the run's config defines them."""
+    text_config = config.text.text_config()
+    if text_sections is not None:
+        text_config = text_config.model_copy(update={"sections": list(text_sections)})
+    pairs = build_pairs(manifest, split, text_config, config.data.task, config.data.view)
+    return pairs.head(config.data.limit) if config.data.limit is not None else pairs
+
+
 def pair_dataset(
     config: ClipConfig,
     manifest: Manifest,
@@ -43,12 +57,7 @@ def pair_dataset(
     text_sections: Sequence[str] | None = None,
 ) -> tuple[PairDataset, float]:
     """The dataset of ``split`` and the fraction of its texts truncated at ``max_length``."""
-    text_config = config.text.text_config()
-    if text_sections is not None:
-        text_config = text_config.model_copy(update={"sections": list(text_sections)})
-    pairs = build_pairs(manifest, split, text_config, config.data.task, config.data.view)
-    if config.data.limit is not None:
-        pairs = pairs.head(config.data.limit)
+    pairs = split_pairs(config, manifest, split, text_sections)
     tokens, truncated = tokenize(tokenizer, pairs.texts, config.text.max_length)
     encoder = model.image_encoder
     dataset = PairDataset(pairs, encoder.preprocess, encoder.spec.input_size, tokens,
@@ -149,6 +158,10 @@ class ClipRun:
                                         self.config.training.batch_size, self.progress)  # fmt: skip
             self._cache[key] = (image, text, dataset.pairs)
         return self._cache[key]
+
+    def pairs(self, split: str) -> Pairs:
+        """The pairs of ``split`` (texts, labels, image paths) without embedding anything."""
+        return split_pairs(self.config, self.manifest, split)
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         return embed_texts(self.model, self.tokenizer, texts, self.config.text.max_length)

@@ -127,3 +127,4 @@ def clip_generate_cmd(
 
     run_generation(run_dir, split=split, k=k, n_boot=n_boot, progress=progress)
     console.print((run_dir / "generation.md").read_text(), markup=False, highlight=False)
+    console.print(f"reports: [bold]{run_dir / 'generated.parquet'}[/]")

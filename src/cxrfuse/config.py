@@ -28,7 +28,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,6 +37,7 @@ from cxrfuse.problems import ConfigError
 from cxrfuse.text import TextConfig
 
 Modality = Literal["image", "text"]
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -470,14 +471,20 @@ def format_validation_error(err: ValidationError, root: type[BaseModel], source:
     return f"{source}: invalid config\n{body}"
 
 
-def validate_run(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
-    """A :class:`RunConfig` from a mapping, or a :class:`ConfigError` naming key paths."""
+def validate_config(model: type[M], raw: Mapping[str, Any], source: str = "config") -> M:
+    """``model`` (any config class) from a mapping, or a :class:`ConfigError` naming
+    ``source`` and each bad key path."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: expected a mapping of config sections, got {type(raw).__name__}")
     try:
-        return RunConfig.model_validate(dict(raw))
+        return model.model_validate(dict(raw))
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, RunConfig, source)) from None
+        raise ConfigError(format_validation_error(err, model, source)) from None
+
+
+def validate_run(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
+    """A :class:`RunConfig` from a mapping, or a :class:`ConfigError` naming key paths."""
+    return validate_config(RunConfig, raw, source)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -485,7 +492,9 @@ def validate_run(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
 EXPERIMENT_KEYS = frozenset(ExperimentConfig.model_fields) - {"name", "runs_dir"}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_config(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file; clear errors for a missing file, bad YAML
+    or a non-mapping."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -522,7 +531,7 @@ def load_config(
     base run config.
     """
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml_config(path)
     parsed = [parse_override(o) for o in overrides]
     if not is_experiment(raw):
         for key, value in parsed:
@@ -530,7 +539,7 @@ def load_config(
         return validate_run(raw, str(path))
     base = raw.get("base", {})
     if isinstance(base, str):
-        base = _read_yaml(_base_path(base, path))
+        base = read_yaml_config(_base_path(base, path))
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base: expected a run config mapping or a path to one")
     raw["base"] = base

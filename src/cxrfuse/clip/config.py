@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cxrfuse.config import format_validation_error, parse_override, set_dotted
-from cxrfuse.problems import ConfigError
+from cxrfuse.config import parse_override, read_yaml_config, set_dotted, validate_config
 from cxrfuse.text import TextConfig
 
 
@@ -231,25 +230,12 @@ class ClipConfig(_Strict):
 
 def validate_clip_config(raw: dict[str, Any], source: str = "config") -> ClipConfig:
     """Validate a mapping; a :class:`ConfigError` names ``source``, each key path and the problem."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of config sections")
-    try:
-        return ClipConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, ClipConfig, source)) from None
+    return validate_config(ClipConfig, raw, source)
 
 
 def load_clip_config(path: str | Path, overrides: list[str] | None = None) -> ClipConfig:
     """Read a YAML CLIP config, apply ``--set key.path=value`` overrides (YAML values), validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_config(Path(path))
     for item in overrides or []:
         set_dotted(raw, *parse_override(item))
     return validate_clip_config(raw, source=str(path))

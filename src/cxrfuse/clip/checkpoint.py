@@ -51,6 +51,17 @@ def save_clip_model(
     return run_dir / WEIGHTS_FILE
 
 
+CLIP_TASK = "clip"  # the ``task`` of a CLIP run's run.json
+
+
+def is_clip_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a `cxrfuse clip train` run (False when run.json is unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text()).get("task") == CLIP_TASK
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def read_sidecar(run_dir: Path) -> dict[str, Any]:
     """The ``model.json`` of a CLIP run; clear errors when missing or of another format."""
     path = Path(run_dir) / SIDECAR_FILE

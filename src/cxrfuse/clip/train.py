@@ -25,7 +25,7 @@ import matplotlib
 import torch
 from torch.utils.data import DataLoader
 
-from cxrfuse.clip.checkpoint import save_clip_model
+from cxrfuse.clip.checkpoint import CLIP_TASK, save_clip_model
 from cxrfuse.clip.config import ClipConfig, dump_clip_config
 from cxrfuse.clip.data import make_collate
 from cxrfuse.clip.embed import lock_towers, pair_dataset
@@ -240,7 +240,7 @@ def train_clip(config: ClipConfig, run_dir: Path | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_clip_config(config, run_dir / "config.yaml")
     started, t0 = now_iso(), time.perf_counter()
-    info: dict[str, Any] = {"name": config.name, "status": "running", "task": "clip",
+    info: dict[str, Any] = {"name": config.name, "status": "running", "task": CLIP_TASK,
                             "started": started, "seed": config.seed}  # fmt: skip
     write_json(run_dir / "run.json", info)
     module = None

@@ -69,7 +69,9 @@ def write_report(path: str | Path, *, evaluate_if_missing: bool = True) -> tuple
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
-    if (root / "run.json").exists() and read_json(root / "run.json").get("task") == "clip":
+    from cxrfuse.clip.checkpoint import is_clip_run
+
+    if is_clip_run(root):
         from cxrfuse.clip.report import clip_sections  # CLIP runs have their own analyses
 
         title, sections = clip_sections(root)

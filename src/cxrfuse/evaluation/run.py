@@ -80,7 +80,9 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     """``run.json`` of a run directory, checked for the fields evaluation needs."""
     path = Path(run_dir) / "run.json"
     run = read_json(path)
-    if run.get("task") == "clip":
+    from cxrfuse.clip.checkpoint import CLIP_TASK
+
+    if run.get("task") == CLIP_TASK:
         raise DataError(f"{run_dir}: a CLIP run; evaluate it with `cxrfuse clip retrieve`, "
                         "`cxrfuse clip zero-shot` or `cxrfuse clip probe`, then `cxrfuse report`")
     for key in ("labels", "modalities"):

@@ -12,7 +12,6 @@ Outputs go under the run directory unless told otherwise:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,11 @@ def explainer_from_run(run_dir: str | Path, device: str = "cpu") -> tuple[Explai
     """The run's image encoder (fine-tuned or as named in ``model.json``), head and report
     embeddings, and the run's manifest. A CLIP run explains its zero-shot scores
     (:func:`cxrfuse.clip.explain.clip_explainer`)."""
+    from cxrfuse.clip.checkpoint import is_clip_run
     from cxrfuse.encoders.registry import create_image_encoder
     from cxrfuse.training.runner import load_run
 
-    if _is_clip_run(run_dir):
+    if is_clip_run(run_dir):
         from cxrfuse.clip.explain import clip_explainer
 
         return clip_explainer(run_dir, device=device)
@@ -67,14 +67,6 @@ def explainer_from_run(run_dir: str | Path, device: str = "cpu") -> tuple[Explai
     explainer = Explainer(encoder, run.head, run.labels, output=run.sidecar["output"],
                           texts=texts, device=device)  # fmt: skip
     return explainer, manifest
-
-
-def _is_clip_run(run_dir: str | Path) -> bool:
-    path = Path(run_dir) / "run.json"
-    try:
-        return json.loads(path.read_text()).get("task") == "clip"
-    except (OSError, ValueError):
-        return False  # load_run gives the clear error
 
 
 @dataclass

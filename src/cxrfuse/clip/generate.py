@@ -94,7 +94,8 @@ def run_generation(
     image, _, pairs = run.embed_split(split)
     bank_pairs = run.pairs("train")
     bank = run.embed_texts(bank_pairs.texts).float()
-    chosen = choose_reports(image @ bank.T, bank, k)
+    similarity = image @ bank.T
+    chosen = choose_reports(similarity, bank, k)
     labels = pairs.label_names
     texts = pd.Series(bank_pairs.texts)
     most_frequent = int(texts.map(texts.value_counts()).to_numpy().argmax())
@@ -110,7 +111,7 @@ def run_generation(
     frame = pd.DataFrame({
         "study_id": pairs.study_ids, "generated": [bank_pairs.texts[i] for i in chosen],
         "source_study_id": [bank_pairs.study_ids[i] for i in chosen],
-        "similarity": (image @ bank.T)[torch.arange(len(chosen)), torch.as_tensor(chosen)].numpy(),
+        "similarity": similarity[torch.arange(len(chosen)), torch.as_tensor(chosen)].numpy(),
         "reference": pairs.texts,
     })  # fmt: skip
     out = Path(run_dir)

@@ -147,8 +147,9 @@ def manifest_image_cache(
     """The cache of every image of ``manifest`` at ``size`` px, in the store's order (so it is
     the same cache as ``cxrfuse embed --cache`` of that manifest), and each path's row."""
     from cxrfuse.encoders.files import file_stamp
+    from cxrfuse.encoders.store import image_records
 
-    paths = [str(v["path"]) for views in manifest.df["views"] for v in views if v.get("path")]
+    paths = [r.path for r in image_records(manifest)]
     cache = DecodedImageCache(cache_dir, paths, [file_stamp(p) for p in paths], size, shard_size)
     return cache, {path: i for i, path in enumerate(paths)}
 

@@ -138,7 +138,7 @@ class _ImageRecord:
     view: str
 
 
-def _image_records(manifest: Manifest) -> list[_ImageRecord]:
+def image_records(manifest: Manifest) -> list[_ImageRecord]:
     """Every view with a path, in manifest order."""
     return [
         _ImageRecord(str(sid), str(v["image_id"]), str(v["path"]), str(v["view"]))
@@ -302,7 +302,7 @@ def image_store_key(
     precision: str = "float32",
 ) -> tuple[str, dict[str, Any]]:
     """The store key (16 hex) and the inputs it digests."""
-    records = _image_records(manifest)
+    records = image_records(manifest)
     return _image_key(records, [file_stamp(r.path) for r in records], encoder, dtype, precision)
 
 
@@ -372,7 +372,7 @@ def embed_images(
     if shard_size < 1 or batch_size < 1 or num_workers < 0:
         raise ValueError("shard_size and batch_size must be positive, num_workers >= 0")
     precision = resolve_precision(precision, run_device)  # type: ignore[assignment]
-    records = _image_records(manifest)
+    records = image_records(manifest)
     stamps = [file_stamp(r.path) for r in records]
     key, inputs = _image_key(records, stamps, encoder, dtype, precision)
     folder = Path(store_dir) / key

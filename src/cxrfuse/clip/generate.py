@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrfuse.evaluation.ablation import format_value
 from cxrfuse.evaluation.bootstrap import bootstrap_ci
 from cxrfuse.evaluation.metrics import compute_metrics
 
@@ -131,21 +132,17 @@ def generation_table(result: dict[str, Any]) -> pd.DataFrame:
     for name, s in result["methods"].items():
         c = s["clinical"]
         rows.append({
-            "reports from": name, "micro F1 [95% CI]": _fmt(c["micro_f1"]),
-            "macro F1 [95% CI]": _fmt(c["macro_f1"]), "micro precision": _fmt(
-                c["micro_precision"], ci=False), "micro recall": _fmt(c["micro_recall"], ci=False),
+            "reports from": name, "micro F1 [95% CI]": _with_ci(c["micro_f1"]),
+            "macro F1 [95% CI]": _with_ci(c["macro_f1"]),
+            "micro precision": format_value(c["micro_precision"]["value"]),
+            "micro recall": format_value(c["micro_recall"]["value"]),
             "BLEU-1": f"{s['bleu1']:.1f}", "BLEU-4": f"{s['bleu4']:.1f}",
         })  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def _fmt(item: dict[str, Any], ci: bool = True) -> str:
-    value = item.get("value")
-    if value is None or not np.isfinite(value):
-        return "-"
-    if ci and item.get("low") is not None and item.get("high") is not None:
-        return f"{value:.3f} [{item['low']:.3f}, {item['high']:.3f}]"
-    return f"{value:.3f}"
+def _with_ci(item: dict[str, Any]) -> str:
+    return format_value(item["value"], None, item.get("low"), item.get("high"))
 
 
 def generation_markdown(result: dict[str, Any]) -> str:

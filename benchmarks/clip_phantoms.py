@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrfuse.clip.config import validate_clip_config
 from cxrfuse.clip.probe import run_probe
 from cxrfuse.clip.retrieval import run_retrieval
 from cxrfuse.clip.train import train_clip
 from cxrfuse.clip.zero_shot import run_zero_shot
+from cxrfuse.config.clip import validate_clip_config
 from cxrfuse.data.iu_xray import ingest_iu_xray
 from cxrfuse.data.phantoms import PhantomConfig, lesion_kind, make_phantoms
 from cxrfuse.data.splits import assign_splits

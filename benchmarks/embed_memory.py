@@ -54,7 +54,7 @@ def child(manifest_path: str, n: int, store: str, args: argparse.Namespace) -> d
 
     from cxrfuse.data.manifest import read_manifest
     from cxrfuse.encoders import create_image_encoder
-    from cxrfuse.encoders.store import embed_images
+    from cxrfuse.store import embed_images
 
     torch.set_num_threads(os.cpu_count() or 1)
     manifest = read_manifest(manifest_path)

@@ -55,7 +55,7 @@ def sync(device: torch.device) -> None:
 
 def bare_forward(model: Any, encoder: Any, paths: list[str], args: Any, device: torch.device) -> float:
     """(a) images/s of the model alone on a pre-decoded, normalised batch already on device."""
-    from cxrfuse.encoders.decode import decode_resized
+    from cxrfuse.data.images import decode_resized
     from cxrfuse.encoders.image import to_model_input
 
     size = encoder.spec.input_size
@@ -86,7 +86,7 @@ def autocast(device: torch.device) -> Any:
 def store_run(manifest: Any, encoder: Any, store: Path, args: Any, device: torch.device,
               cache: Path | None = None) -> float:  # fmt: skip
     """(b)/(d) images/s of ``embed_images`` end to end (wall time of the whole call)."""
-    from cxrfuse.encoders.store import embed_images
+    from cxrfuse.store import embed_images
 
     start = time.perf_counter()
     result = embed_images(
@@ -111,7 +111,7 @@ def naive_loop(encoder: Any, paths: list[str], device: torch.device) -> float:
 
 
 def _decode_one(job: tuple[str, int]) -> int:
-    from cxrfuse.encoders.decode import decode_resized
+    from cxrfuse.data.images import decode_resized
 
     return int(decode_resized(*job).shape[0])
 
@@ -157,12 +157,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     if args.batch_size is None:
-        from cxrfuse.encoders.store import CPU_BATCH, GPU_BATCH
+        from cxrfuse.store import CPU_BATCH, GPU_BATCH
 
         args.batch_size = CPU_BATCH if args.device == "cpu" else GPU_BATCH
 
     from cxrfuse.encoders import create_image_encoder
-    from cxrfuse.encoders.store import default_workers
+    from cxrfuse.store import default_workers
 
     device = torch.device(args.device)
     args.workers = default_workers(device) if args.workers is None else args.workers

@@ -24,9 +24,9 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from cxrfuse.data import Manifest
+from cxrfuse.data.images import gray8
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
 from cxrfuse.encoders import create_image_encoder
-from cxrfuse.encoders.decode import gray8
 from cxrfuse.explain import Explainer, score_on_phantoms, write_scores
 from cxrfuse.explain.scoring import markdown_table
 from cxrfuse.fusion import build_head

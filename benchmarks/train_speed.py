@@ -11,7 +11,7 @@ b) the 12-run grid of seed 004 (configs/mimic-pneumonia-grid.yaml: BCE/focal x f
 
 Small heads gain nothing from intra-op threads; on a busy 2-core machine two threads were 17x
 slower than one (452 s vs 27 s for a), load average 11), hence ``--threads 1`` by default.
-The timings include everything ``train_on_arrays`` does: Lightning setup, every epoch with
+The timings include everything ``train_run`` does: Lightning setup, every epoch with
 validation and metrics, predictions, epochs.csv, the curves PNG and the safetensors head.
 
     .venv/bin/python benchmarks/train_speed.py            # a) and b)
@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from cxrfuse.config import RunConfig, load_experiment_config
-from cxrfuse.training.data import StudyArrays
-from cxrfuse.training.runner import train_on_arrays
+from cxrfuse.rundir import RunDir
+from cxrfuse.store import StudyArrays
+from cxrfuse.training import StoredEmbeddings, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +54,13 @@ def random_arrays(n: int, views: int, image_dim: int, text_dim: int, prevalence:
                        np.ones((n, views), bool), text, np.ones(n, bool), images_kind="none")
 
 
+def _train(config: RunConfig, arrays: StudyArrays, run_dir: Path) -> dict:
+    """Train on the given arrays; returns run.json as a mapping."""
+    source = StoredEmbeddings(config, progress=False, arrays=arrays)
+    train_run(config, progress=False, source=source, run_dir=run_dir)
+    return RunDir(run_dir).info().model_dump()
+
+
 def bench_single(config_path: str | None) -> dict:
     if config_path:
         from cxrfuse.config import load_run_config
@@ -69,7 +77,7 @@ def bench_single(config_path: str | None) -> dict:
         source = "random embeddings (2 x 1024-d views, 768-d text)"
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        info = train_on_arrays(config, arrays, Path(tmp), progress=False)
+        info = _train(config, arrays, Path(tmp))
         total = time.perf_counter() - start
     return {"benchmark": "a) 40 epochs, one run", "source": source, "studies": len(arrays),
             "train_studies": info["n"]["train"], "epochs": info["fit"]["epochs_run"],
@@ -86,7 +94,7 @@ def bench_grid(n: int) -> dict:
             t0 = time.perf_counter()
             run_dir = Path(tmp) / config.name
             run_dir.mkdir()
-            info = train_on_arrays(config, arrays, run_dir, progress=False)
+            info = _train(config, arrays, run_dir)
             runs.append({"run": config.name, "epochs": info["fit"]["epochs_run"],
                          "train_studies": info["n"]["train"],
                          "seconds": round(time.perf_counter() - t0, 2)})
@@ -94,7 +102,7 @@ def bench_grid(n: int) -> dict:
                   f"{runs[-1]['train_studies']:6d} train studies {runs[-1]['seconds']:7.1f} s",
                   flush=True)
         total = time.perf_counter() - start
-    return {"benchmark": "b) 12-run seed-004 grid", "studies": n, "runs": runs,
+    return {"benchmark": "b) 12-run design-004 grid", "studies": n, "runs": runs,
             "seconds": round(total, 1)}
 
 

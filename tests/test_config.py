@@ -145,7 +145,7 @@ def load_preset(path: Path) -> RunConfig | ExperimentConfig | None:
     try:
         return load_config(path)
     except ConfigError:
-        from cxrfuse.clip.config import load_clip_config
+        from cxrfuse.config.clip import load_clip_config
 
         load_clip_config(path)  # raises when the file is no valid config of either kind
         return None

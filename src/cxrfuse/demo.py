@@ -19,10 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 from rich.console import Console
@@ -32,6 +28,7 @@ from cxrfuse.data import Manifest, read_manifest
 from cxrfuse.data.iu_xray import ingest_iu_xray
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
 from cxrfuse.data.splits import assign_splits
+from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.stats import render_summary
 
 TEXT_CHOICES: dict[str, list[str]] = {
@@ -100,10 +97,11 @@ def run_demo(
     console: Console | None = None,
 ) -> Path:
     """Run the demo into ``out``; return the path of the experiment's ``report.html``."""
-    from cxrfuse.evaluation.report import write_report
-    from cxrfuse.evaluation.run import evaluate_experiment, evaluate_run, shuffle_run
+    from cxrfuse.evaluation import evaluate_experiment, evaluate_run, shuffle_run
     from cxrfuse.explain.runs import attribute_run
-    from cxrfuse.training.runner import train_experiment
+    from cxrfuse.reporting import write_report
+    from cxrfuse.rundir import ExperimentDir, RunDir
+    from cxrfuse.training import train_experiment
 
     console = console or Console()
     out = Path(out).resolve()
@@ -125,17 +123,17 @@ def run_demo(
     console.rule("5. evaluate: intervals, fused vs best unimodal, shuffle tests, attribution, "
                  "leakage probe")
     for config in experiment.expand():
-        run_dir = config.run_dir
-        if not (run_dir / "metrics.json").is_file():
-            evaluate_run(run_dir)  # e.g. a run finished before its evaluation was interrupted
-        if len(config.model.modalities) == 2 and not (run_dir / "ablation.json").is_file():
-            shuffle_run(run_dir, ["image", "text"], repeats=5, seed=0)
-        if len(config.model.modalities) == 2 and not (run_dir / "attribution").is_dir():
-            attribute_run(run_dir)  # did it read or look: image vs report share per label
+        run = RunDir(config.run_dir)
+        if not run.has_metrics():
+            evaluate_run(run)  # e.g. a run finished before its evaluation was interrupted
+        if len(config.model.modalities) == 2 and not run.ablation_path.is_file():
+            shuffle_run(run, ["image", "text"], repeats=5, seed=0)
+        if len(config.model.modalities) == 2 and not run.attribution_dir.is_dir():
+            attribute_run(run.path)  # did it read or look: image vs report share per label
     evaluate_experiment(exp_dir)
     console.rule("6. report")
     html, md = write_report(exp_dir)
-    console.print((exp_dir / "summary.md").read_text())
+    console.print(ExperimentDir(exp_dir).summary_md.read_text())
     console.print(f"markdown report: {md}")
     return html
 
@@ -167,7 +165,8 @@ def phantom_gallery(manifest: Manifest, path: Path, n: int = 8) -> Path:
         if len(hits) and len(picks) < n:
             picks.append(hits[0])
     cols = max(1, (len(picks) + 1) // 2)
-    fig, axes = plt.subplots(2, cols, figsize=(3 * cols, 6.4))
+    fig = new_figure(figsize=(3 * cols, 6.4))
+    axes = fig.subplots(2, cols)
     for ax in np.ravel(axes):
         ax.axis("off")
     for ax, idx in zip(np.ravel(axes), picks):
@@ -180,7 +179,5 @@ def phantom_gallery(manifest: Manifest, path: Path, n: int = 8) -> Path:
         ]
         ax.set_title(f"{row['study_id']}\n" + (", ".join(positives) or "normal"), fontsize=8)
     fig.suptitle("Synthetic phantom radiographs (not real images)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path

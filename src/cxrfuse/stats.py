@@ -9,8 +9,9 @@ import numpy as np
 from rich.console import Group
 from rich.table import Table
 
-from cxrfuse.data.manifest import REPORT_SECTIONS, Manifest
+from cxrfuse.data.manifest import Manifest
 from cxrfuse.data.splits import split_summary
+from cxrfuse.vocab import REPORT_SECTIONS
 
 
 def manifest_summary(manifest: Manifest) -> dict[str, Any]:

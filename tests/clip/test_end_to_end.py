@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from cxrfuse.cli import app
 from cxrfuse.clip.checkpoint import load_clip_model
-from cxrfuse.clip.config import load_clip_config, validate_clip_config
 from cxrfuse.clip.embed import embed_dataset, pair_dataset
 from cxrfuse.clip.train import build_clip_model, chunked_info_nce, train_clip
+from cxrfuse.config.clip import load_clip_config, validate_clip_config
 from cxrfuse.data.manifest import read_manifest
-from cxrfuse.evaluation.report import write_report
 from cxrfuse.problems import ConfigError
+from cxrfuse.reporting import write_report
 
 runner = CliRunner()
 
@@ -68,11 +68,11 @@ def test_training_lowers_val_loss(trained_run: Path) -> None:
     val = epochs[epochs.split == "val"].set_index("epoch")
     assert list(val.index) == [0, 1, 2, 3]  # 0 = measured before training
     assert set(epochs[epochs.split == "train"].epoch) == {1, 2, 3}
-    assert info["val_loss"]["after"] == pytest.approx(val.loss.min())
-    assert info["val_loss"]["after"] < info["val_loss"]["before"] - 0.05
-    r5 = info["val_r5_image_to_text"]
+    assert info["clip"]["val_loss"]["after"] == pytest.approx(val.loss.min())
+    assert info["clip"]["val_loss"]["after"] < info["clip"]["val_loss"]["before"] - 0.05
+    r5 = info["clip"]["val_r5_image_to_text"]
     assert r5["chance"] == pytest.approx(5 / val.n.iloc[0])
-    assert r5["after"] == pytest.approx(val.r5_image_to_text[info["kept_epoch"]])
+    assert r5["after"] == pytest.approx(val.r5_image_to_text[info["clip"]["kept_epoch"]])
 
 
 def test_run_directory_rebuilds_the_model_without_pickles(trained_run: Path) -> None:
@@ -91,7 +91,7 @@ def test_run_directory_rebuilds_the_model_without_pickles(trained_run: Path) -> 
     image, text = embed_dataset(model, dataset, tokenizer, progress=False)
     loss = chunked_info_nce(image, text, float(model.temperature()), config.training.batch_size)
     info = json.loads((trained_run / "run.json").read_text())
-    assert loss == pytest.approx(info["val_loss"]["after"], abs=1e-3)
+    assert loss == pytest.approx(info["clip"]["val_loss"]["after"], abs=1e-3)
 
 
 def test_retrieve_from_the_cli(trained_run: Path) -> None:
@@ -181,8 +181,8 @@ def test_locked_towers_train_only_the_projections(phantom_manifest_path: Path,
     run_dir = train_clip(validate_clip_config(raw))
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished"
-    assert info["locked"] == {"image": True, "text": True}
-    assert info["val_loss"]["after"] < info["val_loss"]["before"] - 0.05
+    assert info["clip"]["locked"] == {"image": True, "text": True}
+    assert info["clip"]["val_loss"]["after"] < info["clip"]["val_loss"]["before"] - 0.05
     # the saved towers are exactly the pretrained ones; only the projections moved
     model, _, _ = load_clip_model(run_dir)
     torch.manual_seed(0)  # the run's seed: the same initial projections as the run started from

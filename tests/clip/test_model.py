@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from cxrfuse.clip.model import Temperature, freeze_first, image_blocks, info_nce
 from cxrfuse.clip.retrieval import pair_ranks, recall_at_k
 from cxrfuse.clip.train import chunked_info_nce, warmup_cosine
-from cxrfuse.encoders.registry import create_image_encoder
+from cxrfuse.encoders import create_image_encoder
 
 
 def _hand_info_nce(image: np.ndarray, text: np.ndarray, t: float) -> float:

@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from cxrfuse.data.images import decode_resized, gray8
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
 from cxrfuse.encoders import create_image_encoder
-from cxrfuse.encoders.cache import DecodedImageCache
-from cxrfuse.encoders.decode import decode_resized, gray8
 from cxrfuse.encoders.image import preprocess_image, to_model_input
 from cxrfuse.encoders.registry import get_image_encoder_spec
-from cxrfuse.encoders.store import embed_images
+from cxrfuse.store import embed_images
+from cxrfuse.store.cache import DecodedImageCache
 
 SIZE = 32  # encoder input; phantoms are drawn larger so that decoding really resizes
 
@@ -163,8 +163,8 @@ def test_cache_shards_are_atomic_and_resumable(tmp_path: Path) -> None:
 
 
 def test_fill_cache_records_unreadable_files_and_bad_folders_fail_clearly(tmp_path: Path) -> None:
-    from cxrfuse.encoders.cache import fill_cache
     from cxrfuse.problems import DataError
+    from cxrfuse.store.cache import fill_cache
 
     good = tmp_path / "good.png"
     Image.fromarray(np.full((8, 8), 200, np.uint8)).save(good)

@@ -14,8 +14,8 @@ import pytest
 
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
-from cxrfuse.encoders.distributed import RankContext, free_port
-from cxrfuse.encoders.store import embed, load_image_embeddings
+from cxrfuse.store import embed, load_image_embeddings
+from cxrfuse.store.distributed import RankContext, free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in divide")  # tiny SVD
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cxrfuse.cli import app
 from cxrfuse.data.manifest import Manifest, read_manifest
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
-from cxrfuse.encoders.store import load_image_embeddings, load_text_embeddings
+from cxrfuse.store import load_image_embeddings, load_text_embeddings
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in divide")  # tiny SVD
 runner = CliRunner()

@@ -15,9 +15,9 @@ from cxrfuse.encoders import (
     create_image_encoder,
     create_text_encoder,
     get_image_encoder_spec,
+    hub,
     list_image_encoders,
     list_text_encoders,
-    registry,
 )
 from cxrfuse.problems import CxrfuseError
 
@@ -88,23 +88,23 @@ def test_default_weights_offline_raise_instead_of_random(name: str) -> None:
 
 def test_unreachable_host_raises_without_offline_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(registry, "host_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(hub, "host_reachable", lambda url, timeout=3.0: False)
     with pytest.raises(WeightsUnavailableError, match="cannot be reached"):
         create_image_encoder("resnet18")
 
 
 def test_host_probe_fails_fast() -> None:
     start = time.perf_counter()
-    assert not registry.host_reachable("https://cxrfuse-no-such-host.invalid/x.pt", timeout=1.0)
+    assert not hub.host_reachable("https://cxrfuse-no-such-host.invalid/x.pt", timeout=1.0)
     assert time.perf_counter() - start < 5
 
 
 def test_offline_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in registry.OFFLINE_ENV_VARS:
+    for var in hub.OFFLINE_ENV_VARS:
         monkeypatch.delenv(var, raising=False)
-    assert not registry.is_offline()
+    assert not hub.is_offline()
     monkeypatch.setenv("CXRFUSE_OFFLINE", "true")
-    assert registry.is_offline()
+    assert hub.is_offline()
 
 
 def test_bad_weights_arguments() -> None:

@@ -18,7 +18,8 @@ from PIL import Image
 from cxrfuse.data.manifest import Manifest, read_manifest
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
 from cxrfuse.encoders import create_image_encoder, create_text_encoder
-from cxrfuse.encoders.store import (
+from cxrfuse.problems import DataError
+from cxrfuse.store import (
     embed,
     embed_images,
     embed_texts,
@@ -26,7 +27,6 @@ from cxrfuse.encoders.store import (
     load_image_embeddings,
     load_text_embeddings,
 )
-from cxrfuse.problems import DataError
 from cxrfuse.text import TextConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in divide")  # tiny SVD
@@ -150,7 +150,7 @@ import sys, time, torch
 torch.set_num_threads(1)
 from cxrfuse.data.manifest import read_manifest
 from cxrfuse.encoders import create_image_encoder
-from cxrfuse.encoders.store import embed_images
+from cxrfuse.store import embed_images
 enc = create_image_encoder("efficientnet-lite0", weights="default", input_size=64)
 forward = enc.forward
 def slow(x):
@@ -258,7 +258,7 @@ def test_embed_texts_with_tfidf_fits_on_train_only(phantoms: Manifest, tmp_path:
     assert not texts.vectors[1].any() and texts.texts[1] == ""
     assert (texts.path / "texts.parquet").is_file() and (texts.path / "texts.npy").is_file()
 
-    from cxrfuse.encoders.store import prepare_texts_list
+    from cxrfuse.store import prepare_texts_list
 
     prepared = prepare_texts_list(phantoms, config, None)
     train = [t for t, s in zip(prepared, phantoms.df["split"]) if s == "train" and t]

@@ -13,7 +13,7 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
 from cxrfuse.config import RunConfig
-from cxrfuse.evaluation.run import label_slug
+from cxrfuse.data.manifest import label_slug
 
 LABELS = ["Cardiomegaly", "Opacity", "Calcified Granuloma"]
 TEXT_CONFIG = {"sections": ["findings", "impression"], "mask_labels": True}
@@ -85,7 +85,7 @@ def build_run(
         preds[f"p__{label_slug(label)}"] = probs[:, j]
     preds.to_parquet(run_dir / "predictions.parquet")
     text = (
-        {"encoder": "tfidf", "text_config": TEXT_CONFIG, "dim": 8} if "text" in modalities else None
+        {"encoder": "tfidf", "weights": "default", "text_config": TEXT_CONFIG, "dim": 8} if "text" in modalities else None
     )
     (run_dir / "model.json").write_text(
         json.dumps(

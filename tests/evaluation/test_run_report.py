@@ -14,10 +14,12 @@ from rundirs import LABELS, build_run
 from typer.testing import CliRunner
 
 from cxrfuse.cli import app
+from cxrfuse.data.manifest import label_slug
+from cxrfuse.evaluation import evaluate_experiment, evaluate_run
 from cxrfuse.evaluation.metrics import choose_thresholds, compute_metrics
-from cxrfuse.evaluation.report import PHANTOM_NOTE, write_report
-from cxrfuse.evaluation.run import evaluate_experiment, evaluate_run, label_slug
 from cxrfuse.problems import DataError
+from cxrfuse.reporting import write_report
+from cxrfuse.reporting.runs import PHANTOM_NOTE
 
 runner = CliRunner()
 PLOTS = ("roc", "pr", "confusion", "reliability", "training_curves")

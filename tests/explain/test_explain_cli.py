@@ -21,7 +21,7 @@ def fused_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A concat-MLP over efficientnet-lite0 (64 px, ImageNet) + tf-idf indication embeddings,
     trained for 2 epochs on 40 phantom studies with two views."""
     from cxrfuse.config import validate_run
-    from cxrfuse.training.runner import train_run
+    from cxrfuse.training import train_run
 
     root = tmp_path_factory.mktemp("run")
     make_phantoms(label_manifest(40, seed=2), root / "phantoms", PhantomConfig(size=64),
@@ -87,8 +87,8 @@ def test_report_shows_attribution_and_pointing_scores(fused_run: Path, tmp_path:
     """`cxrfuse report` on a run copy picks up what `attribute` and `explain --score` wrote."""
     import shutil
 
-    from cxrfuse.evaluation.report import write_report
     from cxrfuse.explain.runs import attribute_run, explain_run
+    from cxrfuse.reporting import write_report
 
     run = shutil.copytree(fused_run, tmp_path / "run",
                           ignore=shutil.ignore_patterns("explain", "attribution", "report*"))

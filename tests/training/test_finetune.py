@@ -13,26 +13,19 @@ import torch
 from safetensors.torch import load_file
 
 from cxrfuse.config import RunConfig, set_dotted, validate_run
+from cxrfuse.data.images import decode_resized
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
 from cxrfuse.encoders import create_image_encoder
-from cxrfuse.encoders.decode import decode_resized
 from cxrfuse.encoders.image import to_model_input
-from cxrfuse.encoders.store import load_image_embeddings
+from cxrfuse.encoders.surgery import adapt_to_grayscale, find_input_conv, freeze_backbone
 from cxrfuse.fusion import build_head
+from cxrfuse.inference import load_finetuned_encoder, load_run
 from cxrfuse.problems import ConfigError, DataError
+from cxrfuse.store import fill_cache, load_image_embeddings, manifest_image_cache
+from cxrfuse.training import train_run
 from cxrfuse.training.augment import build_augment
-from cxrfuse.training.finetune import (
-    FinetuneModel,
-    StudyImages,
-    adapt_to_grayscale,
-    collate_studies,
-    find_input_conv,
-    freeze_backbone,
-    load_finetuned_encoder,
-    view_slots,
-)
-from cxrfuse.training.runner import load_run, train_run
+from cxrfuse.training.finetune import FinetuneModel, StudyImages, collate_studies, view_slots
 
 SIZE = 64
 
@@ -257,7 +250,7 @@ def test_image_only_grayscale_run_and_its_encoder(phantoms: Manifest, tmp_path: 
     encoder = load_finetuned_encoder(run_dir)
     assert encoder.spec.channels == 1 and encoder.backbone._conv_stem.weight.shape[1] == 1
     with pytest.raises(DataError, match="not fine-tuned"):
-        (run_dir / "model.json").write_text(json.dumps({**sidecar, "image": {"finetuned": False}}))
+        (run_dir / "model.json").write_text(json.dumps({**sidecar, "image": {**sidecar["image"], "finetuned": False}}))
         load_finetuned_encoder(run_dir)
 
 
@@ -265,7 +258,7 @@ def test_finetune_reads_pixels_from_the_decoded_image_cache(
     phantoms: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """data.image_cache: every image decoded once; a rerun decodes nothing and learns the same."""
-    import cxrfuse.encoders.decode as decode_module
+    import cxrfuse.data.images as decode_module
     import cxrfuse.training.finetune as finetune_module
 
     path = phantoms.save(tmp_path / "manifest.parquet")
@@ -287,8 +280,8 @@ def test_finetune_reads_pixels_from_the_decoded_image_cache(
     monkeypatch.setattr(finetune_module, "decode_resized", no_decoding)
     monkeypatch.setattr(decode_module, "decode_resized", no_decoding)
     slots, _ = view_slots(phantoms, "mean")
-    cache, rows = finetune_module.manifest_image_cache(cache_dir, phantoms, SIZE)
-    assert finetune_module.fill_cache(cache, progress=False) == 0
+    cache, rows = manifest_image_cache(cache_dir, phantoms, SIZE)
+    assert fill_cache(cache, progress=False) == 0
     dataset = StudyImages(slots, SIZE, phantoms.label_matrix("cardiomegaly"), cache=cache,
                           cache_rows=rows)  # fmt: skip
     item = dataset[0]

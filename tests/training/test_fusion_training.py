@@ -11,9 +11,17 @@ from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 
 from cxrfuse.config import RunConfig
-from cxrfuse.training.data import StudyArrays
+from cxrfuse.rundir import RunDir
+from cxrfuse.store import StudyArrays
+from cxrfuse.training import StoredEmbeddings, train_run
 from cxrfuse.training.estimator import FusionClassifier
-from cxrfuse.training.runner import train_on_arrays
+
+
+def train_on_arrays(config: RunConfig, arrays: StudyArrays, run_dir: Path) -> dict:
+    """One run of the run pipeline on arrays built here; run.json as a mapping."""
+    train_run(config, progress=False, source=StoredEmbeddings(config, False, arrays),
+              run_dir=run_dir)
+    return RunDir(run_dir).info().model_dump()
 
 
 def half_signal_arrays(n: int = 1600, dim: int = 12, seed: int = 0) -> StudyArrays:
@@ -45,7 +53,7 @@ def test_aurocs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
                       "early_stopping": {"patience": 4}},
         )
         run_dir = tmp_path_factory.mktemp(name)
-        train_on_arrays(config, arrays, run_dir, progress=False)
+        train_on_arrays(config, arrays, run_dir)
         frame = pd.read_parquet(run_dir / "predictions.parquet")
         test = frame[frame["split"] == "test"]
         out[name] = roc_auc_score(test["y__abnormal"], test["p__abnormal"])
@@ -68,7 +76,7 @@ def test_run_directory_tables(tmp_path: Path) -> None:
                        training={"max_epochs": 4, "early_stopping": None,
                                  "schedule": {"kind": "step", "step_size": 2, "gamma": 0.5}},
                        data={"subsample": {"positive_fraction": 0.25}, "sampler": "weighted"})
-    info = train_on_arrays(config, arrays, tmp_path, progress=False)
+    info = train_on_arrays(config, arrays, tmp_path)
     epochs = pd.read_csv(tmp_path / "epochs.csv")
     assert list(epochs.columns) == ["epoch", "split", "loss", "accuracy", "precision", "recall",
                                     "f1", "auroc", "lr"]

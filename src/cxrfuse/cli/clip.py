@@ -36,8 +36,8 @@ def clip_train_cmd(
 
     Example: `cxrfuse clip train configs/iu-clip-vit-bert.yaml --offline --set training.max_epochs=5`
     """
-    from cxrfuse.clip.config import load_clip_config
     from cxrfuse.clip.train import train_clip
+    from cxrfuse.config.clip import load_clip_config
 
     overrides = list(set_ or [])
     if offline:
@@ -46,10 +46,11 @@ def clip_train_cmd(
         overrides.append("training.progress=false")
     config = load_clip_config(config_path, overrides)
     run_dir = train_clip(config)
-    import json
+    from cxrfuse.rundir import RunDir
 
-    info = json.loads((run_dir / "run.json").read_text())
-    loss, r5 = info["val_loss"], info["val_r5_image_to_text"]
+    facts = RunDir(run_dir).info().clip
+    assert facts is not None and facts.val_loss and facts.val_r5_image_to_text
+    loss, r5 = facts.val_loss, facts.val_r5_image_to_text
     console.print(f"wrote [bold]{run_dir}[/]: val InfoNCE {loss['before']:.3f} -> "
                   f"{loss['after']:.3f}, val R@5 image->report {r5['before']:.3f} -> "
                   f"{r5['after']:.3f}")
@@ -68,10 +69,10 @@ def clip_probe_cmd(
 
     Example: `cxrfuse clip probe runs/iu-clip-vit-bert`
     """
-    from cxrfuse.clip.probe import run_probe
+    from cxrfuse.clip.probe import probe_markdown, run_probe
 
-    run_probe(run_dir, task=task, progress=progress, n_boot=n_boot)
-    console.print((run_dir / "probe.md").read_text(), markup=False, highlight=False)
+    result = run_probe(run_dir, task=task, progress=progress, n_boot=n_boot)
+    console.print(probe_markdown(result), markup=False, highlight=False)
 
 
 @clip_app.command("zero-shot")
@@ -87,10 +88,10 @@ def clip_zero_shot_cmd(
 
     Example: `cxrfuse clip zero-shot runs/iu-clip-vit-bert --task multilabel`
     """
-    from cxrfuse.clip.zero_shot import run_zero_shot
+    from cxrfuse.clip.zero_shot import run_zero_shot, zero_shot_markdown
 
-    run_zero_shot(run_dir, split=split, task=task, progress=progress)
-    console.print((run_dir / "zero_shot.md").read_text(), markup=False, highlight=False)
+    result = run_zero_shot(run_dir, split=split, task=task, progress=progress)
+    console.print(zero_shot_markdown(result), markup=False, highlight=False)
 
 
 @clip_app.command("retrieve")
@@ -101,10 +102,10 @@ def clip_retrieve_cmd(run_dir: RunDir, split: Split = None, progress: Progress =
 
     Example: `cxrfuse clip retrieve runs/iu-clip-vit-bert --split test`
     """
-    from cxrfuse.clip.retrieval import run_retrieval
+    from cxrfuse.clip.retrieval import retrieval_markdown, run_retrieval
 
-    run_retrieval(run_dir, split=split, progress=progress)
-    console.print((run_dir / "retrieval.md").read_text(), markup=False, highlight=False)
+    result = run_retrieval(run_dir, split=split, progress=progress)
+    console.print(retrieval_markdown(result), markup=False, highlight=False)
 
 
 @clip_app.command("generate")
@@ -123,8 +124,9 @@ def clip_generate_cmd(
 
     Example: `cxrfuse clip generate runs/iu-clip-vit-bert --split test --k 5`
     """
-    from cxrfuse.clip.generate import run_generation
+    from cxrfuse.clip.generate import generation_markdown, run_generation
+    from cxrfuse.rundir import RunDir, layout
 
-    run_generation(run_dir, split=split, k=k, n_boot=n_boot, progress=progress)
-    console.print((run_dir / "generation.md").read_text(), markup=False, highlight=False)
-    console.print(f"reports: [bold]{run_dir / 'generated.parquet'}[/]")
+    result = run_generation(run_dir, split=split, k=k, n_boot=n_boot, progress=progress)
+    console.print(generation_markdown(result), markup=False, highlight=False)
+    console.print(f"reports: [bold]{RunDir(run_dir).analysis_path(layout.GENERATED)}[/]")

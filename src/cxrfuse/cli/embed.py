@@ -67,7 +67,7 @@ def embed_cmd(
 
     Example: `cxrfuse embed iu.parquet --image-encoder efficientnet-lite0 --text-encoder minilm --store store/ --cache cache/`
     """
-    from cxrfuse.encoders.store import embed
+    from cxrfuse.store import embed
 
     text_options = {"svd_dim": svd_dim} if svd_dim else None
     summary = embed(
@@ -139,7 +139,7 @@ def encoders_cmd(
 
     Example: `cxrfuse encoders --offline`
     """
-    from cxrfuse.encoders.registry import encoder_table
+    from cxrfuse.encoders import encoder_table
 
     rows = encoder_table(offline_only=offline)
     if as_json:

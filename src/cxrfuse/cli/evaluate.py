@@ -19,10 +19,6 @@ class Shuffle(str, Enum):
     both = "both"
 
 
-def _is_run(path: Path) -> bool:
-    return (path / "run.json").exists()
-
-
 def _table(title: str, frame: Any) -> Table:
     table = Table(title=title)
     for col in frame.columns:
@@ -74,25 +70,18 @@ def evaluate_cmd(
     summary.csv and summary.md for an experiment.
     Example: `cxrfuse evaluate runs/exp/runs/multimodal-seed0 --n-boot 1000 --shuffle both`
     """
+    from cxrfuse.evaluation import evaluate_experiment, evaluate_run, shuffle_run
     from cxrfuse.evaluation.ablation import format_table, format_value
     from cxrfuse.evaluation.metrics import parse_threshold
-    from cxrfuse.evaluation.run import (
-        evaluate_experiment,
-        evaluate_run,
-        find_runs,
-        read_json,
-        require_load_run,
-        shuffle_run,
-    )
+    from cxrfuse.rundir import ExperimentDir, RunDir
 
     if threshold is not None:
         parse_threshold(threshold)  # a bad value fails before any work
     modalities = (
         [] if shuffle is None else ["image", "text"] if shuffle is Shuffle.both else [shuffle.value]
     )
-    if modalities:
-        require_load_run()
-    if _is_run(path):
+    run = RunDir(path)
+    if run.exists():
         result = evaluate_run(
             path, threshold, n_boot, seed, leakage=leakage, shuffle=modalities, repeats=repeats
         )
@@ -109,7 +98,7 @@ def evaluate_cmd(
         _print_shuffle(path, result.get("shuffle", {}))
         if (result.get("leakage") or {}).get("warning"):
             console.print(f"[bold red]leakage:[/] {result['leakage']['warning']}")
-        console.print(f"wrote [bold]{path / 'metrics.json'}[/] and plots in {path / 'plots'}")
+        console.print(f"wrote [bold]{run.metrics_path}[/] and plots in {run.plots_dir}")
         return
     result = evaluate_experiment(path, threshold, n_boot, seed, leakage=leakage)
     import pandas as pd
@@ -123,16 +112,17 @@ def evaluate_cmd(
         )
     if modalities:
         targets = [
-            d
-            for d in find_runs(path)
-            if read_json(d / "run.json").get("status") == "finished"
-            and set(modalities) <= set(read_json(d / "run.json").get("modalities", []))
+            d.path
+            for d in ExperimentDir(path).run_dirs()
+            if d.status() == "finished" and set(modalities) <= set(d.info().modalities)
         ]
         if not targets:
             raise CxrfuseError(f"no finished run uses all of {modalities}; nothing to shuffle")
         for run_dir in targets:
             _print_shuffle(run_dir, shuffle_run(run_dir, modalities, repeats=repeats, seed=seed))
-    console.print(f"wrote [bold]{path / 'summary.md'}[/], summary.csv and evaluation.json")
+    exp = ExperimentDir(path)
+    console.print(f"wrote [bold]{exp.summary_md}[/], {exp.summary_csv.name} and "
+                  f"{exp.evaluation_path.name}")
 
 
 def _print_shuffle(run_dir: Path, results: dict[str, Any]) -> None:
@@ -161,7 +151,7 @@ def report_cmd(
     training and whichever of retrieve / zero-shot / probe have run.
     Example: `cxrfuse report runs/demo-experiment`
     """
-    from cxrfuse.evaluation.report import write_report
+    from cxrfuse.reporting import write_report
 
     html_path, md_path = write_report(path)
     console.print(f"wrote [bold]{html_path}[/] and {md_path}")

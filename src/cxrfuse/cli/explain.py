@@ -64,11 +64,17 @@ def explain_cmd(
     Example: `cxrfuse explain runs/phantom-fused --split test --limit 50 --score`
     """
     from cxrfuse.explain.runs import attribute_run, explain_run
+    from cxrfuse.rundir import RunDir, layout
 
+    explainer = None
+    if RunDir(run_dir).kind() == "clip":  # a CLIP run explains its zero-shot scores
+        from cxrfuse.clip.explain import clip_explainer
+
+        explainer = clip_explainer(run_dir, device=device)
     result = explain_run(
         run_dir, studies=study or None, split=split, limit=limit or None, labels=csv_list(label),
         method=method, out_dir=out, score=score, score_limit=score_limit or None, device=device,
-        progress=progress,
+        progress=progress, explainer=explainer,
     )  # fmt: skip
     console.print(f"{len(result.maps)} map(s): [bold]{result.out_dir}[/] (index.csv)")
     if result.scores is not None and result.score_files:
@@ -78,7 +84,7 @@ def explain_cmd(
         console.print(f"scores (synthetic phantoms): [bold]{result.score_files['table']}[/]")
     if attribution:
         paths = attribute_run(run_dir, split=split, removal=_removal(removal),
-                              out_dir=(out / "attribution") if out else None)  # fmt: skip
+                              out_dir=(out / layout.ATTRIBUTION) if out else None)  # fmt: skip
         console.print(paths["markdown"].read_text(), highlight=False)
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from importlib import import_module
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -27,36 +25,19 @@ EvaluateOption = Annotated[
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 
 
-def _evaluator() -> Callable[..., Any] | None:
-    """``evaluate_run`` of the evaluation package, when this install has it."""
-    for name in ("cxrfuse.evaluation", "cxrfuse.evaluation.run"):
-        try:
-            function = getattr(import_module(name), "evaluate_run", None)
-        except ImportError:
-            function = None
-        if function is not None:
-            return function
-    return None
-
-
 def _evaluate(run_dir: Path) -> None:
     """Write metrics.json for a finished run; a problem is reported, never fatal to training."""
-    evaluate_run = _evaluator()
-    if evaluate_run is None:
-        err_console.print("[yellow]note:[/] cxrfuse.evaluation.evaluate_run is not available in "
-                          f"this install; no metrics.json for {run_dir} (predictions are written)")
-        return
-    import yaml
+    from cxrfuse.evaluation import evaluate_run
+    from cxrfuse.rundir import RunDir
 
-    from cxrfuse.config import validate_run
-
-    config = validate_run(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    run = RunDir(run_dir)
+    config = run.run_config()
     try:
-        evaluate_run(run_dir, config.evaluation.threshold, config.evaluation.n_boot, config.seed)
+        evaluate_run(run, config.evaluation.threshold, config.evaluation.n_boot, config.seed)
     except CxrfuseError as err:
         err_console.print(f"[yellow]evaluation of {run_dir} failed:[/] {err}")
         return
-    console.print(f"  metrics: [bold]{run_dir / 'metrics.json'}[/]")
+    console.print(f"  metrics: [bold]{run.metrics_path}[/]")
 
 
 @app.command("train")
@@ -76,7 +57,8 @@ def train_cmd(
     Example: `cxrfuse train configs/iu-binary-views-mean-indication.yaml --offline --set training.max_epochs=10`
     """
     from cxrfuse.config import apply_offline, load_run_config
-    from cxrfuse.training.runner import train_run
+    from cxrfuse.rundir import RunDir
+    from cxrfuse.training import train_run
 
     config = load_run_config(config_path, set_ or [])
     if offline:
@@ -91,11 +73,12 @@ def train_cmd(
         raise
     except Exception as err:
         raise CxrfuseError(f"run {config.name} failed ({type(err).__name__}: {err}); "
-                           f"details in {config.run_dir / 'run.json'}") from err
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    fit = info.get("fit", {})
-    console.print(f"finished in {info.get('timing_s', float('nan')):.1f} s; best epoch "
-                  f"{fit.get('best_epoch')} (val loss {fit.get('best_val_loss', float('nan')):.4f}) "
+                           f"details in {RunDir(config.run_dir).info_path}") from err
+    info = RunDir(run_dir).info()
+    fit = info.fit
+    best = "-" if fit is None or fit.best_val_loss is None else f"{fit.best_val_loss:.4f}"
+    console.print(f"finished in {info.timing_s or float('nan'):.1f} s; best epoch "
+                  f"{None if fit is None else fit.best_epoch} (val loss {best}) "
                   f"-> [bold]{run_dir}[/]")
     if evaluate:
         _evaluate(run_dir)
@@ -117,7 +100,8 @@ def experiment_cmd(
     Example: `cxrfuse experiment configs/mimic-pneumonia-grid.yaml --offline --set seeds=[0,1,2]`
     """
     from cxrfuse.config import apply_offline_experiment, load_experiment_config
-    from cxrfuse.training.runner import train_experiment
+    from cxrfuse.rundir import ExperimentDir
+    from cxrfuse.training import train_experiment
 
     experiment = load_experiment_config(config_path, set_ or [])
     if offline:
@@ -128,8 +112,9 @@ def experiment_cmd(
     console.print(f"experiment [bold]{experiment.name}[/]: {n} run(s) -> {experiment.experiment_dir}")
     out = train_experiment(experiment, progress=progress, after_run=_evaluate if evaluate else None,
                            console=console)
-    console.print((out / "summary.md").read_text(), soft_wrap=True, highlight=False)
-    console.print(f"wrote [bold]{out / 'summary.csv'}[/] and {out / 'summary.md'}")
+    exp = ExperimentDir(out)
+    console.print(exp.summary_md.read_text(), soft_wrap=True, highlight=False)
+    console.print(f"wrote [bold]{exp.summary_csv}[/] and {exp.summary_md}")
 
 
 @app.command("predict")
@@ -143,7 +128,7 @@ def predict_cmd(
 
     Example: `cxrfuse predict runs/iu-binary-views-mean-indication --image 1_frontal.png --image 1_lateral.png --report 1.txt`
     """
-    from cxrfuse.training.runner import predict
+    from cxrfuse.inference import predict
 
     text = None
     if report is not None:

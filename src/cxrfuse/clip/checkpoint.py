@@ -10,80 +10,56 @@ transformer from its config, then the saved weights; no hub, no training code pa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_model, save_model
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from cxrfuse.clip.model import ClipModel, Temperature
-from cxrfuse.encoders.registry import create_image_encoder
-from cxrfuse.problems import CxrfuseError
-
-FORMAT = "cxrfuse-clip/1"
-WEIGHTS_FILE = "model.safetensors"
-SIDECAR_FILE = "model.json"
-TEXT_FOLDER = "text_model"
+from cxrfuse.encoders import create_image_encoder
+from cxrfuse.files import atomic_path
+from cxrfuse.problems import DataError
+from cxrfuse.rundir import ClipSidecar, RunDir
 
 
-def save_clip_model(
-    model: ClipModel, tokenizer: Any, run_dir: Path, sidecar: dict[str, Any]
-) -> Path:
-    """Write weights, sidecar and the text model's config and tokenizer into ``run_dir``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(run_dir / WEIGHTS_FILE))
-    folder = run_dir / TEXT_FOLDER
+def save_clip_model(model: ClipModel, tokenizer: Any, run: RunDir, sidecar: dict[str, Any]
+                    ) -> Path:  # fmt: skip
+    """Write weights, sidecar and the text model's config and tokenizer into the run."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run.weights_path) as tmp:
+        save_model(model, str(tmp))
+    folder = run.text_model_dir
     model.text_model.config.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     temperature = model.temperature
-    full = {
-        "format": FORMAT,
+    run.write_sidecar(ClipSidecar(**{
         **sidecar,
         "image": {**sidecar.get("image", {}), "dim": model.image_encoder.feature_dim,
                   "input_size": model.image_encoder.spec.input_size},
-        "text": {**sidecar.get("text", {}), "pooling": model.pooling, "folder": TEXT_FOLDER,
+        "text": {**sidecar.get("text", {}), "pooling": model.pooling, "folder": folder.name,
                  "dim": int(model.text_model.config.hidden_size)},
         "projection_dim": model.projection_dim,
         "temperature": {"learn": temperature.learn, "min": temperature.low,
                         "max": temperature.high, "value": float(temperature())},
-    }
-    (run_dir / SIDECAR_FILE).write_text(json.dumps(full, indent=2) + "\n")
-    return run_dir / WEIGHTS_FILE
-
-
-CLIP_TASK = "clip"  # the ``task`` of a CLIP run's run.json
+    }))  # fmt: skip
+    return run.weights_path
 
 
 def is_clip_run(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` holds a `cxrfuse clip train` run (False when run.json is unreadable)."""
-    try:
-        return json.loads((Path(run_dir) / "run.json").read_text()).get("task") == CLIP_TASK
-    except (OSError, ValueError, AttributeError):
-        return False
+    return RunDir(run_dir).kind() == "clip"
 
 
-def read_sidecar(run_dir: Path) -> dict[str, Any]:
-    """The ``model.json`` of a CLIP run; clear errors when missing or of another format."""
-    path = Path(run_dir) / SIDECAR_FILE
-    if not path.is_file():
-        raise CxrfuseError(f"{path}: no model sidecar; is {run_dir} a finished `cxrfuse clip "
-                           "train` run?")  # fmt: skip
-    sidecar = json.loads(path.read_text())
-    if sidecar.get("format") != FORMAT:
-        raise CxrfuseError(f"{path}: format {sidecar.get('format')!r}, expected {FORMAT!r}")
-    return sidecar
-
-
-def load_clip_model(run_dir: str | Path, device: str = "cpu") -> tuple[ClipModel, Any, dict]:
+def load_clip_model(run_dir: str | Path | RunDir, device: str = "cpu"
+                    ) -> tuple[ClipModel, Any, dict]:  # fmt: skip
     """(model in eval mode, tokenizer, sidecar) of a CLIP run directory."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    run_dir = Path(run_dir)
-    sidecar = read_sidecar(run_dir)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    sidecar = run.clip_sidecar().model_dump()
     image = create_image_encoder(
         sidecar["image"]["encoder"], weights="none", input_size=sidecar["image"]["input_size"]
     )
-    folder = run_dir / sidecar["text"]["folder"]
+    folder = run.inside(sidecar["text"]["folder"], "text.folder")
     text_model = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)))
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     t = sidecar["temperature"]
@@ -93,10 +69,10 @@ def load_clip_model(run_dir: str | Path, device: str = "cpu") -> tuple[ClipModel
         temperature=Temperature(min(max(t["value"], t["min"]), t["max"]), t["learn"], t["min"],
                                 t["max"]),
     )  # fmt: skip
-    missing, unexpected = load_model(model, str(run_dir / WEIGHTS_FILE), strict=False)
+    missing, unexpected = load_model(model, str(run.weights_path), strict=False)
     if missing or unexpected:
-        raise CxrfuseError(
-            f"{run_dir / WEIGHTS_FILE} does not fit the model of {SIDECAR_FILE} "
+        raise DataError(
+            f"{run.weights_path} does not fit the model of {run.sidecar_path} "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return model.to(device).eval(), tokenizer, sidecar

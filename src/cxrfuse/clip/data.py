@@ -20,9 +20,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from cxrfuse.data.manifest import FRONTAL_VIEWS, Manifest
+from cxrfuse.data.manifest import Manifest
 from cxrfuse.problems import DataError
 from cxrfuse.text import TextConfig, prepare_texts
+from cxrfuse.vocab import FRONTAL_VIEWS
 
 
 @dataclass

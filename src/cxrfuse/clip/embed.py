@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cxrfuse.clip.checkpoint import load_clip_model
-from cxrfuse.clip.config import ClipConfig, load_clip_config
 from cxrfuse.clip.data import (
     LockedPairDataset,
     PairDataset,
@@ -29,8 +28,10 @@ from cxrfuse.clip.data import (
     tokenize,
 )
 from cxrfuse.clip.model import ClipModel
+from cxrfuse.config.clip import ClipConfig
 from cxrfuse.data.manifest import Manifest, read_manifest
 from cxrfuse.problems import DataError
+from cxrfuse.rundir import RunDir
 
 
 def split_pairs(
@@ -169,14 +170,12 @@ class ClipRun:
 
 def load_run(run_dir: str | Path, progress: bool = True) -> ClipRun:
     """Open a CLIP run directory: its config, rebuilt model and manifest."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise DataError(f"{config_path}: missing; is {run_dir} a `cxrfuse clip train` run?")
-    config = load_clip_config(config_path)
-    model, tokenizer, sidecar = load_clip_model(run_dir)
+    run = RunDir(run_dir)
+    run.require(("clip",), action="this CLIP analysis")
+    config = run.clip_config()
+    model, tokenizer, sidecar = load_clip_model(run)
     manifest = read_manifest(config.data.manifest)
-    return ClipRun(run_dir, config, model, tokenizer, sidecar, manifest, progress)
+    return ClipRun(run.path, config, model, tokenizer, sidecar, manifest, progress)
 
 
 def as_numpy(x: torch.Tensor) -> np.ndarray:

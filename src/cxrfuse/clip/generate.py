@@ -24,11 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrfuse.evaluation.ablation import format_value
-from cxrfuse.evaluation.bootstrap import bootstrap_ci
-from cxrfuse.evaluation.metrics import compute_metrics
+from cxrfuse.evaluation import bootstrap_ci, compute_metrics, format_value
+from cxrfuse.rundir import RunDir, layout
 
-GENERATED_FILE = "generated.parquet"
+GENERATED_FILE = layout.GENERATED
 CE_METRICS = ("precision", "recall", "f1")
 
 
@@ -89,8 +88,7 @@ def run_generation(
     writes ``generated.parquet`` and ``generation.json/.md`` into the run and returns the
     scores."""
     from cxrfuse.clip.embed import load_run
-    from cxrfuse.evaluation.run import write_json
-
+    
     run = load_run(run_dir, progress=progress)
     image, _, pairs = run.embed_split(split)
     bank_pairs = run.pairs("train")
@@ -121,8 +119,7 @@ def run_generation(
               "labels": labels, "n_boot": n_boot, "methods": scores,
               "sections": list(run.config.text.sections),
               "synthetic": run.synthetic, "images": run.manifest.images}  # fmt: skip
-    write_json(out / "generation.json", result)
-    (out / "generation.md").write_text(generation_markdown(result))
+    RunDir(out).write_analysis(layout.GENERATION, result, generation_markdown(result))
     return result
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrfuse.encoders import UnknownEncoderError, get_text_encoder_spec
 from cxrfuse.encoders.image import (
     DenseNetEncoder,
     EfficientNetLiteEncoder,
@@ -27,7 +28,6 @@ from cxrfuse.encoders.image import (
     VGGEncoder,
     ViTEncoder,
 )
-from cxrfuse.encoders.registry import UnknownEncoderError, get_text_encoder_spec
 from cxrfuse.encoders.text import (
     load_hf_model,
     minilm_model_dir,

@@ -20,7 +20,7 @@ import pandas as pd
 from cxrfuse.clip.embed import ClipRun, as_numpy, load_run
 from cxrfuse.data.manifest import label_column
 from cxrfuse.evaluation import bootstrap_ci, choose_thresholds, compute_metrics
-from cxrfuse.evaluation.run import write_json
+from cxrfuse.rundir import RunDir, layout
 from cxrfuse.training.estimator import FusionClassifier
 
 PROBES: dict[str, list[str]] = {"image": ["image"], "report": ["text"],
@@ -99,9 +99,8 @@ def run_probe(run_dir: str | Path, task: str | None = None, progress: bool = Tru
         "synthetic": run.synthetic, "images": run.manifest.images,
     }  # fmt: skip
     out = Path(run_dir)
-    write_json(out / "probe.json", result)
-    (out / "probe.md").write_text(probe_markdown(result))
-    pd.concat(predictions, ignore_index=True).to_parquet(out / "probe_predictions.parquet")
+    RunDir(out).write_analysis(layout.PROBE, result, probe_markdown(result))
+    pd.concat(predictions, ignore_index=True).to_parquet(out / layout.PROBE_PREDICTIONS)
     return result
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxrfuse.rundir import RunDir, layout
+
 
 def pair_ranks(similarity: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """0-based rank of the true pair for each image query and each text query.
@@ -96,8 +98,7 @@ def run_retrieval(run_dir: str | Path, split: str | None = None,
     """Recall@K both ways on a split of a trained CLIP run, with chance and the label ceiling;
     writes retrieval.json/.md there."""
     from cxrfuse.clip.embed import load_run
-    from cxrfuse.evaluation.run import write_json
-
+    
     run = load_run(run_dir, progress=progress)
     cfg = run.config.retrieval
     split = split or cfg.split
@@ -108,6 +109,5 @@ def run_retrieval(run_dir: str | Path, split: str | None = None,
     if pairs.labels.size:
         result["label_ceiling"] = label_ceiling(pairs.labels, ks)
     out = Path(run_dir)
-    write_json(out / "retrieval.json", result)
-    (out / "retrieval.md").write_text(retrieval_markdown(result))
+    RunDir(out).write_analysis(layout.RETRIEVAL, result, retrieval_markdown(result))
     return result

@@ -13,7 +13,6 @@ loss depends on the number of negatives, so it is measured at the training batch
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 import warnings
@@ -21,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import matplotlib
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from cxrfuse.clip.checkpoint import CLIP_TASK, save_clip_model
-from cxrfuse.clip.config import ClipConfig, dump_clip_config
+from cxrfuse.clip.checkpoint import save_clip_model
 from cxrfuse.clip.data import make_collate
 from cxrfuse.clip.embed import lock_towers, pair_dataset
 from cxrfuse.clip.model import (
@@ -37,14 +35,13 @@ from cxrfuse.clip.model import (
     resolve_text_source,
 )
 from cxrfuse.clip.retrieval import recall_at_k
+from cxrfuse.config.clip import ClipConfig
 from cxrfuse.data.manifest import read_manifest
-from cxrfuse.encoders.registry import create_image_encoder
-from cxrfuse.evaluation.run import write_json
+from cxrfuse.encoders import create_image_encoder
+from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import CxrfuseError, DataError
-from cxrfuse.training.runner import environment_info, now_iso, quiet_lightning
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from cxrfuse.rundir import CLIP_TASK, ClipFacts, Environment, RunDir, RunInfo
+from cxrfuse.runtime import environment_info, now_iso, quiet_lightning, seed_everything
 
 EPOCH_COLUMNS = ["epoch", "split", "loss", "r1_image_to_text", "r1_text_to_image",
                  "r5_image_to_text", "r5_text_to_image", "n", "lr", "temperature"]  # fmt: skip
@@ -186,19 +183,14 @@ def resolve_precision(config: ClipConfig) -> tuple[str, str]:
     return accelerator, precision
 
 
-def write_epochs(history: list[dict[str, Any]], run_dir: Path) -> Path:
-    path = run_dir / "epochs.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=EPOCH_COLUMNS)
-        writer.writeheader()
-        writer.writerows(history)
-    return path
+def write_epochs(history: list[dict[str, Any]], run: RunDir) -> Path:
+    return run.write_epochs(pd.DataFrame(history, columns=EPOCH_COLUMNS))
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """InfoNCE loss (train, val) and val Recall@1/5 per epoch."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (ax_loss, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))
+    ax_loss, ax_r = fig.subplots(1, 2)
     for split, style in (("train", "o-"), ("val", "s-")):
         rows = [r for r in history if r["split"] == split]
         ax_loss.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], style, label=split)
@@ -219,15 +211,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> P
     ax_loss.legend()
     ax_r.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _environment(accelerator: str) -> dict[str, Any]:
-    """The run environment, with the accelerator asked for and the CPU threads used."""
-    return environment_info(accelerator) | {"cpu_threads": torch.get_num_threads()}
+    return save_figure(fig, path, dpi=120)
 
 
 def train_clip(config: ClipConfig, run_dir: Path | None = None) -> Path:
@@ -236,31 +220,31 @@ def train_clip(config: ClipConfig, run_dir: Path | None = None) -> Path:
     A failure after the directory exists leaves ``run.json`` with ``status: "failed"`` and the
     error, and keeps the epochs written so far.
     """
-    run_dir = Path(run_dir or config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_clip_config(config, run_dir / "config.yaml")
-    started, t0 = now_iso(), time.perf_counter()
-    info: dict[str, Any] = {"name": config.name, "status": "running", "task": CLIP_TASK,
-                            "started": started, "seed": config.seed}  # fmt: skip
-    write_json(run_dir / "run.json", info)
+    run = RunDir(run_dir or config.run_dir)
+    run.write_config(config)
+    t0 = time.perf_counter()
+    info = RunInfo(name=config.name, kind="clip", status="running", task=CLIP_TASK,
+                   started=now_iso(), seed=config.seed, clip=ClipFacts())  # fmt: skip
+    run.write_info(info)
     module = None
     try:
-        module, info = _fit(config, run_dir, info)
-        info.update(status="finished")
+        module = _fit(config, run, info)
+        info.status = "finished"
     except BaseException as err:
-        info.update(status="failed", error=f"{type(err).__name__}: {err}")
+        info.status, info.error = "failed", f"{type(err).__name__}: {err}"
         raise
     finally:
         if module is not None and module.history:
-            write_epochs(module.history, run_dir)
-            plot_curves(module.history, run_dir / "plots" / "curves.png", config.name)
-        info.update(finished=now_iso(), timing_s=round(time.perf_counter() - t0, 2))
-        write_json(run_dir / "run.json", info)
-    return run_dir
+            write_epochs(module.history, run)
+            plot_curves(module.history, run.clip_curves, config.name)
+        info.finished, info.timing_s = now_iso(), round(time.perf_counter() - t0, 2)
+        run.write_info(info)
+    return run.path
 
 
-def _fit(config: ClipConfig, run_dir: Path, info: dict[str, Any]) -> tuple[ClipModule, dict]:
-    L.seed_everything(config.seed, workers=True, verbose=False)
+def _fit(config: ClipConfig, run: RunDir, info: RunInfo) -> ClipModule:
+    """Train; fills ``info`` (counts, facts, environment) and saves the model into ``run``."""
+    seed_everything(config.seed)
     manifest = read_manifest(config.data.manifest)
     model, tokenizer, sidecar = build_clip_model(config)
     progress = config.training.progress
@@ -291,15 +275,15 @@ def _fit(config: ClipConfig, run_dir: Path, info: dict[str, Any]) -> tuple[ClipM
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, collate_fn=collate,
                             num_workers=cfg.num_workers)  # fmt: skip
     module = ClipModule(model, config, len(train_loader))
-    info.update(
-        labels=train_set.pairs.label_names, modalities=["image", "text"],
-        images=manifest.images, manifest=str(config.data.manifest),
-        n={"train": len(train_set), "val": len(val_set)},
+    info.labels, info.modalities = train_set.pairs.label_names, ["image", "text"]
+    info.images, info.manifest = manifest.images, str(config.data.manifest)
+    info.n = {"train": len(train_set), "val": len(val_set)}
+    info.environment = Environment(**environment_info(accelerator))
+    facts = info.clip = ClipFacts(
         dropped={"train": train_set.pairs.dropped, "val": val_set.pairs.dropped},
         truncated_train_texts=truncated, precision=precision,
         locked={"image": model.locked_image, "text": model.locked_text},
         encoders={"image": config.image_encoder, "text": config.text_encoder},
-        environment=_environment(accelerator),
     )  # fmt: skip
     with quiet_lightning(), warnings.catch_warnings():  # frozen blocks: eval mode on purpose
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
@@ -314,15 +298,15 @@ def _fit(config: ClipConfig, run_dir: Path, info: dict[str, Any]) -> tuple[ClipM
     model.cpu().eval()
     if cfg.keep == "best" and module.best is not None:
         model.load_state_dict(module.best[2])
-        info["kept_epoch"] = module.best[0]
+        facts.kept_epoch = module.best[0]
     else:
-        info["kept_epoch"] = module.history[-1]["epoch"]
+        facts.kept_epoch = module.history[-1]["epoch"]
     sidecar.update(labels=train_set.pairs.label_names, task=config.data.task,
                    images=manifest.images)  # fmt: skip
-    save_clip_model(model, tokenizer, run_dir, sidecar)
+    save_clip_model(model, tokenizer, run, sidecar)
     val = [r for r in module.history if r["split"] == "val"]
-    kept = next(r for r in val if r["epoch"] == info["kept_epoch"])
-    info["val_loss"] = {"before": val[0]["loss"], "after": kept["loss"]}
-    info["val_r5_image_to_text"] = {"before": val[0]["r5_image_to_text"],
-                                    "after": kept["r5_image_to_text"], "chance": 5 / val[0]["n"]}
-    return module, info
+    kept = next(r for r in val if r["epoch"] == facts.kept_epoch)
+    facts.val_loss = {"before": val[0]["loss"], "after": kept["loss"]}
+    facts.val_r5_image_to_text = {"before": val[0]["r5_image_to_text"],
+                                  "after": kept["r5_image_to_text"], "chance": 5 / val[0]["n"]}
+    return module

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from cxrfuse.clip.config import ZeroShotConfig
 from cxrfuse.clip.embed import ClipRun, as_numpy, load_run
-from cxrfuse.evaluation.run import write_json
+from cxrfuse.config.clip import ZeroShotConfig
+from cxrfuse.rundir import RunDir, layout
 
 
 def prompt_embeddings(run: ClipRun, labels: list[str], config: ZeroShotConfig) -> dict[str, Any]:
@@ -91,8 +91,7 @@ def run_zero_shot(run_dir: str | Path, split: str = "test", task: str | None = N
               "macro_auroc": float(np.mean(values)) if values else None,
               "synthetic": run.synthetic, "images": run.manifest.images}  # fmt: skip
     out = Path(run_dir)
-    write_json(out / "zero_shot.json", result)
-    (out / "zero_shot.md").write_text(zero_shot_markdown(result))
+    RunDir(out).write_analysis(layout.ZERO_SHOT, result, zero_shot_markdown(result))
     return result
 
 

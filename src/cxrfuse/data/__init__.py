@@ -1,21 +1,12 @@
-"""Datasets and the study manifest: one row per study, whatever the source layout."""
+"""Datasets and the study manifest: one row per study, whatever the source layout.
 
-from cxrfuse.data.manifest import (
-    FRONTAL_VIEWS,
-    REPORT_SECTIONS,
-    SCHEMA_VERSION,
-    VIEW_POSITIONS,
-    Manifest,
-    label_column,
-    read_manifest,
-)
+* :mod:`~cxrfuse.data.manifest`: the manifest schema (the owner of ``*.parquet`` manifests).
+* :mod:`~cxrfuse.data.iu_xray`, :mod:`~cxrfuse.data.mimic_cxr`, :mod:`~cxrfuse.data.nih`:
+  ingest of each dataset layout; :mod:`~cxrfuse.data.phantoms`: synthetic stand-in images.
+* :mod:`~cxrfuse.data.images`: image files to 8-bit gray pixels (the owner of image decoding).
+* :mod:`~cxrfuse.data.labels`, :mod:`~cxrfuse.data.splits`: label mapping, patient-level splits.
+"""
 
-__all__ = [
-    "FRONTAL_VIEWS",
-    "REPORT_SECTIONS",
-    "SCHEMA_VERSION",
-    "VIEW_POSITIONS",
-    "Manifest",
-    "label_column",
-    "read_manifest",
-]
+from cxrfuse.data.manifest import SCHEMA_VERSION, Manifest, label_column, read_manifest
+
+__all__ = ["SCHEMA_VERSION", "Manifest", "label_column", "read_manifest"]

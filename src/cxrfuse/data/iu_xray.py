@@ -30,9 +30,10 @@ from typing import Any, Literal
 import pandas as pd
 
 from cxrfuse.data.labels import ABNORMAL, IU_DEFAULT_FINDINGS, Finding, iu_labels
-from cxrfuse.data.manifest import REPORT_SECTIONS, Manifest, normalise_view
+from cxrfuse.data.manifest import Manifest, normalise_view
 from cxrfuse.data.tables import read_csv
 from cxrfuse.problems import DataError, ProblemLog
+from cxrfuse.vocab import REPORT_SECTIONS
 
 DATASET = "iu-xray"
 Layout = Literal["openi", "kaggle", "r2gen"]

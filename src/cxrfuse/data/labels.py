@@ -1,4 +1,4 @@
-"""Label vocabularies of the supported datasets and how source labels map onto them.
+"""How source labels map onto the label vocabularies of :mod:`cxrfuse.vocab`.
 
 IU X-ray labels come from the MeSH ``major`` terms of each OpenI report
 (``Cardiomegaly/mild``, ``Pulmonary Atelectasis/base/left``): the head term before the first
@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cxrfuse.vocab import ABNORMAL, CHEXPERT_LABELS, IU_FINDINGS, NIH_LABELS
+
 NORMAL_MESH = "normal"
 UNINDEXED_MESH = "No Indexing"
-ABNORMAL = "abnormal"  # the binary label of the normal-vs-abnormal task (1 = abnormal)
 
 
 @dataclass(frozen=True)
@@ -28,32 +29,9 @@ class Finding:
         return any(h.lower() in wanted for h in mesh_heads)
 
 
-IU_DEFAULT_FINDINGS: tuple[Finding, ...] = (
-    Finding("Cardiomegaly", ("Cardiomegaly",)),
-    Finding("Pulmonary Atelectasis", ("Pulmonary Atelectasis",)),
-    Finding("Calcinosis", ("Calcinosis",)),
-    Finding("Opacity", ("Opacity",)),
-    Finding("Calcified Granuloma", ("Calcified Granuloma",)),
-    Finding("Pleural Effusion", ("Pleural Effusion",)),
-    Finding("Nodule", ("Nodule",)),
-    Finding("Airspace Disease", ("Airspace Disease",)),
-)
+IU_DEFAULT_FINDINGS: tuple[Finding, ...] = tuple(Finding(name, (name,)) for name in IU_FINDINGS)
 """The eight most frequent finding heads in the 3,955 OpenI reports (organ heads such as
 ``Lung`` or ``Aorta`` and device terms left out)."""
-
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
-    "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion",
-    "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
-)
-"""The 14 CheXpert labels of ``mimic-cxr-2.0.0-chexpert.csv``."""
-
-NIH_LABELS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening",
-    "Hernia",
-)
-"""The 14 findings of NIH ChestX-ray14 ``Finding Labels`` (``No Finding`` otherwise)."""
 
 
 def mesh_heads(terms: Iterable[str]) -> list[str]:
@@ -101,3 +79,9 @@ def iu_labels(
     labels[ABNORMAL] = 0.0 if is_normal and len(indexed) == 1 else 1.0
     labels.update({f.name: float(f.matches(indexed)) for f in findings})
     return labels
+
+
+__all__ = [
+    "ABNORMAL", "CHEXPERT_LABELS", "IU_DEFAULT_FINDINGS", "NIH_LABELS", "Finding",
+    "iu_labels", "mesh_heads", "parse_findings",
+]  # fmt: skip

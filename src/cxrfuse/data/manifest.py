@@ -47,15 +47,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxrfuse.problems import DataError
+from cxrfuse.vocab import IMAGE_KINDS, REPORT_SECTIONS, SPLITS, VIEW_POSITIONS
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"cxrfuse.manifest"
-REPORT_SECTIONS = ("comparison", "indication", "findings", "impression")
-VIEW_POSITIONS = ("PA", "AP", "FRONTAL", "LATERAL", "LL", "UNKNOWN")
 """``FRONTAL`` is a frontal image whose PA/AP position the source does not state."""
-FRONTAL_VIEWS = frozenset({"PA", "AP", "FRONTAL"})
-SPLITS = ("train", "val", "test")
-IMAGE_KINDS = ("real", "phantom", "none")
 LABEL_PREFIX = "label_"
 
 VIEW_TYPE = pa.struct(

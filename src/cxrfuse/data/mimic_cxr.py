@@ -28,16 +28,10 @@ import numpy as np
 import pandas as pd
 
 from cxrfuse.data.labels import CHEXPERT_LABELS
-from cxrfuse.data.manifest import (
-    FRONTAL_VIEWS,
-    LABEL_PREFIX,
-    VIEW_POSITIONS,
-    Manifest,
-    label_column,
-    normalise_view,
-)
+from cxrfuse.data.manifest import LABEL_PREFIX, Manifest, label_column, normalise_view
 from cxrfuse.data.tables import read_csv
 from cxrfuse.problems import DataError, ProblemLog
+from cxrfuse.vocab import FRONTAL_VIEWS, VIEW_POSITIONS
 
 DATASET = "mimic-cxr"
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"

@@ -14,8 +14,9 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
-from cxrfuse.data.manifest import SPLITS, Manifest
+from cxrfuse.data.manifest import Manifest
 from cxrfuse.problems import DataError
+from cxrfuse.vocab import SPLITS
 
 
 def _patient_table(manifest: Manifest, task: str | list[str] | None) -> tuple[np.ndarray, np.ndarray]:

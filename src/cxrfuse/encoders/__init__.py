@@ -1,13 +1,19 @@
-"""Image and text encoders behind a timm-style registry, and the embedding store that runs them."""
+"""Image and text encoders: a timm-style registry of specs (:mod:`~cxrfuse.encoders.registry`),
+weight fetching (:mod:`~cxrfuse.encoders.hub`), building (:mod:`~cxrfuse.encoders.factory`)
+and the encoder modules (:mod:`~cxrfuse.encoders.image`, :mod:`~cxrfuse.encoders.text`).
 
+Importing this package registers the built-in encoders. Computing and storing embeddings is
+the next stage, :mod:`cxrfuse.store`.
+"""
+
+from cxrfuse.encoders import image, text  # noqa: F401  (their decorators fill the registry)
+from cxrfuse.encoders.factory import create_image_encoder, create_text_encoder, encoder_table
+from cxrfuse.encoders.hub import WeightsUnavailableError, is_offline
+from cxrfuse.encoders.image import ImageEncoder, to_model_input
 from cxrfuse.encoders.registry import (
     ImageEncoderSpec,
     TextEncoderSpec,
     UnknownEncoderError,
-    WeightsUnavailableError,
-    create_image_encoder,
-    create_text_encoder,
-    encoder_table,
     get_image_encoder_spec,
     get_text_encoder_spec,
     list_image_encoders,
@@ -15,37 +21,24 @@ from cxrfuse.encoders.registry import (
     register_image_encoder,
     register_text_encoder,
 )
-from cxrfuse.encoders.store import (
-    ImageEmbeddings,
-    TextEmbeddings,
-    embed,
-    embed_images,
-    embed_texts,
-    image_store_key,
-    load_image_embeddings,
-    load_text_embeddings,
-)
+from cxrfuse.encoders.text import TextEncoder
 
 __all__ = [
-    "ImageEmbeddings",
+    "ImageEncoder",
     "ImageEncoderSpec",
-    "TextEmbeddings",
+    "TextEncoder",
     "TextEncoderSpec",
     "UnknownEncoderError",
     "WeightsUnavailableError",
     "create_image_encoder",
     "create_text_encoder",
-    "embed",
-    "embed_images",
-    "embed_texts",
     "encoder_table",
     "get_image_encoder_spec",
     "get_text_encoder_spec",
-    "image_store_key",
+    "is_offline",
     "list_image_encoders",
     "list_text_encoders",
-    "load_image_embeddings",
-    "load_text_embeddings",
     "register_image_encoder",
     "register_text_encoder",
+    "to_model_input",
 ]

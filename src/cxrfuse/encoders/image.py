@@ -19,15 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrfuse.encoders.hub import WeightsUnavailableError, fetch_url, read_state_dict, strip_prefixes
 from cxrfuse.encoders.registry import (
     IMAGENET_MEAN_STD,
     ImageEncoderSpec,
     Normalisation,
-    WeightsUnavailableError,
-    fetch_url,
-    read_state_dict,
     register_image_encoder,
-    strip_prefixes,
 )
 
 if TYPE_CHECKING:

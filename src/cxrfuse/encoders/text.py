@@ -20,12 +20,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cxrfuse.encoders.registry import (
-    TextEncoderSpec,
-    WeightsUnavailableError,
-    check_can_download,
-    register_text_encoder,
-)
+from cxrfuse.encoders.hub import WeightsUnavailableError, check_can_download
+from cxrfuse.encoders.registry import TextEncoderSpec, register_text_encoder
 from cxrfuse.problems import CxrfuseError
 
 Pooling = Literal["cls", "mean"]
@@ -46,15 +42,12 @@ class TextEncoder(ABC):
     @abstractmethod
     def dim(self) -> int:
         """Embedding size."""
-
     @abstractmethod
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Embeddings of ``texts``, float32 (N, dim)."""
-
     @abstractmethod
     def fingerprint(self) -> str:
         """A hex digest that changes when weights or configuration change."""
-
     def fit(self, texts: Sequence[str]) -> TextEncoder:
         """Fit on training texts (a no-op for pretrained encoders); returns self."""
         return self
@@ -249,6 +242,8 @@ def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> t
 
 
 @dataclass(frozen=True)
+
+
 class SentenceTransformerConfig:
     """The parts of a sentence-transformers model folder that this encoder follows."""
 
@@ -426,6 +421,73 @@ class TfidfEncoder(TextEncoder):
         if self.svd is not None:
             parts.append(np.ascontiguousarray(self.svd.components_).tobytes())
         return _digest(*parts)
+
+    def export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The fitted state, without pickles: settings, vectorizer parameters and vocabulary
+        (JSON-ready) and the idf vector and SVD basis (arrays); :meth:`from_state` inverts it."""
+        self._require_fit()
+        settings = {
+            "svd_dim": self.svd_dim, "max_features": self.max_features, "min_df": self.min_df,
+            "ngram_range": list(self.ngram_range), "random_state": self.random_state,
+        }  # fmt: skip
+        payload = {
+            "encoder": self.name,
+            "settings": settings,
+            "vectorizer_params": _json_params(self.vectorizer.get_params()),
+            "vocabulary": {term: int(i) for term, i in self.vectorizer.vocabulary_.items()},
+        }
+        arrays = {"idf": np.ascontiguousarray(self.vectorizer.idf_)}
+        if self.svd is not None:
+            arrays["svd_components"] = np.ascontiguousarray(self.svd.components_)
+        return payload, arrays
+
+    @classmethod
+    def from_state(cls, payload: dict[str, Any], arrays: dict[str, np.ndarray]) -> TfidfEncoder:
+        """A fitted encoder that gives the same vectors as the one :meth:`export_state` saw."""
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        try:
+            settings = dict(payload["settings"], ngram_range=tuple(payload["settings"]["ngram_range"]))
+            encoder = cls(name=payload["encoder"], **settings)
+            vectorizer = TfidfVectorizer(**_python_params(payload["vectorizer_params"]))
+            vectorizer.vocabulary_ = {str(k): int(v) for k, v in payload["vocabulary"].items()}
+            vectorizer.idf_ = arrays["idf"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise CxrfuseError(f"not a tf-idf encoder state ({type(err).__name__}: {err})") from err
+        svd = None
+        if "svd_components" in arrays:
+            svd = TruncatedSVD(n_components=arrays["svd_components"].shape[0])
+            svd.components_ = arrays["svd_components"]
+            svd.n_features_in_ = arrays["svd_components"].shape[1]
+        encoder.vectorizer, encoder.svd = vectorizer, svd
+        return encoder
+
+
+def _json_params(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, type):  # dtype=np.float32
+            out[key] = {"dtype": np.dtype(value).name}
+        elif isinstance(value, tuple):
+            out[key] = list(value)
+        elif value is None or isinstance(value, (str, int, float, bool, list)):
+            out[key] = value
+        else:
+            raise CxrfuseError(f"cannot store text encoder parameter {key}={value!r} as JSON")
+    return out
+
+
+def _python_params(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and set(value) == {"dtype"}:
+            out[key] = np.dtype(value["dtype"]).type
+        elif key == "ngram_range" and isinstance(value, list):
+            out[key] = tuple(value)
+        else:
+            out[key] = value
+    return out
 
 
 # ----------------------------------------------------------------------------- registry

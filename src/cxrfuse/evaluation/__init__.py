@@ -1,13 +1,12 @@
 """Evaluation: metrics with val-chosen thresholds and bootstrap intervals, modality ablations,
-the leakage probe, plots, and the HTML/Markdown report.
+the leakage probe and plots. (The HTML/Markdown report is :mod:`cxrfuse.reporting`.)
 
 Typical use::
 
-    from cxrfuse.evaluation import evaluate_run, evaluate_experiment, write_report
+    from cxrfuse.evaluation import evaluate_run, evaluate_experiment
 
     metrics = evaluate_run("runs/exp/runs/multimodal-seed0", threshold="f1", n_boot=1000)
     evaluate_experiment("runs/exp")            # summary.csv / summary.md, paired tests, Venn
-    html_path, md_path = write_report("runs/exp")
 
 The array-level functions (:func:`compute_metrics`, :func:`bootstrap_ci`, :func:`delong_test`,
 :func:`shuffle_sensitivity`, ...) take plain NumPy arrays and work with any model.
@@ -15,10 +14,14 @@ The array-level functions (:func:`compute_metrics`, :func:`bootstrap_ci`, :func:
 
 from cxrfuse.evaluation.ablation import (
     complementarity,
+    format_table,
+    format_value,
     leakage_probe,
+    modality_name,
     modality_table,
     shuffle_sensitivity,
 )
+from cxrfuse.evaluation.backbones import compare_backbones
 from cxrfuse.evaluation.bootstrap import (
     bootstrap_ci,
     delong_test,
@@ -26,27 +29,31 @@ from cxrfuse.evaluation.bootstrap import (
     seed_summary,
 )
 from cxrfuse.evaluation.metrics import (
+    HEADLINE,
     calibration,
     choose_thresholds,
     compute_metrics,
 )
-from cxrfuse.evaluation.report import write_report
 from cxrfuse.evaluation.run import evaluate_experiment, evaluate_run, shuffle_run
 
 __all__ = [
+    "HEADLINE",
     "bootstrap_ci",
     "calibration",
     "choose_thresholds",
+    "compare_backbones",
     "complementarity",
     "compute_metrics",
     "delong_test",
     "evaluate_experiment",
     "evaluate_run",
+    "format_table",
+    "format_value",
     "leakage_probe",
+    "modality_name",
     "modality_table",
     "paired_bootstrap",
     "seed_summary",
     "shuffle_run",
     "shuffle_sensitivity",
-    "write_report",
 ]

@@ -8,15 +8,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxrfuse.evaluation.metrics import as_2d
+from cxrfuse.plotting import new_figure, save_figure
 
 DPI = 100
 
@@ -26,20 +23,15 @@ def _grid(
 ) -> tuple[Any, np.ndarray]:
     cols = min(n, max_cols)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig = new_figure(figsize=(width * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     return fig, axes.ravel()
 
 
 def _save(fig: Any, path: str | Path, tight: bool = True) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if tight:
-        fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=DPI, tight=tight)
 
 
 def _curves(
@@ -191,7 +183,8 @@ def plot_venn(
     from matplotlib_venn import venn2
 
     colors = ("tab:orange", "tab:blue")
-    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    fig = new_figure(figsize=(5.6, 4.6))
+    ax = fig.subplots()
     venn2(
         subsets=(counts["only_text"], counts["only_image"], counts["both"]),
         set_labels=("", ""),

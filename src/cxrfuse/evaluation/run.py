@@ -1,5 +1,4 @@
-"""Evaluate run and experiment directories (layout: the run-directory contract, see
-``docs/evaluation.md``).
+"""Evaluate run and experiment directories (read and written through :mod:`cxrfuse.rundir`).
 
 :func:`evaluate_run` reads ``run.json`` and ``predictions.parquet``, chooses thresholds on the
 validation split, scores the test split with bootstrap intervals, runs the leakage probe for
@@ -12,20 +11,15 @@ model against the best unimodal one (paired bootstrap, DeLong) and counts comple
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from tqdm.auto import tqdm
 
-from cxrfuse.data.manifest import label_slug, read_manifest
-from cxrfuse.encoders.files import write_json as write_json_atomic
+from cxrfuse.data.manifest import read_manifest
 from cxrfuse.evaluation.ablation import (
     complementarity,
     format_table,
@@ -44,10 +38,16 @@ from cxrfuse.evaluation.plots import (
     plot_training_curves,
     plot_venn,
 )
+from cxrfuse.inference import load_run
 from cxrfuse.problems import CxrfuseError, DataError
+from cxrfuse.rundir import ExperimentDir, RunDir, RunInfo, p_column, y_column
+from cxrfuse.rundir.layout import RUN_PLOTS
+from cxrfuse.runtime import environment_info, now_iso
 from cxrfuse.text import TextConfig
 
-PACKAGES = ("cxrfuse", "numpy", "pandas", "scikit-learn", "scipy", "torch", "matplotlib")
+EVALUATED_KINDS = ("head", "finetune")
+ProbeCache = dict[str, dict[str, Any]]
+"""Leakage probes already run in this process, keyed by manifest, text configuration, task."""
 IGNORED_KEYS = {
     "seed",
     "name",
@@ -61,159 +61,72 @@ IGNORED_KEYS = {
 }
 
 
-# ------------------------------------------------------------------------------ files
-def write_json(path: Path, payload: Any) -> Path:
-    """Indented strict JSON (NaN/inf as null), written atomically."""
-    return write_json_atomic(path, payload, indent=2)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: missing (is this a cxrfuse run directory?)") from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
-
-
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """``run.json`` of a run directory, checked for the fields evaluation needs."""
-    path = Path(run_dir) / "run.json"
-    run = read_json(path)
-    from cxrfuse.clip.checkpoint import CLIP_TASK
-
-    if run.get("task") == CLIP_TASK:
-        raise DataError(f"{run_dir}: a CLIP run; evaluate it with `cxrfuse clip retrieve`, "
-                        "`cxrfuse clip zero-shot` or `cxrfuse clip probe`, then `cxrfuse report`")
-    for key in ("labels", "modalities"):
-        if not run.get(key):
-            raise DataError(f"{path}: field {key!r} is missing or empty")
-    return run
-
-
-def read_predictions(run_dir: str | Path, labels: Sequence[str]) -> pd.DataFrame:
-    """``predictions.parquet``, checked for the contract's columns."""
-    path = Path(run_dir) / "predictions.parquet"
-    if not path.exists():
-        raise DataError(f"{path}: missing; the run has no predictions to evaluate")
-    frame = pd.read_parquet(path)
-    wanted = ["study_id", "split"] + [f"{k}__{label_slug(n)}" for n in labels for k in ("y", "p")]
-    missing = [c for c in wanted if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}")
-    for split in ("val", "test"):
-        if not (frame["split"] == split).any():
-            raise DataError(
-                f"{path}: no rows with split == {split!r} "
-                "(thresholds come from val, metrics from test)"
-            )
-    return frame
-
-
+# ------------------------------------------------------------------------------ inputs
 def split_arrays(
     frame: pd.DataFrame, labels: Sequence[str], split: str
 ) -> tuple[np.ndarray, np.ndarray, pd.Series]:
     """(y_true, y_prob, study ids) of one split."""
     part = frame[frame["split"] == split]
-    y = part[[f"y__{label_slug(n)}" for n in labels]].to_numpy(dtype=np.float64)
-    p = part[[f"p__{label_slug(n)}" for n in labels]].to_numpy(dtype=np.float64)
+    y = part[[y_column(n) for n in labels]].to_numpy(dtype=np.float64)
+    p = part[[p_column(n) for n in labels]].to_numpy(dtype=np.float64)
     return y, p, part["study_id"].astype(str).reset_index(drop=True)
 
 
-def environment() -> dict[str, Any]:
-    """Python, platform and package versions of the evaluating process."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "packages": versions,
-    }
-
-
-def text_config_of(run_dir: str | Path) -> TextConfig | None:
-    """The run's text configuration: ``model.json`` ``text.text_config``, else the first mapping
-    with ``sections`` in ``config.yaml``; None when neither has one."""
-    run_dir = Path(run_dir)
-    candidates: list[Any] = []
-    if (run_dir / "model.json").exists():
-        text = read_json(run_dir / "model.json").get("text") or {}
-        candidates.append(text.get("text_config"))
-    if (run_dir / "config.yaml").exists():
-        candidates.extend(
-            _find_mappings(yaml.safe_load((run_dir / "config.yaml").read_text()), "sections")
-        )
-    for candidate in candidates:
-        if isinstance(candidate, Mapping) and candidate.get("sections"):
-            known = {k: v for k, v in candidate.items() if k in TextConfig.model_fields}
-            return TextConfig(**known)
-    return None
-
-
-def _find_mappings(node: Any, key: str) -> list[Mapping[str, Any]]:
-    if isinstance(node, Mapping):
-        found = [node] if key in node else []
-        for value in node.values():
-            found.extend(_find_mappings(value, key))
-        return found
-    if isinstance(node, list):
-        return [m for item in node for m in _find_mappings(item, key)]
-    return []
+def text_config_of(run: RunDir) -> TextConfig | None:
+    """The text configuration a run's model reads (its sidecar's), None for image-only runs."""
+    text = run.sidecar().text if run.sidecar_path.is_file() else None
+    if text is None and run.config_path.is_file():
+        config = run.run_config()
+        return config.text.text_config() if "text" in config.model.modalities else None
+    return None if text is None else TextConfig(**text.text_config)
 
 
 # ------------------------------------------------------------------------------ one run
-_PROBE_CACHE: dict[str, dict[str, Any]] = {}
+def run_leakage_probe(info: RunInfo, run: RunDir, cache: ProbeCache | None = None
+                      ) -> dict[str, Any] | None:  # fmt: skip
+    """The leakage probe of a run that reads text, ``{"skipped": reason}``, or None (no text).
 
-
-def run_leakage_probe(run: Mapping[str, Any], run_dir: Path) -> dict[str, Any] | None:
-    """The leakage probe of a run that reads text, ``{"skipped": reason}``, or None (no text)."""
-    if "text" not in run["modalities"]:
+    ``cache`` (e.g. one per experiment) reuses a probe of the same manifest, text and task.
+    """
+    if "text" not in info.modalities:
         return None
-    config = text_config_of(run_dir)
+    config = text_config_of(run)
     if config is None:
         return {"skipped": "no text configuration found in model.json or config.yaml"}
-    manifest_path = run.get("manifest")
-    if not manifest_path:
+    if not info.manifest:
         return {"skipped": "run.json names no manifest"}
-    task = run.get("task")
-    path = _resolve(manifest_path, run_dir)
+    task = info.task
+    path = resolve_manifest(info.manifest, run.path)
     stamp = path.stat().st_mtime if path.exists() else None
     key = json.dumps([str(path), stamp, config.model_dump(), task], sort_keys=True)
-    if key not in _PROBE_CACHE:
+    cache = {} if cache is None else cache
+    if key not in cache:
         try:
             manifest = read_manifest(path)
-            _PROBE_CACHE[key] = leakage_probe(
+            cache[key] = leakage_probe(
                 manifest,
                 config,
-                task if task in manifest.tasks or task in manifest.labels else run["labels"],
+                task if task in manifest.tasks or task in manifest.labels else info.labels,
             )
         except CxrfuseError as exc:
             return {"skipped": str(exc)}
-    return _PROBE_CACHE[key]
+    return cache[key]
 
 
-def _resolve(path: str | Path, run_dir: Path) -> Path:
+def resolve_manifest(path: str | Path, run_dir: Path) -> Path:
     """A path from run.json: as written, else relative to the run directory."""
     path = Path(path)
     return path if path.exists() or path.is_absolute() else (run_dir / path)
 
 
-def evaluation_settings(run_dir: str | Path) -> dict[str, Any]:
-    """``threshold`` and ``n_boot`` from the ``evaluation`` section of the run's ``config.yaml``
-    (defaults ``"f1"`` and 1000 when absent)."""
-    path = Path(run_dir) / "config.yaml"
-    section = (yaml.safe_load(path.read_text()) or {}).get("evaluation") if path.exists() else None
-    section = section if isinstance(section, Mapping) else {}
-    return {"threshold": section.get("threshold", "f1"), "n_boot": int(section.get("n_boot", 1000))}
+def evaluation_settings(run: RunDir) -> dict[str, Any]:
+    """``threshold`` and ``n_boot`` of the run config's ``evaluation`` section."""
+    section = run.run_config().evaluation
+    return {"threshold": section.threshold, "n_boot": int(section.n_boot)}
 
 
 def evaluate_run(
-    run_dir: str | Path,
+    run_dir: str | Path | RunDir,
     threshold: str | float | None = None,
     n_boot: int | None = None,
     seed: int = 0,
@@ -222,38 +135,37 @@ def evaluate_run(
     repeats: int = 5,
     leakage: bool = True,
     plots: bool = True,
+    probe_cache: ProbeCache | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one finished run; writes ``metrics.json``, ``plots/*.png`` (and ``ablation.json``
+    """Evaluate one finished run; writes ``metrics.json``, the plots (and ``ablation.json``
     when ``shuffle`` names modalities) and returns the metrics dict.
 
     Thresholds are chosen on the val split with ``threshold`` (``"f1"``, ``"youden"``, ``"0.5"``
     or a number) and applied to test; intervals are percentile bootstraps over test studies
     (``n_boot=0``: none). ``None`` takes the value from the run config's ``evaluation`` section.
     """
-    run_dir = Path(run_dir)
-    run = read_run(run_dir)
-    defaults = evaluation_settings(run_dir)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    info = run.require(EVALUATED_KINDS, finished=False, action="`cxrfuse evaluate`")
+    defaults = evaluation_settings(run)
     threshold = defaults["threshold"] if threshold is None else threshold
     n_boot = defaults["n_boot"] if n_boot is None else n_boot
     if shuffle:  # fail before the work, not after it
-        check_shuffle(run, run_dir, shuffle)
-    if run.get("status") != "finished":
-        raise DataError(
-            f"{run_dir / 'run.json'}: status is {run.get('status')!r}, not 'finished'"
-            + (f" (error: {run['error']})" if run.get("error") else "")
-        )
-    labels = list(run["labels"])
-    frame = read_predictions(run_dir, labels)
+        check_shuffle(info, run, shuffle)
+    info = run.require(EVALUATED_KINDS, action="`cxrfuse evaluate`")
+    labels = list(info.labels)
+    if not labels or not info.modalities:
+        raise DataError(f"{run.info_path}: fields 'labels' and 'modalities' must not be empty")
+    frame = run.predictions(labels)
     val_y, val_p, _ = split_arrays(frame, labels, "val")
     test_y, test_p, _ = split_arrays(frame, labels, "test")
     thresholds, warnings = choose_thresholds(val_y, val_p, threshold, labels)
     result: dict[str, Any] = {
-        "run": run.get("name", run_dir.name),
-        "task": run.get("task"),
+        "run": info.name,
+        "task": info.task,
         "labels": labels,
-        "modalities": list(run["modalities"]),
-        "seed": run.get("seed"),
-        "images": run.get("images"),
+        "modalities": list(info.modalities),
+        "seed": info.seed,
+        "images": info.images,
         "threshold_method": str(threshold),
         "thresholds": dict(zip(labels, thresholds.tolist())),
         "threshold_warnings": warnings,
@@ -264,88 +176,64 @@ def evaluate_run(
         "ci": bootstrap_ci(test_y, test_p, thresholds, labels, n_boot=n_boot, seed=seed)
         if n_boot
         else {},
-        "evaluated": datetime.now(UTC).isoformat(timespec="seconds"),
-        "environment": environment(),
+        "evaluated": now_iso(),
+        "environment": environment_info(),
     }
     if leakage:
-        result["leakage"] = run_leakage_probe(run, run_dir)
+        result["leakage"] = run_leakage_probe(info, run, probe_cache)
     if plots:
-        result["plots"] = _run_plots(run_dir, result, test_y, test_p)
-    write_json(run_dir / "metrics.json", result)
-    _store_thresholds(run_dir, result["thresholds"])
+        result["plots"] = _run_plots(run, result, test_y, test_p)
+    run.write_metrics(result)
+    run.set_thresholds(result["thresholds"], str(threshold))
     if shuffle:
-        result["shuffle"] = shuffle_run(
-            run_dir, shuffle, repeats=repeats, seed=seed, thresholds=thresholds
-        )
+        result["shuffle"] = shuffle_run(run, shuffle, repeats=repeats, seed=seed,
+                                        thresholds=thresholds)  # fmt: skip
     return result
 
 
 def _run_plots(
-    run_dir: Path, result: Mapping[str, Any], test_y: np.ndarray, test_p: np.ndarray
+    run: RunDir, result: Mapping[str, Any], test_y: np.ndarray, test_p: np.ndarray
 ) -> list[str]:
-    out = run_dir / "plots"
+    out = run.plots_dir
     name = modality_name(result["modalities"])
     labels = result["labels"]
+    roc, pr, confusion, reliability = (out / f for f in RUN_PLOTS)
     paths = [
-        plot_roc(test_y, {name: test_p}, labels, out / "roc.png"),
-        plot_pr(test_y, {name: test_p}, labels, out / "pr.png"),
-        plot_confusion(result["test"]["per_label"], out / "confusion.png"),
-        plot_reliability(result["test"]["per_label"], out / "reliability.png"),
+        plot_roc(test_y, {name: test_p}, labels, roc),
+        plot_pr(test_y, {name: test_p}, labels, pr),
+        plot_confusion(result["test"]["per_label"], confusion),
+        plot_reliability(result["test"]["per_label"], reliability),
     ]
-    if (run_dir / "epochs.csv").exists():
-        paths.append(plot_training_curves(run_dir / "epochs.csv", out / "training_curves.png"))
-    return [str(p.relative_to(run_dir)) for p in paths]
+    if run.epochs_path.exists():
+        paths.append(plot_training_curves(run.epochs_path, run.training_curves))
+    return [str(p.relative_to(run.path)) for p in paths]
 
 
-def _store_thresholds(run_dir: Path, thresholds: Mapping[str, float]) -> None:
-    path = run_dir / "model.json"
-    if path.exists():
-        sidecar = read_json(path)
-        sidecar["thresholds"] = dict(thresholds)
-        write_json(path, sidecar)
-
-
-def require_load_run() -> Any:
-    """:func:`cxrfuse.training.load_run`, or a clear error when this cxrfuse has none."""
-    try:
-        from cxrfuse.training import load_run  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise CxrfuseError(
-            "shuffling a modality needs the trained model, and this cxrfuse has no "
-            "cxrfuse.training.load_run to rebuild it yet"
-        ) from exc
-    return load_run
-
-
-def check_shuffle(run: Mapping[str, Any], run_dir: Path, modalities: Sequence[str]) -> Any:
-    """Raise unless the run uses every modality to shuffle and its model can be loaded;
-    returns :func:`cxrfuse.training.load_run`."""
-    unused = [m for m in modalities if m not in run["modalities"]]
+def check_shuffle(info: RunInfo, run: RunDir, modalities: Sequence[str]) -> None:
+    """Raise unless the run uses every modality to shuffle."""
+    unused = [m for m in modalities if m not in info.modalities]
     if unused:
-        raise CxrfuseError(
-            f"{run_dir}: cannot shuffle {unused}: the run uses only {run['modalities']}"
-        )
-    return require_load_run()
+        raise CxrfuseError(f"{run.path}: cannot shuffle {unused}: the run uses only "
+                           f"{info.modalities}")  # fmt: skip
 
 
 def shuffle_run(
-    run_dir: str | Path,
+    run_dir: str | Path | RunDir,
     modalities: Sequence[str],
     *,
     repeats: int = 5,
     seed: int = 0,
     thresholds: np.ndarray | float | None = None,
 ) -> dict[str, Any]:
-    """Bimodal sensitivity test of a trained run (needs :func:`cxrfuse.training.load_run`);
-    merges the results into ``ablation.json`` and returns them."""
-    run_dir = Path(run_dir)
-    run = read_run(run_dir)
-    load_run = check_shuffle(run, run_dir, modalities)
+    """Bimodal sensitivity test of a trained run; merges the results into ``ablation.json``
+    and returns them."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    info = run.require(EVALUATED_KINDS, action="a shuffle test")
+    check_shuffle(info, run, modalities)
     if thresholds is None:
-        metrics_path = run_dir / "metrics.json"
-        stored = read_json(metrics_path)["thresholds"] if metrics_path.exists() else {}
-        thresholds = np.array([stored.get(n, 0.5) for n in run["labels"]])
-    model = load_run(run_dir)
+        stored = run.metrics()["thresholds"] if run.has_metrics() else {}
+        thresholds = np.array([stored.get(n, 0.5) for n in info.labels])
+    model = load_run(run)
     inputs, y = model.split_inputs("test")
     results = {
         m: shuffle_sensitivity(
@@ -356,29 +244,15 @@ def shuffle_run(
             repeats=repeats,
             seed=seed,
             thresholds=thresholds,
-            labels=run["labels"],
+            labels=info.labels,
         )
         for m in modalities
     }
-    path = run_dir / "ablation.json"
-    ablation = read_json(path) if path.exists() else {}
-    ablation.setdefault("shuffle", {}).update(results)
-    write_json(path, ablation)
+    run.merge_ablation("shuffle", results)
     return results
 
 
 # ------------------------------------------------------------------------------ experiments
-def find_runs(exp_dir: str | Path) -> list[Path]:
-    """Run directories of an experiment: ``runs/*/run.json`` (or ``*/run.json``), sorted."""
-    exp_dir = Path(exp_dir)
-    found = sorted(p.parent for p in exp_dir.glob("runs/*/run.json")) or sorted(
-        p.parent for p in exp_dir.glob("*/run.json")
-    )
-    if not found:
-        raise DataError(f"{exp_dir}: no run directories (runs/*/run.json) found")
-    return found
-
-
 def _flatten(node: Any, prefix: str = "") -> dict[str, str]:
     if isinstance(node, Mapping):
         out: dict[str, str] = {}
@@ -388,16 +262,12 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): json.dumps(node, sort_keys=True, default=str)}
 
 
-def run_settings(run_dir: Path, run: Mapping[str, Any]) -> dict[str, str]:
+def run_settings(run: RunDir, info: RunInfo) -> dict[str, str]:
     """The run's configuration as flat ``key: json value`` pairs without seed, name, output
     paths and modalities (so runs of one setting differ only there)."""
-    path = run_dir / "config.yaml"
-    config = (
-        yaml.safe_load(path.read_text())
-        if path.exists()
-        else {"task": run.get("task"), "labels": run.get("labels"), "manifest": run.get("manifest")}
-    )
-    flat = _flatten(config or {})
+    config = run.config_mapping() or {"task": info.task, "labels": info.labels,
+                                      "manifest": info.manifest}  # fmt: skip
+    flat = _flatten(config)
     return {
         k: v
         for k, v in flat.items()
@@ -433,28 +303,28 @@ def evaluate_experiment(
     under ``plots/``. ``reuse`` keeps a run's ``metrics.json`` when it is newer than its
     predictions and used the same threshold method and bootstrap.
     """
-    exp_dir = Path(exp_dir)
-    run_dirs = find_runs(exp_dir)
+    exp = ExperimentDir(exp_dir)
+    run_dirs = exp.run_dirs()
     defaults = evaluation_settings(run_dirs[0])
     threshold = defaults["threshold"] if threshold is None else threshold
     n_boot = defaults["n_boot"] if n_boot is None else n_boot
+    probes: ProbeCache = {}
     records = []
-    for run_dir in tqdm(run_dirs, desc="evaluate runs"):
-        run = read_json(run_dir / "run.json")
+    for run in tqdm(run_dirs, desc="evaluate runs"):
+        info = run.info()
         record: dict[str, Any] = {
-            "run": run.get("name", run_dir.name),
-            "dir": run_dir,
-            "status": run.get("status"),
-            "error": run.get("error"),
-            "modalities": list(run.get("modalities") or []),
-            "seed": run.get("seed"),
-            "settings": run_settings(run_dir, run),
+            "run": info.name,
+            "dir": run.path,
+            "status": info.status,
+            "error": info.error,
+            "modalities": list(info.modalities),
+            "seed": info.seed,
+            "settings": run_settings(run, info),
         }
-        if run.get("status") == "finished":
+        if info.status == "finished":
             try:
-                record["metrics"] = _cached_or_evaluate(
-                    run_dir, threshold, n_boot, seed, reuse, leakage
-                )
+                record["metrics"] = _cached_or_evaluate(run, threshold, n_boot, seed, reuse,
+                                                        leakage, probes)  # fmt: skip
             except CxrfuseError as exc:  # one broken run must not stop the others
                 record["status"], record["error"] = "evaluation failed", str(exc)
         records.append(record)
@@ -467,16 +337,16 @@ def evaluate_experiment(
     for r in records:
         r["setting"] = names[settings.index(r["settings"])] if r["settings"] in settings else None
     comparisons = [
-        _compare_setting(exp_dir, name, [r for r in finished if r["setting"] == name], n_boot, seed)
+        _compare_setting(exp, name, [r for r in finished if r["setting"] == name], n_boot, seed)
         for name in dict.fromkeys(names)
     ]
     result = {
-        "experiment": exp_dir.name,
+        "experiment": exp.name,
         "threshold_method": str(threshold),
         "n_boot": n_boot,
         "runs": [
             {
-                k: (str(v.relative_to(exp_dir)) if k == "dir" else v)
+                k: (str(v.relative_to(exp.path)) if k == "dir" else v)
                 for k, v in r.items()
                 if k not in ("metrics", "settings")
             }
@@ -484,35 +354,35 @@ def evaluate_experiment(
             for r in records
         ],
         "settings": comparisons,
-        "environment": environment(),
+        "environment": environment_info(),
     }
-    write_json(exp_dir / "evaluation.json", result)
-    _write_summary(exp_dir, records, comparisons)
+    exp.write_evaluation(result)
+    _write_summary(exp, records, comparisons)
     return result
 
 
 def _cached_or_evaluate(
-    run_dir: Path, threshold: str | float, n_boot: int, seed: int, reuse: bool, leakage: bool
-) -> dict[str, Any]:
-    path = run_dir / "metrics.json"
+    run: RunDir, threshold: str | float, n_boot: int, seed: int, reuse: bool, leakage: bool,
+    probes: ProbeCache,
+) -> dict[str, Any]:  # fmt: skip
     if (
         reuse
-        and path.exists()
-        and path.stat().st_mtime >= (run_dir / "predictions.parquet").stat().st_mtime
+        and run.has_metrics()
+        and run.metrics_path.stat().st_mtime >= run.predictions_path.stat().st_mtime
     ):
-        cached = read_json(path)
+        cached = run.metrics()
         if (cached.get("threshold_method"), cached.get("n_boot"), cached.get("bootstrap_seed")) == (
             str(threshold),
             n_boot,
             seed,
         ):
             return cached
-    return evaluate_run(run_dir, threshold, n_boot, seed, leakage=leakage)
+    return evaluate_run(run, threshold, n_boot, seed, leakage=leakage, probe_cache=probes)
 
 
 def _test_frame(record: Mapping[str, Any]) -> pd.DataFrame:
     labels = record["metrics"]["labels"]
-    frame = read_predictions(record["dir"], labels)
+    frame = RunDir(record["dir"]).predictions(labels)
     return frame[frame["split"] == "test"].set_index(
         frame.loc[frame["split"] == "test", "study_id"].astype(str)
     )
@@ -527,8 +397,8 @@ def _pair(
         raise DataError(f"runs {a['run']} and {b['run']} have different labels")
     fa, fb = _test_frame(a), _test_frame(b)
     shared = fa.index.intersection(fb.index)
-    ycols = [f"y__{label_slug(n)}" for n in labels]
-    pcols = [f"p__{label_slug(n)}" for n in labels]
+    ycols = [y_column(n) for n in labels]
+    pcols = [p_column(n) for n in labels]
     return (
         fa.loc[shared, ycols].to_numpy(float),
         fa.loc[shared, pcols].to_numpy(float),
@@ -542,7 +412,7 @@ def _thresholds(record: Mapping[str, Any]) -> np.ndarray:
 
 
 def _compare_setting(
-    exp_dir: Path, name: str, runs: list[dict[str, Any]], n_boot: int, seed: int
+    exp: ExperimentDir, name: str, runs: list[dict[str, Any]], n_boot: int, seed: int
 ) -> dict[str, Any]:
     """Modality table, fused vs best unimodal tests and complementarity for one setting."""
     table = modality_table(runs)
@@ -606,9 +476,9 @@ def _compare_setting(
             str(
                 plot_venn(
                     first["pairs"],
-                    exp_dir / "plots" / f"{slug}_venn.png",
+                    exp.plots_dir / f"{slug}_venn.png",
                     title=f"Correct (study, label) pairs, seed {first['seed']}",
-                ).relative_to(exp_dir)
+                ).relative_to(exp.path)
             )
         )
     first_seed = {m: rs[min(rs, key=str)] for m, rs in by_modality.items()}
@@ -620,26 +490,26 @@ def _compare_setting(
         labels = next(iter(first_seed.values()))["metrics"]["labels"]
         y = (
             next(iter(frames.values()))
-            .loc[shared, [f"y__{label_slug(n)}" for n in labels]]
+            .loc[shared, [y_column(n) for n in labels]]
             .to_numpy(float)
         )
         probs = {
-            m: f.loc[shared, [f"p__{label_slug(n)}" for n in labels]].to_numpy(float)
+            m: f.loc[shared, [p_column(n) for n in labels]].to_numpy(float)
             for m, f in frames.items()
         }
         roc = plot_roc(
             y,
             probs,
             labels,
-            exp_dir / "plots" / f"{slug}_roc.png",
+            exp.plots_dir / f"{slug}_roc.png",
             title=f"ROC by modality (test, {name})",
         )
-        out["plots"].append(str(roc.relative_to(exp_dir)))
+        out["plots"].append(str(roc.relative_to(exp.path)))
     return out
 
 
 def _write_summary(
-    exp_dir: Path, records: list[dict[str, Any]], comparisons: list[dict[str, Any]]
+    exp: ExperimentDir, records: list[dict[str, Any]], comparisons: list[dict[str, Any]]
 ) -> None:
     rows = []
     for r in records:
@@ -658,16 +528,14 @@ def _write_summary(
                 row[f"{m}_low"], row[f"{m}_high"] = ci.get("low"), ci.get("high")
         rows.append(row)
     ours = pd.DataFrame(rows)
-    path = exp_dir / "summary.csv"
-    if path.exists():  # keep the grid columns the experiment runner wrote
-        theirs = pd.read_csv(path)
+    theirs = exp.summary()
+    if theirs is not None:  # keep the grid columns the experiment runner wrote
         key = "name" if "name" in theirs.columns else "run" if "run" in theirs.columns else None
         if key:
             theirs = theirs.rename(columns={key: "run"})
             keep = [c for c in theirs.columns if c not in ours.columns or c == "run"]
             ours = theirs[keep].merge(ours, on="run", how="outer")
-    ours.to_csv(path, index=False)
-    (exp_dir / "summary.md").write_text(summary_markdown(exp_dir.name, ours, comparisons))
+    exp.write_summary(ours, summary_markdown(exp.name, ours, comparisons))
 
 
 def summary_markdown(name: str, runs: pd.DataFrame, comparisons: list[dict[str, Any]]) -> str:

@@ -32,7 +32,9 @@ import torch
 
 from cxrfuse.explain.gradcam import OutputKind
 from cxrfuse.fusion.heads import FusionHead
+from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import CxrfuseError
+from cxrfuse.rundir import layout
 
 Removal = Literal["mean", "zeros"]
 REMOVALS: tuple[str, ...] = ("mean", "zeros")
@@ -231,13 +233,9 @@ def attribution_markdown(summary: pd.DataFrame, removal: str) -> str:
 
 def plot_attribution(summary: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """Horizontal stacked bars: the image and text shares of mean |phi| per label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(6.0, 1.0 + 0.35 * len(summary)))
+    fig = new_figure(figsize=(6.0, 1.0 + 0.35 * len(summary)))
+    ax = fig.subplots()
     y = np.arange(len(summary))
     ax.barh(y, summary["image_share"], color="tab:blue", label="image")
     ax.barh(y, summary["text_share"], left=summary["image_share"], color="tab:orange",
@@ -248,9 +246,7 @@ def plot_attribution(summary: pd.DataFrame, path: str | Path, title: str = "") -
     ax.set_xlabel("share of mean |Shapley value| (predicted probability)")
     ax.set_title(title or "Modality attribution per label")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -262,10 +258,10 @@ def write_attribution(table: pd.DataFrame, out_dir: str | Path, title: str = "")
     summary = summarise_attribution(table)
     removal = str(table.attrs.get("removal", "mean"))
     paths = {
-        "table": out / "attribution.csv",
-        "summary": out / "attribution_summary.csv",
-        "markdown": out / "attribution_summary.md",
-        "plot": out / "attribution.png",
+        "table": out / layout.ATTRIBUTION_TABLE,
+        "summary": out / f"{layout.ATTRIBUTION_SUMMARY}.csv",
+        "markdown": out / f"{layout.ATTRIBUTION_SUMMARY}.md",
+        "plot": out / layout.ATTRIBUTION_PLOT,
     }
     table.to_csv(paths["table"], index=False)
     summary.to_csv(paths["summary"], index=False)

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cxrfuse.data.manifest import FRONTAL_VIEWS, Manifest, label_slug
+from cxrfuse.data.images import gray8
+from cxrfuse.data.manifest import Manifest, label_slug
 from cxrfuse.data.phantoms import file_stem
-from cxrfuse.encoders.decode import gray8
 from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.explain.gradcam import (
     FusedImageClassifier,
@@ -34,9 +34,11 @@ from cxrfuse.explain.gradcam import (
 from cxrfuse.explain.overlay import write_overlay
 from cxrfuse.fusion.heads import FusionHead
 from cxrfuse.problems import CxrfuseError, DataError
+from cxrfuse.rundir import layout
+from cxrfuse.vocab import FRONTAL_VIEWS
 
 LATERAL_VIEWS = frozenset({"LATERAL", "LL"})
-INDEX_FILE = "index.csv"
+INDEX_FILE = layout.EXPLAIN_INDEX
 
 
 @dataclass

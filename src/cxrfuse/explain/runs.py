@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxrfuse.data.manifest import Manifest, read_manifest
+from cxrfuse.data.manifest import Manifest
 from cxrfuse.explain.attribution import (
     ModalityInputs,
     ModalityMeans,
@@ -27,46 +27,32 @@ from cxrfuse.explain.attribution import (
 )
 from cxrfuse.explain.explainer import Explainer, ViewExplanation
 from cxrfuse.explain.scoring import PhantomScores, score_on_phantoms, write_scores
+from cxrfuse.inference import load_run
 from cxrfuse.problems import CxrfuseError
+from cxrfuse.rundir import RunDir, layout
 
 
 def explainer_from_run(run_dir: str | Path, device: str = "cpu") -> tuple[Explainer, Manifest]:
     """The run's image encoder (fine-tuned or as named in ``model.json``), head and report
-    embeddings, and the run's manifest. A CLIP run explains its zero-shot scores
-    (:func:`cxrfuse.clip.explain.clip_explainer`)."""
-    from cxrfuse.clip.checkpoint import is_clip_run
-    from cxrfuse.encoders.registry import create_image_encoder
-    from cxrfuse.training.runner import load_run
-
-    if is_clip_run(run_dir):
-        from cxrfuse.clip.explain import clip_explainer
-
-        return clip_explainer(run_dir, device=device)
+    embeddings, and the run's manifest. (A CLIP run explains its zero-shot scores:
+    :func:`cxrfuse.clip.explain.clip_explainer`.)"""
     run = load_run(run_dir)
-    image = run.sidecar.get("image")
-    if not image:
+    if run.sidecar.image is None:
         raise CxrfuseError(
-            f"{run_dir}: this run reads {run.info.get('modalities', ['text'])} only; image "
-            "explanations need a model that reads images (try `cxrfuse attribute` for fused runs)"
+            f"{run_dir}: this run reads {run.info.modalities} only; image explanations need a "
+            "model that reads images (try `cxrfuse attribute` for fused runs)"
         )
-    if image.get("finetuned"):
-        from cxrfuse.training.finetune import load_finetuned_encoder
-
-        encoder = load_finetuned_encoder(run_dir, device=device)
-    else:
-        encoder = create_image_encoder(image["encoder"], weights=image["weights"],
-                                       input_size=image.get("input_size"), device=device)  # fmt: skip
+    encoder = run.image_encoder(device=device)
     texts: dict[str, Any] = {}
-    if run.sidecar.get("text"):
+    if run.sidecar.text is not None:
         arrays = run.arrays()
         texts = {
             str(sid): (vec, bool(present))
             for sid, vec, present in zip(arrays.study_ids, arrays.text, arrays.text_mask)
         }
-    manifest = read_manifest(run.info.get("manifest") or run.config.data.manifest)
-    explainer = Explainer(encoder, run.head, run.labels, output=run.sidecar["output"],
-                          texts=texts, device=device)  # fmt: skip
-    return explainer, manifest
+    explainer = Explainer(encoder, run.head, run.labels, output=run.output, texts=texts,
+                          device=device)  # fmt: skip
+    return explainer, run.manifest()
 
 
 @dataclass
@@ -92,11 +78,15 @@ def explain_run(
     score_limit: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    explainer: tuple[Explainer, Manifest] | None = None,
 ) -> RunExplanation:
     """Overlays for ``studies`` (ids) or the first ``limit`` studies of ``split``; with
-    ``score`` (phantom runs) also the pointing-game / deletion scores on ``split``."""
-    explainer, manifest = explainer_from_run(run_dir, device=device)
-    out = Path(out_dir) if out_dir else Path(run_dir) / "explain" / method
+    ``score`` (phantom runs) also the pointing-game / deletion scores on ``split``.
+
+    ``explainer`` (explainer, manifest) replaces the run's head explainer, e.g. a CLIP run's
+    zero-shot one."""
+    explainer, manifest = explainer or explainer_from_run(run_dir, device=device)
+    out = Path(out_dir) if out_dir else RunDir(run_dir).explain_dir(method)
     maps = explainer.explain_manifest(
         manifest, studies=studies, split=None if studies else split, limit=limit, labels=labels,
         method=method, out_dir=out, progress=progress,
@@ -105,7 +95,7 @@ def explain_run(
     if score:
         result.scores = score_on_phantoms(explainer, manifest, labels=labels, method=method,
                                           split=split, limit=score_limit, progress=progress)  # fmt: skip
-        result.score_files = write_scores(result.scores, out / "scores")
+        result.score_files = write_scores(result.scores, out / layout.EXPLAIN_SCORES)
     return result
 
 
@@ -118,8 +108,6 @@ def attribute_run(
 ) -> dict[str, Path]:
     """Modality attribution of every prediction of ``split`` of a fused run (training means
     from its train split); writes the table, summary and plot under ``out_dir``."""
-    from cxrfuse.training.runner import load_run
-
     run = load_run(run_dir)
     inputs, _ = run.split_inputs(split)
     if "image" not in inputs or "text" not in inputs:
@@ -130,9 +118,9 @@ def attribute_run(
     train, _ = run.split_inputs("train")
     means = ModalityMeans.of(ModalityInputs(**train)) if removal == "mean" else None
     table = modality_attribution(run.head, ModalityInputs(**inputs), run.labels,
-                                 output=run.sidecar["output"], removal=removal, means=means,
+                                 output=run.output, removal=removal, means=means,
                                  study_ids=run.split_study_ids(split))  # fmt: skip
     table.attrs["split"] = split
-    out = Path(out_dir) if out_dir else Path(run_dir) / "attribution"
-    title = f"Modality attribution, {run.info.get('name', Path(run_dir).name)} ({split})"
+    out = Path(out_dir) if out_dir else run.run.attribution_dir
+    title = f"Modality attribution, {run.info.name} ({split})"
     return write_attribution(table, out, title)

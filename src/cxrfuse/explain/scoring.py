@@ -22,10 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -46,7 +42,9 @@ from cxrfuse.explain.gradcam import (
     label_target,
     positive_probability,
 )
+from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import DataError
+from cxrfuse.rundir import layout
 
 Baseline = Literal["blur", "mean", "road"]
 DELETION_FRACTIONS: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
@@ -338,10 +336,10 @@ def write_scores(scores: PhantomScores, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "cases": out / "cases.csv",
-        "summary": out / "pointing_game.csv",
-        "table": out / "pointing_game.md",
-        "pointing_plot": out / "pointing_game.png",
+        "cases": out / layout.POINTING_CASES,
+        "summary": out / f"{layout.POINTING_GAME}.csv",
+        "table": out / f"{layout.POINTING_GAME}.md",
+        "pointing_plot": out / f"{layout.POINTING_GAME}.png",
     }
     scores.cases.to_csv(paths["cases"], index=False)
     scores.summary.to_csv(paths["summary"], index=False)
@@ -354,13 +352,14 @@ def write_scores(scores: PhantomScores, out_dir: str | Path) -> dict[str, Path]:
     paths["table"].write_text(note + markdown_table(scores.summary) + "\n")
     _plot_pointing(scores.summary, paths["pointing_plot"], scores.method)
     if len(scores.curves["cam"]):
-        paths["deletion_plot"] = out / "deletion.png"
+        paths["deletion_plot"] = out / layout.DELETION_PLOT
         _plot_deletion(scores, paths["deletion_plot"])
     return paths
 
 
 def _plot_pointing(summary: pd.DataFrame, path: Path, method: str) -> None:
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(summary), 3.6))
+    fig = new_figure(figsize=(1.2 + 1.1 * len(summary), 3.6))
+    ax = fig.subplots()
     x = np.arange(len(summary))
     err = np.vstack([summary["hit_rate"] - summary["hit_ci_low"],
                      summary["hit_ci_high"] - summary["hit_rate"]])  # fmt: skip
@@ -372,13 +371,12 @@ def _plot_pointing(summary: pd.DataFrame, path: Path, method: str) -> None:
     ax.set_ylabel("pointing-game hit rate")
     ax.set_title("Pointing game on phantoms (synthetic)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_deletion(scores: PhantomScores, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    fig = new_figure(figsize=(4.6, 3.6))
+    ax = fig.subplots()
     for key, name in (("cam", scores.method), ("random", "random maps")):
         curve = scores.curves[key].mean(axis=0)
         auc = curve_auc(scores.fractions, curve)
@@ -387,6 +385,4 @@ def _plot_deletion(scores: PhantomScores, path: Path) -> None:
     ax.set_ylabel("mean P(label)")
     ax.set_title("Deletion curve on phantoms (synthetic)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -2,7 +2,7 @@
 
 from cxrfuse.fusion.heads import (
     HEADS,
-    STORE_MODE,
+    INPUT_KEYS,
     VIEW_MODES,
     AttentionViewFusion,
     ConcatMLP,
@@ -10,11 +10,13 @@ from cxrfuse.fusion.heads import (
     LateFusion,
     ViewFusion,
     build_head,
+    head_probabilities,
+    probabilities,
 )
 
 __all__ = [
     "HEADS",
-    "STORE_MODE",
+    "INPUT_KEYS",
     "VIEW_MODES",
     "AttentionViewFusion",
     "ConcatMLP",
@@ -22,4 +24,6 @@ __all__ = [
     "LateFusion",
     "ViewFusion",
     "build_head",
+    "head_probabilities",
+    "probabilities",
 ]

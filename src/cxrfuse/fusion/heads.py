@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,13 +29,6 @@ Modality = Literal["image", "text"]
 ViewMode = Literal["frontal", "mean", "concat", "attention"]
 HeadKind = Literal["concat-mlp", "late-fusion"]
 VIEW_MODES: tuple[str, ...] = ("frontal", "mean", "concat", "attention")
-STORE_MODE: dict[str, str] = {
-    "frontal": "frontal",
-    "mean": "stack",
-    "concat": "concat",
-    "attention": "stack",
-}
-"""The :meth:`ImageEmbeddings.study_matrix` mode that feeds each view fusion."""
 
 
 class AttentionViewFusion(nn.Module):
@@ -235,3 +229,43 @@ def build_head(kind: HeadKind | str, **kwargs: Any) -> FusionHead:
     if kind not in HEADS:
         raise ValueError(f"unknown head kind {kind!r}; choose one of {sorted(HEADS)}")
     return HEADS[kind](**kwargs)
+
+
+def probabilities(logits: torch.Tensor, output: str) -> torch.Tensor:
+    """Positive-class probabilities (B, n_labels) from sigmoid or two-logit softmax outputs."""
+    logits = logits.float()
+    if output == "softmax":
+        return torch.softmax(logits, dim=1)[:, 1:]
+    return torch.sigmoid(logits)
+
+
+INPUT_KEYS = ("image", "image_mask", "text", "text_mask")
+"""The keyword inputs of every head (whichever modalities it reads)."""
+
+
+@torch.no_grad()
+def head_probabilities(
+    head: nn.Module, output: str, inputs: dict[str, Any], batch_size: int = 4096
+) -> torch.Tensor:
+    """Positive-class probabilities (n, n_labels) of ``head`` (eval mode, its device) on
+    inputs keyed :data:`INPUT_KEYS` (NumPy arrays or tensors; absent or None keys skipped)."""
+    device = next(iter(head.parameters()), torch.zeros(())).device
+    tensors = {}
+    for key in INPUT_KEYS:
+        value = inputs.get(key)
+        if value is None:
+            continue
+        t = value if torch.is_tensor(value) else torch.as_tensor(np.ascontiguousarray(value))
+        tensors[key] = t.float() if key in ("image", "text") else t
+    n = len(next(iter(tensors.values())))
+    was_training = head.training
+    head.eval()
+    out = [
+        probabilities(head(**{k: v[s : s + batch_size].to(device) for k, v in tensors.items()}),
+                      output).cpu()
+        for s in range(0, n, batch_size)
+    ]  # fmt: skip
+    head.train(was_training)
+    n_out = getattr(head, "n_outputs", 0)
+    width = 1 if output == "softmax" else n_out
+    return torch.cat(out) if out else torch.zeros((0, width))

@@ -18,10 +18,11 @@ from typing import Any
 
 import pandas as pd
 
-from cxrfuse.data.manifest import REPORT_SECTIONS, Manifest
+from cxrfuse.data.manifest import Manifest
 from cxrfuse.text.clean import clean_text
 from cxrfuse.text.mask import mask_label_mentions
 from cxrfuse.text.sections import TextConfig, select_sections
+from cxrfuse.vocab import REPORT_SECTIONS
 
 
 def prepare_text(row: Mapping[str, Any], config: TextConfig, labels: Sequence[str]) -> str:

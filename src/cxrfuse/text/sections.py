@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Section = Literal["comparison", "indication", "findings", "impression"]
+from cxrfuse.vocab import IMAGE_DESCRIBING_SECTIONS, Section
 
 
 class TextConfig(BaseModel):
@@ -27,7 +27,7 @@ class TextConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sections: list[Section] = Field(default_factory=lambda: ["findings", "impression"])
+    sections: list[Section] = Field(default_factory=lambda: list(IMAGE_DESCRIBING_SECTIONS))
     section_headers: bool = True
     mask_labels: bool = True
     mask_token: str = "[MASK]"

@@ -1,32 +1,26 @@
-"""Training fusion heads on cached embeddings (and, in ``finetune``, the image encoder too).
+"""Training: fusion heads on cached embeddings and end-to-end fine-tuning through one run
+pipeline (:func:`train_run`), grids of runs (:func:`train_experiment`), and a scikit-learn
+estimator for arrays a user brings (:class:`FusionClassifier`).
 
-Public API (imported lazily, so ``import cxrfuse.training`` stays cheap)::
+    from cxrfuse.training import train_run, train_experiment, FusionClassifier
 
-    from cxrfuse.training import train_run, train_experiment, load_run, predict, FusionClassifier
+Loading a trained run and predicting is :mod:`cxrfuse.inference`.
 """
 
-from __future__ import annotations
+from cxrfuse.training.estimator import FusionClassifier
+from cxrfuse.training.experiment import train_experiment, write_summary
+from cxrfuse.training.inputs import ImageFinetuning, InputSource, StoredEmbeddings, make_source
+from cxrfuse.training.module import FusionModule
+from cxrfuse.training.runner import train_run
 
-from importlib import import_module
-from typing import Any
-
-_EXPORTS = {
-    "train_run": "runner",
-    "train_experiment": "runner",
-    "train_on_arrays": "runner",
-    "load_run": "runner",
-    "predict": "runner",
-    "LoadedRun": "runner",
-    "FusionModule": "module",
-    "StudyArrays": "data",
-    "build_study_arrays": "data",
-    "FusionClassifier": "estimator",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"cxrfuse.training.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'cxrfuse.training' has no attribute {name!r}")
+__all__ = [
+    "FusionClassifier",
+    "FusionModule",
+    "ImageFinetuning",
+    "InputSource",
+    "StoredEmbeddings",
+    "make_source",
+    "train_experiment",
+    "train_run",
+    "write_summary",
+]

@@ -24,10 +24,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from cxrfuse.config import EarlyStoppingConfig, ScheduleConfig, TrainingConfig
+from cxrfuse.fusion import probabilities
 from cxrfuse.fusion.heads import build_head
+from cxrfuse.runtime import seed_everything
 from cxrfuse.training.data import make_loader
+from cxrfuse.training.fit import fit_module
 from cxrfuse.training.losses import build_loss
-from cxrfuse.training.module import FusionModule, probabilities
+from cxrfuse.training.module import FusionModule
 
 
 def _inputs(X: Any) -> dict[str, np.ndarray]:
@@ -114,10 +117,6 @@ class FusionClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> FusionClassifier:
         """Train on ``X``, ``y`` (a seeded ``validation_fraction`` picks the best epoch)."""
-        import lightning.pytorch as pl
-
-        from cxrfuse.training.runner import fit_module
-
         inputs = _inputs(X)
         y_arr = np.asarray(y, dtype=np.float32)
         self.multilabel_ = y_arr.ndim == 2 and y_arr.shape[1] > 1
@@ -140,7 +139,7 @@ class FusionClassifier(ClassifierMixin, BaseEstimator):
             view_fusion=self.view_fusion, n_views=1 if image is None else image.shape[1],
             dropout=self.dropout, **specific,
         )
-        pl.seed_everything(self.random_state, workers=True, verbose=False)
+        seed_everything(self.random_state)
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(len(y2))
         n_val = max(1, round(self.validation_fraction * len(y2)))

@@ -21,6 +21,7 @@ from torch import nn
 from torchmetrics import CatMetric, MeanMetric
 
 from cxrfuse.config import ScheduleConfig
+from cxrfuse.fusion import probabilities
 
 METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auroc")
 
@@ -51,14 +52,6 @@ def epoch_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[
         finite = [v for v in values if not math.isnan(v)]
         out[key] = float(np.mean(finite)) if finite else math.nan
     return out
-
-
-def probabilities(logits: torch.Tensor, output: str) -> torch.Tensor:
-    """Positive-class probabilities (B, n_labels) from sigmoid or two-logit softmax outputs."""
-    logits = logits.float()
-    if output == "softmax":
-        return torch.softmax(logits, dim=1)[:, 1:]
-    return torch.sigmoid(logits)
 
 
 def make_optimizer(params: Any, kind: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -24,30 +24,36 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-import types
-import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cxrfuse.config.common import (
+    Strict,
+    format_validation_error,
+    get_dotted,
+    parse_override,
+    read_yaml_config,
+    set_dotted,
+    validate_config,
+)
 from cxrfuse.problems import ConfigError
 from cxrfuse.text import TextConfig
+from cxrfuse.vocab import PRE_READ_SECTIONS, Section
 
 Modality = Literal["image", "text"]
-M = TypeVar("M", bound=BaseModel)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+EXPERIMENT_RUNS_FOLDER = "runs"
+"""Where an experiment keeps its run directories (``<runs_dir>/<experiment>/runs/<run>``);
+:data:`cxrfuse.rundir.layout.RUNS` is this folder."""
 
 
 # ----------------------------------------------------------------------------- sections
 
 
-class SubsampleConfig(_Strict):
+class SubsampleConfig(Strict):
     """Seeded subsampling of the training split to a target positive fraction.
 
     ``positive_fraction: 0.25`` gives the 75:25 negative:positive ratio of seed 004: every
@@ -60,7 +66,7 @@ class SubsampleConfig(_Strict):
     seed: int | None = None
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Which studies, labels and embedding store a run uses."""
 
     manifest: str = "demo-output/phantoms/manifest.parquet"
@@ -74,7 +80,7 @@ class DataConfig(_Strict):
     )
 
 
-class ImageSideConfig(_Strict):
+class ImageSideConfig(Strict):
     """The image encoder (frozen, embeddings from the store) and how views are fused."""
 
     encoder: str = "xrv-densenet121-nih"
@@ -94,9 +100,7 @@ class TextSideConfig(TextConfig):
     encoder: str = "biobert"
     offline_encoder: str = "minilm"
     weights: str = "default"
-    sections: list[Literal["comparison", "indication", "findings", "impression"]] = Field(
-        default_factory=lambda: ["indication"]
-    )
+    sections: list[Section] = Field(default_factory=lambda: list(PRE_READ_SECTIONS))
     options: dict[str, Any] = Field(default_factory=dict)
     offline_options: dict[str, Any] | None = None
 
@@ -105,7 +109,7 @@ class TextSideConfig(TextConfig):
         return TextConfig(**self.model_dump(include=set(TextConfig.model_fields)))
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """The fusion head (:func:`cxrfuse.fusion.build_head`)."""
 
     kind: Literal["concat-mlp", "late-fusion"] = "concat-mlp"
@@ -125,7 +129,7 @@ class ModelConfig(_Strict):
         return [m for m in ("image", "text") if m in value]
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(Strict):
     """Learning-rate schedule, stepped once per epoch.
 
     ``step``: multiply by ``gamma`` every ``step_size`` epochs. ``linear``: from
@@ -145,7 +149,7 @@ class ScheduleConfig(_Strict):
     min_lr: float = Field(0.0, ge=0.0)
 
 
-class EarlyStoppingConfig(_Strict):
+class EarlyStoppingConfig(Strict):
     """Stop when the validation loss has not improved for ``patience`` epochs."""
 
     monitor: Literal["val_loss"] = "val_loss"
@@ -153,7 +157,7 @@ class EarlyStoppingConfig(_Strict):
     min_delta: float = Field(0.0, ge=0.0)
 
 
-class LossConfig(_Strict):
+class LossConfig(Strict):
     """``bce`` (sigmoid outputs, optional ``pos_weight``), ``ce`` (softmax outputs) or
     ``focal`` (alpha, gamma; torchvision's ``sigmoid_focal_loss`` semantics; alpha < 0 turns
     the alpha weighting off)."""
@@ -164,7 +168,7 @@ class LossConfig(_Strict):
     gamma: float = Field(2.0, ge=0.0)
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(Strict):
     """Optimiser, schedule, loss, early stopping and where the training runs."""
 
     mode: Literal["embeddings", "finetune"] = "embeddings"
@@ -187,7 +191,7 @@ class TrainingConfig(_Strict):
     gradient_clip_val: float | None = Field(None, gt=0.0)
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(Strict):
     """Image augmentation of the fine-tuning mode."""
 
     hflip: float = Field(0.5, ge=0.0, le=1.0)
@@ -199,7 +203,7 @@ class AugmentConfig(_Strict):
     gamma: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-class FinetuneConfig(_Strict):
+class FinetuneConfig(Strict):
     """Used only when ``training.mode == "finetune"`` (the image encoder is trained)."""
 
     freeze: list[str] = Field(
@@ -211,7 +215,7 @@ class FinetuneConfig(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
-class EvaluationConfig(_Strict):
+class EvaluationConfig(Strict):
     """How evaluation chooses thresholds (on validation) and bootstraps confidence intervals."""
 
     threshold: Literal["f1", "youden"] | float = "f1"
@@ -225,7 +229,7 @@ class EvaluationConfig(_Strict):
         return value
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     """One trained model; the run directory is ``<runs_dir>/<name>``."""
 
     name: str = "run"
@@ -269,14 +273,14 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-class OverrideRule(_Strict):
+class OverrideRule(Strict):
     """Extra settings for the grid points that match ``when`` (dotted key -> value)."""
 
     when: dict[str, Any]
     set: dict[str, Any]
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(Strict):
     """A grid of runs: ``base`` (a run config or a path to one), ``grid`` (dotted key ->
     values, cartesian product), ``seeds`` and ``overrides_by`` rules."""
 
@@ -321,7 +325,7 @@ class ExperimentConfig(_Strict):
                             set_dotted(raw, key, copy.deepcopy(value))
                 raw["seed"] = seed
                 raw["name"] = run_name(point, seed) if point else f"{self.base.name}-seed{seed}"
-                raw["runs_dir"] = str(self.experiment_dir / "runs")
+                raw["runs_dir"] = str(self.experiment_dir / EXPERIMENT_RUNS_FOLDER)
                 config = validate_run(raw, source)
                 if self.offline:
                     config = apply_offline(config)
@@ -378,108 +382,7 @@ def run_name(point: Mapping[str, Any], seed: int) -> str:
 # ----------------------------------------------------------------------------- dotted keys
 
 
-def get_dotted(raw: Mapping[str, Any], key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested dicts, creating the missing levels."""
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"training.loss.kind=focal"`` -> ``("training.loss.kind", "focal")``; the value is YAML."""
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
-        raise ConfigError(f"--set {text!r}: expected key.path=value, e.g. training.lr=0.001")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from err
-    return key, parsed
-
-
 # ----------------------------------------------------------------------------- errors
-
-
-def _unwrap(annotation: Any) -> list[Any]:
-    """The members of a Union/Optional/Annotated annotation."""
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    if origin in (Union, types.UnionType):
-        return [m for a in typing.get_args(annotation) for m in _unwrap(a)]
-    return [annotation]
-
-
-def _resolve(root: type[BaseModel], loc: Sequence[Any]) -> tuple[list[str], type[BaseModel] | None]:
-    """The key path of an error location without union branch tags, and the model it ends in."""
-    path: list[str] = []
-    current: list[Any] = [root]
-    for part in loc:
-        models = [c for c in current if isinstance(c, type) and issubclass(c, BaseModel)]
-        model = next((m for m in models if isinstance(part, str) and part in m.model_fields), None)
-        if model is not None:
-            path.append(part)
-            current = _unwrap(model.model_fields[part].annotation)
-        elif isinstance(part, int):
-            path.append(str(part))
-            lists = [c for c in current if typing.get_origin(c) in (list, tuple)]
-            args = typing.get_args(lists[0]) if lists else ()
-            current = _unwrap(args[0]) if args else []
-        else:  # a union branch tag such as "list[float]" or a model class name
-            tagged = [c for c in current if getattr(c, "__name__", None) == part]
-            current = tagged or current
-    models = [c for c in current if isinstance(c, type) and issubclass(c, BaseModel)]
-    return path, models[0] if models else None
-
-
-def format_validation_error(err: ValidationError, root: type[BaseModel], source: str) -> str:
-    """One line per key path: what is wrong and what is allowed."""
-    lines: dict[str, list[str]] = {}
-    for item in err.errors():
-        loc = tuple(item["loc"])
-        if item["type"] == "extra_forbidden":
-            path, parent = _resolve(root, loc[:-1])
-            key = ".".join([*path, str(loc[-1])])
-            allowed = sorted(parent.model_fields) if parent is not None else []
-            msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
-        else:
-            path, _ = _resolve(root, loc)
-            key = ".".join(path) or "(top level)"
-            msg = item["msg"]
-            if "input" in item and item["type"] != "missing" and not isinstance(item["input"], dict):
-                msg += f" (got {item['input']!r})"
-        lines.setdefault(key, [])
-        if msg not in lines[key]:
-            lines[key].append(msg)
-    body = "\n".join(f"  {key}: {' | or: '.join(msgs)}" for key, msgs in lines.items())
-    return f"{source}: invalid config\n{body}"
-
-
-def validate_config(model: type[M], raw: Mapping[str, Any], source: str = "config") -> M:
-    """``model`` (any config class) from a mapping, or a :class:`ConfigError` naming
-    ``source`` and each bad key path."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: expected a mapping of config sections, got {type(raw).__name__}")
-    try:
-        return model.model_validate(dict(raw))
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, model, source)) from None
 
 
 def validate_run(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
@@ -490,22 +393,6 @@ def validate_run(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
 # ----------------------------------------------------------------------------- loading
 
 EXPERIMENT_KEYS = frozenset(ExperimentConfig.model_fields) - {"name", "runs_dir"}
-
-
-def read_yaml_config(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML config file; clear errors for a missing file, bad YAML
-    or a non-mapping."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
-    return raw
 
 
 def is_experiment(raw: Mapping[str, Any]) -> bool:

@@ -28,6 +28,8 @@ RANK_ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT
 
 
 @dataclass(frozen=True)
+
+
 class RankContext:
     """This process's place among the ranks (a single process is rank 0 of 1)."""
 

@@ -1,4 +1,5 @@
-"""Crash-safe files: atomic JSON/.npy writes (stores, run directories), digests, file stamps.
+"""Crash-safe files: atomic JSON/text/.npy/Parquet writes (stores, run directories), digests,
+file stamps.
 
 A file is written to ``NAME.tmp-HOST-PID`` (flushed and fsync'ed) and renamed over ``NAME``,
 so a reader never sees half a file and a killed writer leaves only a temp file, which the
@@ -7,11 +8,13 @@ next run deletes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,28 @@ def write_json(path: Path, payload: Any, *, indent: int | None = None) -> Path:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically (temp file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path to write to; renamed over ``path`` when the block ends without an error
+    (for writers that take a path, e.g. ``DataFrame.to_parquet``)."""
+    path = Path(path)
+    tmp = _temp_path(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def json_safe(value: Any) -> Any:

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from cxrfuse.data.images import DECODE_VERSION
 from cxrfuse.data.manifest import Manifest
-from cxrfuse.encoders.decode import DECODE_VERSION
-from cxrfuse.encoders.files import clean_temp_files, sha256_json, write_json, write_npy
+from cxrfuse.files import clean_temp_files, file_stamp, sha256_json, write_json, write_npy
 from cxrfuse.problems import DataError
+from cxrfuse.store.keys import image_records
 
 CACHE_VERSION = 1
 Stamp = tuple[int | None, int | None]
@@ -146,9 +148,6 @@ def manifest_image_cache(
 ) -> tuple[DecodedImageCache, dict[str, int]]:
     """The cache of every image of ``manifest`` at ``size`` px, in the store's order (so it is
     the same cache as ``cxrfuse embed --cache`` of that manifest), and each path's row."""
-    from cxrfuse.encoders.files import file_stamp
-    from cxrfuse.encoders.store import image_records
-
     paths = [r.path for r in image_records(manifest)]
     cache = DecodedImageCache(cache_dir, paths, [file_stamp(p) for p in paths], size, shard_size)
     return cache, {path: i for i, path in enumerate(paths)}
@@ -159,9 +158,8 @@ def fill_cache(cache: DecodedImageCache, progress: bool = True) -> int:
 
     An unreadable file is recorded as not ok with its error (never raised), as in the store.
     """
-    from tqdm.auto import tqdm
 
-    from cxrfuse.encoders.decode import decode_resized
+    from cxrfuse.data.images import decode_resized
 
     todo = [i for i in range(len(cache.paths)) if not cache.has_shard(i // cache.shard_size)]
     empty = np.zeros((cache.size, cache.size), dtype=np.uint8)

@@ -3,7 +3,7 @@
 Sections mirror the run config of ``cxrfuse train`` (``data``, ``image``, ``text``, ``model``,
 ``training``) and add what only a contrastive model has: the temperature, and the
 after-training analyses ``probe``, ``zero_shot`` and ``retrieval``. Defaults are the design of
-seed 002 (ViT-B/16 + BERT uncased, 512-d projections, InfoNCE with temperature 0.1, AdamW
+design 002 (ViT-B/16 + BERT uncased, 512-d projections, InfoNCE with temperature 0.1, AdamW
 1e-5); ``offline_encoder`` names the substitutes that load without a model hub
 (``--offline`` or ``offline: true`` swaps them in).
 """
@@ -14,17 +14,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from cxrfuse.config import parse_override, read_yaml_config, set_dotted, validate_config
+from cxrfuse.config.common import (
+    Strict,
+    parse_override,
+    read_yaml_config,
+    set_dotted,
+    validate_config,
+)
 from cxrfuse.text import TextConfig
+from cxrfuse.vocab import IMAGE_DESCRIBING_SECTIONS, Section
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClipDataConfig(_Strict):
+class ClipDataConfig(Strict):
     """Which studies and images are paired."""
 
     manifest: Path = Path("demo-output/phantoms/manifest.parquet")
@@ -44,7 +47,7 @@ class ClipDataConfig(_Strict):
 FreezeBlocks = Annotated[int, Field(ge=0)] | Literal["all"]
 
 
-class ClipImageConfig(_Strict):
+class ClipImageConfig(Strict):
     """The image tower: any registered image encoder, trained end to end or locked."""
 
     encoder: str = "vit-b-16"
@@ -65,9 +68,7 @@ class ClipTextConfig(TextConfig):
     need the finding words the reports use. Mask or change sections as for any model.
     """
 
-    sections: list[Literal["comparison", "indication", "findings", "impression"]] = Field(
-        default_factory=lambda: ["findings", "impression"]
-    )
+    sections: list[Section] = Field(default_factory=lambda: list(IMAGE_DESCRIBING_SECTIONS))
     mask_labels: bool = False
     encoder: str = Field(
         "bert-base-uncased", description="registered name (biobert, bert-base-uncased, minilm, "
@@ -87,8 +88,8 @@ class ClipTextConfig(TextConfig):
         return TextConfig(**self.model_dump(include=set(TextConfig.model_fields)))
 
 
-class TemperatureConfig(_Strict):
-    """InfoNCE temperature: fixed (seed 002: 0.1) or learned on a log scale, clamped."""
+class TemperatureConfig(Strict):
+    """InfoNCE temperature: fixed (design 002: 0.1) or learned on a log scale, clamped."""
 
     init: float = Field(0.1, gt=0.0)
     learn: bool = False
@@ -102,12 +103,12 @@ class TemperatureConfig(_Strict):
         return self
 
 
-class ClipModelConfig(_Strict):
+class ClipModelConfig(Strict):
     projection_dim: int = Field(512, ge=2)
     temperature: TemperatureConfig = Field(default_factory=TemperatureConfig)
 
 
-class ClipTrainingConfig(_Strict):
+class ClipTrainingConfig(Strict):
     optimizer: Literal["adamw"] = "adamw"
     lr: float = Field(1e-5, gt=0.0, description="learning rate of the two encoders")
     head_lr: float = Field(1e-3, gt=0.0, description="projections and temperature")
@@ -127,11 +128,11 @@ class ClipTrainingConfig(_Strict):
     progress: bool = True
 
 
-class ProbeConfig(_Strict):
-    """Linear probing (seed 002): frozen 512 + 512 embeddings -> MLP 2 x 512, vs unimodal."""
+class ProbeConfig(Strict):
+    """Linear probing (design 002): frozen 512 + 512 embeddings -> MLP 2 x 512, vs unimodal."""
 
     task: str | None = Field(None, description="default: data.task")
-    text_sections: list[Literal["comparison", "indication", "findings", "impression"]] | None = (
+    text_sections: list[Section] | None = (
         Field(None, description="report sections embedded for the probe; default: the "
               "training text (findings/impression carry the labels: see the text-only row)")
     )
@@ -156,12 +157,12 @@ DEFAULT_PROMPTS: dict[str, dict[str, list[str]]] = {
 }
 
 
-class LabelPrompts(_Strict):
+class LabelPrompts(Strict):
     positive: list[str] = Field(min_length=1)
     negative: list[str] = Field(min_length=1)
 
 
-class ZeroShotConfig(_Strict):
+class ZeroShotConfig(Strict):
     """Prompts per label; ``{label}`` in a template becomes the lower-cased label name."""
 
     task: str | None = Field(None, description="default: data.task")
@@ -189,12 +190,12 @@ class ZeroShotConfig(_Strict):
         )
 
 
-class RetrievalConfig(_Strict):
+class RetrievalConfig(Strict):
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     split: Literal["train", "val", "test"] = "test"
 
 
-class ClipConfig(_Strict):
+class ClipConfig(Strict):
     """A contrastive image-report run: ``<runs_dir>/<name>/``."""
 
     name: str = "iu-clip"
@@ -213,6 +214,10 @@ class ClipConfig(_Strict):
     @property
     def run_dir(self) -> Path:
         return self.runs_dir / self.name
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (paths as strings)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     @property
     def image_encoder(self) -> str:
@@ -241,7 +246,3 @@ def load_clip_config(path: str | Path, overrides: list[str] | None = None) -> Cl
     return validate_clip_config(raw, source=str(path))
 
 
-def dump_clip_config(config: ClipConfig, path: Path) -> Path:
-    """Write the resolved config as YAML (paths as strings)."""
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    return path

@@ -1,39 +1,29 @@
-"""The human report of a run or an experiment: ``report.html`` (one self-contained file, images
-embedded as base64 PNG, no JavaScript) and ``report.md`` (images linked) from the same content.
-
-The content is built once as a list of :class:`Section` objects holding blocks (text, warning,
-table, image, code); two small renderers turn it into Markdown and HTML (Jinja2).
-"""
+"""Report sections of a fusion run and of an experiment (a grid of runs): overview with the
+synthetic-image and text-leakage banners, data, text configuration and leakage audit,
+configuration, results with intervals, ablations, explanations, plots, environment."""
 
 from __future__ import annotations
 
-import base64
-import html
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
-from jinja2 import Environment
 
 from cxrfuse.data.manifest import read_manifest
 from cxrfuse.data.splits import split_summary
-from cxrfuse.evaluation.ablation import format_table, format_value, modality_name
-from cxrfuse.evaluation.metrics import HEADLINE
+from cxrfuse.evaluation import HEADLINE, format_table, format_value, modality_name
 from cxrfuse.evaluation.run import (
     COMPLEMENTARITY_INTRO,
     PAIRED_INTRO,
-    _resolve,
     complementarity_table,
-    evaluate_experiment,
-    evaluate_run,
-    find_runs,
     paired_table,
-    read_json,
+    resolve_manifest,
 )
-from cxrfuse.problems import CxrfuseError, DataError
+from cxrfuse.problems import CxrfuseError
+from cxrfuse.reporting.document import Section
+from cxrfuse.rundir import ExperimentDir, RunDir, layout
 from cxrfuse.stats import manifest_summary
 
 PHANTOM_NOTE = (
@@ -42,62 +32,12 @@ PHANTOM_NOTE = (
 )
 
 
-@dataclass
-class Block:
-    kind: str  # "text", "warning", "note", "table", "image", "code"
-    content: Any
-    caption: str = ""
-
-
-@dataclass
-class Section:
-    title: str
-    blocks: list[Block] = field(default_factory=list)
-
-    def add(self, kind: str, content: Any, caption: str = "") -> Section:
-        self.blocks.append(Block(kind, content, caption))
-        return self
-
-
-# ------------------------------------------------------------------------------ entry point
-def write_report(path: str | Path, *, evaluate_if_missing: bool = True) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` into a run, experiment or CLIP run directory.
-
-    Evaluates first (default settings) when the run has no ``metrics.json`` (or the experiment
-    no ``evaluation.json``); a CLIP run reports the analyses it holds. Returns the two paths.
-    """
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory")
-    from cxrfuse.clip.checkpoint import is_clip_run
-
-    if is_clip_run(root):
-        from cxrfuse.clip.report import clip_sections  # CLIP runs have their own analyses
-
-        title, sections = clip_sections(root)
-    elif (root / "run.json").exists():
-        if not (root / "metrics.json").exists():
-            if not evaluate_if_missing:
-                raise DataError(f"{root}: no metrics.json; run `cxrfuse evaluate {root}` first")
-            evaluate_run(root)
-        title, sections = run_sections(root)
-    else:
-        find_runs(root)  # clear error when this is neither a run nor an experiment
-        if not (root / "evaluation.json").exists():
-            if not evaluate_if_missing:
-                raise DataError(f"{root}: no evaluation.json; run `cxrfuse evaluate {root}` first")
-            evaluate_experiment(root)
-        title, sections = experiment_sections(root)
-    html_path, md_path = root / "report.html", root / "report.md"
-    html_path.write_text(render_html(title, sections, root))
-    md_path.write_text(render_markdown(title, sections, root))
-    return html_path, md_path
-
-
 # ------------------------------------------------------------------------------ run report
+
+
 def run_sections(run_dir: Path) -> tuple[str, list[Section]]:
-    run = read_json(run_dir / "run.json")
-    metrics = read_json(run_dir / "metrics.json")
+    run = RunDir(run_dir).info().model_dump()
+    metrics = RunDir(run_dir).metrics()
     title = f"cxrfuse report: run {metrics['run']}"
     top = Section("Overview")
     top.add(
@@ -118,7 +58,7 @@ def run_sections(run_dir: Path) -> tuple[str, list[Section]]:
         top,
         data_section(run, run_dir),
         text_section([metrics]),
-        config_section(run_dir / "config.yaml"),
+        config_section(RunDir(run_dir).config_path),
     ]
     results = Section("Results")
     results.add(
@@ -219,7 +159,7 @@ def data_section(run: Mapping[str, Any], run_dir: Path) -> Section:
     if not path:
         return section.add("note", "run.json names no manifest.")
     try:
-        manifest = read_manifest(_resolve(path, run_dir))
+        manifest = read_manifest(resolve_manifest(path, run_dir))
     except CxrfuseError as exc:
         return section.add(
             "note",
@@ -356,10 +296,7 @@ def config_section(path: Path, title: str = "Configuration") -> Section:
 def _shuffle_blocks(section: Section, runs: Sequence[tuple[str, Path]]) -> None:
     rows = []
     for name, run_dir in runs:
-        path = run_dir / "ablation.json"
-        if not path.exists():
-            continue
-        for modality, res in read_json(path).get("shuffle", {}).items():
+        for modality, res in RunDir(run_dir).ablation().get("shuffle", {}).items():
             for metric, drop in res["drop"].items():
                 if metric not in ("auroc", "f1", "accuracy"):
                     continue
@@ -410,22 +347,22 @@ def explanation_section(runs: Sequence[tuple[str, Path]], hint: str = EXPLAIN_HI
     section = Section("Explanations")
     found = False
     for name, run_dir in runs:
-        summary = run_dir / "attribution" / "attribution_summary.csv"
+        run = RunDir(run_dir)
+        summary = run.attribution_dir / f"{layout.ATTRIBUTION_SUMMARY}.csv"
         if summary.exists():
             found = True
             table = _formatted(pd.read_csv(summary))
             section.add("table", table, f"{ATTRIBUTION_INTRO}; run {name}.")
-            if (run_dir / "attribution" / "attribution.png").exists():
-                section.add("image", run_dir / "attribution" / "attribution.png",
+            if (run.attribution_dir / layout.ATTRIBUTION_PLOT).exists():
+                section.add("image", run.attribution_dir / layout.ATTRIBUTION_PLOT,
                             f"Modality attribution per label, {name}")  # fmt: skip
-        for scores in sorted((run_dir / "explain").glob("*/scores/pointing_game.csv")):
+        for method, folder in run.pointing_game_files():
             found = True
-            method = scores.parent.parent.name
-            section.add("table", _formatted(pd.read_csv(scores)),
+            section.add("table", _formatted(pd.read_csv(folder / f"{layout.POINTING_GAME}.csv")),
                         f"{POINTING_INTRO}; run {name}, {method} (synthetic phantoms).")  # fmt: skip
-            for plot in ("pointing_game.png", "deletion.png"):
-                if (scores.parent / plot).exists():
-                    section.add("image", scores.parent / plot, f"{plot[:-4]}, {name}, {method}")
+            for plot in (f"{layout.POINTING_GAME}.png", layout.DELETION_PLOT):
+                if (folder / plot).exists():
+                    section.add("image", folder / plot, f"{plot[:-4]}, {name}, {method}")
     if not found:
         section.add("note", hint)
     return section
@@ -468,12 +405,15 @@ def environment_section(
 
 
 # ------------------------------------------------------------------------------ experiment report
+
+
 def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
-    evaluation = read_json(exp_dir / "evaluation.json")
+    exp = ExperimentDir(exp_dir)
+    evaluation = exp.evaluation()
     runs = {r["run"]: r for r in evaluation["runs"]}
     finished = [(name, exp_dir / r["dir"]) for name, r in runs.items() if r.get("headline")]
-    run_json = {name: read_json(d / "run.json") for name, d in finished}
-    metrics = {name: read_json(d / "metrics.json") for name, d in finished}
+    run_json = {name: RunDir(d).info().model_dump() for name, d in finished}
+    metrics = {name: RunDir(d).metrics() for name, d in finished}
     title = f"cxrfuse report: experiment {evaluation['experiment']}"
     top = Section("Overview")
     failed = [r for r in runs.values() if r["status"] != "finished"]
@@ -496,7 +436,7 @@ def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
         first = finished[0]
         sections.append(data_section(run_json[first[0]], first[1]))
     sections.append(text_section(list(metrics.values())))
-    sections.append(config_section(exp_dir / "experiment.yaml", "Configuration (experiment grid)"))
+    sections.append(config_section(exp.config_path, "Configuration (experiment grid)"))
     results = Section("Results")
     rows = []
     for name, r in runs.items():
@@ -543,10 +483,10 @@ def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
     for name, run_dir in finished:
         if (
             len(run_json[name].get("modalities", [])) > 1
-            and (run_dir / "plots" / "training_curves.png").exists()
+            and RunDir(run_dir).training_curves.exists()
         ):
             plots.add(
-                "image", run_dir / "plots" / "training_curves.png", f"Training curves, {name}"
+                "image", RunDir(run_dir).training_curves, f"Training curves, {name}"
             )
             break
     sections.append(plots)
@@ -555,104 +495,3 @@ def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
 
 
 # ------------------------------------------------------------------------------ renderers
-def render_markdown(title: str, sections: Sequence[Section], root: Path) -> str:
-    lines = [f"# {title}", ""]
-    for section in sections:
-        lines += [f"## {section.title}", ""]
-        for block in section.blocks:
-            if block.kind == "warning":
-                lines += [f"> **Warning:** {block.content}", ""]
-            elif block.kind == "note":
-                lines += [f"> {block.content}", ""]
-            elif block.kind == "table":
-                if block.caption:
-                    lines += [f"*{block.caption}*", ""]
-                lines += [block.content.to_markdown(index=False), ""]
-            elif block.kind == "image":
-                lines += [f"![{block.caption}]({_relative(block.content, root)})", ""]
-            elif block.kind == "code":
-                lines += [f"*{block.caption}*", "", "```yaml", block.content.rstrip(), "```", ""]
-            else:
-                lines += [block.content, ""]
-    return "\n".join(lines)
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)
-
-
-def _inline(text: str) -> str:
-    """Escape, then turn **bold** and `code` into tags (the report's only inline Markdown)."""
-    import re
-
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-
-
-def _image_data(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
-HTML_TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
-<style>
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1f2328;
-       max-width: 1100px;
-       margin: 24px auto; padding: 0 24px; line-height: 1.45; font-size: 15px; }
-h1 { font-size: 26px; border-bottom: 2px solid #d0d7de; padding-bottom: 8px; }
-h2 { font-size: 20px; margin-top: 36px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
-nav { font-size: 13px; color: #57606a; }
-nav a { margin-right: 12px; color: #0969da; text-decoration: none; }
-.warning { background: #fff1e5; border-left: 6px solid #d1242f; padding: 10px 14px;
-           margin: 12px 0; font-weight: 600; }
-.note { background: #f6f8fa; border-left: 4px solid #8c959f; padding: 6px 12px; margin: 8px 0;
-        color: #57606a; }
-table { border-collapse: collapse; margin: 6px 0 16px; font-size: 13px; }
-th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #f6f8fa; } tr:nth-child(even) td { background: #fbfcfd; }
-.caption { font-size: 13px; color: #57606a; margin: 10px 0 2px; font-style: italic; }
-figure { margin: 12px 0 24px; } figure img { max-width: 100%; border: 1px solid #d0d7de; }
-figcaption { font-size: 13px; color: #57606a; }
-pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 12px;
-      border: 1px solid #d0d7de; }
-pre.config { column-count: 3; column-gap: 28px; column-rule: 1px solid #d0d7de; }
-footer { margin-top: 40px; font-size: 12px; color: #8c959f; }
-</style></head><body>
-<h1>{{ title }}</h1>
-<nav>{% for s in sections %}<a href="#s{{ loop.index }}">{{ s.title|e }}</a>{% endfor %}</nav>
-{% for s in sections %}<section id="s{{ loop.index }}"><h2>{{ s.title|e }}</h2>
-{% for b in s.blocks %}{{ b }}
-{% endfor %}</section>
-{% endfor %}<footer>Written by cxrfuse. Thresholds are chosen on the validation split; metrics
-are on the
-test split with percentile bootstrap intervals over test studies.</footer>
-</body></html>
-"""
-
-
-def _block_html(block: Block) -> str:
-    caption = f'<div class="caption">{_inline(block.caption)}</div>' if block.caption else ""
-    if block.kind == "warning":
-        return f'<div class="warning">&#9888; {_inline(block.content)}</div>'
-    if block.kind == "note":
-        return f'<div class="note">{_inline(block.content)}</div>'
-    if block.kind == "table":
-        return caption + block.content.to_html(index=False, border=0, escape=True, na_rep="-")
-    if block.kind == "image":
-        return (
-            f'<figure><img alt="{html.escape(block.caption)}" src="{_image_data(block.content)}">'
-            f"<figcaption>{_inline(block.caption)}</figcaption></figure>"
-        )
-    if block.kind == "code":
-        return f'{caption}<pre class="config">{html.escape(block.content)}</pre>'
-    return f"<p>{_inline(block.content)}</p>"
-
-
-def render_html(title: str, sections: Sequence[Section], root: Path) -> str:
-    rendered = [{"title": s.title, "blocks": [_block_html(b) for b in s.blocks]} for s in sections]
-    template = Environment(autoescape=False).from_string(HTML_TEMPLATE)
-    return template.render(title=html.escape(title), sections=rendered)

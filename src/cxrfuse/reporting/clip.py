@@ -1,4 +1,4 @@
-"""Report sections of a CLIP run, rendered by :func:`cxrfuse.evaluation.report.write_report`.
+"""Report sections of a CLIP run (rendered by :func:`cxrfuse.reporting.write_report`).
 
 ``cxrfuse report RUNS/<clip run>`` gives the same self-contained ``report.html`` /
 ``report.md`` as for a fusion run: the training (val InfoNCE and retrieval before and after,
@@ -14,14 +14,11 @@ from typing import Any
 
 import pandas as pd
 
-from cxrfuse.evaluation.ablation import format_value
-from cxrfuse.evaluation.report import (
-    PHANTOM_NOTE,
-    Section,
-    config_section,
-    explanation_section,
-)
-from cxrfuse.evaluation.run import read_json
+from cxrfuse.clip.generate import generation_table
+from cxrfuse.evaluation import format_value
+from cxrfuse.reporting.document import Section
+from cxrfuse.reporting.runs import PHANTOM_NOTE, config_section, explanation_section
+from cxrfuse.rundir import RunDir, layout
 
 EXPLAIN_HINT = (
     "No explanations yet: `cxrfuse explain RUN --score` maps each label's zero-shot score on the "
@@ -31,7 +28,8 @@ EXPLAIN_HINT = (
 
 def clip_sections(run_dir: Path) -> tuple[str, list[Section]]:
     """(title, sections) of a CLIP run directory's report."""
-    run = read_json(run_dir / "run.json")
+    info = RunDir(run_dir).info()
+    run = {**info.model_dump(exclude={"clip"}), **(info.clip.model_dump() if info.clip else {})}
     title = f"cxrfuse report: CLIP run {run.get('name', run_dir.name)}"
     return title, [
         overview_section(run, run_dir),
@@ -40,7 +38,7 @@ def clip_sections(run_dir: Path) -> tuple[str, list[Section]]:
         probe_section(run_dir),
         generation_section(run_dir),
         explanation_section([(str(run.get("name", run_dir.name)), run_dir)], EXPLAIN_HINT),
-        config_section(run_dir / "config.yaml"),
+        config_section(RunDir(run_dir).config_path),
         environment_section(run),
     ]
 
@@ -76,8 +74,8 @@ def overview_section(run: dict[str, Any], run_dir: Path) -> Section:
         for column in ("before training", "kept epoch", "chance"):
             table[column] = table[column].map(format_value)
         section.add("table", table, "Validation before training (epoch 0) and at the kept epoch")
-    if (run_dir / "plots" / "curves.png").exists():
-        section.add("image", run_dir / "plots" / "curves.png", "loss and val recall per epoch")
+    if RunDir(run_dir).clip_curves.exists():
+        section.add("image", RunDir(run_dir).clip_curves, "loss and val recall per epoch")
     return section
 
 
@@ -85,13 +83,14 @@ def _analysis(run_dir: Path, title: str, file: str, verb: str) -> tuple[Section,
     """The section and the analysis result (``None``, with a note naming the command, when
     ``cxrfuse clip <verb>`` has not run yet)."""
     section = Section(title)
-    if not (run_dir / file).exists():
+    result = RunDir(run_dir).analysis(file)
+    if result is None:
         return section.add("note", f"Not run yet: `cxrfuse clip {verb} {run_dir}`."), None
-    return section, read_json(run_dir / file)
+    return section, result
 
 
 def retrieval_section(run_dir: Path) -> Section:
-    section, result = _analysis(run_dir, "Retrieval", "retrieval.json", "retrieve")
+    section, result = _analysis(run_dir, "Retrieval", layout.RETRIEVAL, "retrieve")
     if result is None:
         return section
     rows = []
@@ -118,7 +117,7 @@ def retrieval_section(run_dir: Path) -> Section:
 
 
 def zero_shot_section(run_dir: Path) -> Section:
-    section, result = _analysis(run_dir, "Zero-shot classification", "zero_shot.json", "zero-shot")
+    section, result = _analysis(run_dir, "Zero-shot classification", layout.ZERO_SHOT, "zero-shot")
     if result is None:
         return section
     rows = [
@@ -136,7 +135,7 @@ def zero_shot_section(run_dir: Path) -> Section:
 
 
 def probe_section(run_dir: Path) -> Section:
-    section, result = _analysis(run_dir, "Linear probe", "probe.json", "probe")
+    section, result = _analysis(run_dir, "Linear probe", layout.PROBE, "probe")
     if result is None:
         return section
     rows = []
@@ -162,11 +161,9 @@ def probe_section(run_dir: Path) -> Section:
 
 
 def generation_section(run_dir: Path) -> Section:
-    section, result = _analysis(run_dir, "Report generation", "generation.json", "generate")
+    section, result = _analysis(run_dir, "Report generation", layout.GENERATION, "generate")
     if result is None:
         return section
-    from cxrfuse.clip.generate import generation_table
-
     return section.add(
         "table", generation_table(result),
         f"Report by retrieval of the nearest training report (k = {result['k']}), "

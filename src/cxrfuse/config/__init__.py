@@ -1,0 +1,116 @@
+"""Pydantic models of every YAML config, and how they are read.
+
+* :mod:`~cxrfuse.config.run`: run and experiment configs of ``cxrfuse train`` /
+  ``cxrfuse experiment`` (:class:`RunConfig`, :class:`ExperimentConfig`).
+* :mod:`~cxrfuse.config.clip`: the CLIP run config of ``cxrfuse clip train`` (:class:`ClipConfig`).
+* :mod:`~cxrfuse.config.common`: reading YAML, ``--set`` overrides, errors naming key paths.
+
+Example::
+
+    config = load_run_config("configs/iu-binary-views-mean.yaml", ["training.max_epochs=5"])
+    config = apply_offline(config)      # swap in efficientnet-lite0 / minilm / tfidf
+"""
+
+from cxrfuse.config.clip import (
+    DEFAULT_NEGATIVE,
+    DEFAULT_POSITIVE,
+    ClipConfig,
+    ClipDataConfig,
+    ClipImageConfig,
+    ClipModelConfig,
+    ClipTextConfig,
+    ClipTrainingConfig,
+    LabelPrompts,
+    ProbeConfig,
+    RetrievalConfig,
+    TemperatureConfig,
+    ZeroShotConfig,
+    load_clip_config,
+    validate_clip_config,
+)
+from cxrfuse.config.common import (
+    Strict,
+    format_validation_error,
+    get_dotted,
+    parse_override,
+    read_yaml_config,
+    set_dotted,
+    validate_config,
+)
+from cxrfuse.config.run import (
+    EXPERIMENT_KEYS,
+    AugmentConfig,
+    DataConfig,
+    EarlyStoppingConfig,
+    EvaluationConfig,
+    ExperimentConfig,
+    FinetuneConfig,
+    ImageSideConfig,
+    LossConfig,
+    ModelConfig,
+    OverrideRule,
+    RunConfig,
+    ScheduleConfig,
+    SubsampleConfig,
+    TextSideConfig,
+    TrainingConfig,
+    apply_offline,
+    apply_offline_experiment,
+    is_experiment,
+    load_config,
+    load_experiment_config,
+    load_run_config,
+    run_name,
+    validate_run,
+    value_slug,
+)
+
+__all__ = [
+    "DEFAULT_NEGATIVE",
+    "DEFAULT_POSITIVE",
+    "EXPERIMENT_KEYS",
+    "AugmentConfig",
+    "ClipConfig",
+    "ClipDataConfig",
+    "ClipImageConfig",
+    "ClipModelConfig",
+    "ClipTextConfig",
+    "ClipTrainingConfig",
+    "DataConfig",
+    "EarlyStoppingConfig",
+    "EvaluationConfig",
+    "ExperimentConfig",
+    "FinetuneConfig",
+    "ImageSideConfig",
+    "LabelPrompts",
+    "LossConfig",
+    "ModelConfig",
+    "OverrideRule",
+    "ProbeConfig",
+    "RetrievalConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "Strict",
+    "SubsampleConfig",
+    "TemperatureConfig",
+    "TextSideConfig",
+    "TrainingConfig",
+    "ZeroShotConfig",
+    "apply_offline",
+    "apply_offline_experiment",
+    "format_validation_error",
+    "get_dotted",
+    "is_experiment",
+    "load_clip_config",
+    "load_config",
+    "load_experiment_config",
+    "load_run_config",
+    "parse_override",
+    "read_yaml_config",
+    "run_name",
+    "set_dotted",
+    "validate_clip_config",
+    "validate_config",
+    "validate_run",
+    "value_slug",
+]

@@ -1,0 +1,163 @@
+"""A trained head or fine-tune run opened for use: the head rebuilt from ``model.json`` and
+``model.safetensors``, its encoders rebuilt as the sidecar names them (the fine-tuned image
+encoder from ``encoder.safetensors``; a fitted tf-idf from its stored state), and the
+run's stored study arrays. No training code path, no pickles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxrfuse.config import RunConfig
+from cxrfuse.data.manifest import Manifest, read_manifest
+from cxrfuse.encoders import create_image_encoder, create_text_encoder
+from cxrfuse.encoders.image import ImageEncoder
+from cxrfuse.encoders.surgery import adapt_to_grayscale
+from cxrfuse.encoders.text import TextEncoder, TfidfEncoder
+from cxrfuse.fusion import INPUT_KEYS, FusionHead, build_head, head_probabilities
+from cxrfuse.problems import CxrfuseError, DataError
+from cxrfuse.rundir import HeadSidecar, RunDir, RunInfo
+from cxrfuse.store import StudyArrays, assemble, load_image_embeddings, load_text_embeddings
+
+HEAD_KINDS = ("head", "finetune")
+
+
+def build_head_from(sidecar: HeadSidecar, run: RunDir) -> FusionHead:
+    """The head of ``model.json`` with the weights of ``model.safetensors``, eval mode, CPU."""
+    try:
+        kwargs = {k: v for k, v in sidecar.head.kwargs.items() if k != "kind"}
+        head = build_head(sidecar.head.kind, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{run.sidecar_path}: field 'head' cannot rebuild a fusion head "
+                        f"({err})") from err  # fmt: skip
+    try:
+        head.load_state_dict(run.read_weights())
+    except RuntimeError as err:
+        raise DataError(f"{run.weights_path}: does not hold the weights of "
+                        f"{run.sidecar_path} ({err})") from err  # fmt: skip
+    return head.eval()
+
+
+def load_finetuned_encoder(run_dir: str | Path | RunDir, device: str | torch.device = "cpu"
+                           ) -> ImageEncoder:  # fmt: skip
+    """The fine-tuned image encoder of a run directory, in eval mode.
+
+    Rebuilt from ``model.json`` (encoder name, input size, grayscale) with random weights and
+    then loaded from the encoder weights file the sidecar names (inside the run directory),
+    so no download is needed.
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    image = run.sidecar().image
+    if image is None or not image.finetuned:
+        raise DataError(f"{run.sidecar_path}: the image encoder of this run was not fine-tuned "
+                        "(it used stored embeddings); build it with "
+                        "cxrfuse.encoders.create_image_encoder")  # fmt: skip
+    encoder = create_image_encoder(image.encoder, weights="none", input_size=image.input_size)
+    if image.grayscale:
+        adapt_to_grayscale(encoder)
+    state = run.read_weights(image.file or run.encoder_weights_path.name,
+                             what="image.file (the fine-tuned encoder)")  # fmt: skip
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise DataError(f"{run.encoder_weights_path} does not fit {image.encoder}: {err}") from err
+    encoder.weights = str(run.encoder_weights_path)
+    return encoder.to(device).eval()
+
+
+@dataclass
+class LoadedRun:
+    """A trained run: ``head`` (eval mode, CPU), ``sidecar``, ``config`` and ``info``."""
+
+    run: RunDir
+    head: FusionHead
+    sidecar: HeadSidecar
+    config: RunConfig
+    info: RunInfo
+    _arrays: StudyArrays | None = field(default=None, repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.sidecar.labels)
+
+    @property
+    def output(self) -> str:
+        return self.sidecar.output
+
+    def predict_proba(self, inputs: dict[str, Any]) -> np.ndarray:
+        """Positive-class probabilities (n, n_labels) for inputs keyed image, image_mask,
+        text, text_mask (NumPy arrays or tensors)."""
+        probs = head_probabilities(self.head, self.output,
+                                   {k: v for k, v in inputs.items() if k in INPUT_KEYS})  # fmt: skip
+        return probs.numpy()
+
+    def manifest(self) -> Manifest:
+        """The manifest the run was trained on."""
+        return read_manifest(self.info.manifest or self.config.data.manifest)
+
+    def arrays(self) -> StudyArrays:
+        """The run's study arrays, from the stores recorded in run.json."""
+        if self._arrays is None:
+            stores = self.info.stores
+            image = load_image_embeddings(stores["image"]) if stores.get("image") else None
+            text = load_text_embeddings(stores["text"]) if stores.get("text") else None
+            self._arrays = assemble(self.manifest(), self.config.data.task, image=image,
+                                    views=self.config.image.views, text=text)  # fmt: skip
+        return self._arrays
+
+    def split_inputs(self, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(inputs, y) of one split, in the order of its rows in predictions.parquet."""
+        arrays = self.arrays()
+        rows = arrays.indices(split)
+        inputs = {k: getattr(arrays, k)[rows] for k in INPUT_KEYS if getattr(arrays, k) is not None}
+        return inputs, arrays.y[rows]
+
+    def split_study_ids(self, split: str) -> list[str]:
+        arrays = self.arrays()
+        return [str(s) for s in arrays.study_ids[arrays.indices(split)]]
+
+    def image_encoder(self, device: str | torch.device = "cpu") -> ImageEncoder:
+        """The run's image encoder: the fine-tuned one, else the one the sidecar names."""
+        image = self.sidecar.image
+        if image is None:
+            raise CxrfuseError(f"{self.run_dir}: this run reads {self.info.modalities} only; "
+                               "it has no image encoder")  # fmt: skip
+        if image.finetuned:
+            return load_finetuned_encoder(self.run, device=device)
+        return create_image_encoder(image.encoder, weights=image.weights,
+                                    input_size=image.input_size, device=device)  # fmt: skip
+
+    def text_encoder(self) -> TextEncoder:
+        """The run's text encoder: its fitted state when it was fitted on the training split."""
+        text = self.sidecar.text
+        if text is None:
+            raise CxrfuseError(f"{self.run_dir}: this run reads {self.info.modalities} only; "
+                               "it has no text encoder")  # fmt: skip
+        if text.state is not None:
+            payload, arrays = self.run.read_text_state(text.state)
+            try:
+                return TfidfEncoder.from_state(payload, arrays)
+            except CxrfuseError as err:
+                raise DataError(f"{self.run.sidecar_path}: text.state: {err}") from err
+        encoder = create_text_encoder(text.encoder, weights=text.weights, **text.options)
+        if getattr(encoder, "requires_fit", False):
+            raise CxrfuseError(f"{self.run_dir}: text encoder {text.encoder!r} must be fitted "
+                               "but the run stored no fitted state; retrain the run")  # fmt: skip
+        return encoder
+
+
+def load_run(run_dir: str | Path | RunDir) -> LoadedRun:
+    """A finished head or fine-tune run directory's head, sidecar, config and run.json."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    info = run.require(HEAD_KINDS, action="loading the trained head")
+    sidecar = run.sidecar()
+    return LoadedRun(run, build_head_from(sidecar, run), sidecar, run.run_config(), info)

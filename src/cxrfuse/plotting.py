@@ -1,0 +1,26 @@
+"""Figures without global state: every plot draws on a :class:`matplotlib.figure.Figure` made
+here, which needs no backend and no ``pyplot`` (so importing cxrfuse never changes a
+user's matplotlib backend, and drawing never opens a window).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A figure that renders to files (``figsize`` and other :class:`Figure` arguments)."""
+    return Figure(**kwargs)
+
+
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` (PNG unless the suffix says otherwise), creating folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    return path

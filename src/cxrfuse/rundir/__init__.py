@@ -1,0 +1,58 @@
+"""The run-directory contract: typed models of what a run or experiment directory holds, and
+the only code that knows its file names (``docs/rundir.md`` describes the contract).
+
+Every other package asks this one::
+
+    from cxrfuse.rundir import RunDir
+
+    run = RunDir("runs/iu-exp/runs/multimodal-seed0")
+    info = run.require(["head", "finetune"])       # run.json, checked: kind and status
+    sidecar = run.sidecar()                         # model.json: how to rebuild the model
+    frame = run.predictions(info.labels)            # predictions.parquet, checked
+"""
+
+from cxrfuse.rundir import layout
+from cxrfuse.rundir.dirs import ExperimentDir, RunDir, is_run_dir, p_column, y_column
+from cxrfuse.rundir.models import (
+    CLIP_FORMAT,
+    CLIP_TASK,
+    HEAD_FORMAT,
+    ClipFacts,
+    ClipSidecar,
+    Environment,
+    FinetuneFacts,
+    FitFacts,
+    HeadSidecar,
+    HeadSpec,
+    ImageSide,
+    Metrics,
+    RunInfo,
+    RunKind,
+    TextSide,
+    TextState,
+)
+
+__all__ = [
+    "CLIP_FORMAT",
+    "CLIP_TASK",
+    "HEAD_FORMAT",
+    "ClipFacts",
+    "ClipSidecar",
+    "Environment",
+    "ExperimentDir",
+    "FinetuneFacts",
+    "FitFacts",
+    "HeadSidecar",
+    "HeadSpec",
+    "ImageSide",
+    "Metrics",
+    "RunDir",
+    "RunInfo",
+    "RunKind",
+    "TextSide",
+    "TextState",
+    "is_run_dir",
+    "layout",
+    "p_column",
+    "y_column",
+]

@@ -1,0 +1,88 @@
+"""Every file name of the run-directory contract (``docs/rundir.md``), and nowhere else.
+
+A **run directory** (``runs/<name>/``) holds one trained model: a fusion head on stored
+embeddings (kind ``head``), a head with a fine-tuned image encoder (``finetune``) or a
+contrastive image-report model (``clip``), plus what later stages add to it (metrics,
+ablations, explanations, generated reports, the report). An **experiment directory** holds
+a grid of run directories under ``runs/`` and the tables across them.
+"""
+
+from __future__ import annotations
+
+from cxrfuse.config.run import EXPERIMENT_RUNS_FOLDER
+
+# ----------------------------------------------------------------------------- a run directory
+
+CONFIG = "config.yaml"
+"""The resolved run config (a :class:`~cxrfuse.config.RunConfig` or ``ClipConfig``)."""
+RUN_INFO = "run.json"
+"""What happened: kind, status, timings, data counts, environment (:class:`RunInfo`)."""
+SIDECAR = "model.json"
+"""How to rebuild the model without the training code (:class:`HeadSidecar`, ``ClipSidecar``)."""
+WEIGHTS = "model.safetensors"
+"""The head's (or the whole CLIP model's) weights."""
+ENCODER_WEIGHTS = "encoder.safetensors"
+"""The fine-tuned image encoder of a ``finetune`` run."""
+TEXT_STATE_JSON = "text_encoder.json"
+TEXT_STATE_TENSORS = "text_encoder.safetensors"
+"""The fitted state of a text encoder fitted on the training split (tf-idf)."""
+TEXT_MODEL = "text_model"
+"""Folder: a CLIP run's transformer config and tokenizer files (JSON/text only)."""
+PREDICTIONS = "predictions.parquet"
+"""Val and test predictions: ``study_id``, ``patient_id``, ``split``, ``y__<label>``, ``p__<label>``."""
+EPOCHS = "epochs.csv"
+"""One row per epoch and split (or per epoch, for CLIP)."""
+CHECKPOINTS = ".checkpoints"
+"""Folder: Lightning checkpoints while a run trains (deleted when it ends; no pickles stay)."""
+METRICS = "metrics.json"
+"""``cxrfuse evaluate``: thresholds chosen on val, test metrics with intervals, leakage probe."""
+ABLATION = "ablation.json"
+"""``cxrfuse evaluate --shuffle``: modality shuffle tests."""
+PLOTS = "plots"
+"""Folder of PNG plots."""
+TRAINING_CURVES = "training_curves.png"
+CLIP_CURVES = "curves.png"
+RUN_PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png")
+"""The evaluation plots of one run, in report order (under :data:`PLOTS`)."""
+
+RETRIEVAL = "retrieval.json"
+ZERO_SHOT = "zero_shot.json"
+PROBE = "probe.json"
+PROBE_PREDICTIONS = "probe_predictions.parquet"
+"""CLIP analyses (``cxrfuse clip retrieve|zero-shot|probe``), each with a ``.md`` twin."""
+
+GENERATION = "generation.json"
+"""Report generation scores (with a ``.md`` twin)."""
+GENERATED = "generated.parquet"
+"""Per study: ``study_id``, ``split``, ``generated``, ``reference``."""
+
+EXPLAIN = "explain"
+"""Folder: ``cxrfuse explain`` overlays, one subfolder per CAM method."""
+EXPLAIN_INDEX = "index.csv"
+EXPLAIN_SCORES = "scores"
+POINTING_GAME = "pointing_game"
+"""``<EXPLAIN>/<method>/<EXPLAIN_SCORES>/pointing_game.{csv,md,png}`` and ``cases.csv``."""
+POINTING_CASES = "cases.csv"
+DELETION_PLOT = "deletion.png"
+ATTRIBUTION = "attribution"
+"""Folder: ``cxrfuse attribute`` tables and plot."""
+ATTRIBUTION_TABLE = "attribution.csv"
+ATTRIBUTION_SUMMARY = "attribution_summary"
+"""``attribution_summary.csv`` and ``.md``."""
+ATTRIBUTION_PLOT = "attribution.png"
+
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+
+# ----------------------------------------------------------------------------- an experiment
+
+EXPERIMENT_CONFIG = "experiment.yaml"
+RUNS = EXPERIMENT_RUNS_FOLDER
+"""Folder of the experiment's run directories (where :meth:`ExperimentConfig.expand` puts
+them)."""
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+EVALUATION = "evaluation.json"
+"""``cxrfuse evaluate`` on an experiment: per-setting modality tables and paired tests."""
+BACKBONES = "backbones"
+"""``backbones.csv`` / ``backbones.md``: design 001's per-task backbone table."""

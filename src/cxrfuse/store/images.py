@@ -1,0 +1,486 @@
+"""Image embeddings: every view of a manifest embedded once into ``store_dir/<key>/``.
+
+Vectors are written in shards (``images-00000.npy`` plus ``images-00000.ids.json``), each
+renamed into place only when complete, so a killed run resumes without recomputing finished
+shards; ``meta.json`` marks a finished store, which a rerun loads without doing any work.
+Images are decoded to 8-bit gray, centre-cropped and resized (:mod:`cxrfuse.data.images`),
+optionally through the decoded-image cache (:mod:`cxrfuse.store.cache`), and normalised on
+the model's device. Several processes (``torch.distributed``) split the shards between them
+(:mod:`cxrfuse.store.distributed`).
+
+Typical use::
+
+    images = embed_images(manifest, create_image_encoder("efficientnet-lite0"), "store")
+    X, mask = images.study_matrix(manifest, mode="frontal")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cxrfuse.data.images import decode_resized
+from cxrfuse.data.manifest import Manifest
+from cxrfuse.encoders.image import to_model_input
+from cxrfuse.files import clean_temp_files, file_stamp, write_json, write_npy
+from cxrfuse.problems import DataError, ProblemLog
+from cxrfuse.runtime import resolve_device
+from cxrfuse.store.cache import DecodedImageCache
+from cxrfuse.store.distributed import current_context
+from cxrfuse.store.keys import STORE_VERSION, ImageRecord, image_key, image_records
+from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS
+
+if TYPE_CHECKING:
+    from cxrfuse.encoders.image import ImageEncoder
+
+StudyMode = Literal["frontal", "mean", "concat", "stack"]
+
+CPU_BATCH = 4
+"""Default images per forward pass on a CPU: EfficientNet-Lite0 at 224 px on the 2-core dev
+CPU ran 67 images/s at batch 4, 47 at 1 and 29 at 32 (activations of big batches leave the
+cache)."""
+
+GPU_BATCH = 256
+
+DTYPES = ("float32", "float16")
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"``: bfloat16 autocast on GPU, float32 on CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    return precision
+
+
+class _ImageDataset:
+    """Each image as (S, S) gray uint8, from the cache or decoded; a failure becomes a flag."""
+
+    def __init__(
+        self, records: Sequence[ImageRecord], size: int, cache: DecodedImageCache | None
+    ) -> None:
+        self.records = list(records)
+        self.size = size
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[int, Any, bool, str, bool]:
+        """(index, pixels, decoded ok, error, freshly decoded rather than cached)."""
+        if self.cache is not None:
+            hit = self.cache.lookup(index)
+            if hit is not None:
+                pixels, ok, error = hit
+                return index, torch.from_numpy(np.array(pixels)), ok, error, False
+        try:
+            pixels = decode_resized(self.records[index].path, self.size)
+            return index, torch.from_numpy(pixels), True, "", True
+        except Exception as err:  # noqa: BLE001 - any unreadable file is reported, never raised
+            empty = torch.zeros((self.size, self.size), dtype=torch.uint8)
+            return index, empty, False, f"{type(err).__name__}: {err}", True
+
+
+def _collate(items: list[tuple[int, Any, bool, str, bool]]) -> tuple[Any, ...]:
+    indices = [i for i, *_ in items]
+    pixels = torch.stack([p for _, p, *_ in items])
+    ok = torch.tensor([item[2] for item in items], dtype=torch.bool)
+    return indices, pixels, ok, [item[3] for item in items], [item[4] for item in items]
+
+
+@dataclass
+
+
+class ImageEmbeddings:
+    """Image vectors (one row per embedded image) with their ids; shards are memory-mapped."""
+
+    path: Path
+    shards: list[np.ndarray]
+    image_ids: list[str]
+    study_ids: list[str]
+    views: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    _vectors: np.ndarray | None = field(default=None, repr=False)
+    reused: bool = False  # True when a finished store was loaded instead of computed
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta.get("dim", self.shards[0].shape[1] if self.shards else 0))
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, D) vectors; the memory map itself when there is one shard."""
+        if self._vectors is None:
+            if not self.shards:
+                self._vectors = np.zeros((0, self.dim), dtype=self.meta.get("dtype", "float32"))
+            elif len(self.shards) == 1:
+                self._vectors = self.shards[0]
+            else:
+                self._vectors = np.concatenate(self.shards, axis=0)
+        return self._vectors
+
+    @property
+    def problems(self) -> list[dict[str, str]]:
+        return list(self.meta.get("problems", []))
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def _rows_by_study(self) -> dict[str, dict[str, int]]:
+        rows: dict[str, dict[str, int]] = {}
+        for i, (sid, iid) in enumerate(zip(self.study_ids, self.image_ids)):
+            rows.setdefault(sid, {})[iid] = i
+        return rows
+
+    def study_matrix(
+        self, manifest: Manifest, mode: StudyMode = "frontal"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Study-level features in manifest order, and which of them are real.
+
+        ``frontal``: the first frontal view, (n, D) and mask (n,). ``mean``: the mean of the
+        embedded views, (n, D) and (n,). ``concat``: [frontal, lateral], (n, 2D) and a per-slot
+        mask (n, 2). ``stack``: (n, max_views, D) and (n, max_views) for attention fusion.
+        Missing views are zeros with mask False.
+        """
+        vectors = self.vectors
+        dim = vectors.shape[1] if vectors.ndim == 2 else self.dim
+        rows = self._rows_by_study()
+        per_study: list[list[tuple[str, int]]] = []
+        for sid, views in zip(manifest.df["study_id"], manifest.df["views"]):
+            known = rows.get(str(sid), {})
+            per_study.append(
+                [
+                    (v["view"], known[str(v["image_id"])])
+                    for v in views
+                    if str(v["image_id"]) in known
+                ]
+            )
+        n = len(per_study)
+
+        def first(items: list[tuple[str, int]], kinds: frozenset[str]) -> int | None:
+            return next((row for view, row in items if view in kinds), None)
+
+        if mode in ("frontal", "mean"):
+            X = np.zeros((n, dim), dtype=np.float32)
+            mask = np.zeros(n, dtype=bool)
+            for i, items in enumerate(per_study):
+                if mode == "frontal":
+                    row = first(items, FRONTAL_VIEWS)
+                    if row is not None:
+                        X[i], mask[i] = vectors[row], True
+                elif items:
+                    X[i] = np.asarray(vectors[[r for _, r in items]], dtype=np.float32).mean(0)
+                    mask[i] = True
+            return X, mask
+        if mode == "concat":
+            X = np.zeros((n, 2 * dim), dtype=np.float32)
+            mask = np.zeros((n, 2), dtype=bool)
+            for i, items in enumerate(per_study):
+                for slot, kinds in enumerate((FRONTAL_VIEWS, LATERAL_VIEWS)):
+                    row = first(items, kinds)
+                    if row is not None:
+                        X[i, slot * dim : (slot + 1) * dim], mask[i, slot] = vectors[row], True
+            return X, mask
+        if mode == "stack":
+            width = max([len(items) for items in per_study] + [1])
+            X = np.zeros((n, width, dim), dtype=np.float32)
+            mask = np.zeros((n, width), dtype=bool)
+            for i, items in enumerate(per_study):
+                for j, (_, row) in enumerate(items):
+                    X[i, j], mask[i, j] = vectors[row], True
+            return X, mask
+        raise ValueError(f"unknown mode {mode!r}; choose frontal, mean, concat or stack")
+
+
+def embed_images(
+    manifest: Manifest,
+    encoder: ImageEncoder,
+    store_dir: str | Path,
+    *,
+    batch_size: int | None = None,
+    num_workers: int = 0,
+    shard_size: int = 1024,
+    dtype: Literal["float32", "float16"] = "float32",
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    precision: Literal["auto", "float32", "bfloat16"] = "auto",
+    cache_dir: str | Path | None = None,
+    compile: bool = False,
+    channels_last: bool | None = None,
+) -> ImageEmbeddings:
+    """Embed every image (every view with a path) into ``store_dir/<key>/``; resumable.
+
+    Unreadable images are recorded as "unreadable-image" problems and get no vector.
+    ``num_workers`` DataLoader processes decode and resize while the model runs. ``device``
+    (default: where the encoder is) with ``precision`` "auto" means bfloat16 autocast on GPU
+    and float32 on CPU; on GPU batches are pinned and channels-last (``channels_last``
+    overrides). ``cache_dir`` keeps the decoded, resized uint8 images for the next encoder
+    with the same input size or a rerun. ``compile`` runs the encoder through
+    ``torch.compile``. In an initialised ``torch.distributed`` process group each rank embeds
+    the shards it owns and rank 0 writes ``meta.json``. ``batch_size`` None picks
+    :data:`CPU_BATCH` on a CPU (small batches stay in cache: measured fastest) and
+    :data:`GPU_BATCH` on a GPU.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if device is not None:
+        encoder.to(resolve_device(device))
+    run_device = next(iter(encoder.parameters()), torch.zeros(())).device
+    if batch_size is None:
+        batch_size = CPU_BATCH if run_device.type == "cpu" else GPU_BATCH
+    if shard_size < 1 or batch_size < 1 or num_workers < 0:
+        raise ValueError("shard_size and batch_size must be positive, num_workers >= 0")
+    precision = resolve_precision(precision, run_device)  # type: ignore[assignment]
+    records = image_records(manifest)
+    stamps = [file_stamp(r.path) for r in records]
+    key, inputs = image_key(records, stamps, encoder, dtype, precision)
+    folder = Path(store_dir) / key
+    if (folder / "meta.json").is_file():
+        return replace(load_image_embeddings(folder), reused=True)
+    ctx = current_context()
+    bounds = [(s, min(s + shard_size, len(records))) for s in range(0, len(records), shard_size)]
+    cache = None
+    if ctx.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        clean_temp_files(folder)
+        cache = _open_cache(cache_dir, records, stamps, encoder, shard_size, create=True)
+        todo = [i for i in range(len(bounds)) if not _shard_ids(folder, i).is_file()]
+    ctx.barrier()  # rank 0 has cleaned up after a killed run before anyone writes
+    if not ctx.is_main:
+        cache = _open_cache(cache_dir, records, stamps, encoder, shard_size, create=False)
+    pending = [i for i in range(len(bounds)) if ctx.owns(i) and not _shard_ids(folder, i).is_file()]
+    batches = [
+        list(range(b, min(b + batch_size, bounds[i][1])))
+        for i in pending
+        for b in range(bounds[i][0], bounds[i][1], batch_size)
+    ]
+    n_pending = sum(bounds[i][1] - bounds[i][0] for i in pending)
+    on_gpu = run_device.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(records, encoder.spec.input_size, cache),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=on_gpu,
+        persistent_workers=False,
+    )
+    if channels_last if channels_last is not None else on_gpu:
+        encoder.to(memory_format=torch.channels_last)
+    model = torch.compile(encoder) if compile else encoder
+    autocast = (
+        torch.autocast(run_device.type, dtype=torch.bfloat16)
+        if precision == "bfloat16"
+        else contextlib.nullcontext()
+    )
+    out: dict[int, tuple[np.ndarray | None, str]] = {}
+    n_cached = 0
+    was_training = encoder.training
+    encoder.eval()
+    start = time.perf_counter()
+    label = f"embedding images (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else ""
+    bar = _progress(n_pending, label or "embedding images", progress and ctx.is_main)
+    try:
+        with torch.inference_mode():
+            for indices, pixels, ok, errors, fresh in loader:
+                if cache is not None:
+                    for j, index in enumerate(indices):
+                        if fresh[j]:
+                            cache.add(index, pixels[j].numpy(), bool(ok[j]), errors[j])
+                    n_cached += len(indices) - sum(fresh)
+                feats = _forward(model, encoder, pixels, ok, run_device, autocast, channels_last)
+                for j, index in enumerate(indices):
+                    out[index] = (feats[j] if ok[j] else None, errors[j])
+                bar.update(len(indices))
+                _flush_shards(folder, bounds, pending, records, out, dtype, encoder.feature_dim)
+    finally:
+        bar.close()
+        encoder.train(was_training)
+    _flush_shards(folder, bounds, pending, records, out, dtype, encoder.feature_dim)
+    n_cached = ctx.sum(n_cached)  # also a barrier: every rank's shards are on disk
+    if ctx.is_main:
+        elapsed = time.perf_counter() - start
+        computed = sum(bounds[i][1] - bounds[i][0] for i in todo)
+        run = {
+            "computed_this_run": computed,
+            "images_per_s": computed / elapsed if elapsed > 0 and computed else None,
+            "shard_size": shard_size,
+            "world_size": ctx.world_size,
+            "device": str(run_device),
+            "num_workers": num_workers,
+            "batch_size": batch_size,
+            "compile": compile,
+            "cache": None if cache is None else {"folder": str(cache.folder), "hits": n_cached},
+        }
+        _finish_image_store(folder, key, inputs, encoder, records, bounds, manifest, dtype, run)
+    ctx.barrier()  # meta.json is written
+    return load_image_embeddings(folder)
+
+
+def _open_cache(
+    cache_dir: str | Path | None,
+    records: Sequence[ImageRecord],
+    stamps: Sequence[tuple[int | None, int | None]],
+    encoder: ImageEncoder,
+    shard_size: int,
+    *,
+    create: bool,
+) -> DecodedImageCache | None:
+    if cache_dir is None:
+        return None
+    paths = [r.path for r in records]
+    size = encoder.spec.input_size
+    return DecodedImageCache(cache_dir, paths, stamps, size, shard_size, create=create)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, smoothing=0.1)
+
+
+def _forward(
+    model: Any,
+    encoder: ImageEncoder,
+    pixels: torch.Tensor,
+    ok: torch.Tensor,
+    device: torch.device,
+    autocast: Any,
+    channels_last: bool | None,
+) -> np.ndarray:
+    """Features (B, D) float32 of a uint8 batch; rows that failed to decode stay zero."""
+    feats = np.zeros((len(ok), encoder.feature_dim), dtype=np.float32)
+    if not ok.any():
+        return feats
+    x = pixels.to(device, non_blocking=True)
+    if not ok.all():
+        x = x[ok.to(device)]
+    x = to_model_input(x, encoder.spec)
+    if channels_last if channels_last is not None else device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast:
+        y = model(x)
+    feats[ok.numpy()] = y.float().cpu().numpy()
+    return feats
+
+
+def _finish_image_store(
+    folder: Path,
+    key: str,
+    inputs: dict[str, Any],
+    encoder: ImageEncoder,
+    records: Sequence[ImageRecord],
+    bounds: Sequence[tuple[int, int]],
+    manifest: Manifest,
+    dtype: str,
+    run: dict[str, Any],
+) -> None:
+    """Check every shard is there, collect the failures, and write ``meta.json``."""
+    problems = ProblemLog()
+    missing = [i for i in range(len(bounds)) if not _shard_ids(folder, i).is_file()]
+    if missing:
+        raise DataError(f"{folder}: shard(s) {missing[:5]} missing after embedding; rerun")
+    for i in range(len(bounds)):
+        for fail in json.loads(_shard_ids(folder, i).read_text())["failed"]:
+            problems.add("unreadable-image", fail["path"], fail["error"])
+    n_embedded = len(records) - len(problems)
+    meta = {
+        "store_version": STORE_VERSION,
+        "kind": "images",
+        "key": key,
+        "key_inputs": inputs,
+        "encoder": encoder.spec.name,
+        "weights": str(getattr(encoder, "weights", "")),
+        "dim": encoder.feature_dim,
+        "dtype": dtype,
+        "n_images": len(records),
+        "n_embedded": n_embedded,
+        "n_failed": len(problems),
+        "n_studies": len(manifest),
+        "n_shards": len(bounds),
+        **run,
+        "problems": problems.to_records(limit=10_000),
+        "problem_counts": problems.counts(),
+    }
+    write_json(folder / "meta.json", meta)
+
+
+def _shard_npy(folder: Path, i: int) -> Path:
+    return folder / f"images-{i:05d}.npy"
+
+
+def _shard_ids(folder: Path, i: int) -> Path:
+    return folder / f"images-{i:05d}.ids.json"
+
+
+def _flush_shards(
+    folder: Path,
+    bounds: list[tuple[int, int]],
+    pending: list[int],
+    records: list[ImageRecord],
+    out: dict[int, tuple[np.ndarray | None, str]],
+    dtype: str,
+    dim: int,
+) -> None:
+    """Write every pending shard whose images are all done (vectors first, ids last)."""
+    for i in list(pending):
+        lo, hi = bounds[i]
+        if not all(k in out for k in range(lo, hi)):
+            continue
+        good = [k for k in range(lo, hi) if out[k][0] is not None]
+        vectors = (
+            np.stack([out[k][0] for k in good]).astype(dtype)
+            if good
+            else np.zeros((0, dim), dtype=dtype)
+        )
+        ids = {
+            "image_ids": [records[k].image_id for k in good],
+            "study_ids": [records[k].study_id for k in good],
+            "views": [records[k].view for k in good],
+            "failed": [
+                {"image_id": records[k].image_id, "path": records[k].path, "error": out[k][1]}
+                for k in range(lo, hi)
+                if out[k][0] is None
+            ],
+        }
+        write_npy(_shard_npy(folder, i), vectors)
+        write_json(_shard_ids(folder, i), ids)  # the shard counts as done once this exists
+        pending.remove(i)
+        for k in range(lo, hi):
+            del out[k]
+
+
+def load_image_embeddings(path: str | Path, *, require_meta: bool = True) -> ImageEmbeddings:
+    """Open an image store folder; shards are memory-mapped read-only."""
+    folder = Path(path)
+    meta_path = folder / "meta.json"
+    if require_meta and not meta_path.is_file():
+        raise DataError(f"{folder}: no meta.json; not a finished image embedding store")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    shards, image_ids, study_ids, views = [], [], [], []
+    i = 0
+    while _shard_ids(folder, i).is_file():
+        ids = json.loads(_shard_ids(folder, i).read_text())
+        array = np.load(_shard_npy(folder, i), mmap_mode="r")
+        if array.shape[0] != len(ids["image_ids"]):
+            raise DataError(
+                f"{_shard_npy(folder, i)}: {array.shape[0]} rows, ids list "
+                f"{len(ids['image_ids'])}; the store is corrupt, delete {folder}"
+            )
+        shards.append(array)
+        image_ids += ids["image_ids"]
+        study_ids += ids["study_ids"]
+        views += ids["views"]
+        i += 1
+    if require_meta and i != meta.get("n_shards", i):
+        raise DataError(f"{folder}: {i} shard(s) found, meta.json lists {meta['n_shards']}")
+    return ImageEmbeddings(folder, shards, image_ids, study_ids, views, meta)

@@ -1,0 +1,137 @@
+"""Study-level arrays: a manifest's labels, splits and stored view and report embeddings, one
+row per study, in the shapes the fusion heads read.
+
+:func:`assemble` builds a :class:`StudyArrays` for the studies with a split and at least one
+known label of a task: image view embeddings (n, V, D) with their view mask (n, V), in the
+slots of the head's view fusion (:data:`VIEW_SLOTS`), and report embeddings (n, Dt) with
+their text mask (n,).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxrfuse.data.manifest import Manifest
+from cxrfuse.problems import DataError
+from cxrfuse.store.images import ImageEmbeddings, StudyMode
+from cxrfuse.store.texts import TextEmbeddings
+from cxrfuse.vocab import SPLITS
+
+VIEW_SLOTS: dict[str, StudyMode] = {
+    "frontal": "frontal", "mean": "stack", "concat": "concat", "attention": "stack",
+}  # fmt: skip
+"""How each view fusion of the heads reads the store: the first frontal view, every view
+(mean and attention fuse them in the head, with the mask), or [frontal, lateral]."""
+
+INPUT_KEYS = ("image", "image_mask", "text", "text_mask")
+
+
+@dataclass
+
+
+class StudyArrays:
+    """Everything a fusion head trains on, one row per study (NumPy, manifest order)."""
+
+    study_ids: np.ndarray
+    patient_ids: np.ndarray
+    split: np.ndarray
+    y: np.ndarray
+    labels: list[str]
+    image: np.ndarray | None = None
+    image_mask: np.ndarray | None = None
+    text: np.ndarray | None = None
+    text_mask: np.ndarray | None = None
+    images_kind: str = "none"
+    info: dict[str, Any] = field(default_factory=dict)
+    text_encoder: Any = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.study_ids)
+
+    @property
+    def image_dim(self) -> int:
+        return 0 if self.image is None else int(self.image.shape[-1])
+
+    @property
+    def n_views(self) -> int:
+        return 1 if self.image is None else int(self.image.shape[1])
+
+    @property
+    def text_dim(self) -> int:
+        return 0 if self.text is None else int(self.text.shape[-1])
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of one split (``train``, ``val`` or ``test``)."""
+        return np.flatnonzero(self.split == split)
+
+    def subset(self, rows: np.ndarray) -> StudyArrays:
+        """The studies at ``rows`` (a copy of every per-study array)."""
+        pick = {
+            name: None if getattr(self, name) is None else getattr(self, name)[rows]
+            for name in ("study_ids", "patient_ids", "split", "y", *INPUT_KEYS)
+        }
+        return replace(self, **pick)
+
+    def tensors(self, rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs and ``y`` as tensors (only the modalities present)."""
+        out: dict[str, torch.Tensor] = {}
+        for name in (*INPUT_KEYS, "y"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = value if rows is None else value[rows]
+            out[name] = torch.from_numpy(np.ascontiguousarray(value))
+        return out
+
+
+def study_level_image(
+    embeddings: ImageEmbeddings, manifest: Manifest, views: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, V, D) view embeddings and (n, V) mask for a view fusion mode of the heads."""
+    X, mask = embeddings.study_matrix(manifest, VIEW_SLOTS[views])  # type: ignore[arg-type]
+    if X.ndim == 2 and mask.ndim == 2:  # concat: (n, V*D) with a per-slot mask
+        X = X.reshape(len(X), mask.shape[1], -1)
+    elif X.ndim == 2:  # frontal: one slot
+        X, mask = X[:, None, :], mask[:, None]
+    return np.ascontiguousarray(X, dtype=np.float32), mask.astype(bool)
+
+
+def assemble(
+    manifest: Manifest,
+    task: str,
+    *,
+    image: ImageEmbeddings | None = None,
+    views: str = "mean",
+    text: TextEmbeddings | None = None,
+) -> StudyArrays:
+    """Study arrays of the studies with a split and at least one known label of ``task``."""
+    labels = manifest.task_labels(task)
+    y = manifest.label_matrix(task)
+    split = manifest.df["split"].to_numpy(dtype=object)
+    if not np.isin(split, SPLITS).any():
+        raise DataError(
+            "the manifest has no train/val/test split; run `cxrfuse split MANIFEST` first"
+        )
+    keep = np.isin(split, SPLITS) & (~np.isnan(y)).any(axis=1)
+    arrays = StudyArrays(
+        study_ids=manifest.df["study_id"].to_numpy(dtype=object),
+        patient_ids=manifest.df["patient_id"].to_numpy(dtype=object),
+        split=split,
+        y=y.astype(np.float32),
+        labels=labels,
+        images_kind=manifest.images,
+    )
+    if image is not None:
+        arrays.image, arrays.image_mask = study_level_image(image, manifest, views)
+    if text is not None:
+        X, mask = text.study_matrix(manifest)
+        arrays.text, arrays.text_mask = X.astype(np.float32), mask.astype(bool)
+    arrays = arrays.subset(np.flatnonzero(keep))
+    for name in ("train", "val"):
+        if not (arrays.split == name).any():
+            raise DataError(f"no study of split {name!r} has a known label of task {task!r}")
+    return arrays

@@ -1,0 +1,130 @@
+"""Text embeddings: one vector per study's prepared report text, stored under a key of the
+texts, the text configuration, the task and the encoder fingerprint (``texts.npy``,
+``texts.ids.json``, ``texts.parquet``, ``meta.json``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from cxrfuse.data.manifest import Manifest
+from cxrfuse.files import atomic_path, clean_temp_files, write_json, write_npy
+from cxrfuse.problems import DataError
+from cxrfuse.store.keys import text_key
+from cxrfuse.text import TextConfig, prepare_texts
+
+if TYPE_CHECKING:
+    from cxrfuse.encoders.text import TextEncoder
+
+
+@dataclass
+
+
+class TextEmbeddings:
+    """One text vector per study (zeros with ``mask`` False where the text is empty)."""
+
+    path: Path
+    vectors: np.ndarray
+    study_ids: list[str]
+    mask: np.ndarray
+    texts: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False  # True when a finished store was loaded instead of computed
+
+    def __len__(self) -> int:
+        return len(self.study_ids)
+
+    def study_matrix(self, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+        """(n_studies, D) vectors and mask in ``manifest`` order (zeros for unknown studies)."""
+        rows = {sid: i for i, sid in enumerate(self.study_ids)}
+        X = np.zeros((len(manifest), self.vectors.shape[1]), dtype=np.float32)
+        mask = np.zeros(len(manifest), dtype=bool)
+        for i, sid in enumerate(manifest.df["study_id"]):
+            row = rows.get(str(sid))
+            if row is not None:
+                X[i], mask[i] = self.vectors[row], self.mask[row]
+        return X, mask
+
+
+def embed_texts(
+    manifest: Manifest,
+    text_encoder: TextEncoder,
+    text_config: TextConfig,
+    store_dir: str | Path,
+    *,
+    task: str | None = None,
+) -> TextEmbeddings:
+    """Embed each study's prepared text into ``store_dir/<key>/``.
+
+    An encoder that ``requires_fit`` (tf-idf) is fitted on the studies with split "train"
+    only. Studies with empty text get a zero vector and ``mask`` False.
+    """
+    texts = prepare_texts_list(manifest, text_config, task)
+    study_ids = [str(s) for s in manifest.df["study_id"]]
+    nonempty = np.array([bool(t.strip()) for t in texts], dtype=bool)
+    if getattr(text_encoder, "requires_fit", False):
+        splits = manifest.df["split"]
+        if splits.isna().all():
+            raise DataError(
+                f"text encoder {getattr(text_encoder, 'name', '?')!r} must be fitted on the "
+                "training split, but the manifest has no split; run the split step first"
+            )
+        train = [t for t, s, ok in zip(texts, splits, nonempty) if s == "train" and ok]
+        if not train:
+            raise DataError("no study with split 'train' has text to fit the text encoder on")
+        text_encoder.fit(train)
+    key, inputs = text_key(study_ids, texts, text_encoder, text_config, task)
+    folder = Path(store_dir) / key
+    if (folder / "meta.json").is_file():
+        return replace(load_text_embeddings(folder), reused=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(folder)
+    start = time.perf_counter()
+    dim = int(text_encoder.dim)
+    vectors = np.zeros((len(texts), dim), dtype=np.float32)
+    if nonempty.any():
+        encoded = text_encoder.encode([t for t, ok in zip(texts, nonempty) if ok])
+        vectors[nonempty] = np.asarray(encoded, dtype=np.float32)
+    elapsed = time.perf_counter() - start
+    write_npy(folder / "texts.npy", vectors)
+    write_json(folder / "texts.ids.json", {"study_ids": study_ids, "mask": nonempty.tolist()})
+    table = pd.DataFrame({"study_id": study_ids, "text": texts, "mask": nonempty})
+    with atomic_path(folder / "texts.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    meta = {
+        "store_version": inputs["store_version"],
+        "kind": "texts",
+        "key": key,
+        "key_inputs": inputs,
+        "encoder": inputs["encoder"],
+        "dim": dim,
+        "n_studies": len(texts),
+        "n_with_text": int(nonempty.sum()),
+        "n_empty": int((~nonempty).sum()),
+        "texts_per_s": int(nonempty.sum()) / elapsed if elapsed > 0 else None,
+    }
+    write_json(folder / "meta.json", meta)
+    return TextEmbeddings(folder, vectors, study_ids, nonempty, texts, meta)
+
+
+def prepare_texts_list(manifest: Manifest, config: TextConfig, task: str | None) -> list[str]:
+    return [t if isinstance(t, str) else "" for t in prepare_texts(manifest, config, task)]
+
+
+def load_text_embeddings(path: str | Path) -> TextEmbeddings:
+    """Open a finished text store folder (vectors memory-mapped)."""
+    folder = Path(path)
+    if not (folder / "meta.json").is_file():
+        raise DataError(f"{folder}: no meta.json; not a finished text embedding store")
+    meta = json.loads((folder / "meta.json").read_text())
+    ids = json.loads((folder / "texts.ids.json").read_text())
+    texts = pd.read_parquet(folder / "texts.parquet")["text"].tolist()
+    vectors = np.load(folder / "texts.npy", mmap_mode="r")
+    mask = np.asarray(ids["mask"], dtype=bool)
+    return TextEmbeddings(folder, vectors, list(ids["study_ids"]), mask, texts, meta)

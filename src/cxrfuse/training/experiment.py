@@ -1,0 +1,121 @@
+"""Grids of runs: every run of an experiment config trained in turn (finished runs with the
+same config are skipped, a failed run is recorded and the grid goes on), then
+``summary.csv`` (one row per run) and ``summary.md`` (mean and sd over seeds)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from cxrfuse.config import ExperimentConfig, RunConfig, value_slug
+from cxrfuse.problems import CxrfuseError
+from cxrfuse.rundir import ExperimentDir, RunDir, p_column, y_column
+from cxrfuse.training.module import epoch_metrics
+from cxrfuse.training.runner import train_run
+
+log = logging.getLogger(__name__)
+
+
+def train_experiment(
+    experiment: ExperimentConfig,
+    *,
+    progress: bool = True,
+    after_run: Callable[[Path], None] | None = None,
+    console: Any = None,
+) -> Path:
+    """Train every run of the grid (skipping finished ones), then write the summary tables.
+
+    ``after_run(run_dir)`` runs after each newly finished run (e.g. evaluation). A run that
+    raises is recorded as failed and the grid goes on.
+    """
+    exp = ExperimentDir(experiment.experiment_dir)
+    exp.write_config(experiment)
+    say = console.print if console is not None else log.info
+    runs = experiment.expand()
+    for i, config in enumerate(runs, 1):
+        prefix = f"[{i}/{len(runs)}] {config.name}"
+        run = RunDir(config.run_dir)
+        if run.status() == "finished" and run.same_config(config):
+            say(f"{prefix}: finished before, skipped")
+            continue
+        try:
+            train_run(config, progress=progress)
+        except Exception as err:  # noqa: BLE001 - a failed run must not stop the grid
+            say(f"{prefix}: FAILED ({type(err).__name__}: {err})")
+            continue
+        say(f"{prefix}: finished")
+        if after_run is not None:
+            after_run(config.run_dir)
+    write_summary(experiment, runs)
+    return exp.path
+
+
+def test_metrics(run: RunDir) -> dict[str, float]:
+    """Headline test metrics (threshold 0.5, macro over labels) of a finished run."""
+    try:
+        labels = run.require(("head", "finetune")).labels
+        frame = run.predictions(labels, splits=("test",))
+    except CxrfuseError:
+        return {}
+    test = frame[frame["split"] == "test"]
+    scores = epoch_metrics(test[[y_column(n) for n in labels]].to_numpy(),
+                           test[[p_column(n) for n in labels]].to_numpy())  # fmt: skip
+    return {f"test_{k}": v for k, v in scores.items()}
+
+
+def write_summary(experiment: ExperimentConfig, runs: Sequence[RunConfig]) -> pd.DataFrame:
+    """``summary.csv`` (one row per run) and ``summary.md`` (mean ± sd over seeds)."""
+    rows = []
+    for config in runs:
+        run = RunDir(config.run_dir)
+        try:
+            info = run.info().model_dump()
+        except CxrfuseError:
+            info = {}
+        row: dict[str, Any] = {"run": config.name}
+        for key, value in experiment.grid_values(config).items():
+            row[key] = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        row.update(modalities="+".join(config.model.modalities), seed=config.seed,
+                   status=info.get("status", "missing"), error=info.get("error"))
+        fit = info.get("fit") or {}
+        row.update(best_epoch=fit.get("best_epoch"), best_val_loss=fit.get("best_val_loss"),
+                   timing_s=info.get("timing_s"))
+        row.update(test_metrics(run))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    ExperimentDir(experiment.experiment_dir).write_summary(table, summary_markdown(experiment, table))
+    return table
+
+
+def summary_markdown(experiment: ExperimentConfig, table: pd.DataFrame) -> str:
+    """Mean ± sd over seeds of the headline test metrics, per grid point."""
+    metrics = [c for c in table.columns if c.startswith("test_")]
+    keys = [k for k in experiment.grid if k in table.columns and k != "model.modalities"]
+    group = ["modalities", *keys]
+    lines = [f"# {experiment.name}", "",
+             (f"{len(table)} run(s), {int((table['status'] == 'finished').sum())} finished; "
+             f"seeds {experiment.seeds}. Test metrics at threshold 0.5, macro over labels; "
+             "mean ± sd over seeds (sd 0 for one seed)."), ""]
+    done = table[table["status"] == "finished"].copy()
+    for key in keys:  # readable grid values: full / sub75, focal, lr0.001
+        done[key] = [value_slug(key, yaml.safe_load(str(v))) for v in done[key]]
+    if not done.empty and metrics:
+        agg = []
+        for values, part in done.groupby(group, sort=False, dropna=False):
+            values = values if isinstance(values, tuple) else (values,)
+            row = dict(zip(group, values)) | {"n_seeds": len(part)}
+            for m in metrics:
+                x = part[m].astype(float)
+                row[m.removeprefix("test_")] = f"{x.mean():.3f} ± {x.std(ddof=1) if len(x) > 1 else 0.0:.3f}"
+            agg.append(row)
+        lines.append(pd.DataFrame(agg).to_markdown(index=False))
+    failed = table[table["status"] != "finished"]
+    if not failed.empty:
+        lines += ["", "## Runs not finished", ""]
+        lines += [f"- {r.run}: {r.status} {r.error or ''}" for r in failed.itertuples()]
+    return "\n".join(lines) + "\n"

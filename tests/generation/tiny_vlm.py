@@ -9,6 +9,10 @@ holds (``config.json``, ``model.safetensors``, ``generation_config.json``, the t
 hidden size 32, and a byte-level BPE vocabulary of a few hundred tokens trained on report
 sentences, with Llama 3's special tokens and the ``<|image|>`` token one past the text vocabulary
 (as in the real model, where it is id 128256).
+
+:func:`build_tiny_llava` writes a tiny LLaVA (CLIP ViT + Llama) with the same tokenizer and
+template, to check that nothing depends on Mllama's layout; :func:`build_tiny_manifest` writes
+a small manifest with PNG views and report text.
 """
 
 from __future__ import annotations
@@ -129,6 +133,64 @@ def build_tiny_vlm(folder: str | Path, *, seed: int = 0) -> Path:
     processor.save_pretrained(folder)
     return folder
 
+
+
+def build_tiny_llava(folder: str | Path, *, seed: int = 0) -> Path:
+    """The same tokenizer and chat template in a tiny random LLaVA (CLIP ViT + Llama) folder.
+
+    LLaVA differs from Mllama where it matters here: the processor expands each image token
+    into one token per patch inside the text, and the images are concatenated, not padded.
+    """
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    folder = Path(folder)
+    raw = build_tokenizer()
+    image_id = raw.token_to_id(IMAGE)
+    ids = {t: raw.token_to_id(t) for t in SPECIALS}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token=BOS, eos_token=EOT, pad_token=PAD, model_max_length=4096,
+        extra_special_tokens={"image_token": IMAGE},
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        image_token=IMAGE, chat_template=CHAT_TEMPLATE,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=28, patch_size=14, projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=image_id + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, bos_token_id=ids[BOS],
+        eos_token_id=[ids[EOT], ids[END]], pad_token_id=ids[PAD], initializer_range=0.2,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=image_id,
+        vision_feature_layer=-1, vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids[BOS], eos_token_id=[ids[EOT], ids[END]], pad_token_id=ids[PAD],
+        do_sample=False,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 # ------------------------------------------------------------------------------ a tiny manifest
 REPORTS = [

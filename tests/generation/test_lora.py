@@ -128,6 +128,8 @@ def test_saved_adapter_reloads_to_the_same_greedy_reports(run, tiny_dir: Path, m
     reloaded = generate_reports(reloaded_vlm, manifest, max_new_tokens=16, progress=False)
     assert reloaded["generated"].tolist() == in_memory["generated"].tolist()
     assert reloaded["model"].iloc[0] == f"{tiny_dir} + adapter {adapter}"
+    with pytest.raises(CxrfuseError, match="is a LoRA adapter folder"):
+        load_vlm(str(adapter))
     val = select_studies(manifest, "val").studies
     base_loss = mean_loss(load_vlm(str(tiny_dir)), val, LoraSettings(**FAST))
     assert mean_loss(reloaded_vlm, val, LoraSettings(**FAST)) < base_loss

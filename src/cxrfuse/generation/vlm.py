@@ -131,6 +131,11 @@ def _check_source(model: str) -> str:
     if path.exists():
         if not path.is_dir():
             raise CxrfuseError(f"model {model!r} is a file; pass a Hugging Face model folder or hub id")
+        if not (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
+            raise CxrfuseError(
+                f"{model!r} is a LoRA adapter folder, not a model; pass the base model as the "
+                "model and this folder as the adapter"
+            )
         if not (path / "config.json").is_file():
             raise CxrfuseError(
                 f"model folder {model!r} has no config.json: not a Hugging Face model folder; "

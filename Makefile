@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install system-deps demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)  ## create .venv and install cxrfuse with its dependencies
 
+system-deps:  ## Debian packages the tests use: a JRE for METEOR (installed when missing and root)
+	@command -v java >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; \
+	  else echo "note: no java on PATH: METEOR is reported as missing (install default-jre-headless)"; fi; }
+
 demo: $(STAMP)  ## run the embedded default pipeline end to end
 	$(BIN)/cxrfuse demo --out demo-output
 
-test: $(STAMP)  ## run the test suite
+test: $(STAMP) system-deps  ## run the test suite
 	$(BIN)/python -m pytest -n 2 tests
 
 lint: $(STAMP)

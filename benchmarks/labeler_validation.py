@@ -22,7 +22,8 @@ import pandas as pd
 
 from cxrfuse.data.iu_xray import ingest_iu_xray
 from cxrfuse.data.labels import UNINDEXED_MESH
-from cxrfuse.generation.labeler import CHEXPERT_LABELS, make_labeler
+from cxrfuse.generation.labeler import CHEXPERT_LABELS
+from cxrfuse.generation.scoring import make_labeler
 
 MESH: dict[str, list[tuple[str, str | None]]] = {
     "Enlarged Cardiomediastinum": [("Mediastinum", r"^(?!.*lymph).*(?:enlarged|prominent|widened)")],

@@ -10,7 +10,7 @@ from cxrfuse.cli import app
 from cxrfuse.data import read_manifest
 
 ARGS = ["--limit", "120", "--size", "64", "--input-size", "64", "--max-epochs", "3",
-        "--n-boot", "50"]
+        "--n-boot", "50", "--no-meteor"]
 
 
 def test_demo_runs_end_to_end_and_reruns_from_cache(tmp_path):
@@ -25,6 +25,8 @@ def test_demo_runs_end_to_end_and_reruns_from_cache(tmp_path):
     assert "Fused vs best unimodal" in text or "fused" in text.lower()
     assert html.read_text().count("data:image/png;base64,") >= 3  # plots embedded
     assert "Modality attribution" in text and "No explanations yet" not in text
+    assert "## Report generation: retrieval (k = 5, medoid)" in text
+    assert "best constant report (BLEU-4 on train)" in text
     assert (out / "phantom_gallery.png").stat().st_size > 10_000
     runs = sorted(p.name for p in (exp / "runs").iterdir())
     assert len(runs) == 6  # {findings+impression, indication} x {image, text, image+text}

@@ -9,7 +9,10 @@
 5. evaluate: val-chosen thresholds, bootstrap intervals, fused vs best unimodal, modality
    shuffle tests, image vs report attribution of the fused runs, complementarity, the text
    leakage probe;
-6. write ``report.html`` / ``report.md`` and print the headline table.
+6. generate a report for every test study by retrieval (the medoid of the reports of the 5
+   training studies with the nearest image embeddings), scored with language and clinical
+   metrics beside the random, most frequent, best constant and nearest-neighbour baselines;
+7. write ``report.html`` / ``report.md`` and print the headline table.
 
 Everything is cached: a rerun reuses the manifest, phantoms, embeddings and finished runs.
 """
@@ -39,6 +42,8 @@ TEXT_CHOICES: dict[str, list[str]] = {
     "indication only (written before the image is read)": ["indication"],
 }
 IMAGE_ENCODER = "efficientnet-lite0"
+GENERATION = "retrieval-image-k5"
+"""The demo's generator: the medoid of the 5 training reports with the nearest images."""
 TEXT_ENCODER = "minilm"
 
 
@@ -94,11 +99,14 @@ def run_demo(
     input_size: int = 128,
     max_epochs: int = 40,
     n_boot: int = 1000,
+    meteor: bool = True,
     console: Console | None = None,
 ) -> Path:
     """Run the demo into ``out``; return the path of the experiment's ``report.html``."""
     from cxrfuse.evaluation import evaluate_experiment, evaluate_run, shuffle_run
     from cxrfuse.explain.runs import attribute_run
+    from cxrfuse.generation.outputs import comparison_table
+    from cxrfuse.generation.pipeline import generate_retrieval
     from cxrfuse.reporting import write_report
     from cxrfuse.rundir import ExperimentDir, RunDir
     from cxrfuse.training import train_experiment
@@ -131,7 +139,17 @@ def run_demo(
         if len(config.model.modalities) == 2 and not run.attribution_dir.is_dir():
             attribute_run(run.path)  # did it read or look: image vs report share per label
     evaluate_experiment(exp_dir)
-    console.rule("6. report")
+    console.rule("6. report generation by retrieval of the nearest training reports (image "
+                 "embeddings), scored beside the shortcut baselines")
+    gen = ExperimentDir(exp_dir).generation_dir(GENERATION)
+    if not gen.has_scores():
+        generate_retrieval(gen.path, manifest=phantoms, store=out / "store",
+                           image_encoder=IMAGE_ENCODER, input_size=input_size, k=5,
+                           consensus="medoid", progress=True,
+                           score={"n_boot": n_boot, "n_boot_language": 100, "meteor": meteor})
+    console.print(comparison_table(gen.scores(), gen.scores()["generator"]).to_markdown(
+        index=False), markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+    console.rule("7. report")
     html, md = write_report(exp_dir)
     console.print(ExperimentDir(exp_dir).summary_md.read_text())
     console.print(f"markdown report: {md}")

@@ -65,6 +65,13 @@ CHEXPERT_LABELS: tuple[str, ...] = (
 )  # fmt: skip
 """The 14 CheXpert observations (``mimic-cxr-2.0.0-chexpert.csv``), alphabetical."""
 
+CHEXBERT_ORDER: tuple[str, ...] = (
+    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+    "Pleural Other", "Fracture", "Support Devices", "No Finding",
+)  # fmt: skip
+"""The same 14 observations in the CheXpert/CheXbert labeler order (report labelers' columns)."""
+
 CHEXPERT_FIVE: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion",
 )  # fmt: skip

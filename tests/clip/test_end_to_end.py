@@ -254,26 +254,33 @@ def test_gradcam_of_the_zero_shot_score(trained_run: Path, tmp_path: Path) -> No
 
 
 def test_generate_reports_by_retrieval_from_the_cli(trained_run: Path, tmp_path: Path) -> None:
-    """Each test image gets a *training* report; scored beside the image-blind baselines."""
+    """Each test image gets a *training* report from the CLIP space; scored beside the
+    image-blind baselines and the image-to-image nearest neighbour; in the CLIP report."""
     import shutil
 
+    from cxrfuse.rundir import RunDir
+
     run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns(
-        "generat*", "report.*"))  # fmt: skip
-    result = runner.invoke(app, ["clip", "generate", str(run), "--k", "3", "--n-boot", "20",
+        "generation", "report.*"))  # fmt: skip
+    out = RunDir(run).generation_dir("clip-k3")
+    result = runner.invoke(app, ["generate", "retrieval", "--clip", str(run), "--k", "3",
+                                 "--consensus", "medoid", "--n-boot", "20",
+                                 "--n-boot-language", "5", "--no-meteor", "--out", str(out.path),
                                  "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    out = json.loads((run / "generation.json").read_text())
-    assert list(out["methods"]) == ["CLIP retrieval (k = 3)", "random training report",
-                                    "most frequent training report"]  # fmt: skip
-    for scores in out["methods"].values():
-        f1 = scores["clinical"]["micro_f1"]
-        assert 0.0 <= f1["value"] <= 1.0 and 0.0 <= scores["bleu1"] <= 100.0
-    generated = pd.read_parquet(run / "generated.parquet")
+    scores = out.scores()
+    assert set(scores["baselines"]) == {"random training report", "most frequent training report",
+                                        "best constant report (BLEU-4 on train)",
+                                        "nearest-neighbour retrieval (image)"}  # fmt: skip
+    for system in (scores, *scores["baselines"].values()):
+        f1 = system["clinical"]["micro_f1_14"]
+        assert 0.0 <= f1["value"] <= 1.0 and 0.0 <= system["bleu_4"]["value"] <= 1.0
+    generated = out.generated()
     config = load_clip_config(run / "config.yaml")
     manifest = read_manifest(config.data.manifest)
     split_of = dict(zip(manifest.df["study_id"].astype(str), manifest.df["split"]))
-    assert len(generated) == out["n"] and set(generated["source_study_id"].map(split_of)) == {
-        "train"}  # no test report is ever copied  # fmt: skip
-    assert "## Report generation by retrieval" in (run / "generation.md").read_text()
+    assert set(generated["split"]) == {"test"}
+    assert set(generated["source_study_id"].map(split_of)) == {"train"}  # no test report copied
+    assert out.settings()["space"].endswith("image -> report")
     write_report(run)
-    assert "## Report generation" in (run / "report.md").read_text()
+    assert "## Report generation: retrieval (k = 3, medoid)" in (run / "report.md").read_text()

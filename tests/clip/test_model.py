@@ -149,18 +149,3 @@ def test_label_ceiling_is_the_expected_recall_of_the_label_oracle() -> None:
         hits.append(recall_at_k(torch.tensor(-np.abs(y[:, None] - y[None]).sum(-1) + noise),
                                 [1])["image_to_text"][1])  # fmt: skip
     assert np.mean(hits) == pytest.approx(0.75, abs=0.02)
-
-
-def test_report_choice_nearest_or_medoid_of_the_k_nearest() -> None:
-    from cxrfuse.clip.generate import choose_reports, corpus_bleu
-
-    bank = F.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.8, -0.3]]), dim=-1)
-    query = F.normalize(torch.tensor([[1.0, 0.05]]), dim=-1)
-    similarity = query @ bank.T
-    assert choose_reports(similarity, bank, 1).tolist() == [0]  # the nearest
-    # among the 3 nearest (0, 1, 3) report 0 is the most similar to the other two
-    top3 = [0, 1, 3]
-    central = [float((bank[i] @ bank[top3].T).sum()) for i in top3]
-    assert choose_reports(similarity, bank, 3).tolist() == [top3[int(np.argmax(central))]]
-    assert corpus_bleu(["no acute disease"], ["no acute disease"])["bleu4"] == pytest.approx(100)
-    assert corpus_bleu(["heart normal"], ["lungs clear"])["bleu1"] == pytest.approx(0)

@@ -10,7 +10,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from cxrfuse.generation.chexbert import CheXbertLabeler
-from cxrfuse.generation.labeler import make_labeler
+from cxrfuse.generation.scoring import make_labeler
 from cxrfuse.problems import CxrfuseError, DataError
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "pleural", "effusion", "the",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrfuse.generation.labeler import CE_FIVE, CHEXPERT_LABELS, RuleLabeler, make_labeler
+from cxrfuse.generation.labeler import CE_FIVE, CHEXPERT_LABELS, RuleLabeler
+from cxrfuse.generation.scoring import make_labeler
 from cxrfuse.problems import CxrfuseError
 
 NAN = float("nan")

@@ -1,4 +1,5 @@
-"""CLIP verbs: ``cxrfuse clip train | probe | zero-shot | retrieve | generate`` (seed 002)."""
+"""CLIP verbs: ``cxrfuse clip train | probe | zero-shot | retrieve`` (design 002). Report
+generation by retrieval from a CLIP run is ``cxrfuse generate retrieval --clip RUN``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import typer
 from cxrfuse.cli import app, console, friendly_errors
 
 clip_app = typer.Typer(
-    help="CLIP-style contrastive image-report model: train, linear probe, zero-shot, retrieval, "
-    "report generation by retrieval.",
+    help="CLIP-style contrastive image-report model: train, linear probe, zero-shot, retrieval "
+    "(report generation from it: `cxrfuse generate retrieval --clip RUN`).",
     no_args_is_help=True,
 )
 app.add_typer(clip_app, name="clip")
@@ -106,27 +107,3 @@ def clip_retrieve_cmd(run_dir: RunDir, split: Split = None, progress: Progress =
 
     result = run_retrieval(run_dir, split=split, progress=progress)
     console.print(retrieval_markdown(result), markup=False, highlight=False)
-
-
-@clip_app.command("generate")
-@friendly_errors
-def clip_generate_cmd(
-    run_dir: RunDir,
-    split: Annotated[str, typer.Option(help="Split whose images get a report.")] = "test",
-    k: Annotated[int, typer.Option(min=1, help="Choose among the k most similar training "
-                                   "reports (their medoid); 1 = the nearest.")] = 1,
-    n_boot: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the CIs.")] = 1000,
-    progress: Progress = True,
-) -> None:
-    """Report generation by retrieval: each image gets the training report nearest to it in the
-    CLIP space, scored by label agreement (F1 with CIs) and BLEU beside two image-blind
-    baselines (generated.parquet, generation.json, generation.md).
-
-    Example: `cxrfuse clip generate runs/iu-clip-vit-bert --split test --k 5`
-    """
-    from cxrfuse.clip.generate import generation_markdown, run_generation
-    from cxrfuse.rundir import RunDir, layout
-
-    result = run_generation(run_dir, split=split, k=k, n_boot=n_boot, progress=progress)
-    console.print(generation_markdown(result), markup=False, highlight=False)
-    console.print(f"reports: [bold]{RunDir(run_dir).analysis_path(layout.GENERATED)}[/]")

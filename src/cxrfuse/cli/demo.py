@@ -19,14 +19,17 @@ def demo_cmd(
     input_size: Annotated[int, typer.Option(help="Image encoder input size in pixels.")] = 128,
     max_epochs: Annotated[int, typer.Option(help="Training epochs at most (early stopping).")] = 40,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 1000,
+    meteor: Annotated[bool, typer.Option("--meteor/--no-meteor",
+                                         help="Score generated reports with METEOR (Java).")] = True,
 ) -> None:
     """Run the embedded default end to end: bundled IU X-ray reports + phantom images ->
-    embeddings -> image, text and fused models for two text choices -> evaluation -> report.
+    embeddings -> image, text and fused models for two text choices -> evaluation -> report
+    generation by retrieval, scored beside its baselines -> report.
 
     Example: `cxrfuse demo --out demo-output` (a rerun reuses everything already computed)
     """
     from cxrfuse.demo import run_demo
 
     report = run_demo(out, size=size, limit=limit, input_size=input_size, max_epochs=max_epochs,
-                      n_boot=n_boot, console=console)
+                      n_boot=n_boot, meteor=meteor, console=console)
     console.print(f"\nreport: [bold]{report}[/]")

@@ -10,10 +10,10 @@
 """
 
 from cxrfuse.generation.clinical import clinical_scores
-from cxrfuse.generation.labeler import CE_FIVE, CHEXPERT_LABELS, RuleLabeler, make_labeler
+from cxrfuse.generation.labeler import CE_FIVE, CHEXPERT_LABELS, RuleLabeler
 from cxrfuse.generation.language import java_available, language_scores, normalise_report
 from cxrfuse.generation.reports_io import read_reports, write_scores
-from cxrfuse.generation.scoring import score_reports
+from cxrfuse.generation.scoring import make_labeler, score_reports
 from cxrfuse.generation.table import scores_table
 
 

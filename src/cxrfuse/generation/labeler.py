@@ -37,7 +37,6 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -46,19 +45,12 @@ from cxrfuse.generation import rules
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.text.clean import strip_deid_tokens
 from cxrfuse.text.mask import compile_terms
+from cxrfuse.vocab import CHEXBERT_ORDER, CHEXPERT_FIVE
 
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices", "No Finding",
-)
+CHEXPERT_LABELS = CHEXBERT_ORDER
 """The 14 CheXpert observations in the CheXpert/CheXbert order (the columns of every label
-array here; :data:`cxrfuse.data.labels.CHEXPERT_LABELS` holds the same names in MIMIC's
-alphabetical order)."""
-
-CE_FIVE: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion",
-)
+array here; :data:`cxrfuse.vocab.CHEXPERT_LABELS` holds the same names alphabetically)."""
+CE_FIVE = CHEXPERT_FIVE
 """The five observations of the CheXpert competition, the second clinical-efficacy average."""
 
 CHECKPOINT_HELP = (
@@ -335,38 +327,12 @@ class _Context:
         return False
 
 
-def make_labeler(name: str = "rules", path: str | Path | None = None) -> Labeler:
-    """``"rules"`` (:class:`RuleLabeler`) or ``"chexbert"`` (:class:`CheXbertLabeler`, which
-    needs ``path``, the CheXbert checkpoint)."""
-    key = name.strip().lower()
-    if key in ("rules", "rule", "rule-based"):
-        return RuleLabeler()
-    if key == "chexbert":
-        if path is None:
-            raise CxrfuseError(f"the chexbert labeler needs its checkpoint file (--chexbert PATH); {CHECKPOINT_HELP}")
-        from cxrfuse.generation.chexbert import CheXbertLabeler
-
-        return CheXbertLabeler(path)
-    raise CxrfuseError(f"unknown labeler {name!r}; choose 'rules' or 'chexbert'")
-
-
-def __getattr__(name: str) -> object:
-    """``CheXbertLabeler`` lives in :mod:`cxrfuse.generation.chexbert` (imported lazily: torch)."""
-    if name == "CheXbertLabeler":
-        from cxrfuse.generation.chexbert import CheXbertLabeler
-
-        return CheXbertLabeler
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "CE_FIVE",
     "CHECKPOINT_HELP",
     "CHEXPERT_LABELS",
-    "CheXbertLabeler",  # noqa: F822 - provided lazily by __getattr__
     "Labeler",
     "Mention",
     "RuleLabeler",
-    "make_labeler",
     "prepare",
 ]

@@ -57,14 +57,15 @@ from cxrfuse.generation.studies import (
 )
 from cxrfuse.generation.vlm import SEQUENCE_KEYS, VLM, encode, load_vlm, render
 from cxrfuse.problems import CxrfuseError, DataError
+from cxrfuse.rundir import layout
 
 log = logging.getLogger(__name__)
 
 LANGUAGE_TOWERS = ("language_model", "text_model")
 VISION_TOWERS = ("vision_model", "vision_tower", "visual", "vision_encoder")
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "min_delta", "device"})
-ADAPTER_DIR, CHECKPOINT_DIR = "adapter", "checkpoint"
-EPOCHS_FILE, CURVES_FILE, RUN_FILE = "epochs.csv", "curves.png", "finetune.json"
+ADAPTER_DIR, CHECKPOINT_DIR = layout.ADAPTER, layout.LORA_CHECKPOINT
+EPOCHS_FILE, CURVES_FILE, RUN_FILE = layout.EPOCHS, layout.CURVES, layout.LORA_INFO
 EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "seconds")
 
 

@@ -28,14 +28,15 @@ import numpy as np
 import pandas as pd
 
 from cxrfuse.problems import DataError
+from cxrfuse.rundir import layout
 
 ID_COLUMNS = ("id", "study_id", "study", "uid", "image_id", "dicom_id", "report_id")
 TEXT_COLUMNS = (
     "text", "report", "generated", "prediction", "pred", "hypothesis", "generated_report",
     "reference", "ground_truth", "gt", "target", "findings",
 )
-SCORES_FILE = "scores.json"
-LABELS_FILE = "study_labels.csv"
+SCORES_FILE = layout.SCORES
+LABELS_FILE = layout.STUDY_LABELS
 
 
 def _suffix(path: Path) -> str:

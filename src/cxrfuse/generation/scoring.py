@@ -21,17 +21,19 @@ references per study, the first one is labelled.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from cxrfuse.generation.chexbert import CheXbertLabeler
 from cxrfuse.generation.clinical import clinical_scores
-from cxrfuse.generation.labeler import CHEXPERT_LABELS, Labeler, RuleLabeler
+from cxrfuse.generation.labeler import CHECKPOINT_HELP, CHEXPERT_LABELS, Labeler, RuleLabeler
 from cxrfuse.generation.language import (
     LANGUAGE_KEYS,
     java_available,
     language_scores,
     normalise_report,
 )
-from cxrfuse.problems import DataError
+from cxrfuse.problems import CxrfuseError, DataError
 
 
 def _one_text(study: str, value: str | Sequence[str]) -> str:
@@ -47,6 +49,19 @@ def _texts(study: str, value: str | Sequence[str]) -> list[str]:
     if not texts or not all(isinstance(t, str) for t in texts):
         raise DataError(f"reference of study {study!r}: expected text(s), got {value!r:.80}")
     return texts
+
+
+def make_labeler(name: str = "rules", path: str | Path | None = None) -> Labeler:
+    """``"rules"`` (:class:`RuleLabeler`) or ``"chexbert"`` (:class:`CheXbertLabeler`, which
+    needs ``path``, the CheXbert checkpoint)."""
+    key = name.strip().lower()
+    if key in ("rules", "rule", "rule-based"):
+        return RuleLabeler()
+    if key == "chexbert":
+        if path is None:
+            raise CxrfuseError(f"the chexbert labeler needs its checkpoint file (--chexbert PATH); {CHECKPOINT_HELP}")
+        return CheXbertLabeler(path)
+    raise CxrfuseError(f"unknown labeler {name!r}; choose 'rules' or 'chexbert'")
 
 
 def score_reports(
@@ -119,6 +134,7 @@ __all__ = [
     "clinical_scores",
     "java_available",
     "language_scores",
+    "make_labeler",
     "normalise_report",
     "score_reports",
 ]

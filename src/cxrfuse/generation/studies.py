@@ -19,13 +19,11 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from cxrfuse.data import FRONTAL_VIEWS, Manifest
-from cxrfuse.data.manifest import SPLITS
-from cxrfuse.encoders.decode import decode_resized, gray8
+from cxrfuse.data import Manifest
+from cxrfuse.data.images import decode_resized, gray8
 from cxrfuse.generation.prompts import report_target
 from cxrfuse.problems import DataError
-
-LATERAL_VIEWS = frozenset({"LATERAL", "LL"})
+from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS, SPLITS
 
 
 def view_rank(view: str) -> int:

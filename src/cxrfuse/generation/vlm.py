@@ -40,11 +40,12 @@ from cxrfuse.generation.studies import (
     select_studies,
 )
 from cxrfuse.problems import CxrfuseError, DataError
+from cxrfuse.rundir import layout
 
 log = logging.getLogger(__name__)
 
-GENERATED_FILE = "generated.parquet"
-SETTINGS_FILE = "generation.json"
+GENERATED_FILE = layout.GENERATED
+SETTINGS_FILE = layout.GENERATION_SETTINGS
 GENERATED_COLUMNS = ("study_id", "split", "generated", "reference", "prompt", "model", "views")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,

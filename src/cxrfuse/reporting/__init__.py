@@ -1,5 +1,5 @@
 """The human report on the top floor: ``report.html`` (self-contained) and ``report.md`` for a
-run, an experiment or a CLIP run, built from what the lower stages left in the directory
+run, an experiment, a CLIP run or a generation directory, built from what the lower stages left in the directory
 (evaluation, explanations, CLIP analyses), evaluating first when nothing is there yet.
 
     from cxrfuse.reporting import write_report
@@ -16,8 +16,9 @@ from cxrfuse.files import write_text
 from cxrfuse.problems import DataError
 from cxrfuse.reporting.clip import clip_sections
 from cxrfuse.reporting.document import Block, Section, render_html, render_markdown
+from cxrfuse.reporting.generation import generation_sections
 from cxrfuse.reporting.runs import experiment_sections, run_sections
-from cxrfuse.rundir import ExperimentDir, RunDir
+from cxrfuse.rundir import ExperimentDir, GenerationDir, RunDir
 
 __all__ = ["Block", "Section", "render_html", "render_markdown", "write_report"]
 
@@ -31,8 +32,14 @@ def write_report(path: str | Path, *, evaluate_if_missing: bool = True) -> tuple
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
-    run = RunDir(root)
-    if run.exists():
+    run, gen = RunDir(root), GenerationDir(root)
+    if gen.exists() and not run.exists():
+        if not gen.has_scores():
+            raise DataError(f"{root}: no scores yet; run `cxrfuse generate score` first")
+        title = f"cxrfuse report: generated reports {gen.name}"
+        sections = generation_sections([gen])
+        html_path, md_path = gen.report_html, gen.report_md
+    elif run.exists():
         if run.kind() == "clip":
             title, sections = clip_sections(root)
         else:

@@ -14,9 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from cxrfuse.clip.generate import generation_table
 from cxrfuse.evaluation import format_value
 from cxrfuse.reporting.document import Section
+from cxrfuse.reporting.generation import generation_sections
 from cxrfuse.reporting.runs import PHANTOM_NOTE, config_section, explanation_section
 from cxrfuse.rundir import RunDir, layout
 
@@ -36,7 +36,7 @@ def clip_sections(run_dir: Path) -> tuple[str, list[Section]]:
         retrieval_section(run_dir),
         zero_shot_section(run_dir),
         probe_section(run_dir),
-        generation_section(run_dir),
+        *generation_sections(RunDir(run_dir).generation_dirs()),
         explanation_section([(str(run.get("name", run_dir.name)), run_dir)], EXPLAIN_HINT),
         config_section(RunDir(run_dir).config_path),
         environment_section(run),
@@ -158,19 +158,6 @@ def probe_section(run_dir: Path) -> Section:
             "(probe.text_sections: [indication] gives the honest version).",
         )
     return section
-
-
-def generation_section(run_dir: Path) -> Section:
-    section, result = _analysis(run_dir, "Report generation", layout.GENERATION, "generate")
-    if result is None:
-        return section
-    return section.add(
-        "table", generation_table(result),
-        f"Report by retrieval of the nearest training report (k = {result['k']}), "
-        f"{result['split']} split, N = {result['n']}: the chosen report's labels against the "
-        "study's own (IU X-ray labels are derived from the report text), 95 % bootstrap "
-        "intervals; BLEU against the study's own report; two baselines that ignore the image",
-    )  # fmt: skip
 
 
 def environment_section(run: dict[str, Any]) -> Section:

@@ -121,7 +121,8 @@ def _block_html(block: Block) -> str:
     if block.kind == "note":
         return f'<div class="note">{_inline(block.content)}</div>'
     if block.kind == "table":
-        return caption + block.content.to_html(index=False, border=0, escape=True, na_rep="-")
+        table = block.content.to_html(index=False, border=0, escape=True, na_rep="-")
+        return caption + re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", table)
     if block.kind == "image":
         return (
             f'<figure><img alt="{html.escape(block.caption)}" src="{_image_data(block.content)}">'

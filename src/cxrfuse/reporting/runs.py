@@ -23,6 +23,7 @@ from cxrfuse.evaluation.run import (
 )
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.reporting.document import Section
+from cxrfuse.reporting.generation import generation_sections
 from cxrfuse.rundir import ExperimentDir, RunDir, layout
 from cxrfuse.stats import manifest_summary
 
@@ -475,6 +476,7 @@ def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
     _shuffle_blocks(ablations, finished)
     sections.append(ablations)
     sections.append(explanation_section(finished))
+    sections.extend(generation_sections(exp.generation_dirs()))
     plots = Section("Plots")
     for comp in evaluation["settings"]:
         for rel in comp.get("plots", []):

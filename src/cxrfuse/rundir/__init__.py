@@ -12,7 +12,14 @@ Every other package asks this one::
 """
 
 from cxrfuse.rundir import layout
-from cxrfuse.rundir.dirs import ExperimentDir, RunDir, is_run_dir, p_column, y_column
+from cxrfuse.rundir.dirs import (
+    ExperimentDir,
+    GenerationDir,
+    RunDir,
+    is_run_dir,
+    p_column,
+    y_column,
+)
 from cxrfuse.rundir.models import (
     CLIP_FORMAT,
     CLIP_TASK,
@@ -42,6 +49,7 @@ __all__ = [
     "ExperimentDir",
     "FinetuneFacts",
     "FitFacts",
+    "GenerationDir",
     "HeadSidecar",
     "HeadSpec",
     "ImageSide",

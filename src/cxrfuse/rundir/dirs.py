@@ -114,7 +114,15 @@ class RunDir:
     report_html = property(lambda self: self.path / layout.REPORT_HTML)
     report_md = property(lambda self: self.path / layout.REPORT_MD)
     training_curves = property(lambda self: self.plots_dir / layout.TRAINING_CURVES)
-    clip_curves = property(lambda self: self.plots_dir / layout.CLIP_CURVES)
+    clip_curves = property(lambda self: self.plots_dir / layout.CURVES)
+
+    def generation_dirs(self) -> list[GenerationDir]:
+        """The generation directories stored under this run (``generation/<name>/``)."""
+        root = self.path / layout.GENERATION
+        return [GenerationDir(p.parent) for p in sorted(root.glob(f"*/{layout.GENERATED}"))]
+
+    def generation_dir(self, name: str) -> GenerationDir:
+        return GenerationDir(self.path / layout.GENERATION / name)
 
     def explain_dir(self, method: str) -> Path:
         """Where ``cxrfuse explain --method METHOD`` writes its overlays."""
@@ -394,6 +402,14 @@ class ExperimentDir:
     def run(self, name: str) -> RunDir:
         return RunDir(self.runs_path / name)
 
+    def generation_dir(self, name: str) -> GenerationDir:
+        """Reports generated from the experiment's data (``generation/<name>/``)."""
+        return GenerationDir(self.path / layout.GENERATION / name)
+
+    def generation_dirs(self) -> list[GenerationDir]:
+        root = self.path / layout.GENERATION
+        return [GenerationDir(p.parent) for p in sorted(root.glob(f"*/{layout.GENERATED}"))]
+
     def run_dirs(self) -> list[RunDir]:
         """The experiment's runs: ``runs/*/run.json`` (or ``*/run.json``), sorted."""
         found = sorted(p.parent for p in self.path.glob(f"{layout.RUNS}/*/{layout.RUN_INFO}"))
@@ -424,6 +440,75 @@ class ExperimentDir:
 
     def evaluation(self) -> dict[str, Any]:
         return _read_json(self.evaluation_path, f"run `cxrfuse evaluate {self.path}` first")
+
+
+class GenerationDir:
+    """Generated reports of one generator, their scores and, for a LoRA run, its adapter."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"GenerationDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    generated_path = property(lambda self: self.path / layout.GENERATED)
+    settings_path = property(lambda self: self.path / layout.GENERATION_SETTINGS)
+    scores_path = property(lambda self: self.path / layout.SCORES)
+    scores_md = property(lambda self: (self.path / layout.SCORES).with_suffix(".md"))
+    study_labels_path = property(lambda self: self.path / layout.STUDY_LABELS)
+    adapter_dir = property(lambda self: self.path / layout.ADAPTER)
+    checkpoint_dir = property(lambda self: self.path / layout.LORA_CHECKPOINT)
+    lora_info_path = property(lambda self: self.path / layout.LORA_INFO)
+    epochs_path = property(lambda self: self.path / layout.EPOCHS)
+    curves_path = property(lambda self: self.path / layout.CURVES)
+    report_html = property(lambda self: self.path / layout.REPORT_HTML)
+    report_md = property(lambda self: self.path / layout.REPORT_MD)
+
+    def exists(self) -> bool:
+        return self.generated_path.is_file()
+
+    def write_generated(self, frame: pd.DataFrame, settings: Mapping[str, Any]) -> Path:
+        """``generated.parquet`` (the frame) and ``generation.json`` (``settings``)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        table = frame.copy()
+        table.attrs = {}
+        with atomic_path(self.generated_path) as tmp:
+            table.to_parquet(tmp, index=False)
+        write_json(self.settings_path, dict(settings), indent=2)
+        return self.generated_path
+
+    def generated(self) -> pd.DataFrame:
+        path = self.generated_path
+        if not path.is_file():
+            raise DataError(f"{path}: missing; is {self.path} a `cxrfuse generate` output?")
+        frame = pd.read_parquet(path)
+        missing = [c for c in ("study_id", "generated", "reference") if c not in frame.columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}")
+        return frame
+
+    def settings(self) -> dict[str, Any]:
+        return _read_json(self.settings_path, "the generation settings")
+
+    def write_scores(self, payload: Mapping[str, Any], markdown: str,
+                     study_labels: pd.DataFrame | None = None) -> Path:  # fmt: skip
+        """``scores.json`` + ``scores.md`` (and ``study_labels.csv``)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if study_labels is not None:
+            with atomic_path(self.study_labels_path) as tmp:
+                study_labels.to_csv(tmp, index=False)
+        write_text(self.scores_md, markdown)
+        return write_json(self.scores_path, dict(payload), indent=2)
+
+    def has_scores(self) -> bool:
+        return self.scores_path.is_file()
+
+    def scores(self) -> dict[str, Any]:
+        return _read_json(self.scores_path, f"run `cxrfuse generate score` on {self.path}")
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -41,7 +41,8 @@ ABLATION = "ablation.json"
 PLOTS = "plots"
 """Folder of PNG plots."""
 TRAINING_CURVES = "training_curves.png"
-CLIP_CURVES = "curves.png"
+CURVES = "curves.png"
+"""Loss curves of a CLIP run or a LoRA fine-tuning run (under :data:`PLOTS` for CLIP)."""
 RUN_PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png")
 """The evaluation plots of one run, in report order (under :data:`PLOTS`)."""
 
@@ -51,10 +52,9 @@ PROBE = "probe.json"
 PROBE_PREDICTIONS = "probe_predictions.parquet"
 """CLIP analyses (``cxrfuse clip retrieve|zero-shot|probe``), each with a ``.md`` twin."""
 
-GENERATION = "generation.json"
-"""Report generation scores (with a ``.md`` twin)."""
-GENERATED = "generated.parquet"
-"""Per study: ``study_id``, ``split``, ``generated``, ``reference``."""
+GENERATION = "generation"
+"""Folder of a run directory holding the generation directories of its generators
+(``generation/<name>/``; ``cxrfuse generate retrieval --clip RUN`` writes there)."""
 
 EXPLAIN = "explain"
 """Folder: ``cxrfuse explain`` overlays, one subfolder per CAM method."""
@@ -70,6 +70,25 @@ ATTRIBUTION_TABLE = "attribution.csv"
 ATTRIBUTION_SUMMARY = "attribution_summary"
 """``attribution_summary.csv`` and ``.md``."""
 ATTRIBUTION_PLOT = "attribution.png"
+
+# ----------------------------------------------------------------------------- a generation directory
+
+GENERATED = "generated.parquet"
+"""Per study: ``study_id``, ``split``, ``generated``, ``reference``, the extracted labels of
+both (``gen__<label>``, ``ref__<label>``: 1 / 0 / -1 uncertain / NaN not mentioned), and the
+generator's own columns (``source_study_id``, ``prompt``, ...)."""
+GENERATION_SETTINGS = "generation.json"
+"""What generated the reports: generator, settings, bank, throughput, skipped studies."""
+SCORES = "scores.json"
+"""The generator's language and clinical scores (with a ``.md`` twin) and its baselines'."""
+STUDY_LABELS = "study_labels.csv"
+"""Per study and report set (generated, reference): the labeler's 14 CheXpert values."""
+ADAPTER = "adapter"
+"""Folder: the best epoch's LoRA adapter (``adapter_model.safetensors`` + config)."""
+LORA_CHECKPOINT = "checkpoint"
+"""Folder: the last finished epoch's adapter, optimizer and RNG state (resuming)."""
+LORA_INFO = "finetune.json"
+"""A LoRA fine-tuning run: settings, best epoch, losses, timings."""
 
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"

@@ -1,0 +1,211 @@
+"""Report generation verbs: ``cxrfuse generate retrieval | vlm | finetune | score``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cxrfuse.cli import app, console, friendly_errors
+
+generate_app = typer.Typer(
+    help="Radiology report generation (retrieval, vision-language models, LoRA fine-tuning) and "
+    "its scoring: pycocoevalcap language metrics and CheXpert clinical efficacy, always beside "
+    "the shortcut baselines (random, most frequent, best constant training report, "
+    "nearest-neighbour retrieval).",
+    no_args_is_help=True,
+)
+app.add_typer(generate_app, name="generate")
+
+Out = Annotated[Path, typer.Option("--out", help="Generation directory to write.")]
+Split = Annotated[str, typer.Option(help="Split whose studies get a report.")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+NBoot = Annotated[int, typer.Option(min=0, help="Bootstrap resamples (clinical scores).")]
+NBootLanguage = Annotated[int, typer.Option(min=0, help="Bootstrap resamples (language "
+                                                        "metrics; recomputed per resample).")]
+Meteor = Annotated[bool, typer.Option("--meteor/--no-meteor", help="METEOR (needs Java).")]
+Labeler = Annotated[str, typer.Option(help="rules (built in) or chexbert (needs --chexbert).")]
+Chexbert = Annotated[Path | None, typer.Option(help="CheXbert checkpoint (chexbert.pth).")]
+Seed = Annotated[int, typer.Option(help="Seed of the baselines and the bootstrap.")]
+
+
+def _labeler(name: str, chexbert: Path | None) -> Any:
+    from cxrfuse.generation import make_labeler
+
+    return make_labeler(name, chexbert)
+
+
+def _show(gen: Any, payload: dict[str, Any]) -> None:
+    from cxrfuse.generation.outputs import comparison_table
+
+    table = comparison_table(payload, payload.get("generator", "generator"))
+    console.print(table.to_markdown(index=False), markup=False, highlight=False, soft_wrap=True)
+    for note in payload.get("notes", []):
+        console.print(f"note: {note}", markup=False, highlight=False)
+    console.print(f"wrote [bold]{gen.generated_path}[/], {gen.scores_path.name} and "
+                  f"{gen.scores_md.name} in {gen.path}; `cxrfuse report {gen.path}` for "
+                  "report.html")  # fmt: skip
+
+
+@generate_app.command("retrieval")
+@friendly_errors
+def retrieval_cmd(
+    manifest: Annotated[Path | None, typer.Argument(
+        metavar="[MANIFEST]", help="A split manifest (with --store); not needed with --clip.")] = None,
+    out: Out = Path("generation/retrieval"),
+    store: Annotated[Path | None, typer.Option(help="Embedding store (embeds what it lacks).")] = None,
+    image_encoder: Annotated[str, typer.Option(help="Registered image encoder of the store.")] =
+    "efficientnet-lite0",
+    input_size: Annotated[int | None, typer.Option(help="Image encoder input size.")] = None,
+    indication_encoder: Annotated[str | None, typer.Option(
+        help="Also match the indication with this text encoder (query by image + indication).")] = None,
+    clip: Annotated[Path | None, typer.Option(
+        "--clip", help="A `cxrfuse clip train` run: image -> report in its joint space.")] = None,
+    split: Split = "test",
+    k: Annotated[int, typer.Option(min=1, help="Neighbours to build the report from.")] = 1,
+    consensus: Annotated[str, typer.Option(
+        help="top1 (nearest), medoid (of the k neighbour reports) or sentences (those half of "
+        "them share).")] = "top1",
+    labeler: Labeler = "rules",
+    chexbert: Chexbert = None,
+    n_boot: NBoot = 1000,
+    n_boot_language: NBootLanguage = 200,
+    meteor: Meteor = True,
+    seed: Seed = 0,
+    progress: Progress = True,
+) -> None:
+    """Write a report for every study of a split by retrieval from the training reports, scored
+    beside the baselines (a test or val report is never retrievable).
+
+    Example: `cxrfuse generate retrieval iu.parquet --store store/ --k 5 --consensus medoid --out gen/knn5`
+
+    Example: `cxrfuse generate retrieval --clip runs/iu-clip-lit --out runs/iu-clip-lit/generation/clip`
+    """
+    from cxrfuse.generation.pipeline import generate_retrieval
+
+    gen, payload = generate_retrieval(
+        out, manifest=manifest, store=store, image_encoder=image_encoder, input_size=input_size,
+        indication_encoder=indication_encoder, clip_run=clip, split=split, k=k,
+        consensus=consensus, labeler=_labeler(labeler, chexbert), progress=progress,  # type: ignore[arg-type]
+        score={"n_boot": n_boot, "n_boot_language": n_boot_language, "seed": seed,
+               "meteor": meteor},
+    )  # fmt: skip
+    _show(gen, payload)
+
+
+@generate_app.command("vlm")
+@friendly_errors
+def vlm_cmd(
+    model: Annotated[str, typer.Argument(help="Hugging Face image-text-to-text model id or a "
+                                         "local folder (e.g. meta-llama/Llama-3.2-11B-Vision-Instruct).")],
+    manifest: Annotated[Path, typer.Argument(help="A split manifest with image paths.")],
+    out: Out = Path("generation/vlm"),
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder (`generate finetune`).")] = None,
+    findings_from: Annotated[Path | None, typer.Option(
+        help="A cxrfuse classifier run: its predicted findings go into the prompt (design 001).")] = None,
+    split: Split = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many studies.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    num_beams: Annotated[int, typer.Option(min=1, help="1 = greedy.")] = 1,
+    image_size: Annotated[int | None, typer.Option(help="Resize views to this side first.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, "
+                                            "bfloat16, float16.")] = "auto",
+    baseline_store: Annotated[Path | None, typer.Option(
+        help="Store for the nearest-neighbour baseline's image embeddings.")] = Path("store"),
+    baseline_encoder: Annotated[str | None, typer.Option(
+        help="Image encoder of the nearest-neighbour baseline ('none' leaves it out).")] =
+    "efficientnet-lite0",
+    labeler: Labeler = "rules",
+    chexbert: Chexbert = None,
+    n_boot: NBoot = 1000,
+    n_boot_language: NBootLanguage = 200,
+    meteor: Meteor = True,
+    seed: Seed = 0,
+    progress: Progress = True,
+) -> None:
+    """Generate reports with a vision-language model (the study's views, its indication and,
+    optionally, a classifier's findings in the prompt), scored beside the baselines. Offline
+    without the weights it fails naming the model and how to get it.
+
+    Example: `cxrfuse generate vlm meta-llama/Llama-3.2-11B-Vision-Instruct iu.parquet --adapter gen/lora/adapter --out gen/llama-lora`
+    """
+    from cxrfuse.generation.pipeline import generate_with_vlm
+
+    encoder = None if baseline_encoder in (None, "none") else baseline_encoder
+    gen, payload = generate_with_vlm(
+        model, manifest, out, adapter=adapter, findings_run=findings_from, split=split,
+        limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
+        image_size=image_size, device=device, dtype=dtype, baseline_store=baseline_store,
+        baseline_encoder=encoder, labeler=_labeler(labeler, chexbert), progress=progress,
+        score={"n_boot": n_boot, "n_boot_language": n_boot_language, "seed": seed,
+               "meteor": meteor},
+    )  # fmt: skip
+    _show(gen, payload)
+
+
+@generate_app.command("finetune")
+@friendly_errors
+def finetune_cmd(
+    model: Annotated[str, typer.Argument(help="Hugging Face image-text-to-text model id or folder.")],
+    manifest: Annotated[Path, typer.Argument(help="A split manifest with image paths.")],
+    out: Out = Path("generation/lora"),
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="A LoRA setting: key=value (YAML value), e.g. r=8, epochs=5, lr=1e-4; "
+        "repeatable.")] = None,
+    findings_from: Annotated[Path | None, typer.Option(
+        help="A cxrfuse classifier run whose predictions go into the training prompts.")] = None,
+    progress: Progress = True,
+) -> None:
+    """LoRA fine-tuning (peft) on the training split's image-report pairs: findings +
+    impression as the target, the indication as input only; validation loss per epoch, early
+    stopping, resumable (rerun the same command), adapters saved as safetensors.
+
+    Example: `cxrfuse generate finetune meta-llama/Llama-3.2-11B-Vision-Instruct iu.parquet --set epochs=3 --out gen/lora`
+    """
+    from cxrfuse.config import parse_override, validate_config
+    from cxrfuse.generation.lora import LoraSettings
+    from cxrfuse.generation.pipeline import finetune_vlm
+
+    raw = dict(parse_override(item) for item in set_ or [])
+    settings = validate_config(LoraSettings, raw, "--set")
+    adapter = finetune_vlm(model, manifest, out, settings, findings_run=findings_from,
+                           progress=progress)  # fmt: skip
+    console.print(f"best adapter: [bold]{adapter}[/]; generate with `cxrfuse generate vlm "
+                  f"{model} {manifest} --adapter {adapter}`")  # fmt: skip
+
+
+@generate_app.command("score")
+@friendly_errors
+def score_cmd(
+    generated: Annotated[Path, typer.Option(help="Generated reports: JSON {id: text} or "
+                                            "{id: [text]}, CSV or Parquet (id, text columns).")],
+    reference: Annotated[Path, typer.Option(help="Reference reports, same formats.")],
+    out: Out = Path("generation/scores"),
+    train_reports: Annotated[Path | None, typer.Option(
+        help="Training reports (same formats) or a cxrfuse manifest (its train split): adds "
+        "the random, most frequent and best constant baselines.")] = None,
+    subset: Annotated[bool, typer.Option(help="Score only the ids that have a generated report.")] = False,
+    labeler: Labeler = "rules",
+    chexbert: Chexbert = None,
+    n_boot: NBoot = 1000,
+    n_boot_language: NBootLanguage = 200,
+    meteor: Meteor = True,
+    seed: Seed = 0,
+) -> None:
+    """Score any system's reports: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, R2Gen
+    normalisation) and CheXpert clinical F1 (14 and 5 observations), with 95 % intervals.
+
+    Example: `cxrfuse generate score --generated r2gen_test.json --reference annotation_test.json --train-reports iu.parquet --out scores/r2gen`
+    """
+    from cxrfuse.generation.pipeline import score_files
+
+    gen, payload = score_files(
+        generated, reference, out, train_reports=train_reports, subset=subset,
+        labeler=_labeler(labeler, chexbert),
+        score={"n_boot": n_boot, "n_boot_language": n_boot_language, "seed": seed,
+               "meteor": meteor},
+    )  # fmt: skip
+    _show(gen, payload)

@@ -1,0 +1,145 @@
+"""What every generator writes (a generation directory, :class:`~cxrfuse.rundir.GenerationDir`)
+and how it is scored: the generated and reference reports with the labels extracted from
+both, the generator's language and clinical scores, and the same scores of the shortcut
+baselines on the same studies (:mod:`cxrfuse.generation.baselines`), side by side.
+
+Every text is scored as findings + impression without section headers
+(:func:`~cxrfuse.generation.baselines.plain_report`), after R2Gen's normalisation for the
+language metrics (:mod:`cxrfuse.generation.language`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrfuse.data.manifest import label_slug
+from cxrfuse.generation.baselines import plain_report
+from cxrfuse.generation.labeler import CHEXPERT_LABELS, Labeler, RuleLabeler
+from cxrfuse.generation.scoring import score_reports
+from cxrfuse.generation.table import CLINICAL_ROWS, LANGUAGE_ROWS, format_estimate, scores_table
+from cxrfuse.problems import DataError
+from cxrfuse.rundir import GenerationDir
+
+
+def with_labels(frame: pd.DataFrame, labeler: Labeler) -> pd.DataFrame:
+    """``frame`` plus ``gen__<label>`` and ``ref__<label>`` columns (1 / 0 / -1 / NaN)."""
+    out = frame.copy()
+    for prefix, column in (("gen", "generated"), ("ref", "reference")):
+        labels = labeler.label([plain_report(t) for t in out[column].fillna("")])
+        for j, name in enumerate(CHEXPERT_LABELS):
+            out[f"{prefix}__{label_slug(name)}"] = labels[:, j]
+    return out
+
+
+def _study_labels(payload: dict[str, Any]) -> pd.DataFrame:
+    labels = payload.pop("study_labels")
+    names = list(labels["labels"])
+    rows = [{"id": sid, "source": source, **dict(zip(names, values))}
+            for source in ("reference", "generated") for sid, values in labels[source].items()]
+    return pd.DataFrame(rows, columns=["id", "source", *names])
+
+
+def score_generation(
+    frame: pd.DataFrame,
+    baselines: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    labeler: Labeler | None = None,
+    n_boot: int = 1000,
+    n_boot_language: int = 200,
+    seed: int = 0,
+    meteor: bool = True,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(scores.json payload, per-study labels) of ``frame`` (``study_id``, ``generated``,
+    ``reference``), with each baseline's scores under ``baselines``, on the studies that have a
+    reference report."""
+    scored = frame[frame["reference"].fillna("").str.strip() != ""]
+    if scored.empty:
+        raise DataError("no generated study has a reference report (findings/impression) to "
+                        "score against")  # fmt: skip
+    refs = {s: [plain_report(r)] for s, r in zip(scored["study_id"], scored["reference"])}
+    labeler = labeler or RuleLabeler()
+    options = {"labeler": labeler, "n_boot": n_boot, "n_boot_language": n_boot_language,
+               "seed": seed, "meteor": meteor}  # fmt: skip
+    gen = {s: plain_report(t) for s, t in zip(scored["study_id"], scored["generated"])}
+    payload = score_reports(gen, refs, **options)
+    labels = _study_labels(payload)
+    payload["n_without_reference"] = int(len(frame) - len(scored))
+    payload["baselines"] = {}
+    for name, reports in (baselines or {}).items():
+        result = score_reports({s: plain_report(reports[s]) for s in refs}, refs, **options)
+        result.pop("study_labels")
+        payload["baselines"][name] = result
+    return payload, labels
+
+
+def comparison_table(payload: Mapping[str, Any], generator: str = "generator") -> pd.DataFrame:
+    """Metrics (rows) of the generator and each baseline (columns): value [95 % CI]."""
+    systems = {generator: payload, **payload.get("baselines", {})}
+    rows = []
+    for title, key in LANGUAGE_ROWS:
+        rows.append({"metric": title, **{n: " ".join(format_estimate(s.get(key))).strip()
+                                         for n, s in systems.items()}})  # fmt: skip
+    for title, key in CLINICAL_ROWS:
+        rows.append({"metric": title, **{n: " ".join(format_estimate(
+            (s.get("clinical") or {}).get(key))).strip() for n, s in systems.items()}})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def scores_markdown(payload: Mapping[str, Any], generator: str = "generator",
+                    settings: Mapping[str, Any] | None = None) -> str:  # fmt: skip
+    """The side-by-side table, the generator's full table, and what the baselines are."""
+    lines = [f"## Report generation: {generator}", ""]
+    if settings and settings.get("synthetic_images"):
+        lines += [("**Synthetic images**: the images are phantoms drawn from each study's labels "
+                  "(the reports are real); these scores say nothing about real radiographs."), ""]
+    lines += [(f"{payload.get('n_studies')} studies with a reference report; 95 % bootstrap "
+              "intervals. Language metrics reward the normal template: read them beside the "
+              "baselines and the clinical F1."), "",
+              comparison_table(payload, generator).to_markdown(index=False), "",
+              f"### {generator}", "", scores_table(dict(payload)), ""]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_generation(
+    out: GenerationDir,
+    frame: pd.DataFrame,
+    settings: Mapping[str, Any],
+    baselines: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    labeler: Labeler | None = None,
+    n_boot: int = 1000,
+    n_boot_language: int = 200,
+    seed: int = 0,
+    meteor: bool = True,
+) -> dict[str, Any]:
+    """Label, write and score a generator's reports into ``out``; returns the scores."""
+    missing = [c for c in ("study_id", "split", "generated", "reference") if c not in frame]
+    if missing:
+        raise DataError(f"generated reports lack column(s) {missing}")
+    labeler = labeler or RuleLabeler()
+    out.write_generated(with_labels(frame, labeler), settings)
+    payload, labels = score_generation(frame, baselines, labeler=labeler, n_boot=n_boot,
+                                       n_boot_language=n_boot_language, seed=seed,
+                                       meteor=meteor)  # fmt: skip
+    payload["generator"] = str(settings.get("generator", out.name))
+    out.write_scores(payload, scores_markdown(payload, payload["generator"], settings), labels)
+    return payload
+
+
+def differing_findings(row: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(observations only the generated report states positive, only the reference does) of a
+    row of ``generated.parquet`` (its ``gen__`` / ``ref__`` columns)."""
+    only_gen, only_ref = [], []
+    for name in CHEXPERT_LABELS:
+        g = row.get(f"gen__{label_slug(name)}")
+        r = row.get(f"ref__{label_slug(name)}")
+        g_pos, r_pos = bool(np.nan_to_num(g) == 1), bool(np.nan_to_num(r) == 1)
+        if g_pos and not r_pos:
+            only_gen.append(name)
+        elif r_pos and not g_pos:
+            only_ref.append(name)
+    return only_gen, only_ref

@@ -1,0 +1,202 @@
+"""Report generation by retrieval: each study gets the report of its nearest *training* studies.
+
+Two spaces to search:
+
+* **an embedding store** (:func:`store_vectors`): the study's image embedding (the mean of its
+  views) from any registered image encoder, optionally concatenated with the embedding of its
+  indication (the text written before the image is read: "query by image plus indication");
+  neighbours are training studies by cosine similarity in that space;
+* **a CLIP run** (:func:`clip_vectors`): the study's image in the CLIP space against the
+  training reports' embeddings (cross-modal, as CXR-RePaiR, Endo et al. 2021).
+
+From the ``k`` nearest training studies the report is chosen by ``consensus``: ``top1`` (the
+nearest), ``medoid`` (the neighbour report most similar, by tf-idf cosine, to the other
+neighbours: damps one-off neighbours) or ``sentences`` (the sentences that at least half of the
+neighbour reports share, in the order they first appear; the medoid when none do). Only
+training studies form the bank: a val or test report is never retrievable.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from cxrfuse.clip.embed import load_run as load_clip_run
+from cxrfuse.data.manifest import Manifest
+from cxrfuse.encoders import create_image_encoder, create_text_encoder
+from cxrfuse.generation.baselines import manifest_reports
+from cxrfuse.generation.language import normalise_report
+from cxrfuse.problems import DataError
+from cxrfuse.store import embed_images, embed_texts
+from cxrfuse.text import TextConfig
+from cxrfuse.vocab import PRE_READ_SECTIONS
+
+Consensus = Literal["top1", "medoid", "sentences"]
+CONSENSUS = ("top1", "medoid", "sentences")
+
+
+@dataclass
+class SearchSpace:
+    """Query vectors of the studies to write reports for and the training bank to search."""
+
+    query_ids: list[str]
+    query: np.ndarray  # (Q, D), unit rows
+    bank_ids: list[str]
+    bank: np.ndarray  # (N, D), unit rows
+    description: str
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def _split_ids(manifest: Manifest, splits: Sequence[str]) -> set[str]:
+    return set(manifest.df.loc[manifest.df["split"].isin(list(splits)), "study_id"].astype(str))
+
+
+def store_vectors(
+    manifest: Manifest,
+    store_dir: str | Path,
+    image_encoder: str = "efficientnet-lite0",
+    *,
+    split: str = "test",
+    weights: str = "default",
+    input_size: int | None = None,
+    indication_encoder: str | None = None,
+    indication_weight: float = 0.5,
+    progress: bool = True,
+) -> SearchSpace:
+    """Study vectors from the embedding store (embedding what it lacks): the mean image view
+    embedding, optionally with ``indication_weight`` x the indication's text embedding."""
+    if manifest.df["split"].isna().all():
+        raise DataError("the manifest has no split; run `cxrfuse split` first (the bank is the "
+                        "training split)")  # fmt: skip
+    encoder = create_image_encoder(image_encoder, weights=weights, input_size=input_size)
+    images = embed_images(manifest, encoder, store_dir, progress=progress)
+    X, has_image = images.study_matrix(manifest, mode="mean")
+    X = unit_rows(X)
+    description = f"image embeddings ({image_encoder}, mean of views)"
+    if indication_encoder is not None:
+        text_encoder = create_text_encoder(indication_encoder)
+        texts = embed_texts(manifest, text_encoder, TextConfig(sections=list(PRE_READ_SECTIONS)),
+                            store_dir)  # fmt: skip
+        T, _ = texts.study_matrix(manifest)
+        X = unit_rows(np.concatenate([X, indication_weight * unit_rows(T)], axis=1))
+        description += f" + {indication_weight:g} x indication ({indication_encoder})"
+    ids = manifest.df["study_id"].astype(str).to_numpy()
+    reports = manifest_reports(manifest, ["train"])
+    train = _split_ids(manifest, ["train"])
+    bank_rows = [i for i, s in enumerate(ids) if s in train and s in reports and has_image[i]]
+    queries = _split_ids(manifest, [split])
+    query_rows = [i for i, s in enumerate(ids) if s in queries and has_image[i]]
+    if not bank_rows:
+        raise DataError("no training study has both an image embedding and report text")
+    return SearchSpace([ids[i] for i in query_rows], X[query_rows], [ids[i] for i in bank_rows],
+                       X[bank_rows], description)  # fmt: skip
+
+
+def clip_vectors(run_dir: str | Path, *, split: str = "test", progress: bool = True
+                 ) -> tuple[SearchSpace, SearchSpace, Manifest]:  # fmt: skip
+    """In a CLIP run's joint space: the split's images against the training reports
+    (the generator), and against the training images (the nearest-neighbour baseline)."""
+    run = load_clip_run(run_dir, progress=progress)
+    image, _, pairs = run.embed_split(split)
+    train_image, _, train_pairs = run.embed_split("train")
+    reports = manifest_reports(run.manifest, ["train"])
+    bank_pairs = run.pairs("train")
+    keep = [i for i, s in enumerate(bank_pairs.study_ids) if str(s) in reports]
+    if not keep:
+        raise DataError(f"{run_dir}: no training study has findings/impression text")
+    bank = run.embed_texts([bank_pairs.texts[i] for i in keep]).float()
+    query_ids, query = [str(s) for s in pairs.study_ids], unit_rows(image.numpy())
+    space = SearchSpace(query_ids, query, [str(bank_pairs.study_ids[i]) for i in keep],
+                        unit_rows(bank.numpy()), f"CLIP run {Path(run_dir).name}: image -> report")
+    rows = [i for i, s in enumerate(train_pairs.study_ids) if str(s) in reports]
+    images = SearchSpace(query_ids, query, [str(train_pairs.study_ids[i]) for i in rows],
+                         unit_rows(train_image.numpy()[rows]),
+                         f"CLIP run {Path(run_dir).name}: image -> image")  # fmt: skip
+    return space, images, run.manifest
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in text.replace("\n", " ").split(". ") if s.strip(" .")]
+
+
+def consensus_sentences(texts: Sequence[str]) -> str | None:
+    """The sentences at least half of ``texts`` share (compared after R2Gen normalisation), in
+    the order they first appear; None when no sentence is shared."""
+    seen: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for text in texts:
+        keys = set()
+        for sentence in _sentences(text):
+            key = normalise_report(sentence)
+            seen.setdefault(key, sentence.rstrip("."))
+            keys.add(key)
+        counts.update(keys)
+    shared = [seen[k] for k in seen if counts[k] * 2 >= len(texts)]
+    return ". ".join(shared) + "." if shared else None
+
+
+def choose_reports(space: SearchSpace, texts: dict[str, str], k: int = 1,
+                   consensus: Consensus = "top1") -> pd.DataFrame:  # fmt: skip
+    """One chosen training report per query: columns ``study_id``, ``generated``,
+    ``source_study_id``, ``similarity``, ``neighbours``."""
+    if k < 1:
+        raise DataError(f"k must be at least 1, got {k}")
+    if consensus not in CONSENSUS:
+        raise DataError(f"consensus {consensus!r} unknown; choose one of {list(CONSENSUS)}")
+    leaked = set(space.query_ids) & set(space.bank_ids)
+    if leaked:
+        raise DataError(f"{len(leaked)} query studies are in the retrieval bank")
+    k = min(k, len(space.bank_ids))
+    sim = torch.from_numpy(space.query) @ torch.from_numpy(space.bank).T
+    top_sim, top = sim.topk(k, dim=1)
+    bank_texts = [texts[s] for s in space.bank_ids]
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(bank_texts) \
+        if consensus != "top1" and k > 1 else None  # fmt: skip
+    rows = []
+    for q, sid in enumerate(space.query_ids):
+        picks = top[q].tolist()
+        choice, text = 0, bank_texts[picks[0]]
+        if vectorizer is not None:
+            neighbours = [bank_texts[i] for i in picks]
+            tf = vectorizer.transform(neighbours)
+            choice = int(np.asarray((tf @ tf.T).sum(axis=1)).ravel().argmax())
+            text = neighbours[choice]
+            if consensus == "sentences":
+                text = consensus_sentences(neighbours) or text
+        rows.append({"study_id": sid, "generated": text,
+                     "source_study_id": space.bank_ids[picks[choice]],
+                     "similarity": float(top_sim[q, choice]),
+                     "neighbours": ",".join(space.bank_ids[i] for i in picks)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def retrieve(space: SearchSpace, manifest: Manifest, *, k: int = 1,
+             consensus: Consensus = "top1") -> pd.DataFrame:  # fmt: skip
+    """Reports for the queries of ``space``, with ``split`` and ``reference`` (the study's own
+    findings + impression) beside; queries without reference text are kept (reference "")."""
+    frame = choose_reports(space, manifest_reports(manifest, ["train"]), k, consensus)
+    own = manifest_reports(manifest)
+    split = dict(zip(manifest.df["study_id"].astype(str), manifest.df["split"]))
+    frame.insert(1, "split", [split.get(s) for s in frame["study_id"]])
+    frame.insert(3, "reference", [own.get(s, "") for s in frame["study_id"]])
+    return frame
+
+
+def nearest_reports(space: SearchSpace, manifest: Manifest) -> dict[str, str]:
+    """The nearest-neighbour baseline: study id -> the nearest training study's report."""
+    frame = choose_reports(space, manifest_reports(manifest, ["train"]), 1, "top1")
+    return dict(zip(frame["study_id"], frame["generated"]))

@@ -1,10 +1,10 @@
 """How fast fusion heads train on cached embeddings (the issue 4 speed targets).
 
 a) one run, 40 epochs, on 3,955 studies (the IU X-ray size): random embeddings shaped like
-   the seed-000 design (two 1024-d DenseNet-121 views averaged + a 768-d BioBERT vector,
+   the design-000 design (two 1024-d DenseNet-121 views averaged + a 768-d BioBERT vector,
    concat-MLP 256), no early stopping; or, with ``--config``, a real run config whose
    embeddings are already in the store (e.g. after ``cxrfuse demo``).
-b) the 12-run grid of seed 004 (configs/mimic-pneumonia-grid.yaml: BCE/focal x full/75:25 x
+b) the 12-run grid of design 004 (configs/mimic-pneumonia-grid.yaml: BCE/focal x full/75:25 x
    image/text/multimodal, late fusion 256-d, batch 64, up to 15 epochs with early stopping) on
    25,000 phantom-sized studies of random embeddings (2048-d ResNet-50 frontal view + 768-d
    report vector; 10 % positives as in MIMIC pneumonia vs no finding; a weak signal in both).

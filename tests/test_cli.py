@@ -14,7 +14,8 @@ runner = CliRunner()
 VERBS = [["ingest", "iu-xray"], ["ingest", "mimic-cxr"], ["ingest", "nih"], ["split"], ["phantoms"],
          ["stats"], ["embed"], ["encoders"], ["train"], ["experiment"], ["predict"], ["evaluate"],
          ["report"], ["explain"], ["attribute"], ["clip", "train"], ["clip", "probe"],
-         ["clip", "zero-shot"], ["clip", "retrieve"], ["clip", "generate"], ["demo"]]
+         ["clip", "zero-shot"], ["clip", "retrieve"], ["generate", "retrieval"], ["generate", "vlm"],
+         ["generate", "finetune"], ["generate", "score"], ["demo"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=" ".join)

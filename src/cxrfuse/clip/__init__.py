@@ -1,1 +1,1 @@
-"""CLIP-style contrastive image-report model (seed 002): training, probing, zero-shot, retrieval."""
+"""CLIP-style contrastive image-report model (design 002): training, probing, zero-shot, retrieval."""

@@ -1,4 +1,4 @@
-"""Grad-CAM on the CLIP image tower (seed 002): where the image matched a label's prompts.
+"""Grad-CAM on the CLIP image tower (design 002): where the image matched a label's prompts.
 
 The zero-shot score of a label is ``sigmoid((cos(image, positive) - cos(image, negative)) /
 T)`` (:mod:`cxrfuse.clip.zero_shot`). :class:`ZeroShotHead` computes its logit from the image

@@ -1,4 +1,4 @@
-"""Linear probing (seed 002): frozen CLIP embeddings -> the 2 x 512 MLP, against unimodal rows.
+"""Linear probing (design 002): frozen CLIP embeddings -> the 2 x 512 MLP, against unimodal rows.
 
 The CLIP image and report embeddings (``projection_dim`` each, 512 by default) of every study
 are computed once with the towers frozen; a concat-MLP head (``cxrfuse.fusion.build_head``

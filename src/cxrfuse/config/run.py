@@ -56,7 +56,7 @@ EXPERIMENT_RUNS_FOLDER = "runs"
 class SubsampleConfig(Strict):
     """Seeded subsampling of the training split to a target positive fraction.
 
-    ``positive_fraction: 0.25`` gives the 75:25 negative:positive ratio of seed 004: every
+    ``positive_fraction: 0.25`` gives the 75:25 negative:positive ratio of design 004: every
     positive study is kept and negatives are drawn (or, when there are too few negatives,
     positives are drawn). For multilabel tasks a study counts as positive when any label is.
     ``seed`` defaults to the run seed.
@@ -208,7 +208,7 @@ class FinetuneConfig(Strict):
 
     freeze: list[str] = Field(
         default_factory=list, description="backbone module names kept frozen (default: none; "
-        "seed 003's ResNet-50: [conv1, layer1, layer2])"
+        "design 003's ResNet-50: [conv1, layer1, layer2])"
     )
     grayscale: bool = False
     image_lr: float = Field(0.0001, gt=0.0)

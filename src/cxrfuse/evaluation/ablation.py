@@ -1,10 +1,10 @@
 """What each modality contributes, and whether the text gives the label away.
 
-- :func:`modality_table`: unimodal vs multimodal rows of one config (seed 000, Table 2 shape).
-- :func:`shuffle_sensitivity`: the bimodal sensitivity test of seed 004: permute one modality's
+- :func:`modality_table`: unimodal vs multimodal rows of one config (design 000, Table 2 shape).
+- :func:`shuffle_sensitivity`: the bimodal sensitivity test of design 004: permute one modality's
   rows across test studies, re-predict, report each metric's drop over several shuffles.
 - :func:`complementarity`: (study, label) pairs right for both unimodal models, only one, or
-  neither (seed 000, Figure 2).
+  neither (design 000, Figure 2).
 - :func:`leakage_probe`: a bag-of-words text-only model on the chosen text vs on the indication
   alone, beside the surviving-term audit; a large gap means the text still carries the label.
 """

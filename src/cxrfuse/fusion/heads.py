@@ -32,7 +32,7 @@ VIEW_MODES: tuple[str, ...] = ("frontal", "mean", "concat", "attention")
 
 
 class AttentionViewFusion(nn.Module):
-    """Masked self-attention over the views of a study (the fusion module of seed 000).
+    """Masked self-attention over the views of a study (the fusion module of design 000).
 
     Views are projected to queries, keys and values by linear layers; scaled dot-product
     attention over the valid views (a mask hides missing ones) and a softmax give each view a
@@ -178,7 +178,7 @@ class FusionHead(nn.Module):
 
 
 class ConcatMLP(FusionHead):
-    """The modality vectors concatenated, then an MLP (seeds 000, 002, 003).
+    """The modality vectors concatenated, then an MLP (designs 000, 002, 003).
 
     Presets: ``hidden=[256], dropout=0.3`` (003), ``hidden=[512, 512]`` (002).
     """
@@ -198,7 +198,7 @@ class ConcatMLP(FusionHead):
 
 class LateFusion(FusionHead):
     """Each modality projected to ``projection_dim`` (Linear, ReLU, dropout), concatenated, then
-    one fully connected layer (seed 004: 256-d projections of ResNet-50 and BioBERT features)."""
+    one fully connected layer (design 004: 256-d projections of ResNet-50 and BioBERT features)."""
 
     def __init__(self, *, projection_dim: int = 256, dropout: float = 0.0, **base: Any) -> None:
         super().__init__(**base)

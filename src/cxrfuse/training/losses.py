@@ -3,7 +3,7 @@
 * :class:`BCELoss`: binary cross-entropy on sigmoid logits (one per label), optional
   ``pos_weight`` per label and per-class element weights.
 * :class:`CrossEntropyLoss`: softmax over two logits (binary), optional class weights.
-* :class:`FocalLoss`: the focal loss of Lin et al. as in seed 004, with torchvision's
+* :class:`FocalLoss`: the focal loss of Lin et al. as in design 004, with torchvision's
   :func:`~torchvision.ops.sigmoid_focal_loss` semantics on sigmoid logits
   (``alpha`` weights positives, ``1 - alpha`` negatives, ``alpha < 0`` disables it;
   ``(1 - p_t) ** gamma`` down-weights easy examples), and the same rule on softmax outputs.

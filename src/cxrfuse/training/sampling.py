@@ -28,7 +28,7 @@ def subsample_indices(y: np.ndarray, positive_fraction: float, seed: int) -> np.
 
     Keeps every positive and draws negatives without replacement; when there are too few
     negatives for the target it keeps every negative and draws positives instead.
-    ``positive_fraction=0.25`` gives the 75:25 ratio of seed 004.
+    ``positive_fraction=0.25`` gives the 75:25 ratio of design 004.
     """
     if not 0.0 < positive_fraction < 1.0:
         raise ValueError(f"positive_fraction must lie in (0, 1), got {positive_fraction}")

@@ -71,6 +71,10 @@ def embed_for_run(loaded: LoadedRun, manifest: Manifest, store_dir: str | Path,
         inputs["image"], inputs["image_mask"] = X, mask
         facts["images"] = {"store": str(images.path), "reused": images.reused,
                            "studies_with_image": int(mask.any(axis=1).sum())}  # fmt: skip
+        if loaded.sidecar.image.weights == "none" and not loaded.sidecar.image.finetuned:
+            facts["warning"] = ("the run's image encoder is randomly initialised (weights 'none') "
+                                "and its weights are not stored: these embeddings come from "
+                                "another random draw than the run's")  # fmt: skip
     if loaded.sidecar.text is not None:
         spec = loaded.sidecar.text
         config = TextConfig(**spec.text_config)
@@ -100,18 +104,26 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def fit_calibrator(y: np.ndarray, p: np.ndarray, method: Recalibration) -> Any:
-    """A fitted map probability -> recalibrated probability (callable on arrays)."""
+def fit_calibrator(y: np.ndarray, p: np.ndarray, method: Recalibration) -> tuple[Any, str | None]:
+    """A fitted non-decreasing map probability -> recalibrated probability (callable on
+    arrays) and a warning. Both methods are kept monotone: where the calibration part ranks
+    the label the wrong way round, Platt's slope is clipped at 0 (as isotonic regression
+    does), i.e. every study gets the part's prevalence."""
     if method == "platt":
         from sklearn.linear_model import LogisticRegression
 
         model = LogisticRegression(C=1e4).fit(_logit(p)[:, None], y.astype(int))
-        return lambda q: model.predict_proba(_logit(np.asarray(q, float))[:, None])[:, 1]
+        if model.coef_[0, 0] <= 0:
+            prevalence = float(np.mean(y))
+            return (lambda q: np.full(np.shape(q), prevalence),
+                    (f"Platt slope {model.coef_[0, 0]:.3f} <= 0 on the calibration part (the model "
+                    f"ranks it the wrong way round): calibrated to its prevalence {prevalence:.3f}"))
+        return lambda q: model.predict_proba(_logit(np.asarray(q, float))[:, None])[:, 1], None
     if method == "isotonic":
         from sklearn.isotonic import IsotonicRegression
 
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
-        return lambda q: iso.predict(np.asarray(q, float))
+        return lambda q: iso.predict(np.asarray(q, float)), None
     raise CxrfuseError(f"unknown recalibration {method!r}; choose platt or isotonic")
 
 
@@ -126,7 +138,9 @@ def recalibrate(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray, part: np.n
             warnings.append(f"{name}: the calibration part has {int(known.sum())} known labels of "
                             "one class; left uncalibrated")  # fmt: skip
             continue
-        calibrator = fit_calibrator(y[known, j], p[known, j], method)
+        calibrator, warning = fit_calibrator(y[known, j], p[known, j], method)
+        if warning:
+            warnings.append(f"{name}: {warning}")
         q[:, j] = calibrator(p[:, j])
         thr[j] = float(calibrator(np.array([thresholds[j]]))[0])
     return q, thr, warnings

@@ -66,6 +66,17 @@ def _finite(x: Any) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+def _headline_ci(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray, labels: Sequence[str],
+                 n_boot: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    """Bootstrap intervals over the labels with a known value in this group (a label unknown
+    in every study of the group is left out, as the macro averages leave it out)."""
+    cols = [j for j in range(y.shape[1]) if (~np.isnan(y[:, j])).any()]
+    if not n_boot or not cols or len(y) < 2:
+        return {}
+    return bootstrap_ci(y[:, cols], p[:, cols], np.asarray(thresholds)[cols],
+                        [labels[j] for j in cols], n_boot=n_boot, seed=seed)  # fmt: skip
+
+
 def subgroup_metrics(
     y: np.ndarray,
     p: np.ndarray,
@@ -105,7 +116,7 @@ def subgroup_metrics(
             yg, pg = y[rows_g], p[rows_g]
             m = compute_metrics(yg, pg, thresholds, labels)
             positives = {n: int(np.nansum(yg[:, j])) for j, n in enumerate(labels)}
-            ci = bootstrap_ci(yg, pg, thresholds, labels, n_boot=n_boot, seed=seed) if n_boot else {}
+            ci = _headline_ci(yg, pg, thresholds, labels, n_boot, seed)
             auroc = _finite(m["headline"]["auroc"])
             cal = calibration(yg.ravel(), pg.ravel())
             rows.append({

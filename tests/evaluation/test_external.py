@@ -169,10 +169,18 @@ def test_external_validation_end_to_end(world: dict[str, Path]) -> None:
     md = ext.markdown_path.read_text()
     assert "| Hernia" in md and "no counterpart" in md and "## Recalibration" in md
     # a rerun reuses the stored vectors (keyed as usual)
-    again = evaluate_external(world["run"], world["site"], out, n_boot=0, recalibration="isotonic")
-    assert again["embedding"]["images"]["reused"], again["embedding"]
-    assert again["embedding"]["texts"]["reused"], again["embedding"]
-    assert json.loads(ext.result_path.read_text())["recalibration"]["method"] == "isotonic"
+    again = evaluate_external(world["run"], world["site"], n_boot=0, recalibration="isotonic")
+    assert again["embedding"]["images"]["reused"] and again["embedding"]["texts"]["reused"]
+    default = RunDir(world["run"]).external_dir("site")  # RUN/external/<manifest stem>
+    assert json.loads(default.result_path.read_text())["recalibration"]["method"] == "isotonic"
+    from cxrfuse.reporting import write_report
+
+    html_path, md_path = write_report(world["run"])
+    report = md_path.read_text()
+    for heading in ("## Subgroups and calibration", "## External validation", "Internal test vs external",
+                    "isotonic recalibration fitted on"):
+        assert heading in report
+    assert "subgroups_sex_reliability" in report and "data:image/png;base64" in html_path.read_text()
 
 
 def test_external_with_no_shared_label_fails_clearly(world: dict[str, Path], tmp_path: Path) -> None:

@@ -143,3 +143,27 @@ def test_cli_flags_and_bad_input(export: Path) -> None:
 def test_example_spec_validates() -> None:
     spec = load_table_spec(Path(__file__).resolve().parents[2] / "configs" / "ingest-csv-example.yaml")
     assert spec.labels["covid-19"].positive == ["COVID-19"] and spec.filter == {"modality": ["CR", "DX"]}
+
+
+NIH_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "nih-cxr14-sample"
+
+
+@pytest.mark.skipif(not (NIH_SAMPLE / "labels.csv").is_file(), reason="NIH sample not present")
+def test_the_real_nih_table_through_ingest_csv_matches_ingest_nih() -> None:
+    from cxrfuse.data.nih import ingest_nih
+
+    findings = ["Effusion", "Cardiomegaly", "Hernia"]
+    spec = load_table_spec(None, {
+        "table": str(NIH_SAMPLE / "labels.csv"), "images": str(NIH_SAMPLE / "images"),
+        "image": "image index", "patient": "patient id", "view": "view position",
+        "labels": {n: {"column": "Finding Labels", "positive": [n], "delimiter": "|"} for n in findings},
+        "demographics": {"age": "patient age", "sex": "patient gender"}, "dataset": "nih-cxr14",
+    })  # fmt: skip
+    ours, log = ingest_table(spec)
+    theirs, _ = ingest_nih(NIH_SAMPLE / "labels.csv", NIH_SAMPLE / "images")
+    assert len(ours) == len(theirs) == 310 and log.counts() == {}
+    for column in ("study_id", "patient_id", "views", "age", "sex"):
+        assert ours.df[column].tolist() == theirs.df[column].tolist(), column
+    np.testing.assert_array_equal(ours.label_matrix(findings), theirs.label_matrix(findings))
+    with pytest.raises(ConfigError, match="delimiter needs the positive values"):
+        load_table_spec(None, {"table": "x.csv", "labels": {"a": {"column": "b", "delimiter": "|"}}})

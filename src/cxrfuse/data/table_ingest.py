@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cxrfuse.data.manifest import Manifest, normalise_view
 from cxrfuse.data.mimic_cxr import task_slug
@@ -58,6 +58,14 @@ class LabelSpec(_Spec):
     column: str
     positive: list[str] | None = None
     negative: list[str] | None = None
+    delimiter: str | None = Field(None, description="the cell lists several values (NIH "
+                                  "'Finding Labels': '|'); positive when any is in `positive`")
+
+    @model_validator(mode="after")
+    def _delimiter_needs_positive(self) -> LabelSpec:
+        if self.delimiter is not None and self.positive is None:
+            raise ValueError("delimiter needs the positive values listed (positive: [...])")
+        return self
 
     @field_validator("positive", "negative", mode="before")
     @classmethod
@@ -204,8 +212,13 @@ def parse_label(value: str, spec: LabelSpec, uncertain: str) -> float | None | s
         return None
     low = text.casefold()
     if spec.positive is not None:
-        if low in {p.strip().casefold() for p in spec.positive}:
+        wanted = {p.strip().casefold() for p in spec.positive}
+        values = {v.strip() for v in low.split(spec.delimiter.casefold())} if spec.delimiter else {low}
+        if values & wanted:
             return 1.0
+        if spec.delimiter and spec.negative is not None:
+            known = wanted | {n.strip().casefold() for n in spec.negative}
+            return 0.0 if values <= known else "bad"
         if spec.negative is not None and low not in {n.strip().casefold() for n in spec.negative}:
             return "bad"
         return 0.0

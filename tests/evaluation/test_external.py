@@ -118,6 +118,13 @@ def test_alignment_pairs_synonyms_complements_and_lists_the_rest() -> None:
         align_labels(RUN_LABELS, ["Edema"], {"Edema": "Edema"})
 
 
+def test_docs_hold_the_alignment_table() -> None:
+    from cxrfuse.evaluation.alignment import alignment_markdown
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "external.md"
+    assert alignment_markdown() in docs.read_text()
+
+
 def test_calibration_part_is_patient_level_and_seeded() -> None:
     patients = [f"p{i % 25}" for i in range(100)]
     part = calibration_part(patients, 0.2, seed=3)

@@ -11,7 +11,7 @@ from cxrfuse.cli import app
 from cxrfuse.data import read_manifest
 
 runner = CliRunner()
-VERBS = [["ingest", "iu-xray"], ["ingest", "mimic-cxr"], ["ingest", "nih"], ["split"], ["phantoms"],
+VERBS = [["ingest", "iu-xray"], ["ingest", "mimic-cxr"], ["ingest", "nih"], ["ingest", "csv"], ["split"], ["phantoms"],
          ["stats"], ["embed"], ["encoders"], ["train"], ["experiment"], ["predict"], ["evaluate"],
          ["report"], ["explain"], ["attribute"], ["clip", "train"], ["clip", "probe"],
          ["clip", "zero-shot"], ["clip", "retrieve"], ["generate", "retrieval"], ["generate", "vlm"],

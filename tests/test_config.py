@@ -141,7 +141,13 @@ def test_run_name_slugs() -> None:
 
 
 def load_preset(path: Path) -> RunConfig | ExperimentConfig | None:
-    """A training preset; None for a preset of another verb that its own loader accepts (CLIP)."""
+    """A training preset; None for a preset of another verb that its own loader accepts (CLIP,
+    ``ingest csv`` table specs named ``ingest-*``)."""
+    if path.name.startswith("ingest-"):
+        from cxrfuse.config import load_table_spec
+
+        load_table_spec(path)
+        return None
     try:
         return load_config(path)
     except ConfigError:

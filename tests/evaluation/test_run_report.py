@@ -140,7 +140,8 @@ def test_run_report_evaluates_first_when_needed(run_dir: Path) -> None:
     html_path, _ = write_report(run_dir)
     assert (run_dir / "metrics.json").exists()
     html = html_path.read_text()
-    assert html.count('src="data:image/png;base64,') == len(PLOTS)
+    subgroup_plots = json.loads((run_dir / "metrics.json").read_text())["subgroups"]["plots"]
+    assert html.count('src="data:image/png;base64,') == len(PLOTS) + len(subgroup_plots)
     for text in (
         html_lib.escape(PHANTOM_NOTE),
         "Leakage probe",

@@ -1,4 +1,4 @@
-"""Data verbs: ``ingest`` (IU X-ray, MIMIC-CXR, NIH), ``split``, ``phantoms``, ``stats``."""
+"""Data verbs: ``ingest`` (IU X-ray, MIMIC-CXR, NIH, any table), ``split``, ``phantoms``, ``stats``."""
 
 from __future__ import annotations
 
@@ -105,6 +105,58 @@ def ingest_nih_cmd(
     manifest, problems = ingest_nih(csv, images, views=None if views.strip().lower() == "all" else _csv(views),
                                     strict=strict)
     _report_ingest(manifest, problems, out)
+
+
+@ingest_app.command("csv")
+@friendly_errors
+def ingest_csv_cmd(
+    out: Annotated[Path, typer.Option(help="Manifest to write (.parquet).")],
+    spec: Annotated[Path | None, typer.Option(help="YAML column mapping (see configs/ingest-csv-example.yaml).")] = None,
+    table: Annotated[Path | None, typer.Option(help="The table (.csv, .tsv, .parquet); overrides the spec's.")] = None,
+    images: Annotated[Path | None, typer.Option(help="Base folder of relative image paths.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study id column.")] = None,
+    patient: Annotated[str | None, typer.Option(help="Patient id column.")] = None,
+    image: Annotated[str | None, typer.Option(help="Image path column; comma-separated columns for a wide table.")] = None,
+    view: Annotated[str | None, typer.Option(help="View column (comma-separated per image column for a wide table).")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="NAME=COLUMN (0/1/-1/blank, yes/no) or NAME=COLUMN:VALUE|VALUE (positive classes); repeatable.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name stored in the manifest.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a spec key, e.g. demographics.age=age_years.")] = None,
+    strict: Annotated[bool, typer.Option(help="Stop at the first problem.")] = False,
+) -> None:
+    """Ingest any CSV/TSV/Parquet table with a column mapping (long: one image per row, rows grouped by study; wide: a list of image columns).
+
+    Example: `cxrfuse ingest csv --spec configs/ingest-csv-example.yaml --out site.parquet`;
+    `cxrfuse ingest csv --table export.csv --study accession --patient mrn --image png_path --label "pneumonia=dx pneumonia" --out site.parquet`
+    """
+    from cxrfuse.config import load_table_spec
+    from cxrfuse.data.table_ingest import ingest_table
+
+    overrides: dict[str, Any] = {"table": str(table) if table else None, "images": str(images) if images else None,
+                                 "study": study, "patient": patient, "dataset": dataset}
+    if image:
+        columns = _csv(image) or []
+        overrides["image"] = columns if len(columns) > 1 else columns[0]
+    if view:
+        views = _csv(view) or []
+        overrides["view"] = views if isinstance(overrides.get("image"), list) else views[0]
+    if label:
+        overrides["labels"] = dict(_label_flag(item) for item in label)
+    manifest, problems = ingest_table(load_table_spec(spec, overrides, set_ or []), strict=strict)
+    _report_ingest(manifest, problems, out)
+
+
+def _label_flag(item: str) -> tuple[str, dict[str, Any]]:
+    """``"covid=final dx:COVID-19|SARS"`` -> ``("covid", {"column": "final dx", "positive": [...]})``."""
+    from cxrfuse.problems import ConfigError
+
+    name, sep, rest = item.partition("=")
+    if not sep or not name.strip() or not rest.strip():
+        raise ConfigError(f"--label {item!r}: expected NAME=COLUMN or NAME=COLUMN:VALUE|VALUE")
+    column, colon, values = rest.partition(":")
+    entry: dict[str, Any] = {"column": column.strip()}
+    if colon:
+        entry["positive"] = [v.strip() for v in values.split("|") if v.strip()]
+    return name.strip(), entry
 
 
 @app.command("split")

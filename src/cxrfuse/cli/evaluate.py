@@ -13,6 +13,11 @@ from cxrfuse.cli import app, console, friendly_errors
 from cxrfuse.problems import CxrfuseError
 
 
+class Recalibrate(str, Enum):
+    platt = "platt"
+    isotonic = "isotonic"
+
+
 class Shuffle(str, Enum):
     image = "image"
     text = "text"
@@ -62,14 +67,25 @@ def evaluate_cmd(
         bool,
         typer.Option("--leakage/--no-leakage", help="Run the text leakage probe for text models."),
     ] = True,
+    on: Annotated[Path | None, typer.Option(help="External validation: score the run on this other manifest.")] = None,
+    out: Annotated[Path | None, typer.Option(help="With --on: output folder (default RUN/external/<manifest stem>).")] = None,
+    recalibrate: Annotated[Recalibrate | None, typer.Option(help="With --on: recalibrate on a patient-level part of the external set.")] = None,
+    calibration_fraction: Annotated[float, typer.Option(min=0.01, max=0.99, help="With --recalibrate: fraction of external patients to fit on.")] = 0.2,
+    align: Annotated[list[str] | None, typer.Option(help="With --on: RUN_LABEL=EXTERNAL_LABEL (or =!LABEL for its complement), over the built-in alignment; repeatable.")] = None,
 ) -> None:
     """Metrics with 95 % bootstrap intervals at val-chosen thresholds; for an experiment also the
     unimodal vs multimodal table, fused vs best-unimodal tests and complementarity.
 
     Writes metrics.json and plots/ per run (ablation.json with --shuffle), and evaluation.json,
-    summary.csv and summary.md for an experiment.
-    Example: `cxrfuse evaluate runs/exp/runs/multimodal-seed0 --n-boot 1000 --shuffle both`
+    summary.csv and summary.md for an experiment. With --on, scores the run on another manifest
+    (labels aligned across vocabularies, subgroups, optional recalibration) beside its internal
+    test metrics: external.json, external.md, external_predictions.parquet and plots/.
+    Example: `cxrfuse evaluate runs/exp/runs/multimodal-seed0 --n-boot 1000 --shuffle both`;
+    `cxrfuse evaluate runs/iu/runs/image-seed0 --on nih.parquet --recalibrate platt`
     """
+    if on is not None:
+        _evaluate_external(path, on, out, n_boot, seed, recalibrate, calibration_fraction, align)
+        return
     from cxrfuse.evaluation import evaluate_experiment, evaluate_run, shuffle_run
     from cxrfuse.evaluation.ablation import format_table, format_value
     from cxrfuse.evaluation.metrics import parse_threshold
@@ -123,6 +139,31 @@ def evaluate_cmd(
     exp = ExperimentDir(path)
     console.print(f"wrote [bold]{exp.summary_md}[/], {exp.summary_csv.name} and "
                   f"{exp.evaluation_path.name}")
+
+
+def _evaluate_external(path: Path, on: Path, out: Path | None, n_boot: int | None, seed: int,
+                       recalibrate: Recalibrate | None, fraction: float, align: list[str] | None) -> None:
+    from cxrfuse.evaluation.alignment import parse_mapping
+    from cxrfuse.evaluation.external import alignment_frame, evaluate_external, side_by_side_frame
+    from cxrfuse.rundir import RunDir
+
+    if not RunDir(path).exists():
+        raise CxrfuseError(f"{path}: --on needs a run directory (with run.json)")
+    result = evaluate_external(path, on, out, align=parse_mapping(align),
+                               recalibration=recalibrate.value if recalibrate else None,
+                               calibration_fraction=fraction, n_boot=n_boot, seed=seed)
+    console.print(_table("label alignment", alignment_frame(result["alignment"])))
+    console.print(_table(f"{result['run']}: internal test vs external ({result['dataset']}, "
+                         f"{result['studies']['scored']} studies)", side_by_side_frame(result["side_by_side"])))
+    if "recalibration" in result:
+        from cxrfuse.evaluation.external import recalibration_frame
+
+        console.print(_table(f"{result['recalibration']['method']} recalibration (held-out part)",
+                             recalibration_frame(result["recalibration"])))
+    unmatched = result["alignment"]["unmatched_run"] + result["alignment"]["unmatched_target"]
+    if unmatched:
+        console.print(f"not scored (no counterpart): {', '.join(unmatched)}")
+    console.print(f"wrote [bold]{result['out']}[/] (external.json, external.md, plots)")
 
 
 def _print_shuffle(run_dir: Path, results: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from cxrfuse.config.common import (
     set_dotted,
     validate_config,
 )
+from cxrfuse.config.ingest import load_table_spec, validate_table_spec
 from cxrfuse.config.run import (
     EXPERIMENT_KEYS,
     AugmentConfig,
@@ -105,6 +106,7 @@ __all__ = [
     "load_config",
     "load_experiment_config",
     "load_run_config",
+    "load_table_spec",
     "parse_override",
     "read_yaml_config",
     "run_name",
@@ -112,5 +114,6 @@ __all__ = [
     "validate_clip_config",
     "validate_config",
     "validate_run",
+    "validate_table_spec",
     "value_slug",
 ]

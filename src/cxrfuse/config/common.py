@@ -85,6 +85,10 @@ def _resolve(root: type[BaseModel], loc: Sequence[Any]) -> tuple[list[str], type
             lists = [c for c in current if typing.get_origin(c) in (list, tuple)]
             args = typing.get_args(lists[0]) if lists else ()
             current = _unwrap(args[0]) if args else []
+        elif isinstance(part, str) and any(typing.get_origin(c) is dict for c in current):
+            path.append(part)  # a key of a mapping such as labels: {name: LabelSpec}
+            maps = [c for c in current if typing.get_origin(c) is dict]
+            current = _unwrap(typing.get_args(maps[0])[1])
         else:  # a union branch tag such as "list[float]" or a model class name
             tagged = [c for c in current if getattr(c, "__name__", None) == part]
             current = tagged or current

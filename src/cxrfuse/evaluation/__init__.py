@@ -7,6 +7,7 @@ Typical use::
 
     metrics = evaluate_run("runs/exp/runs/multimodal-seed0", threshold="f1", n_boot=1000)
     evaluate_experiment("runs/exp")            # summary.csv / summary.md, paired tests, Venn
+    evaluate_external("runs/exp/runs/image-seed0", "nih.parquet")   # another manifest, aligned
 
 The array-level functions (:func:`compute_metrics`, :func:`bootstrap_ci`, :func:`delong_test`,
 :func:`shuffle_sensitivity`, ...) take plain NumPy arrays and work with any model.
@@ -21,6 +22,7 @@ from cxrfuse.evaluation.ablation import (
     modality_table,
     shuffle_sensitivity,
 )
+from cxrfuse.evaluation.alignment import align_labels
 from cxrfuse.evaluation.backbones import compare_backbones
 from cxrfuse.evaluation.bootstrap import (
     bootstrap_ci,
@@ -28,6 +30,7 @@ from cxrfuse.evaluation.bootstrap import (
     paired_bootstrap,
     seed_summary,
 )
+from cxrfuse.evaluation.external import evaluate_external
 from cxrfuse.evaluation.metrics import (
     HEADLINE,
     calibration,
@@ -35,9 +38,11 @@ from cxrfuse.evaluation.metrics import (
     compute_metrics,
 )
 from cxrfuse.evaluation.run import evaluate_experiment, evaluate_run, shuffle_run
+from cxrfuse.evaluation.subgroups import subgroup_metrics
 
 __all__ = [
     "HEADLINE",
+    "align_labels",
     "bootstrap_ci",
     "calibration",
     "choose_thresholds",
@@ -46,6 +51,7 @@ __all__ = [
     "compute_metrics",
     "delong_test",
     "evaluate_experiment",
+    "evaluate_external",
     "evaluate_run",
     "format_table",
     "format_value",
@@ -56,4 +62,5 @@ __all__ = [
     "seed_summary",
     "shuffle_run",
     "shuffle_sensitivity",
+    "subgroup_metrics",
 ]

@@ -38,6 +38,7 @@ from cxrfuse.evaluation.plots import (
     plot_training_curves,
     plot_venn,
 )
+from cxrfuse.evaluation.subgroups import study_attributes, subgroup_metrics
 from cxrfuse.inference import load_run
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import ExperimentDir, RunDir, RunInfo, p_column, y_column
@@ -157,7 +158,7 @@ def evaluate_run(
         raise DataError(f"{run.info_path}: fields 'labels' and 'modalities' must not be empty")
     frame = run.predictions(labels)
     val_y, val_p, _ = split_arrays(frame, labels, "val")
-    test_y, test_p, _ = split_arrays(frame, labels, "test")
+    test_y, test_p, test_ids = split_arrays(frame, labels, "test")
     thresholds, warnings = choose_thresholds(val_y, val_p, threshold, labels)
     result: dict[str, Any] = {
         "run": info.name,
@@ -183,11 +184,34 @@ def evaluate_run(
         result["leakage"] = run_leakage_probe(info, run, probe_cache)
     if plots:
         result["plots"] = _run_plots(run, result, test_y, test_p)
+    result["subgroups"] = run_subgroups(run, info, test_y, test_p, thresholds, test_ids,
+                                        n_boot=min(n_boot, SUBGROUP_BOOT), seed=seed, plots=plots)
     run.write_metrics(result)
     run.set_thresholds(result["thresholds"], str(threshold))
     if shuffle:
         result["shuffle"] = shuffle_run(run, shuffle, repeats=repeats, seed=seed,
                                         thresholds=thresholds)  # fmt: skip
+    return result
+
+
+SUBGROUP_BOOT = 200
+"""Bootstrap resamples per subgroup (at most; each subgroup is resampled on its own)."""
+
+
+def run_subgroups(run: RunDir, info: RunInfo, y: np.ndarray, p: np.ndarray, thresholds: np.ndarray,
+                  study_ids: pd.Series, *, n_boot: int, seed: int, plots: bool) -> dict[str, Any]:  # fmt: skip
+    """Test-set metrics per sex, age band, view and dataset (the attributes the run's manifest
+    has), or ``{"skipped": reason}`` when the manifest cannot be read."""
+    if not info.manifest:
+        return {"skipped": "run.json names no manifest"}
+    try:
+        manifest = read_manifest(resolve_manifest(info.manifest, run.path))
+    except CxrfuseError as exc:
+        return {"skipped": str(exc)}
+    attributes = study_attributes(manifest, list(study_ids))
+    result = subgroup_metrics(y, p, thresholds, list(info.labels), attributes, n_boot=n_boot,
+                              seed=seed, plot_path=run.subgroup_plot if plots else None)  # fmt: skip
+    result["plots"] = [str(Path(x).relative_to(run.path)) for x in result["plots"]]
     return result
 
 

@@ -23,6 +23,7 @@ from cxrfuse.evaluation.run import (
 )
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.reporting.document import Section
+from cxrfuse.reporting.external import external_section, subgroup_section
 from cxrfuse.reporting.generation import generation_sections
 from cxrfuse.rundir import ExperimentDir, RunDir, layout
 from cxrfuse.stats import manifest_summary
@@ -79,6 +80,7 @@ def run_sections(run_dir: Path) -> tuple[str, list[Section]]:
     for warning in metrics.get("threshold_warnings", []) + metrics["test"].get("warnings", []):
         results.add("note", warning)
     sections.append(results)
+    sections += [subgroup_section(run_dir, metrics), external_section(run_dir)]
     ablations = Section("Ablations")
     _shuffle_blocks(ablations, [(metrics["run"], run_dir)])
     ablations.add(

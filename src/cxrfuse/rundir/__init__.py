@@ -14,6 +14,7 @@ Every other package asks this one::
 from cxrfuse.rundir import layout
 from cxrfuse.rundir.dirs import (
     ExperimentDir,
+    ExternalDir,
     GenerationDir,
     RunDir,
     is_run_dir,
@@ -47,6 +48,7 @@ __all__ = [
     "ClipSidecar",
     "Environment",
     "ExperimentDir",
+    "ExternalDir",
     "FinetuneFacts",
     "FitFacts",
     "GenerationDir",

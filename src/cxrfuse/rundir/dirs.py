@@ -124,6 +124,17 @@ class RunDir:
     def generation_dir(self, name: str) -> GenerationDir:
         return GenerationDir(self.path / layout.GENERATION / name)
 
+    def external_dirs(self) -> list[ExternalDir]:
+        """The external validations stored under this run (``external/<name>/``)."""
+        root = self.path / layout.EXTERNAL
+        return [ExternalDir(p.parent) for p in sorted(root.glob(f"*/{layout.EXTERNAL_RESULT}"))]
+
+    def external_dir(self, name: str) -> ExternalDir:
+        return ExternalDir(self.path / layout.EXTERNAL / name)
+
+    def subgroup_plot(self, attribute: str) -> Path:
+        return self.plots_dir / layout.SUBGROUP_PLOT.format(attribute=attribute.replace(" ", "_"))
+
     def explain_dir(self, method: str) -> Path:
         """Where ``cxrfuse explain --method METHOD`` writes its overlays."""
         return self.path / layout.EXPLAIN / method
@@ -509,6 +520,51 @@ class GenerationDir:
 
     def scores(self) -> dict[str, Any]:
         return _read_json(self.scores_path, f"run `cxrfuse generate score` on {self.path}")
+
+
+class ExternalDir:
+    """One external validation of a run: results, predictions, plots."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"ExternalDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    result_path = property(lambda self: self.path / layout.EXTERNAL_RESULT)
+    markdown_path = property(lambda self: (self.path / layout.EXTERNAL_RESULT).with_suffix(".md"))
+    predictions_path = property(lambda self: self.path / layout.EXTERNAL_PREDICTIONS)
+    plots_dir = property(lambda self: self.path / layout.PLOTS)
+
+    def plot(self, index: int) -> Path:
+        """Plot ``index`` of :data:`layout.EXTERNAL_PLOTS` (ROC, reliability before, after)."""
+        return self.plots_dir / layout.EXTERNAL_PLOTS[index]
+
+    def subgroup_plot(self, attribute: str) -> Path:
+        return self.plots_dir / layout.SUBGROUP_PLOT.format(attribute=attribute.replace(" ", "_"))
+
+    def exists(self) -> bool:
+        return self.result_path.is_file()
+
+    def write(self, result: Mapping[str, Any], markdown: str, predictions: pd.DataFrame) -> Path:
+        """``external_predictions.parquet``, ``external.md`` and ``external.json`` (last)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.predictions_path) as tmp:
+            predictions.to_parquet(tmp, index=False)
+        write_text(self.markdown_path, markdown)
+        return write_json(self.result_path, dict(result), indent=2)
+
+    def result(self) -> dict[str, Any]:
+        return _read_json(self.result_path, f"run `cxrfuse evaluate RUN --on MANIFEST --out {self.path}`")
+
+    def predictions(self) -> pd.DataFrame:
+        if not self.predictions_path.is_file():
+            raise DataError(f"{self.predictions_path}: missing")
+        return pd.read_parquet(self.predictions_path)
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -71,6 +71,22 @@ ATTRIBUTION_SUMMARY = "attribution_summary"
 """``attribution_summary.csv`` and ``.md``."""
 ATTRIBUTION_PLOT = "attribution.png"
 
+# ----------------------------------------------------------------------------- external validation
+
+EXTERNAL = "external"
+"""Folder of a run directory: ``cxrfuse evaluate RUN --on OTHER.parquet`` writes
+``external/<manifest stem>/`` there (or into ``--out``)."""
+EXTERNAL_RESULT = "external.json"
+"""Label alignment, external metrics with intervals beside the internal test metrics,
+subgroups and recalibration (with a ``.md`` twin)."""
+EXTERNAL_PREDICTIONS = "external_predictions.parquet"
+"""Per external study: ``study_id``, ``patient_id``, ``y__<label>``, ``p__<label>``
+(``q__<label>`` recalibrated and ``calibration_part`` with ``--recalibrate``)."""
+EXTERNAL_PLOTS = ("external_roc.png", "reliability_before.png", "reliability_after.png")
+SUBGROUP_PLOT = "subgroups_{attribute}_reliability.png"
+"""Reliability diagrams by subgroup of one attribute (under :data:`PLOTS` of a run or an
+external directory)."""
+
 # ----------------------------------------------------------------------------- a generation directory
 
 GENERATED = "generated.parquet"

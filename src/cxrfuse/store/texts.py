@@ -59,16 +59,18 @@ def embed_texts(
     store_dir: str | Path,
     *,
     task: str | None = None,
+    fit: bool = True,
 ) -> TextEmbeddings:
     """Embed each study's prepared text into ``store_dir/<key>/``.
 
     An encoder that ``requires_fit`` (tf-idf) is fitted on the studies with split "train"
-    only. Studies with empty text get a zero vector and ``mask`` False.
+    only (``fit=False``: an encoder fitted before, e.g. a run's, is used as it is). Studies
+    with empty text get a zero vector and ``mask`` False.
     """
     texts = prepare_texts_list(manifest, text_config, task)
     study_ids = [str(s) for s in manifest.df["study_id"]]
     nonempty = np.array([bool(t.strip()) for t in texts], dtype=bool)
-    if getattr(text_encoder, "requires_fit", False):
+    if fit and getattr(text_encoder, "requires_fit", False):
         splits = manifest.df["split"]
         if splits.isna().all():
             raise DataError(

@@ -73,7 +73,7 @@ def test_predict_equals_the_stored_test_prediction(client: TestClient, served_ru
     assert [v["view"] for v in body["views"]] == ["PA", "LATERAL"]
     assert body["text_sections"] == ["indication"]
     warnings = " | ".join(body["warnings"])
-    assert "synthetic phantom" in warnings and "64x64 px is small" in warnings
+    assert "synthetic phantom" in warnings and "64x64 px is small for a chest radiograph" in warnings
     assert body["overlays"] is None and body["attribution"] is None
     draft = body["report_draft"]
     assert draft["generator"] == "retrieval (k = 3, medoid)" and len(draft["text"]) > 10
@@ -130,7 +130,7 @@ def test_text_warnings(client: TestClient, test_study: dict) -> None:
     assert "trained on indication: it read an empty report" in warnings
     body = client.post("/v1/predict", files=files_of(("f.png", frontal)),
                        data={"indication": "Known cardiomegaly, follow-up"}).json()
-    assert any("already names a finding (abnormal)" in w for w in body["warnings"])
+    assert any("names a finding (abnormal: 'cardiomegaly')" in w for w in body["warnings"])
     body = client.post("/v1/predict", files=files_of(("x.png", frontal))).json()
     assert any("no report text given" in w for w in body["warnings"])
     assert any("x.png: unknown view position" in w for w in body["warnings"])

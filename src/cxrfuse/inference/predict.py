@@ -186,13 +186,16 @@ class Predictor:
             ignored = [s for s in given if s not in wanted]
             out.append(f"section(s) {', '.join(ignored)} ignored: this model was trained on "
                        f"{', '.join(wanted)} only")  # fmt: skip
-        named = [label for label, pattern in label_patterns(self.labels).items()
-                 if any(pattern.search(sections[s] or "") for s in wanted)]  # fmt: skip
+        named = []
+        for label, pattern in label_patterns(self.labels).items():
+            hits = [m.group(0) for s in wanted for m in pattern.finditer(sections[s] or "")]
+            if hits:
+                named.append(f"{label}: {', '.join(repr(h) for h in dict.fromkeys(hits))}")
         if named:
             masked = self.text_config.mask_labels and self.run.sidecar.text.mask_labels_for
             how = ("masked before the model reads it, as in training" if masked
                    else "the model reads it unmasked")  # fmt: skip
-            out.append(f"the text the model reads already names a finding ({', '.join(named)}): "
+            out.append(f"the text the model reads names a finding ({'; '.join(named)}): "
                        f"a diagnosis model must not be given findings ({how})")  # fmt: skip
         return out, sections
 
@@ -200,9 +203,12 @@ class Predictor:
         out = []
         size = self.image_encoder.spec.input_size if self.image_encoder else 0
         short, long = sorted((header.width, header.height))
-        if short < max(MIN_SIDE, size):
+        if short < size:
+            out.append(f"{name}: {header.width}x{header.height} px is smaller than the "
+                       f"{size}-px model input (upsampled)")  # fmt: skip
+        elif short < MIN_SIDE:
             out.append(f"{name}: {header.width}x{header.height} px is small for a chest "
-                       f"radiograph (upsampled to the {size}-px model input)")  # fmt: skip
+                       "radiograph (they are usually 1,000-3,000 px a side)")  # fmt: skip
         if long > MAX_ASPECT * short:
             lost = 1 - short / long
             out.append(f"{name}: aspect ratio {long / short:.2f}; the central square crop drops "

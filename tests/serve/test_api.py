@@ -186,3 +186,38 @@ def test_cli_predict_reads_dicom_and_prints_the_fields(served_run: Path, test_st
     bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
     result = CliRunner().invoke(cli, ["predict", str(served_run), "--image", str(bad)])
     assert result.exit_code == 2 and "bad.dcm" in result.output and "Traceback" not in result.output
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (its pixel data is a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))  # fmt: skip
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_decompression_bombs_are_refused_unread(client: TestClient) -> None:
+    for name, data in (("bomb.png", png_claiming(8_000, 8_000)),
+                       ("huge.png", png_claiming(30_000, 30_000))):
+        response = client.post("/v1/predict", files=files_of((name, data)))
+        assert response.status_code == 400 and response.json()["error"].startswith(f"{name}: ")
+
+
+def test_empty_view_falls_back_to_the_dicom_header(client: TestClient, test_study: dict) -> None:
+    dicom = png_as_dicom(test_study["frontal"], view="AP")
+    png = Path(test_study["lateral"]).read_bytes()
+    body = client.post("/v1/predict", files=files_of(("a.dcm", dicom), ("b.png", png)),
+                       data={"views": ["", "LATERAL"]}).json()
+    assert [(v["view"], v["view_source"]) for v in body["views"]] == [
+        ("AP", "dicom header"), ("LATERAL", "client")]
+
+
+def test_serve_refuses_a_directory_that_is_no_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path)])
+    assert result.exit_code == 2 and "not a finished run" in result.output

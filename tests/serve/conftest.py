@@ -6,22 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from serve_helpers import run_config
 
 from cxrfuse.data import read_manifest
-
-
-def run_config(tmp: Path, manifest: Path) -> dict:
-    return {
-        "name": "served",
-        "runs_dir": str(tmp / "runs"),
-        "data": {"manifest": str(manifest), "task": "normal-abnormal", "store": str(tmp / "store")},
-        "image": {"encoder": "efficientnet-lite0", "input_size": 64, "views": "mean",
-                  "embed_batch_size": 16},
-        "text": {"encoder": "tfidf", "sections": ["indication"], "options": {"svd_dim": 8}},
-        "model": {"kind": "concat-mlp", "modalities": ["image", "text"], "hidden": [16]},
-        "training": {"max_epochs": 3, "batch_size": 8, "early_stopping": {"patience": 2}},
-        "evaluation": {"n_boot": 20},
-    }
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dicoms import dicom_bytes, png_as_dicom
 from fastapi.testclient import TestClient
 from PIL import Image
+from serve_helpers import dicom_bytes, png_as_dicom
 from typer.testing import CliRunner
 
 from cxrfuse.cli import app as cli
 from cxrfuse.data.images import decode_resized, decode_resized_bytes, gray8_bytes, read_header
 from cxrfuse.inference import Predictor, StudyImage
+from cxrfuse.problems import CxrfuseError
 from cxrfuse.serve import Limits, Service, create_app
 
 
@@ -221,3 +222,54 @@ def test_empty_view_falls_back_to_the_dicom_header(client: TestClient, test_stud
 def test_serve_refuses_a_directory_that_is_no_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["serve", str(tmp_path)])
     assert result.exit_code == 2 and "not a finished run" in result.output
+
+
+def test_requests_over_the_concurrency_bound_get_503(service: Service, test_study: dict,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import time
+
+    import httpx
+
+    real = service.analyse
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)  # a long study holds the only slot
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "analyse", slow)
+    app = create_app(service=service, limits=Limits(max_concurrency=1, queue_timeout_s=0.2))
+    frontal = Path(test_study["frontal"]).read_bytes()
+
+    async def three() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as http:
+            return await asyncio.gather(*(http.post("/v1/predict", files=files_of(("f.png", frontal)))
+                                          for _ in range(3)))  # fmt: skip
+
+    responses = asyncio.run(three())
+    assert sorted(r.status_code for r in responses) == [200, 503, 503]
+    assert all(r.json()["error"].startswith("the server is busy") for r in responses
+               if r.status_code == 503)  # fmt: skip
+
+
+def test_text_only_run_reads_no_images_and_needs_its_section(tiny_phantoms: Path, tmp_path: Path,
+                                                             test_study: dict) -> None:
+    from conftest import run_config
+    from cxrfuse.config import validate_run
+    from cxrfuse.runtime import quiet_lightning
+    from cxrfuse.training import train_run
+
+    raw = run_config(tmp_path, tiny_phantoms)
+    raw["model"]["modalities"] = ["text"]
+    with quiet_lightning():
+        run_dir = train_run(validate_run(raw, "text-only"), progress=False)
+    predictor = Predictor(run_dir)
+    result = predictor.predict([StudyImage.from_path(test_study["frontal"])],
+                               indication=test_study["indication"])
+    assert 0 <= result.probabilities["abnormal"] <= 1
+    assert "this model reads report text only: the images were ignored" in result.warnings
+    assert any("never evaluated" in w for w in result.warnings)  # no metrics: 0.5 thresholds
+    assert result.thresholds == {"abnormal": 0.5} and result.threshold_method is None
+    with pytest.raises(CxrfuseError, match="has none of it"):
+        predictor.predict(report="FINDINGS: clear lungs.")

@@ -338,9 +338,10 @@ class Predictor:
         text_warnings, sections = self._text_warnings(text)
         warnings += text_warnings
         if self.text_encoder is not None:
-            if text is None and not self.reads_images:
-                raise DataError(f"this model reads report text ({', '.join(self.text_sections)}): "
-                                "give the report or its sections")  # fmt: skip
+            if not self.reads_images and not any(sections.get(s) for s in self.text_sections):
+                raise DataError(f"this model reads report text only ({', '.join(self.text_sections)}) "
+                                "and the text given has none of it: give the report with "
+                                "section headings, or its sections")  # fmt: skip
             inputs |= self.text_inputs(sections)
         probs = self.run.predict_proba(inputs)[0]
         probabilities = {name: float(p) for name, p in zip(self.labels, probs)}

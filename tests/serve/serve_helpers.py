@@ -1,8 +1,9 @@
-"""Real DICOM files for the serving tests, written with pydicom."""
+"""Helpers of the serving tests: the served run's config and real DICOM files (pydicom)."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -41,3 +42,17 @@ def png_as_dicom(path: str, **kwargs) -> bytes:
     """A phantom PNG stored as 12-bit DICOM (8-bit values x 16), MONOCHROME2."""
     gray = np.asarray(Image.open(path).convert("L"), dtype=np.uint16)
     return dicom_bytes(gray * 16, **kwargs)
+
+
+def run_config(tmp: Path, manifest: Path) -> dict:
+    return {
+        "name": "served",
+        "runs_dir": str(tmp / "runs"),
+        "data": {"manifest": str(manifest), "task": "normal-abnormal", "store": str(tmp / "store")},
+        "image": {"encoder": "efficientnet-lite0", "input_size": 64, "views": "mean",
+                  "embed_batch_size": 16},
+        "text": {"encoder": "tfidf", "sections": ["indication"], "options": {"svd_dim": 8}},
+        "model": {"kind": "concat-mlp", "modalities": ["image", "text"], "hidden": [16]},
+        "training": {"max_epochs": 3, "batch_size": 8, "early_stopping": {"patience": 2}},
+        "evaluation": {"n_boot": 20},
+    }

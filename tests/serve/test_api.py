@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serve_helpers import dicom_bytes, png_as_dicom
+from serve_helpers import dicom_bytes, png_as_dicom, run_config
 from typer.testing import CliRunner
 
 from cxrfuse.cli import app as cli
@@ -255,7 +255,6 @@ def test_requests_over_the_concurrency_bound_get_503(service: Service, test_stud
 
 def test_text_only_run_reads_no_images_and_needs_its_section(tiny_phantoms: Path, tmp_path: Path,
                                                              test_study: dict) -> None:
-    from conftest import run_config
     from cxrfuse.config import validate_run
     from cxrfuse.runtime import quiet_lightning
     from cxrfuse.training import train_run
@@ -273,3 +272,18 @@ def test_text_only_run_reads_no_images_and_needs_its_section(tiny_phantoms: Path
     assert result.thresholds == {"abnormal": 0.5} and result.threshold_method is None
     with pytest.raises(CxrfuseError, match="has none of it"):
         predictor.predict(report="FINDINGS: clear lungs.")
+
+
+def test_concat_slots_follow_the_view_positions(served_run: Path, test_study: dict) -> None:
+    from cxrfuse.inference import ViewRead
+
+    predictor = Predictor(served_run)
+    read = [ViewRead(n, "png", 64, 64, v, "client", None)
+            for n, v in (("a", "LATERAL"), ("b", "UNKNOWN"), ("c", "PA"))]
+    predictor.run.sidecar.image.views = "concat"  # the slot rule of a concat head (2 slots)
+    assert predictor.slots(read) == [(2, 0), (0, 1)]
+    assert predictor.slots(read[:2]) == [(1, 0), (0, 1)]  # the unknown view fills slot 0
+    predictor.run.sidecar.image.views = "frontal"
+    assert predictor.slots(read) == [(2, 0)] and predictor.slots(read[:1]) == [(0, 0)]
+    predictor.run.sidecar.image.views = "mean"
+    assert predictor.slots(read) == [(2, 0), (0, 1), (1, 2)]

@@ -16,7 +16,7 @@ size, view position from the client or the DICOM header) and the warnings a user
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -245,33 +245,45 @@ class Predictor:
             headers.append(header)
         return reads, headers
 
-    def slots(self, reads: Sequence[ViewRead]) -> list[int]:
-        """Indices of ``reads`` the head reads, in slot order: frontal views before lateral
-        ones (the order of the upload where views are unknown)."""
+    def slots(self, reads: Sequence[ViewRead]) -> list[tuple[int, int]]:
+        """(index into ``reads``, head slot) of the views the head reads, in slot order.
+
+        ``mean`` / ``attention`` fusion reads every view (frontal ones first); ``frontal``
+        reads the first frontal view (else the first view); ``concat`` puts the first frontal
+        view in slot 0 and the first lateral in slot 1, views of unknown position filling the
+        free slots in upload order (so without any view position the upload order is the
+        slot order)."""
         spec = self.run.sidecar.image
         assert spec is not None
-        rank = {i: (0 if r.view in FRONTAL_VIEWS else 1 if r.view in LATERAL_VIEWS else 2)
-                for i, r in enumerate(reads)}  # fmt: skip
-        if any(r.view != "UNKNOWN" for r in reads):
-            order = sorted(range(len(reads)), key=lambda i: (rank[i], i))
-        else:
-            order = list(range(len(reads)))
+        frontal = [i for i, r in enumerate(reads) if r.view in FRONTAL_VIEWS]
+        lateral = [i for i, r in enumerate(reads) if r.view in LATERAL_VIEWS]
+        unknown = [i for i in range(len(reads)) if i not in frontal and i not in lateral]
         if spec.views == "frontal":
-            return order[:1]
+            return [((frontal or list(range(len(reads))))[0], 0)] if reads else []
         if spec.views == "concat":
-            return order[: int(spec.n_views)]
-        return order
+            placed = {0: frontal[0]} if frontal else {}
+            if lateral:
+                placed[1] = lateral[0]
+            rest = iter(unknown)
+            for slot in range(int(spec.n_views)):
+                if slot not in placed:
+                    index = next(rest, None)
+                    if index is not None:
+                        placed[slot] = index
+            return sorted(((i, slot) for slot, i in placed.items()), key=lambda p: p[1])
+        return [(index, slot) for slot, index in enumerate(frontal + lateral + unknown)]
 
     def image_inputs(self, images: Sequence[StudyImage], reads: list[ViewRead]
                      ) -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:  # fmt: skip
-        """The study's view embeddings in the head's slots, and the model-input pixels."""
+        """The study's view embeddings in the head's slots, and the model-input pixels (in
+        slot order)."""
         assert self.image_encoder is not None
         spec = self.run.sidecar.image
         assert spec is not None
         size = self.image_encoder.spec.input_size
         chosen = self.slots(reads)
         pixels = []
-        for slot, index in enumerate(chosen):
+        for index, slot in chosen:
             reads[index].slot = slot
             try:
                 pixels.append(decode_resized_bytes(images[index].data, size))
@@ -283,7 +295,8 @@ class Predictor:
         width = int(spec.n_views) if spec.views in ("frontal", "concat") else len(feats)
         views = torch.zeros((1, max(width, 1), feats.shape[1]))
         mask = torch.zeros(views.shape[:2], dtype=torch.bool)
-        views[0, : len(feats)], mask[0, : len(feats)] = feats, True
+        for (_, slot), vector in zip(chosen, feats):
+            views[0, slot], mask[0, slot] = vector, True
         return {"image": views, "image_mask": mask}, pixels
 
     def text_inputs(self, sections: Mapping[str, str | None]) -> dict[str, torch.Tensor]:
@@ -310,8 +323,7 @@ class Predictor:
             if len(views) != len(study):
                 raise DataError(f"{len(views)} view(s) given for {len(study)} image(s); give "
                                 "one view per image (or none)")  # fmt: skip
-            for image, view in zip(study, views):
-                image.view = view or image.view
+            study = [replace(image, view=view or image.view) for image, view in zip(study, views)]
         warnings = self.standing_warnings()
         inputs: dict[str, torch.Tensor] = {}
         reads: list[ViewRead] = []
@@ -329,8 +341,8 @@ class Predictor:
                                     "view fusion reads "
                                     f"{len([r for r in reads if r.slot is not None])} "
                                     "view(s))")  # fmt: skip
-            if self.run.sidecar.image.views == "frontal" and reads[self.slots(reads)[0]].view \
-                    in LATERAL_VIEWS:  # fmt: skip
+            read_views = {r.view for r in reads if r.slot is not None}
+            if self.run.sidecar.image.views == "frontal" and read_views <= LATERAL_VIEWS:
                 warnings.append("this model reads a frontal view, but only a lateral one was given")
         elif study:
             warnings.append("this model reads report text only: the images were ignored")

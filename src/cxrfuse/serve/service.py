@@ -119,12 +119,13 @@ class Service:
         if "text" in prediction.inputs:
             texts = {UPLOAD_ID: (prediction.inputs["text"][0].numpy(),
                                  bool(prediction.inputs["text_mask"][0]))}  # fmt: skip
-        by_name = {image.name: image for image in images}
         views = []
-        read = sorted((r for r in prediction.views if r.slot is not None), key=lambda r: r.slot)
-        for r, pixels in zip(read, prediction.pixels):
-            original = gray8_bytes(by_name[r.name].data).astype(np.float32) / 255.0
-            views.append(ViewInput(UPLOAD_ID, r.name, r.view, "", int(r.slot), original,
+        read = sorted((i for i, r in enumerate(prediction.views) if r.slot is not None),
+                      key=lambda i: prediction.views[i].slot)  # type: ignore[arg-type, return-value]
+        for index, pixels in zip(read, prediction.pixels):
+            r = prediction.views[index]
+            original = gray8_bytes(images[index].data).astype(np.float32) / 255.0
+            views.append(ViewInput(UPLOAD_ID, str(index), r.view, "", int(r.slot), original,
                                    encoder.preprocess(pixels)))  # fmt: skip
         explainer = Explainer(encoder, self.run.head, self.predictor.labels, output=self.run.output,
                               texts=texts, device=self.device)  # fmt: skip
@@ -137,7 +138,8 @@ class Service:
         for m in maps:
             caption = f"{m.view}  {m.label}: p={m.probability:.2f}  ({m.method})"
             png = overlay_png(originals[m.image_id], m.cam, caption)
-            out.append({"image": m.image_id, "view": m.view, "label": m.label,
+            out.append({"image": prediction.views[int(m.image_id)].name, "view": m.view,
+                        "label": m.label,
                         "method": m.method, "probability": m.probability,
                         "png_base64": base64.b64encode(png).decode("ascii")})  # fmt: skip
         return out

@@ -287,3 +287,16 @@ def test_concat_slots_follow_the_view_positions(served_run: Path, test_study: di
     assert predictor.slots(read) == [(2, 0)] and predictor.slots(read[:1]) == [(0, 0)]
     predictor.run.sidecar.image.views = "mean"
     assert predictor.slots(read) == [(2, 0), (0, 1), (1, 2)]
+
+
+def test_jpeg_bytes_decode_as_the_store_decodes_a_jpeg_file(served_run: Path, test_study: dict,
+                                                            tmp_path: Path) -> None:
+    path = tmp_path / "view.jpg"
+    Image.open(test_study["frontal"]).convert("L").resize((300, 300)).save(path, quality=90)
+    data = path.read_bytes()
+    assert read_header(data).format == "jpeg" and read_header(data).width == 300
+    assert np.array_equal(decode_resized_bytes(data, 64), decode_resized(path, 64))  # DCT draft too
+    named_png = tmp_path / "looks_like.png"  # the name is not trusted: the bytes are a JPEG
+    named_png.write_bytes(data)
+    result = Predictor(served_run).predict([StudyImage.from_path(named_png)], indication="cough")
+    assert result.views[0].format == "jpeg" and result.views[0].width == 300

@@ -16,11 +16,15 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)  ## create .venv and install cxrfuse with its dependencies
 
-system-deps:  ## Debian packages the tests use: a JRE for METEOR (installed when missing and root)
+system-deps:  ## Debian packages the tests use: a JRE for METEOR, Chromium for the web page test (installed when missing and root)
 	@command -v java >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; \
 	  else echo "note: no java on PATH: METEOR is reported as missing (install default-jre-headless)"; fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "note: no chromium on PATH: the browser test of cxrfuse serve is skipped (install chromium)"; fi; }
 
 demo: $(STAMP)  ## run the embedded default pipeline end to end
 	$(BIN)/cxrfuse demo --out demo-output

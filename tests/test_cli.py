@@ -15,7 +15,7 @@ VERBS = [["ingest", "iu-xray"], ["ingest", "mimic-cxr"], ["ingest", "nih"], ["in
          ["stats"], ["embed"], ["encoders"], ["train"], ["experiment"], ["predict"], ["evaluate"],
          ["report"], ["explain"], ["attribute"], ["clip", "train"], ["clip", "probe"],
          ["clip", "zero-shot"], ["clip", "retrieve"], ["generate", "retrieval"], ["generate", "vlm"],
-         ["generate", "finetune"], ["generate", "score"], ["demo"]]
+         ["generate", "finetune"], ["generate", "score"], ["serve"], ["demo"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=" ".join)

@@ -96,8 +96,11 @@ def test_predict_reproduces_the_stored_test_probability(trained: Path, tmp_path:
     result = runner.invoke(app, ["predict", str(trained), "--image", frontal[0],
                                  "--image", lateral[0], "--report", str(report)])
     assert result.exit_code == 0, result.output
-    probs = json.loads(result.output)
-    assert probs["abnormal"] == pytest.approx(row["p__abnormal"], abs=1e-4)
+    answer = json.loads(result.output)
+    assert answer["probabilities"]["abnormal"] == pytest.approx(row["p__abnormal"], abs=1e-4)
+    assert answer["decisions"]["abnormal"] == (answer["probabilities"]["abnormal"]
+                                               >= answer["thresholds"]["abnormal"])
+    assert any("synthetic phantom" in w for w in answer["warnings"])
 
 
 def test_load_run_split_inputs_match_predictions(trained: Path) -> None:

@@ -121,19 +121,25 @@ def experiment_cmd(
 @friendly_errors
 def predict_cmd(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory.")],
-    image: Annotated[list[Path] | None, typer.Option("--image", help="Image file; frontal first, then lateral. Repeatable.")] = None,
+    image: Annotated[list[Path] | None, typer.Option("--image", help="Image file (PNG, JPEG or DICOM, told apart by content); frontal first, then lateral. Repeatable.")] = None,
+    view: Annotated[list[str] | None, typer.Option("--view", help="View position of each --image (PA, AP, LATERAL, ...); default: the DICOM header's, else the order given.")] = None,
     report: Annotated[Path | None, typer.Option(help="Report text file with section headings (INDICATION:, FINDINGS:, ...).")] = None,
+    indication: Annotated[str | None, typer.Option(help="The indication, instead of (or beside) --report.")] = None,
 ) -> None:
-    """Probabilities of one study from its image(s) and report, as JSON.
+    """One study's probabilities, the run's val-chosen thresholds, the decisions at them and
+    the warnings a reader must see (synthetic training images, text the model was not trained
+    on, unusual views), as JSON.
 
-    Example: `cxrfuse predict runs/iu-binary-views-mean-indication --image 1_frontal.png --image 1_lateral.png --report 1.txt`
+    Example: `cxrfuse predict runs/iu-binary-views-mean-indication --image 1_frontal.dcm --image 1_lateral.png --indication "Chest pain"`
     """
-    from cxrfuse.inference import predict
+    from cxrfuse.inference import Predictor, StudyImage
 
     text = None
     if report is not None:
         if not report.is_file():
             raise DataError(f"{report}: no such report file")
         text = report.read_text()
-    probs = predict(run_dir, [str(p) for p in image or []], text)
-    typer.echo(json.dumps(probs, indent=2))
+    images = [StudyImage.from_path(p) for p in image or []]
+    result = Predictor(run_dir).predict(images, report=text, indication=indication,
+                                        views=view or None)
+    typer.echo(json.dumps(result.to_dict(), indent=2))

@@ -8,10 +8,14 @@ are scaled to 8 bits (PIL's own conversion would clip them).
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from cxrfuse.data.manifest import normalise_view
 
 DECODE_VERSION = 1  # bump when the decoded pixels change (it is part of the cache key)
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased when downscaling, like torch antialias=True
@@ -48,3 +52,121 @@ def decode_resized(path: str | Path, size: int) -> np.ndarray:
             img.draft("L", (size, size))  # decode at the smallest DCT scale still >= size
         img.load()
         return resize_square(img, size)
+
+
+# ----------------------------------------------------------------------------- uploaded bytes
+# PNG, JPEG and DICOM told apart by their bytes (never by a file name), DICOM read with pydicom
+# (modality LUT = rescale slope/intercept, VOI LUT or window, MONOCHROME1 inverted), sizes
+# checked from the header before any pixel is decoded.
+
+DICOM_PREAMBLE = 128
+"""A DICOM Part 10 file: a 128-byte preamble, then ``DICM``."""
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """``"png"``, ``"jpeg"`` or ``"dicom"`` from the leading bytes; None for anything else."""
+    if data[DICOM_PREAMBLE : DICOM_PREAMBLE + 4] == b"DICM":
+        return "dicom"
+    return next((kind for magic, kind in _MAGIC.items() if data.startswith(magic)), None)
+
+
+def _dicom(data: bytes, pixels: bool):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
+    except (InvalidDicomError, EOFError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"not a readable DICOM file ({err})") from err
+
+
+def _dicom_view(ds: object) -> str | None:
+    value = getattr(ds, "ViewPosition", None)
+    return normalise_view(value) if value not in (None, "") else None
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says before its pixels are decoded."""
+
+    format: str  # png, jpeg, dicom
+    width: int
+    height: int
+    frames: int = 1
+    view: str | None = None  # DICOM ViewPosition, normalised (PA, AP, LATERAL, LL, UNKNOWN)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height * self.frames
+
+
+def read_header(data: bytes) -> ImageHeader:
+    """Format, size and (DICOM) view position of an image held in ``data``; ValueError when
+    the bytes are no PNG, JPEG or DICOM."""
+    kind = sniff_format(data)
+    if kind is None:
+        raise ValueError("not a PNG, JPEG or DICOM file (checked from its bytes)")
+    if kind == "dicom":
+        ds = _dicom(data, pixels=False)
+        rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+        if not rows or not cols:
+            raise ValueError("DICOM file without an image (no Rows/Columns)")
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        return ImageHeader(kind, cols, rows, frames, _dicom_view(ds))
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except (OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"not a readable {kind.upper()} file ({err})") from err
+    return ImageHeader(kind, width, height)
+
+
+def dicom_gray8(data: bytes) -> np.ndarray:
+    """The first frame of a DICOM image as HxW uint8: the modality LUT (rescale slope and
+    intercept), the VOI LUT or window when the file has one, scaled to 0-255, MONOCHROME1
+    inverted so that dense tissue is bright; colour images converted to gray."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = _dicom(data, pixels=True)
+    try:
+        array = ds.pixel_array
+    except (AttributeError, NotImplementedError, RuntimeError, ValueError) as err:
+        raise ValueError(f"cannot decode the DICOM pixel data ({err})") from err
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    colour = int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1
+    if frames > 1:
+        array = array[0]
+    if colour:
+        rgb = np.asarray(array)
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            rgb = convert_color_space(rgb, photometric, "RGB")
+        return np.asarray(Image.fromarray(rgb.astype(np.uint8), "RGB").convert("L"))
+    values = apply_modality_lut(array, ds)
+    values = apply_voi_lut(values, ds)  # unchanged when the file has no VOI LUT or window
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    if photometric == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    return np.round(scaled * 255.0).astype(np.uint8)
+
+
+def gray8_bytes(data: bytes) -> np.ndarray:
+    """Any PNG, JPEG or DICOM in ``data`` as a full-size HxW uint8 gray array."""
+    if sniff_format(data) == "dicom":
+        return dicom_gray8(data)
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return np.array(gray8(img), dtype=np.uint8)
+
+
+def decode_resized_bytes(data: bytes, size: int) -> np.ndarray:
+    """:func:`decode_resized` for bytes (PNG and JPEG decoded exactly as files on disk are;
+    DICOM through :func:`dicom_gray8`)."""
+    if sniff_format(data) == "dicom":
+        return resize_square(Image.fromarray(dicom_gray8(data), "L"), size)
+    return decode_resized(io.BytesIO(data), size)  # type: ignore[arg-type]

@@ -198,8 +198,17 @@ class Explainer:
         out_dir: str | Path | None = None,
     ) -> list[ViewExplanation]:
         """Maps (and with ``out_dir`` overlay PNGs) of every used view for each label."""
+        return self.explain_views(self.load_views(study), labels, method, out_dir)
+
+    def explain_views(
+        self,
+        views: Sequence[ViewInput],
+        labels: Sequence[str] | None = None,
+        method: str = "gradcam",
+        out_dir: str | Path | None = None,
+    ) -> list[ViewExplanation]:
+        """Maps of views already loaded (e.g. uploaded to the server) for each label."""
         labels = list(labels or self.labels)
-        views = self.load_views(study)
         context = self.context(views)
         results = []
         for view in views:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -48,6 +49,14 @@ def overlay_panel(
         ImageDraw.Draw(strip).text((4, 3), caption, fill="black")
         panel = np.concatenate([panel, np.asarray(strip)], axis=0)
     return panel
+
+
+def overlay_png(original: np.ndarray, cam: np.ndarray, caption: str = "", max_side: int = 512
+                ) -> bytes:  # fmt: skip
+    """:func:`overlay_panel` encoded as PNG bytes (nothing written to disk)."""
+    buffer = io.BytesIO()
+    Image.fromarray(overlay_panel(original, cam, caption, max_side)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_overlay(

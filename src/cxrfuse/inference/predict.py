@@ -1,78 +1,372 @@
-"""Prediction for new studies: image files and report text through a trained run's own
-encoders and head, decoded exactly as the store decodes (one code path for ``cxrfuse
-predict``, the server and the Python API)."""
+"""Prediction for new studies: image files (PNG, JPEG, DICOM) and report text through a trained
+run's own encoders and head, decoded exactly as the store decodes. One code path for
+``cxrfuse predict``, the server (:mod:`cxrfuse.serve`) and the Python API:
+
+    from cxrfuse.inference import Predictor, StudyImage
+
+    predictor = Predictor("runs/exp/runs/multimodal-seed0")      # model loaded once
+    result = predictor.predict([StudyImage.from_path("f.dcm")], indication="cough")
+    result.probabilities, result.thresholds, result.decisions, result.warnings
+
+A :class:`Prediction` carries the probabilities, the run's val-chosen thresholds (0.5 with a
+warning when the run was never evaluated), the decisions at them, the views as read (format,
+size, view position from the client or the DICOM header) and the warnings a user must read.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from cxrfuse.data.images import decode_resized
+from cxrfuse.data.images import ImageHeader, decode_resized_bytes, read_header
+from cxrfuse.data.manifest import normalise_view
 from cxrfuse.data.mimic_cxr import parse_report_sections
+from cxrfuse.encoders.image import ImageEncoder
+from cxrfuse.encoders.text import TextEncoder
 from cxrfuse.inference.runs import LoadedRun, load_run
 from cxrfuse.problems import DataError
 from cxrfuse.rundir import RunDir
-from cxrfuse.text import TextConfig, prepare_text
+from cxrfuse.text import TextConfig, label_patterns, prepare_text
+from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS, LEAKY_SECTIONS, PHANTOM, REPORT_SECTIONS
+
+DEFAULT_THRESHOLD = 0.5
+MAX_IMAGE_PIXELS = 50_000_000
+"""Pixels (width x height x frames) an image may have; larger ones are refused unread."""
+MIN_SIDE = 256
+"""Views with a shorter side than this (or than the model input) are reported as unusual."""
+MAX_ASPECT = 1.6
+"""Views longer than this ratio lose much of themselves to the central square crop."""
 
 
-def image_inputs(run: LoadedRun, images: Sequence[str | Path]) -> dict[str, torch.Tensor]:
-    """The study's view embeddings (frontal first, then lateral), as the head reads them."""
-    spec = run.sidecar.image
-    assert spec is not None
-    if not images:
-        raise DataError("this model reads images: pass at least one --image")
-    encoder = run.image_encoder()
-    size = encoder.spec.input_size
-    pixels = []
-    for path in images:
+@dataclass
+class StudyImage:
+    """One view of a study: its bytes, a name to report it by, and its view position when
+    the caller knows it (else the DICOM header's, else unknown)."""
+
+    name: str
+    data: bytes
+    view: str | None = None
+
+    @classmethod
+    def from_path(cls, path: str | Path, view: str | None = None) -> StudyImage:
+        path = Path(path)
         try:
-            pixels.append(encoder.preprocess(decode_resized(path, size)))
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot read the image ({err})") from err
-    with torch.inference_mode():
-        feats = encoder(torch.stack(pixels)).float()
-    n_views, mode = int(spec.n_views), spec.views
-    if mode == "frontal":
-        feats = feats[:1]
-    elif mode == "concat":  # slot 0 frontal, slot 1 lateral: images in that order
-        feats = feats[:n_views]
-    width = n_views if mode in ("frontal", "concat") else len(feats)
-    views = torch.zeros((1, max(width, 1), feats.shape[1]))
-    mask = torch.zeros(views.shape[:2], dtype=torch.bool)
-    views[0, : len(feats)], mask[0, : len(feats)] = feats, True
-    return {"image": views, "image_mask": mask}
+            return cls(str(path), path.read_bytes(), view)
+        except OSError as err:
+            raise DataError(f"{path}: cannot read the image ({err.strerror or err})") from err
 
 
-def text_inputs(run: LoadedRun, report: str) -> dict[str, torch.Tensor]:
-    """The report's embedding: the sections the run reads, masked as in training."""
-    spec = run.sidecar.text
-    assert spec is not None
-    config = TextConfig(**spec.text_config)
-    sections = parse_report_sections(report)
-    if not any(sections.values()):
-        raise DataError("the report has no section headings (INDICATION:, COMPARISON:, "
-                        f"FINDINGS:, IMPRESSION:); this model reads {config.sections}")  # fmt: skip
-    text = prepare_text(sections, config, spec.mask_labels_for)
-    has_text = bool(text.strip())
-    vector = run.text_encoder().encode([text]) if has_text else np.zeros((1, spec.dim), np.float32)
-    return {"text": torch.as_tensor(np.asarray(vector, dtype=np.float32)),
-            "text_mask": torch.tensor([has_text])}  # fmt: skip
+@dataclass
+class ViewRead:
+    """What was read of one uploaded view."""
+
+    name: str
+    format: str
+    width: int
+    height: int
+    view: str
+    view_source: str  # "client", "dicom header" or "unknown"
+    slot: int | None  # where the head reads it; None when the model ignores it
 
 
-def predict(run_dir: str | Path | RunDir, images: Sequence[str | Path] = (),
-            report: str | None = None) -> dict[str, float]:  # fmt: skip
-    """Probabilities per label for one study: image files (frontal first, then lateral) and
-    the report text, embedded with the encoders named in the run's sidecar."""
-    run = load_run(run_dir)
-    inputs: dict[str, torch.Tensor] = {}
-    if run.sidecar.image is not None:
-        inputs |= image_inputs(run, images)
-    if run.sidecar.text is not None:
-        if report is None:
-            raise DataError("this model reads report text: pass --report")
-        inputs |= text_inputs(run, report)
-    probs = run.predict_proba(inputs)[0]
-    return {name: float(p) for name, p in zip(run.labels, probs)}
+@dataclass
+class Prediction:
+    """The answer for one study (JSON-ready with :meth:`to_dict`)."""
+
+    run: str
+    labels: list[str]
+    probabilities: dict[str, float]
+    thresholds: dict[str, float]
+    threshold_method: str | None
+    decisions: dict[str, bool]
+    warnings: list[str]
+    views: list[ViewRead] = field(default_factory=list)
+    text_sections: list[str] = field(default_factory=list)
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    pixels: list[np.ndarray] = field(default_factory=list, repr=False)
+    """The model-input pixels (S x S uint8) of the views the head reads, in slot order."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("inputs", "pixels")}
+        out["views"] = [asdict(v) for v in self.views]
+        return out
+
+
+def _thresholds(run: LoadedRun) -> tuple[dict[str, float], str | None, list[str]]:
+    chosen = dict(run.sidecar.thresholds)
+    missing = [label for label in run.labels if label not in chosen]
+    warnings = []
+    if missing:
+        warnings.append(f"no val-chosen threshold for {', '.join(missing)} (the run was never "
+                        f"evaluated: `cxrfuse evaluate {run.run.name}`); deciding at "
+                        f"{DEFAULT_THRESHOLD}")  # fmt: skip
+    thresholds = {label: float(chosen.get(label, DEFAULT_THRESHOLD)) for label in run.labels}
+    method = run.sidecar.threshold_method if not missing else None
+    return thresholds, method, warnings
+
+
+def study_text(report: str | None = None, indication: str | None = None,
+               comparison: str | None = None) -> str | None:  # fmt: skip
+    """One report text with section headings from a full ``report`` and/or the separate
+    ``indication`` and ``comparison`` fields (None when all are empty)."""
+    parts = [f"{name.upper()}: {value.strip()}"
+             for name, value in (("comparison", comparison), ("indication", indication))
+             if value and value.strip()]  # fmt: skip
+    if report and report.strip():
+        parts.append(report.strip())
+    return "\n".join(parts) or None
+
+
+class Predictor:
+    """A run loaded once (head, encoders, thresholds) that predicts study after study."""
+
+    def __init__(self, run_dir: str | Path | RunDir | LoadedRun, device: str = "cpu") -> None:
+        self.run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
+        self.device = device
+        self.image_encoder: ImageEncoder | None = None
+        self.text_encoder: TextEncoder | None = None
+        if self.run.sidecar.image is not None:
+            self.image_encoder = self.run.image_encoder(device=device).eval()
+        if self.run.sidecar.text is not None:
+            self.text_encoder = self.run.text_encoder()
+            self.text_config = TextConfig(**self.run.sidecar.text.text_config)
+        self.thresholds, self.threshold_method, self._threshold_warnings = _thresholds(self.run)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.run.labels
+
+    @property
+    def reads_images(self) -> bool:
+        return self.image_encoder is not None
+
+    @property
+    def text_sections(self) -> list[str]:
+        """The report sections the model reads (empty for an image-only model)."""
+        return list(self.text_config.sections) if self.text_encoder is not None else []
+
+    # ------------------------------------------------------------------ warnings
+    def standing_warnings(self) -> list[str]:
+        """Warnings that hold for every prediction of this run."""
+        out = []
+        if self.run.info.images == PHANTOM:
+            out.append("this model was trained on synthetic phantom images, not radiographs: "
+                       "its outputs say nothing about real patients")  # fmt: skip
+        leaky = [s for s in self.text_sections if s in LEAKY_SECTIONS]
+        if leaky:
+            out.append(f"this model reads the report's {' and '.join(s.upper() for s in leaky)}, "
+                       "the text its labels were derived from: its output restates the report "
+                       "rather than reading the image (label leakage)")  # fmt: skip
+        return out + self._threshold_warnings
+
+    def _text_warnings(self, text: str | None) -> tuple[list[str], dict[str, str | None]]:
+        sections = parse_report_sections(text) if text else dict.fromkeys(REPORT_SECTIONS)
+        given = [s for s in REPORT_SECTIONS if sections.get(s)]
+        wanted = self.text_sections
+        out = []
+        if not wanted:
+            if given:
+                out.append("this model reads images only: the text given was ignored")
+            return out, sections
+        if not given and text:
+            out.append(f"the text given has no section headings (INDICATION:, FINDINGS:, ...): "
+                       f"nothing of it was read; this model reads {', '.join(wanted)}")  # fmt: skip
+        elif not given:
+            out.append(f"no report text given; this model reads {', '.join(wanted)} and "
+                       "predicted as for a study without a report")  # fmt: skip
+        elif not set(given) & set(wanted):
+            out.append(f"the text given has {', '.join(given)} but this model was trained on "
+                       f"{', '.join(wanted)}: it read an empty report")  # fmt: skip
+        elif set(given) - set(wanted):
+            ignored = [s for s in given if s not in wanted]
+            out.append(f"section(s) {', '.join(ignored)} ignored: this model was trained on "
+                       f"{', '.join(wanted)} only")  # fmt: skip
+        named = []
+        for label, pattern in label_patterns(self.labels).items():
+            hits = [m.group(0) for s in wanted for m in pattern.finditer(sections[s] or "")]
+            if hits:
+                named.append(f"{label}: {', '.join(repr(h) for h in dict.fromkeys(hits))}")
+        if named:
+            masked = self.text_config.mask_labels and self.run.sidecar.text.mask_labels_for
+            how = ("masked before the model reads it, as in training" if masked
+                   else "the model reads it unmasked")  # fmt: skip
+            out.append(f"the text the model reads names a finding ({'; '.join(named)}): "
+                       f"a diagnosis model must not be given findings ({how})")  # fmt: skip
+        return out, sections
+
+    def _image_warnings(self, header: ImageHeader, name: str, view: str) -> list[str]:
+        out = []
+        size = self.image_encoder.spec.input_size if self.image_encoder else 0
+        short, long = sorted((header.width, header.height))
+        if short < size:
+            out.append(f"{name}: {header.width}x{header.height} px is smaller than the "
+                       f"{size}-px model input (upsampled)")  # fmt: skip
+        elif short < MIN_SIDE:
+            out.append(f"{name}: {header.width}x{header.height} px is small for a chest "
+                       "radiograph (they are usually 1,000-3,000 px a side)")  # fmt: skip
+        if long > MAX_ASPECT * short:
+            lost = 1 - short / long
+            out.append(f"{name}: aspect ratio {long / short:.2f}; the central square crop drops "
+                       f"{lost:.0%} of the image")  # fmt: skip
+        if view not in FRONTAL_VIEWS | LATERAL_VIEWS:
+            out.append(f"{name}: unknown view position (give it, e.g. PA or LATERAL); the "
+                       "model was trained on frontal and lateral views")  # fmt: skip
+        if header.frames > 1:
+            out.append(f"{name}: {header.frames} frames; only the first was read")
+        return out
+
+    # ------------------------------------------------------------------ inputs
+    def read_views(self, images: Sequence[StudyImage]) -> tuple[list[ViewRead], list[ImageHeader]]:
+        """Headers and view positions of the study's images (no pixel decoded yet); a bad
+        file raises a DataError naming it."""
+        reads, headers = [], []
+        for image in images:
+            try:
+                header = read_header(image.data)
+            except ValueError as err:
+                raise DataError(f"{image.name}: {err}") from err
+            if header.pixels > MAX_IMAGE_PIXELS:
+                raise DataError(f"{image.name}: {header.width}x{header.height}x{header.frames} "
+                                f"pixels exceed the limit of {MAX_IMAGE_PIXELS:,} (refused "
+                                "unread)")  # fmt: skip
+            if image.view:
+                view, source = normalise_view(image.view), "client"
+            elif header.view:
+                view, source = header.view, "dicom header"
+            else:
+                view, source = "UNKNOWN", "unknown"
+            reads.append(ViewRead(image.name, header.format, header.width, header.height, view,
+                                  source, None))  # fmt: skip
+            headers.append(header)
+        return reads, headers
+
+    def slots(self, reads: Sequence[ViewRead]) -> list[tuple[int, int]]:
+        """(index into ``reads``, head slot) of the views the head reads, in slot order.
+
+        ``mean`` / ``attention`` fusion reads every view (frontal ones first); ``frontal``
+        reads the first frontal view (else the first view); ``concat`` puts the first frontal
+        view in slot 0 and the first lateral in slot 1, views of unknown position filling the
+        free slots in upload order (so without any view position the upload order is the
+        slot order)."""
+        spec = self.run.sidecar.image
+        assert spec is not None
+        frontal = [i for i, r in enumerate(reads) if r.view in FRONTAL_VIEWS]
+        lateral = [i for i, r in enumerate(reads) if r.view in LATERAL_VIEWS]
+        unknown = [i for i in range(len(reads)) if i not in frontal and i not in lateral]
+        if spec.views == "frontal":
+            return [((frontal or list(range(len(reads))))[0], 0)] if reads else []
+        if spec.views == "concat":
+            placed = {0: frontal[0]} if frontal else {}
+            if lateral:
+                placed[1] = lateral[0]
+            rest = iter(unknown)
+            for slot in range(int(spec.n_views)):
+                if slot not in placed:
+                    index = next(rest, None)
+                    if index is not None:
+                        placed[slot] = index
+            return sorted(((i, slot) for slot, i in placed.items()), key=lambda p: p[1])
+        return [(index, slot) for slot, index in enumerate(frontal + lateral + unknown)]
+
+    def image_inputs(self, images: Sequence[StudyImage], reads: list[ViewRead]
+                     ) -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:  # fmt: skip
+        """The study's view embeddings in the head's slots, and the model-input pixels (in
+        slot order)."""
+        assert self.image_encoder is not None
+        spec = self.run.sidecar.image
+        assert spec is not None
+        size = self.image_encoder.spec.input_size
+        chosen = self.slots(reads)
+        pixels = []
+        for index, slot in chosen:
+            reads[index].slot = slot
+            try:
+                pixels.append(decode_resized_bytes(images[index].data, size))
+            except (OSError, ValueError) as err:
+                raise DataError(f"{images[index].name}: cannot read the image ({err})") from err
+        batch = torch.stack([self.image_encoder.preprocess(p) for p in pixels]).to(self.device)
+        with torch.inference_mode():
+            feats = self.image_encoder(batch).float().cpu()
+        width = int(spec.n_views) if spec.views in ("frontal", "concat") else len(feats)
+        views = torch.zeros((1, max(width, 1), feats.shape[1]))
+        mask = torch.zeros(views.shape[:2], dtype=torch.bool)
+        for (_, slot), vector in zip(chosen, feats):
+            views[0, slot], mask[0, slot] = vector, True
+        return {"image": views, "image_mask": mask}, pixels
+
+    def text_inputs(self, sections: Mapping[str, str | None]) -> dict[str, torch.Tensor]:
+        """The report's embedding: the sections the run reads, masked as in training."""
+        spec = self.run.sidecar.text
+        assert spec is not None and self.text_encoder is not None
+        text = prepare_text(sections, self.text_config, spec.mask_labels_for)
+        has_text = bool(text.strip())
+        vector = (self.text_encoder.encode([text]) if has_text
+                  else np.zeros((1, spec.dim), np.float32))  # fmt: skip
+        return {"text": torch.as_tensor(np.asarray(vector, dtype=np.float32)),
+                "text_mask": torch.tensor([has_text])}  # fmt: skip
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, images: Sequence[StudyImage | str | Path] = (), *,
+                report: str | None = None, indication: str | None = None,
+                comparison: str | None = None, views: Sequence[str | None] | None = None
+                ) -> Prediction:  # fmt: skip
+        """Probabilities, thresholds, decisions and warnings for one study: its images
+        (frontal first, then lateral, unless ``views`` or DICOM headers say which is which)
+        and its text (a full ``report`` with headings, or ``indication`` / ``comparison``)."""
+        study = [im if isinstance(im, StudyImage) else StudyImage.from_path(im) for im in images]
+        if views is not None:
+            if len(views) != len(study):
+                raise DataError(f"{len(views)} view(s) given for {len(study)} image(s); give "
+                                "one view per image (or none)")  # fmt: skip
+            study = [replace(image, view=view or image.view) for image, view in zip(study, views)]
+        warnings = self.standing_warnings()
+        inputs: dict[str, torch.Tensor] = {}
+        reads: list[ViewRead] = []
+        pixels: list[np.ndarray] = []
+        if self.reads_images:
+            if not study:
+                raise DataError("this model reads images: give at least one image")
+            reads, headers = self.read_views(study)
+            image_inputs, pixels = self.image_inputs(study, reads)
+            inputs |= image_inputs
+            for read, header in zip(reads, headers):
+                warnings += self._image_warnings(header, read.name, read.view)
+                if read.slot is None:
+                    warnings.append(f"{read.name}: not read ({self.run.sidecar.image.views} "
+                                    "view fusion reads "
+                                    f"{len([r for r in reads if r.slot is not None])} "
+                                    "view(s))")  # fmt: skip
+            read_views = {r.view for r in reads if r.slot is not None}
+            if self.run.sidecar.image.views == "frontal" and read_views <= LATERAL_VIEWS:
+                warnings.append("this model reads a frontal view, but only a lateral one was given")
+        elif study:
+            warnings.append("this model reads report text only: the images were ignored")
+        text = study_text(report, indication, comparison)
+        text_warnings, sections = self._text_warnings(text)
+        warnings += text_warnings
+        if self.text_encoder is not None:
+            if not self.reads_images and not any(sections.get(s) for s in self.text_sections):
+                raise DataError(f"this model reads report text only ({', '.join(self.text_sections)}) "
+                                "and the text given has none of it: give the report with "
+                                "section headings, or its sections")  # fmt: skip
+            inputs |= self.text_inputs(sections)
+        probs = self.run.predict_proba(inputs)[0]
+        probabilities = {name: float(p) for name, p in zip(self.labels, probs)}
+        decisions = {name: bool(probabilities[name] >= self.thresholds[name])
+                     for name in self.labels}  # fmt: skip
+        return Prediction(self.run.run.name, self.labels, probabilities, dict(self.thresholds),
+                          self.threshold_method, decisions, warnings, reads,
+                          [s for s in self.text_sections if sections.get(s)], inputs,
+                          pixels)  # fmt: skip
+
+
+def predict(run_dir: str | Path | RunDir, images: Sequence[str | Path | StudyImage] = (),
+            report: str | None = None, **kwargs: Any) -> Prediction:  # fmt: skip
+    """One study's :class:`Prediction` (loads the run each call: use :class:`Predictor` for
+    many studies). ``kwargs``: ``indication``, ``comparison``, ``views``."""
+    return Predictor(run_dir).predict(images, report=report, **kwargs)

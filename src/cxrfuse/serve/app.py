@@ -1,0 +1,226 @@
+"""The HTTP API and web page of a served run (FastAPI).
+
+* ``GET /``: the web page (one self-contained HTML file: no external script, style or font);
+* ``GET /health``: liveness and the run served;
+* ``GET /v1/model``: the model card;
+* ``POST /v1/predict`` (multipart): ``images`` (PNG, JPEG or DICOM, sniffed from the bytes),
+  ``views`` (one per image, optional), ``indication``, ``comparison``, ``report``,
+  ``explain`` (overlays + attribution), ``draft`` (report draft).
+
+Limits: the request body (``max_request_bytes``, refused with 413 before it is parsed), the
+number of images and text length, image pixels (checked from the header before decoding);
+``max_concurrency`` requests at a time, further ones wait up to ``queue_timeout_s`` and then
+get 503. Every client error is a JSON body ``{"error": "..."}`` naming the bad file or field;
+nothing of a request's text or images is logged, and server errors answer without a traceback.
+"""
+
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cxrfuse.inference import StudyImage
+from cxrfuse.problems import CxrfuseError
+from cxrfuse.serve.page import PAGE
+from cxrfuse.serve.service import Service
+
+log = logging.getLogger("cxrfuse.serve")
+RUN_ENV = "CXRFUSE_SERVE_RUN"
+DEVICE_ENV = "CXRFUSE_SERVE_DEVICE"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold and how many run at once."""
+
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_images: int = 8
+    max_text_chars: int = 20_000
+    max_concurrency: int = 2
+    queue_timeout_s: float = 30.0
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What was wrong, naming the file or field.")
+
+
+class ViewOut(BaseModel):
+    name: str
+    format: str
+    width: int
+    height: int
+    view: str
+    view_source: str
+    slot: int | None
+
+
+class Overlay(BaseModel):
+    image: str
+    view: str
+    label: str
+    method: str
+    probability: float
+    png_base64: str
+
+
+class PredictAnswer(BaseModel):
+    run: str
+    labels: list[str]
+    probabilities: dict[str, float]
+    thresholds: dict[str, float]
+    threshold_method: str | None
+    decisions: dict[str, bool]
+    warnings: list[str]
+    views: list[ViewOut]
+    text_sections: list[str]
+    attribution: dict[str, Any] | None
+    overlays: list[Overlay] | None
+    report_draft: dict[str, Any] | None
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before anything parses it
+    (by its Content-Length, or by counting the bytes as they arrive)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = _error(413, f"request body over the limit of {self.limit:,} bytes")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await too_large(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu",
+               limits: Limits | None = None, service: Service | None = None) -> FastAPI:  # fmt: skip
+    """The app serving one run (loaded once, here); ``run_dir`` defaults to $CXRFUSE_SERVE_RUN."""
+    limits = limits or Limits()
+    if service is None:
+        target = run_dir or os.environ.get(RUN_ENV)
+        if not target:
+            raise CxrfuseError(f"no run directory to serve (give one, or set {RUN_ENV})")
+        service = Service(target, device=device)
+    gate = asyncio.Semaphore(limits.max_concurrency)
+    app = FastAPI(title="cxrfuse", version=service.card["cxrfuse_version"],
+                  description=f"Predictions of the cxrfuse run {service.card['run']}.")  # fmt: skip
+    app.state.service, app.state.limits = service, limits
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            problems.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+        return _error(422, "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the run served."""
+        return {"status": "ok", "run": service.card["run"]}
+
+    @app.get("/v1/model")
+    async def model() -> dict[str, Any]:
+        """The model card: task, labels, thresholds and how they were chosen, encoders,
+        training data (synthetic or not), test metrics with intervals, versions."""
+        return service.card
+
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody} for code in (400, 413, 422, 503)}  # fmt: skip
+
+    @app.post("/v1/predict", response_model=PredictAnswer, responses=errors)
+    async def predict(
+        images: Annotated[list[UploadFile] | None, File(
+            description="The study's views: PNG, JPEG or DICOM (told apart by their bytes)")] = None,
+        views: Annotated[list[str] | None, Form(
+            description="View position of each image (PA, AP, LATERAL, ...)")] = None,
+        indication: Annotated[str | None, Form(max_length=limits.max_text_chars)] = None,
+        comparison: Annotated[str | None, Form(max_length=limits.max_text_chars)] = None,
+        report: Annotated[str | None, Form(
+            max_length=limits.max_text_chars,
+            description="A full report with section headings (INDICATION:, FINDINGS:, ...)")] = None,
+        explain: Annotated[bool, Form(description="Add Grad-CAM overlays and attribution")] = False,
+        draft: Annotated[bool, Form(description="Add the draft report (when configured)")] = True,
+    ) -> Any:
+        """Probabilities, thresholds, decisions and warnings for one study (with ``explain``
+        also overlays and attribution; a draft report when the run has a generator)."""
+        files = images or []
+        if len(files) > limits.max_images:
+            return _error(413, f"{len(files)} images; at most {limits.max_images} per study")
+        study = []
+        for i, upload in enumerate(files):
+            name = os.path.basename(upload.filename or "") or f"image {i + 1}"
+            study.append(StudyImage(name, await upload.read()))
+        view_list = [v or None for v in views] if views else None
+        try:
+            await asyncio.wait_for(gate.acquire(), timeout=limits.queue_timeout_s)
+        except TimeoutError:
+            return _error(503, "the server is busy; try again shortly")
+        try:
+            return await run_in_threadpool(
+                service.analyse, study, report=report, indication=indication,
+                comparison=comparison, views=view_list, explain=explain, draft=draft)
+        except CxrfuseError as err:
+            return _error(400, str(err))
+        except Exception as err:  # noqa: BLE001 - the client gets no traceback
+            log.error("predict failed: %s", type(err).__name__)
+            return _error(500, "internal error while predicting (the server log names its type)")
+        finally:
+            gate.release()
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app factory uvicorn workers call (run directory and device from the environment)."""
+    return create_app(device=os.environ.get(DEVICE_ENV, "cpu"))

@@ -1,0 +1,217 @@
+"""What the server does with a study, as a Python API: the run's :class:`Predictor` (loaded
+once), and on request Grad-CAM overlays per view and label (:class:`cxrfuse.explain.Explainer`),
+the image vs report attribution of each label (exact two-player Shapley values,
+:func:`cxrfuse.explain.modality_attribution`) and a draft report (:mod:`cxrfuse.serve.draft`).
+
+    from cxrfuse.serve import Service
+    from cxrfuse.inference import StudyImage
+
+    service = Service("runs/exp/runs/multimodal-seed0")
+    answer = service.analyse([StudyImage.from_path("f.dcm")], indication="cough", explain=True)
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Sequence
+from datetime import date
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrfuse.data.images import gray8_bytes
+from cxrfuse.explain import Explainer, ModalityInputs, ModalityMeans, modality_attribution
+from cxrfuse.explain.explainer import ViewInput
+from cxrfuse.explain.overlay import overlay_png
+from cxrfuse.inference import Prediction, Predictor, StudyImage
+from cxrfuse.problems import CxrfuseError
+from cxrfuse.rundir import RunDir
+from cxrfuse.serve.draft import Drafter
+from cxrfuse.vocab import PHANTOM
+
+UPLOAD_ID = "upload"
+
+
+def cxrfuse_version() -> str:
+    try:
+        return version("cxrfuse")
+    except PackageNotFoundError:  # pragma: no cover - source tree without install
+        return "unknown"
+
+
+class Service:
+    """A run opened once for serving; :meth:`analyse` is thread-safe (one study at a time)."""
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
+        self.predictor = Predictor(run_dir, device=device)
+        self.run = self.predictor.run
+        self.device = device
+        self._lock = threading.Lock()
+        self._means: ModalityMeans | None = None
+        self._means_note: str | None = None
+        self._drafter: Drafter | None = None
+        self._draft_note: str | None = None
+        self._draft_loaded = False
+        self.card = model_card(self)
+
+    @property
+    def fused(self) -> bool:
+        return self.predictor.reads_images and bool(self.predictor.text_sections)
+
+    # ------------------------------------------------------------------ lazily loaded helpers
+    def _training_means(self) -> ModalityMeans | None:
+        if self._means is None and self._means_note is None:
+            try:
+                train, _ = self.run.split_inputs("train")
+                self._means = ModalityMeans.of(ModalityInputs(**train))
+            except (CxrfuseError, OSError, KeyError, TypeError) as err:
+                self._means_note = (f"training means unavailable ({err}); a removed modality "
+                                    "is treated as missing (zeros)")  # fmt: skip
+        return self._means
+
+    def drafter(self) -> tuple[Drafter | None, str | None]:
+        if not self._draft_loaded:
+            try:
+                self._drafter, self._draft_note = Drafter.from_run(self.run)
+            except (CxrfuseError, OSError) as err:
+                self._drafter, self._draft_note = None, f"the stored generator cannot be used ({err})"
+            self._draft_loaded = True
+        return self._drafter, self._draft_note
+
+    # ------------------------------------------------------------------ analyses
+    def attribution(self, prediction: Prediction) -> dict[str, Any]:
+        """Per label: the image and report shares of the prediction (|Shapley| shares)."""
+        if not self.fused:
+            only = "image" if self.predictor.reads_images else "text"
+            return {"removal": None, "note": f"this model reads {only} only",
+                    "labels": {label: {f"{only}_share": 1.0} for label in self.predictor.labels}}
+        means = self._training_means()
+        removal = "mean" if means is not None else "zeros"
+        inputs = ModalityInputs(**{k: v.numpy() for k, v in prediction.inputs.items()})
+        table = modality_attribution(self.run.head, inputs, self.predictor.labels,
+                                     output=self.run.output, removal=removal, means=means)  # fmt: skip
+        out: dict[str, Any] = {}
+        for row in table.to_dict("records"):
+            image, text = abs(row["shapley_image"]), abs(row["shapley_text"])
+            total = image + text
+            out[row["label"]] = {
+                "image_share": image / total if total > 0 else None,
+                "text_share": text / total if total > 0 else None,
+                "shapley_image": float(row["shapley_image"]),
+                "shapley_text": float(row["shapley_text"]),
+                "p_without_image": float(row["p_without_image"]),
+                "p_without_text": float(row["p_without_text"]),
+            }
+        note = ("a removed modality is replaced by its training-set mean" if removal == "mean"
+                else self._means_note)  # fmt: skip
+        return {"removal": removal, "note": note, "labels": out}
+
+    def overlays(self, prediction: Prediction, images: Sequence[StudyImage],
+                 labels: Sequence[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        """Grad-CAM of every view the head read, for each label, as base64 PNG panels."""
+        encoder = self.predictor.image_encoder
+        if encoder is None:
+            return []
+        texts = {}
+        if "text" in prediction.inputs:
+            texts = {UPLOAD_ID: (prediction.inputs["text"][0].numpy(),
+                                 bool(prediction.inputs["text_mask"][0]))}  # fmt: skip
+        views = []
+        read = sorted((i for i, r in enumerate(prediction.views) if r.slot is not None),
+                      key=lambda i: prediction.views[i].slot)  # type: ignore[arg-type, return-value]
+        for index, pixels in zip(read, prediction.pixels):
+            r = prediction.views[index]
+            original = gray8_bytes(images[index].data).astype(np.float32) / 255.0
+            views.append(ViewInput(UPLOAD_ID, str(index), r.view, "", int(r.slot), original,
+                                   encoder.preprocess(pixels)))  # fmt: skip
+        explainer = Explainer(encoder, self.run.head, self.predictor.labels, output=self.run.output,
+                              texts=texts, device=self.device)  # fmt: skip
+        try:
+            maps = explainer.explain_views(views, labels)
+        finally:
+            self.run.head.to("cpu")  # predict_proba reads the head on the CPU
+        originals = {v.image_id: v.original for v in views}
+        out = []
+        for m in maps:
+            caption = f"{m.view}  {m.label}: p={m.probability:.2f}  ({m.method})"
+            png = overlay_png(originals[m.image_id], m.cam, caption)
+            out.append({"image": prediction.views[int(m.image_id)].name, "view": m.view,
+                        "label": m.label,
+                        "method": m.method, "probability": m.probability,
+                        "png_base64": base64.b64encode(png).decode("ascii")})  # fmt: skip
+        return out
+
+    def analyse(self, images: Sequence[StudyImage], *, report: str | None = None,
+                indication: str | None = None, comparison: str | None = None,
+                views: Sequence[str | None] | None = None, explain: bool = False,
+                draft: bool = True) -> dict[str, Any]:  # fmt: skip
+        """The JSON answer of ``POST /v1/predict`` for one study."""
+        with self._lock:
+            prediction = self.predictor.predict(images, report=report, indication=indication,
+                                                comparison=comparison, views=views)  # fmt: skip
+            answer = prediction.to_dict()
+            answer["attribution"] = answer["overlays"] = None
+            if explain:
+                answer["attribution"] = self.attribution(prediction)
+                answer["overlays"] = self.overlays(prediction, images)
+            answer["report_draft"] = None
+            if draft:
+                drafter, note = self.drafter()
+                if drafter is not None and "image" in prediction.inputs:
+                    answer["report_draft"] = drafter.draft(prediction.inputs["image"],
+                                                           prediction.inputs["image_mask"])
+                elif note:
+                    answer["warnings"].append(f"no draft report: {note}")
+        return answer
+
+
+def model_card(service: Service) -> dict[str, Any]:
+    """What a reader should know about the served model, from its run directory."""
+    run, predictor = service.run, service.predictor
+    info, sidecar = run.info, run.sidecar
+    encoders: dict[str, Any] = {}
+    if sidecar.image is not None:
+        image = sidecar.image
+        encoders["image"] = {"encoder": image.encoder, "weights": Path(image.weights).name,
+                             "input_size": image.input_size, "view_fusion": image.views,
+                             "n_views": image.n_views, "finetuned": image.finetuned}  # fmt: skip
+    if sidecar.text is not None:
+        encoders["text"] = {"encoder": sidecar.text.encoder, "sections": predictor.text_sections,
+                            "masked_labels": list(sidecar.text.mask_labels_for)}  # fmt: skip
+    metrics: dict[str, Any] | None = None
+    rundir = RunDir(run.run_dir)
+    if rundir.has_metrics():
+        try:
+            raw = rundir.metrics()
+        except CxrfuseError:
+            raw = None
+        if raw is not None:
+            headline = raw.get("test", {}).get("headline", {})
+            metrics = {"split": "test", "n_boot": raw.get("n_boot"),
+                       "headline": {name: {"value": value,
+                                           "ci": raw.get("ci", {}).get(f"headline/{name}")}
+                                    for name, value in headline.items()}}  # fmt: skip
+    return {
+        "run": info.name,
+        "kind": info.kind,
+        "task": sidecar.task,
+        "labels": predictor.labels,
+        "output": sidecar.output,
+        "thresholds": predictor.thresholds,
+        "threshold_method": predictor.threshold_method,
+        "threshold_split": "val" if predictor.threshold_method else None,
+        "modalities": sidecar.modalities,
+        "encoders": encoders,
+        "training_data": {"manifest": Path(info.manifest).name if info.manifest else None,
+                          "n": dict(info.n), "images": info.images,
+                          "synthetic_images": info.images == PHANTOM},
+        "test_metrics": metrics,
+        "trained": info.finished or info.started,
+        "seed": info.seed,
+        "cxrfuse_version": cxrfuse_version(),
+        "served_on": date.today().isoformat(),
+        "warnings": predictor.standing_warnings(),
+    }

@@ -155,7 +155,7 @@ def test_external_validation_end_to_end(world: dict[str, Path]) -> None:
         one = predict(world["run"], images=[v["path"] for v in views],
                       report=f"INDICATION: {truth.at[sid, 'indication']}")  # fmt: skip
         for name in saved["labels"]:
-            assert frame.at[sid, p_column(name)] == pytest.approx(one[name], abs=1e-5)
+            assert frame.at[sid, p_column(name)] == pytest.approx(one.probabilities[name], abs=1e-5)
     internal = RunDir(world["run"]).metrics()
     row = next(r for r in saved["side_by_side"] if r["label"] == "Cardiomegaly")
     assert row["internal_auroc"] == internal["test"]["per_label"]["Cardiomegaly"]["auroc"]

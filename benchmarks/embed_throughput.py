@@ -90,7 +90,7 @@ def bare_forward_lanes(encoder: Any, paths: list[str], args: Any) -> float:
     size, lanes = encoder.spec.input_size, torch.get_num_threads()
     pixels = torch.stack([torch.from_numpy(decode_resized(p, size)) for p in paths[: args.batch_size]])
     x = to_model_input(pixels, encoder.spec)
-    n_batches = -(-len(paths) // args.batch_size)
+    per_lane = max(1, -(-len(paths) // args.batch_size) // lanes)
 
     def lane(count: int) -> None:
         with torch.inference_mode():
@@ -100,7 +100,7 @@ def bare_forward_lanes(encoder: Any, paths: list[str], args: Any) -> float:
     torch.set_num_threads(1)
     try:
         lane(2)
-        threads = [threading.Thread(target=lane, args=(n_batches // lanes,)) for _ in range(lanes)]
+        threads = [threading.Thread(target=lane, args=(per_lane,)) for _ in range(lanes)]
         start = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -109,7 +109,7 @@ def bare_forward_lanes(encoder: Any, paths: list[str], args: Any) -> float:
         elapsed = time.perf_counter() - start
     finally:
         torch.set_num_threads(lanes)
-    return (n_batches // lanes) * lanes * args.batch_size / elapsed
+    return per_lane * lanes * args.batch_size / elapsed
 
 
 def autocast(device: torch.device) -> Any:

@@ -64,13 +64,16 @@ class Scale:
     forward_batches: int  # timed batches of the bare forward
     compile_backend: str  # torch.compile backend ("eager" traces without code generation)
     head_studies: int  # studies of the fusion-head epoch
+    finetune_encoder: str  # ResNet-50 on the GPU; a smaller ResNet in the dry run
     finetune_batch: int
     finetune_size: int
     clip_batch: int
     clip_tokens: int
     clip_tiny_text: bool  # a 2-layer BERT instead of BERT-base
     clip_image_size: int
+    clip_image_encoder: str  # ViT-B/16 on the GPU
     steps: int  # timed training steps
+    warmup: int  # untimed calls before each timing
     vlm_reports: int
     vlm_tokens: int
     ddp_studies: int
@@ -78,30 +81,43 @@ class Scale:
 
 
 GPU = Scale(images=4096, png_size=1024, input_size=224, batch=256, forward_batches=20,
-            compile_backend="inductor", head_studies=100_000, finetune_batch=128,
+            compile_backend="inductor", head_studies=100_000, finetune_encoder="resnet50", finetune_batch=128,
             finetune_size=224, clip_batch=128, clip_tokens=128, clip_tiny_text=False,
-            clip_image_size=224, steps=10, vlm_reports=32, vlm_tokens=64, ddp_studies=20_000,
+            clip_image_size=224, clip_image_encoder="vit-b-16", steps=10, warmup=3, vlm_reports=32, vlm_tokens=64, ddp_studies=20_000,
             dist_images=1024)  # fmt: skip
-TOY = Scale(images=8, png_size=96, input_size=32, batch=4, forward_batches=2,
-            compile_backend="eager", head_studies=400, finetune_batch=2, finetune_size=32,
-            clip_batch=2, clip_tokens=8, clip_tiny_text=True, clip_image_size=32, steps=2,
+TOY = Scale(images=8, png_size=96, input_size=32, batch=4, forward_batches=1,
+            compile_backend="eager", head_studies=400, finetune_encoder="resnet18",
+            finetune_batch=2, finetune_size=32, clip_batch=2, clip_tokens=8, clip_tiny_text=True,
+            clip_image_size=32, clip_image_encoder="resnet18", steps=1, warmup=1,
             vlm_reports=2, vlm_tokens=4, ddp_studies=200, dist_images=8)  # fmt: skip
 
 # Hard per-step timeouts (seconds) on the GPU run; the sum stays within TOTAL_BUDGET_S.
 BUDGET_S = {
-    "embed-densenet121": 130,
-    "embed-resnet50": 100,
-    "fusion-head-epoch": 45,
-    "finetune-resnet50": 35,
-    "clip-step": 40,
-    "generation": 35,
-    "distributed-extraction": 30,
-    "lightning-ddp": 35,
+    "embed-densenet121": 150,
+    "embed-resnet50": 110,
+    "fusion-head-epoch": 40,
+    "finetune-resnet50": 30,
+    "clip-step": 35,
+    "generation": 30,
+    "distributed-extraction": 25,
+    "lightning-ddp": 30,
 }
 STEPS = list(BUDGET_S)
 
 
 # ----------------------------------------------------------------------------- helpers
+PARTIAL: dict[str, Any] = {}  # in a step's child process: where and what to record so far
+
+
+def record(figures: dict[str, Any]) -> None:
+    """Save a step's figures so far, so a step killed at its timeout keeps what it measured."""
+    path = PARTIAL.get("path")
+    if path is not None:
+        partial = {"step": PARTIAL["step"], "status": "timeout", "seconds": None,
+                   "figures": figures, "error": "killed at its timeout; figures so far"}  # fmt: skip
+        Path(path).write_text(json.dumps(partial, indent=2, default=str))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -124,7 +140,7 @@ def autocast(device: torch.device, bf16: bool) -> Any:
 
 
 def median_step_s(step: Callable[[], None], device: torch.device, steps: int,
-                  warmup: int = 2) -> float:  # fmt: skip
+                  warmup: int) -> float:  # fmt: skip
     """Median seconds of ``step`` over ``steps`` timed calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         step()
@@ -168,9 +184,12 @@ def step_embed(name: str, scale: Scale, device: torch.device, work: Path) -> dic
     if len(pixels) < scale.batch:
         pixels = pixels.repeat(-(-scale.batch // len(pixels)), 1, 1)[: scale.batch]
     x = to_model_input(pixels.to(device), encoder.spec)
-    out: dict[str, Any] = {"encoder": name, "input_size": size, "batch": scale.batch,
-                           "images": len(paths), "png_size": scale.png_size}  # fmt: skip
     forward: dict[str, float] = {}
+    store: dict[str, float] = {}
+    out: dict[str, Any] = {"encoder": name, "input_size": size, "batch": scale.batch,
+                           "images": len(paths), "png_size": scale.png_size,
+                           "bare_forward_images_per_s": forward,
+                           "store_images_per_s": store}  # fmt: skip
     variants = [("fp32", False, False, False), ("bf16", True, False, False),
                 ("bf16+channels_last", True, True, False),
                 ("bf16+channels_last+compile", True, True, True)]  # fmt: skip
@@ -179,28 +198,29 @@ def step_embed(name: str, scale: Scale, device: torch.device, work: Path) -> dic
         xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
         model = torch.compile(encoder, backend=scale.compile_backend) if compiled else encoder
         with torch.inference_mode(), autocast(device, bf16):
-            seconds = median_step_s(lambda: model(xin), device, scale.forward_batches)  # noqa: B023
+            seconds = median_step_s(lambda: model(xin), device, scale.forward_batches,  # noqa: B023
+                                    scale.warmup)  # fmt: skip
         forward[label] = scale.batch / seconds
-    out["bare_forward_images_per_s"] = forward
+        record(out)
+    encoder.to(memory_format=torch.contiguous_format)
     args = SimpleNamespace(batch_size=scale.batch, compile=False,
                            workers=_store_workers(device))  # fmt: skip
-    store: dict[str, float] = {}
+    out["store_workers"] = args.workers
     cache = work / f"cache-{name}"
     store_run(manifest, encoder, work / f"fill-{name}", args, device, cache)  # fills the cache
     store["from_cache"] = store_run(manifest, encoder, work / f"d-{name}", args, device, cache)
     store["from_png"] = store_run(manifest, encoder, work / f"b-{name}", args, device)
+    out["decode_ceiling_images_per_s"] = ceiling = decode_ceiling(paths, size, os.cpu_count() or 1)
+    record(out)
     if device.type == "cuda":  # inductor compiles outside the timing: a first small run
         args.compile = True
         head = manifest.replace(df=manifest.df.iloc[: scale.batch // 2 + 1])
         store_run(head, encoder, work / f"warm-{name}", args, device)
         store["from_cache_compiled"] = store_run(manifest, encoder, work / f"dc-{name}", args,
                                                  device, cache)  # fmt: skip
+        record(out)
         store["from_png_compiled"] = store_run(manifest, encoder, work / f"bc-{name}", args,
                                                device)  # fmt: skip
-    out["store_images_per_s"] = store
-    ceiling = decode_ceiling(paths, size, os.cpu_count() or 1)
-    out["decode_ceiling_images_per_s"] = ceiling
-    out["store_workers"] = args.workers
     best_png = max(v for k, v in store.items() if k.startswith("from_png"))
     best_cache = max(v for k, v in store.items() if k.startswith("from_cache"))
     out["png_over_decode_ceiling"] = best_png / ceiling
@@ -260,7 +280,8 @@ def step_finetune(scale: Scale, device: torch.device, work: Path) -> dict[str, A
     from cxrfuse.fusion.heads import build_head
     from cxrfuse.training.finetune import FinetuneModel
 
-    encoder = create_image_encoder("resnet50", weights="none", input_size=scale.finetune_size)
+    encoder = create_image_encoder(scale.finetune_encoder, weights="none",
+                                   input_size=scale.finetune_size)  # fmt: skip
     head = build_head("concat-mlp", modalities=["image"], n_outputs=14,
                       image_dim=encoder.feature_dim, n_views=1, hidden=[256])  # fmt: skip
     model = FinetuneModel(encoder.requires_grad_(True), head).to(device).train()
@@ -281,8 +302,8 @@ def step_finetune(scale: Scale, device: torch.device, work: Path) -> dict[str, A
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = median_step_s(step, device, scale.steps)
-    return {"batch": b, "input_size": size, "precision": "bf16" if device.type == "cuda" else "fp32",
+    seconds = median_step_s(step, device, scale.steps, scale.warmup)
+    return {"encoder": scale.finetune_encoder, "batch": b, "input_size": size, "precision": "bf16" if device.type == "cuda" else "fp32",
             "step_s": round(seconds, 4), "images_per_s": round(b / seconds, 1),
             "peak_gpu_memory_gib": peak_memory_gib(device)}  # fmt: skip
 
@@ -295,7 +316,8 @@ def step_clip(scale: Scale, device: torch.device, work: Path) -> dict[str, Any]:
     from cxrfuse.encoders import create_image_encoder
     from cxrfuse.encoders.image import to_model_input
 
-    image = create_image_encoder("vit-b-16", weights="none", input_size=scale.clip_image_size)
+    image = create_image_encoder(scale.clip_image_encoder, weights="none",
+                                 input_size=scale.clip_image_size)  # fmt: skip
     text_config = (BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                               intermediate_size=64) if scale.clip_tiny_text else BertConfig())  # fmt: skip
     model = ClipModel(image.requires_grad_(True), BertModel(text_config), pooling="cls",
@@ -317,9 +339,9 @@ def step_clip(scale: Scale, device: torch.device, work: Path) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = median_step_s(step, device, scale.steps)
+    seconds = median_step_s(step, device, scale.steps, scale.warmup)
     text = "BERT-base" if not scale.clip_tiny_text else "2-layer BERT (dry run)"
-    return {"image_tower": "vit-b-16", "text_tower": text, "batch": b, "tokens": scale.clip_tokens,
+    return {"image_tower": scale.clip_image_encoder, "text_tower": text, "batch": b, "tokens": scale.clip_tokens,
             "step_s": round(seconds, 4), "pairs_per_s": round(b / seconds, 1),
             "peak_gpu_memory_gib": peak_memory_gib(device)}  # fmt: skip
 
@@ -345,7 +367,8 @@ def step_distributed(scale: Scale, device: torch.device, work: Path) -> dict[str
     from cxrfuse.store import embed_images
     from cxrfuse.store.distributed import free_port, init_from_env, shutdown
 
-    manifest, _ = phantoms(work, scale.dist_images, scale.png_size)
+    manifest, _ = phantoms(work, scale.images, scale.png_size)  # the embedding steps' PNGs
+    manifest = manifest.replace(df=manifest.df.iloc[: max(1, scale.dist_images // 2)])
     encoder = create_image_encoder("resnet50", weights="none", input_size=scale.input_size)
     env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port())}  # fmt: skip
@@ -412,8 +435,9 @@ def run_step_isolated(name: str, dry_run: bool, work: Path, timeout: float) -> d
     except subprocess.TimeoutExpired as err:
         tail = (err.stdout or b"")[-2000:] + (err.stderr or b"")[-2000:]
         log = tail.decode(errors="replace") if isinstance(tail, bytes) else str(tail)
+        figures = json.loads(result.read_text())["figures"] if result.is_file() else {}
         return {"step": name, "status": "timeout", "seconds": round(time.perf_counter() - start, 2),
-                "figures": {}, "error": f"killed after {timeout:.0f} s\n{log}"}  # fmt: skip
+                "figures": figures, "error": f"killed after {timeout:.0f} s\n{log}"}  # fmt: skip
     if result.is_file():
         return json.loads(result.read_text())
     return {"step": name, "status": "failed", "seconds": round(time.perf_counter() - start, 2),
@@ -494,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = TOY if args.dry_run else GPU
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     if args.step:  # a child process of run_step_isolated
+        PARTIAL.update(path=args.step_result, step=args.step)
         result = run_step_here(args.step, scale, device, args.work)
         args.step_result.write_text(json.dumps(result, indent=2, default=str))
         return 0

@@ -512,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (phantoms, stores)")
     parser.add_argument("--isolate", choices=["auto", "yes", "no"], default="auto",
                         help="each step in its own process with a timeout (auto: on a GPU)")
+    parser.add_argument("--step-timeout", type=float, default=None,
+                        help="seconds per isolated step (default: each step's budget)")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step, write JSON
     parser.add_argument("--step-result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -546,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[{time.perf_counter() - start:6.1f} s] {name} ...", flush=True)
             if isolate:
-                result = run_step_isolated(name, args.dry_run, work, min(BUDGET_S[name], left))
+                budget = args.step_timeout or BUDGET_S[name]
+                result = run_step_isolated(name, args.dry_run, work, min(budget, left))
             else:
                 result = run_step_here(name, scale, device, work)
             report["steps"].append(result)

@@ -25,14 +25,16 @@ from pathlib import Path
 import torch
 
 from cxrfuse.data import read_manifest
-from cxrfuse.generation.baselines import manifest_reports
-from cxrfuse.generation.retrieval import choose_reports, store_vectors
-from cxrfuse.generation.scoring import score_reports
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench_retrieval(manifest: str, store: str, input_size: int) -> list[dict]:
+    # imported here: the GPU suite runs bench_tiny_vlm where pycocoevalcap is not installed
+    from cxrfuse.generation.baselines import manifest_reports
+    from cxrfuse.generation.retrieval import choose_reports, store_vectors
+    from cxrfuse.generation.scoring import score_reports
+
     man = read_manifest(manifest)
     space = store_vectors(man, store, "efficientnet-lite0", input_size=input_size, progress=False)
     texts = manifest_reports(man, ["train"])

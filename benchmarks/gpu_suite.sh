@@ -8,7 +8,7 @@
 # Python: $PYTHON, else .venv/bin/python when it exists, else python3. Offline machines: the
 # source tree is put on PYTHONPATH and installed without dependencies; wheels of packages that
 # machine lacks are installed from .whl/ when that folder exists (benchmarks/gpu_wheels.sh
-# downloads them; see docs/gpu-suite.md).
+# downloads them; see docs/gpu-suite.md). Not carried: pycocoevalcap (104 MB, scoring only).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -53,7 +53,7 @@ if [ "$DRY" = 0 ]; then
   "$PY" - <<'EOF' 2>&1 | tee -a "$OUT/header.txt"
 import importlib.util
 needed = ["pydantic", "torchxrayvision", "transformers", "lightning", "peft", "timm", "tokenizers",
-          "safetensors", "sklearn", "pandas", "pyarrow", "typer", "rich", "iterstrat", "matplotlib"]
+          "safetensors", "sklearn", "pandas", "pyarrow", "typer", "rich", "iterstrat", "matplotlib", "tqdm"]
 missing = [m for m in needed if importlib.util.find_spec(m) is None]
 print("missing Python modules:", ", ".join(missing) if missing else "none")
 EOF

@@ -243,8 +243,8 @@ def embed_images(
     thread (the process's torch thread count is restored afterwards). None: on a CPU without
     DataLoader workers and without ``compile``, as many lanes as torch has intra-op threads,
     else 1 (decoding in line or in the workers, the forward with all intra-op threads). On
-    the 2-core dev CPU two lanes embed 1024-px PNGs about 1.5x faster than decoding in line
-    and running the forward on two threads: each lane keeps its core busy, decoding included,
+    the 2-core dev CPU two lanes embed 1024-px PNGs 1.1-1.75x faster (4 runs) than decoding
+    in line and running the forward on two threads: each lane keeps its core busy, decoding included,
     and a one-thread forward wastes no time at thread barriers. Vectors agree with the
     one-lane path to float rounding (batch composition differs).
     """

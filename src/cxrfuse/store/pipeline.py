@@ -35,7 +35,8 @@ def default_workers(device: torch.device | str, nproc: int = 1) -> int:
 
     On a 2-core CPU the model's intra-op threads already use both cores, and a decoding worker
     process only contends with them: from 1024-px PNGs the store ran at 40.9 images/s with
-    decoding in line against 36.9 with one worker (efficientnet-lite0, 3 runs each).
+    decoding in line against 36.9 with one worker (efficientnet-lite0, 3 runs each). Without
+    workers ``embed_images`` decodes in its lanes (one thread per intra-op thread).
     """
     cores = max(1, (os.cpu_count() or 1) // max(1, nproc))
     if str(device).startswith("cuda"):

@@ -1,0 +1,65 @@
+"""The GPU suite's dry run (every step at toy size on the CPU) and embed_throughput's JSON, so
+the prepared GPU check and the CPU benchmark cannot rot between GPU sessions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(ROOT / "src")}  # fmt: skip
+
+
+def test_gpu_suite_dry_run_runs_every_step(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_suite import STEPS
+
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--dry-run",
+                           "--out", str(out)], capture_output=True, text=True, env=_env(),
+                          timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "gpu_suite.json").read_text())
+    assert report["dry_run"] is True and report["environment"]["gpu"] is None
+    steps = {s["step"]: s for s in report["steps"]}
+    assert list(steps) == STEPS
+    failed = {name: s["error"] for name, s in steps.items() if s["status"] != "ok"}
+    assert not failed, failed
+    for name in ("embed-densenet121", "embed-resnet50"):
+        figures = steps[name]["figures"]
+        assert set(figures["bare_forward_images_per_s"]) == {
+            "fp32", "bf16", "bf16+channels_last", "bf16+channels_last+compile"}
+        assert all(v > 0 for v in figures["bare_forward_images_per_s"].values())
+        assert set(figures["store_images_per_s"]) == {"from_cache", "from_png"}
+        assert figures["decode_ceiling_images_per_s"] > 0
+    assert steps["fusion-head-epoch"]["figures"]["epochs"] == 1
+    assert steps["finetune-resnet50"]["figures"]["images_per_s"] > 0
+    assert steps["clip-step"]["figures"]["pairs_per_s"] > 0
+    assert steps["distributed-extraction"]["figures"]["backend"] == "gloo"
+    assert steps["distributed-extraction"]["figures"]["all_reduced"] == 8
+    assert steps["lightning-ddp"]["figures"]["strategy"] == "ddp"
+    rows = steps["generation"]["figures"]["rows"]
+    assert [r["reports"] for r in rows[:2]] == [2, 2] and rows[2]["seconds"] > 0
+    table = (out / "gpu_suite.md").read_text()
+    assert "| embed-densenet121 | ok |" in table and "| lightning-ddp | ok |" in table
+    assert "nvidia-smi" in (out / "header.txt").read_text()
+
+
+def test_embed_throughput_writes_images_per_s(tmp_path: Path) -> None:
+    path = tmp_path / "embed.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "embed_throughput.py"),
+                           "--n", "4", "--image-size", "64", "--naive-n", "2", "--weights", "none",
+                           "--json", str(path)], capture_output=True, text=True, env=_env(),
+                          timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(path.read_text())["images_per_s"]
+    assert {"a_bare_forward", "b_store_from_png", "c_naive_loop", "d_store_from_cache",
+            "e_decode_ceiling", "b1_store_one_lane", "f_bare_forward_lanes"} <= set(figures)
+    assert all(v > 0 for v in figures.values())

@@ -179,3 +179,21 @@ def test_tfidf_has_no_pretrained_weights() -> None:
         ["heart"]
     ).shape == (1, 2)
     assert np.isfinite(encoder.encode([""])).all()
+
+
+def test_random_init_is_the_same_draw_every_time_and_leaves_the_rng_alone():
+    """``weights: none`` must rebuild to the same encoder (a run on a random encoder is
+    predicted and validated with the encoder it was trained on)."""
+    import torch
+
+    from cxrfuse.encoders import create_image_encoder
+
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = create_image_encoder("resnet18", weights="none", input_size=32)
+    after = torch.rand(1)
+    b = create_image_encoder("resnet18", weights="none", input_size=32)
+    assert torch.equal(before, after)  # the caller's RNG stream is untouched
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), name

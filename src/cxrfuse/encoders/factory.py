@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,7 +43,8 @@ def create_image_encoder(
     if input_size is not None:
         spec = replace(spec, input_size=int(input_size))
     kind, value = _resolve_image_weights(spec, weights)
-    encoder = spec.builder(spec, value if kind == "registry" else None)
+    with _fixed_random_init(kind == "none"):
+        encoder = spec.builder(spec, value if kind == "registry" else None)
     if kind == "file":
         encoder.load_backbone_weights(Path(value))
     return encoder.to(device).eval()
@@ -94,9 +97,28 @@ def create_text_encoder(
     random_init = text == "none"
     source = spec.source if text in ("default", "none") else text
     chosen = {"pooling": pooling, "max_length": max_length, "device": device, **options}
-    return spec.builder(
-        spec, source, random_init, **{k: v for k, v in chosen.items() if v is not None}
-    )
+    with _fixed_random_init(random_init):
+        return spec.builder(
+            spec, source, random_init, **{k: v for k, v in chosen.items() if v is not None}
+        )
+
+
+RANDOM_INIT_SEED = 0
+
+
+@contextmanager
+def _fixed_random_init(active: bool) -> Iterator[None]:
+    """``weights: none`` draws its random weights from a fixed seed (without touching the
+    caller's RNG state), so that a run on a random encoder can be rebuilt: the store, ``predict``
+    and external validation then see the same encoder the run was trained on."""
+    if not active:
+        yield
+        return
+    import torch  # here: torch stays out of the registry listing's import time
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        yield
 
 
 # ----------------------------------------------------------------------------- listing

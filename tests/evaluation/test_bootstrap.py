@@ -136,3 +136,11 @@ def test_seed_summary() -> None:
         "n": 2,
     }
     assert seed_summary([0.7])["sd"] is None
+
+
+def test_a_label_without_any_known_value_has_no_interval_instead_of_failing():
+    y = np.array([[1, np.nan], [0, np.nan], [1, np.nan], [0, np.nan]] * 5)
+    p = np.random.default_rng(0).random(y.shape)
+    ci = bootstrap_ci(y, p, labels=["a", "b"], n_boot=50)
+    assert ci["label/b/auroc"]["low"] is None and ci["label/b/auroc"]["valid"] == 0
+    assert ci["label/a/auroc"]["low"] is not None

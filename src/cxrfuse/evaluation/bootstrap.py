@@ -64,6 +64,9 @@ def weighted_ranking(w: np.ndarray, y: np.ndarray, p: np.ndarray) -> dict[str, n
     score group (ascending): AUROC = (sum pos * cneg - sum pos * neg / 2) / (P N), and AP =
     sum pos * precision / P, where a group's precision counts the weights at or above it.
     """
+    if len(y) == 0:  # a label with no known value: undefined in every replicate
+        nan = np.full(w.shape[0], np.nan)
+        return {"auroc": nan, "auprc": nan.copy()}
     pos_group, _ = _group_matrix(p, (y == 1).astype(float))
     neg_group, _ = _group_matrix(p, (y == 0).astype(float))
     wpos, wneg = _by_group(w, pos_group), _by_group(w, neg_group)

@@ -116,13 +116,17 @@ def test_vit_is_hooked_where_patch_tokens_have_gradients() -> None:
     """At the last block's output only the class token gets a gradient: that map is empty."""
     from pytorch_grad_cam import GradCAM
 
-    torch.manual_seed(0)
     encoder = create_image_encoder("vit-b-16", weights="none", input_size=32)
-    model = FusedImageClassifier(encoder, image_head(768, 1))
-    x, target = torch.randn(1, 3, 32, 32), label_target(["a"], "a", "sigmoid")
-    with GradCAM(model, [encoder.target_layer], reshape_transform=encoder.tokens_to_map) as cam:
-        assert cam(x, [target]).max() == 0
-    assert compute_cam(model, x, target).maps.max() > 0.5
+    target = label_target(["a"], "a", "sigmoid")
+    peaks = []
+    for seed in range(4):  # a random head and image can leave every weighted token negative
+        torch.manual_seed(seed)
+        model = FusedImageClassifier(encoder, image_head(768, 1))
+        x = torch.randn(1, 3, 32, 32)
+        with GradCAM(model, [encoder.target_layer], reshape_transform=encoder.tokens_to_map) as cam:
+            assert cam(x, [target]).max() == 0
+        peaks.append(float(compute_cam(model, x, target).maps.max()))
+    assert sum(p > 0.5 for p in peaks) >= 2, peaks
 
 
 def test_non_inplace_relu_restores_the_flags() -> None:

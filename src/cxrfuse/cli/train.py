@@ -100,7 +100,7 @@ def experiment_cmd(
     Example: `cxrfuse experiment configs/mimic-pneumonia-grid.yaml --offline --set seeds=[0,1,2]`
     """
     from cxrfuse.config import apply_offline_experiment, load_experiment_config
-    from cxrfuse.rundir import ExperimentDir
+    from cxrfuse.rundir import ExperimentDir, RunDir
     from cxrfuse.training import train_experiment
 
     experiment = load_experiment_config(config_path, set_ or [])
@@ -115,6 +115,14 @@ def experiment_cmd(
     exp = ExperimentDir(out)
     console.print(exp.summary_md.read_text(), soft_wrap=True, highlight=False)
     console.print(f"wrote [bold]{exp.summary_csv}[/] and {exp.summary_md}")
+    runs = experiment.expand(str(config_path))
+    failed = [c.name for c in runs if RunDir(c.run_dir).status() != "finished"]
+    if failed and len(failed) == len(runs):
+        raise CxrfuseError(f"experiment {experiment.name}: all {len(runs)} run(s) failed "
+                           f"(errors in {exp.summary_csv} and each run's run.json)")
+    if failed:
+        err_console.print(f"[yellow]warning:[/] {len(failed)} of {len(runs)} run(s) failed: "
+                          f"{', '.join(failed)} (errors in {exp.summary_csv})")
 
 
 @app.command("predict")
@@ -123,6 +131,7 @@ def predict_cmd(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory.")],
     image: Annotated[list[Path] | None, typer.Option("--image", help="Image file; frontal first, then lateral. Repeatable.")] = None,
     report: Annotated[Path | None, typer.Option(help="Report text file with section headings (INDICATION:, FINDINGS:, ...).")] = None,
+    image_weights: Annotated[Path | None, typer.Option(help="Image-encoder weights file, for a run trained with local weights (a model file never names one itself).")] = None,
 ) -> None:
     """Probabilities of one study from its image(s) and report, as JSON.
 
@@ -134,6 +143,10 @@ def predict_cmd(
     if report is not None:
         if not report.is_file():
             raise DataError(f"{report}: no such report file")
-        text = report.read_text()
-    probs = predict(run_dir, [str(p) for p in image or []], text)
+        try:
+            text = report.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{report}: not UTF-8 text (byte {err.start}: {err.reason}); "
+                            "save the report as UTF-8") from err
+    probs = predict(run_dir, [str(p) for p in image or []], text, image_weights=image_weights)
     typer.echo(json.dumps(probs, indent=2))

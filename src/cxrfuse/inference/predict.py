@@ -18,13 +18,15 @@ from cxrfuse.rundir import RunDir
 from cxrfuse.text import TextConfig, prepare_text
 
 
-def image_inputs(run: LoadedRun, images: Sequence[str | Path]) -> dict[str, torch.Tensor]:
-    """The study's view embeddings (frontal first, then lateral), as the head reads them."""
+def image_inputs(run: LoadedRun, images: Sequence[str | Path],
+                 weights: str | Path | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The study's view embeddings (frontal first, then lateral), as the head reads them
+    (``weights``: an image-encoder weights file the user gives, see LoadedRun.image_encoder)."""
     spec = run.sidecar.image
     assert spec is not None
     if not images:
         raise DataError("this model reads images: pass at least one --image")
-    encoder = run.image_encoder()
+    encoder = run.image_encoder(weights=weights)
     size = encoder.spec.input_size
     pixels = []
     for path in images:
@@ -63,13 +65,15 @@ def text_inputs(run: LoadedRun, report: str) -> dict[str, torch.Tensor]:
 
 
 def predict(run_dir: str | Path | RunDir, images: Sequence[str | Path] = (),
-            report: str | None = None) -> dict[str, float]:  # fmt: skip
+            report: str | None = None, image_weights: str | Path | None = None,
+            ) -> dict[str, float]:  # fmt: skip
     """Probabilities per label for one study: image files (frontal first, then lateral) and
-    the report text, embedded with the encoders named in the run's sidecar."""
+    the report text, embedded with the encoders named in the run's sidecar
+    (``image_weights``: a local weights file for a run whose encoder used one)."""
     run = load_run(run_dir)
     inputs: dict[str, torch.Tensor] = {}
     if run.sidecar.image is not None:
-        inputs |= image_inputs(run, images)
+        inputs |= image_inputs(run, images, image_weights)
     if run.sidecar.text is not None:
         if report is None:
             raise DataError("this model reads report text: pass --report")

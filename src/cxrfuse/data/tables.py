@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def _read_skipping_ragged_rows(path: Path, problems: ProblemLog) -> pd.DataFrame
     counted problems (``file:line``) and left out."""
     rows: list[list[str]] = []
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if header is None:
@@ -52,6 +54,6 @@ def _read_skipping_ragged_rows(path: Path, problems: ProblemLog) -> pd.DataFrame
                                  f"{len(row)} field(s), the header has {len(header)}; row skipped")
                     continue
                 rows.append(row)
-    except (csv.Error, UnicodeDecodeError) as exc:
+    except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
         raise DataError(f"{path}: malformed CSV ({exc})") from exc
     return pd.DataFrame(rows, columns=header, dtype=str)

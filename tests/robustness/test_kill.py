@@ -1,0 +1,105 @@
+"""Kill ``cxrfuse experiment`` with SIGKILL during training, during evaluation and before the
+summary; each rerun goes on from what is on disk and the end result equals an uninterrupted
+run (predictions bit-identical, every run evaluated, the summary written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import tiny_run_config
+from cxrfuse.cli import app
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+RUNS = ("4-seed0", "8-seed0")  # run names of the grid points model.hidden [4], [8]
+runner = CliRunner()
+
+
+def experiment_config(tmp: Path, phantoms: Path, store: Path, runs_dir: Path) -> Path:
+    """Two tiny runs (the battery's run config, two points of a grid)."""
+    base = tiny_run_config(tmp, phantoms)
+    base["data"]["store"] = str(store)
+    payload = {"name": "killed", "runs_dir": str(runs_dir), "base": base,
+               "grid": {"model.hidden": [[4], [8]]}}  # fmt: skip
+    path = tmp / f"{runs_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+def status(run: Path) -> str | None:
+    try:
+        return json.loads((run / "run.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def run_until(config: Path, moment: Callable[[], bool], timeout: float = 240.0) -> bool:
+    """Start ``cxrfuse experiment`` in a subprocess and SIGKILL it at ``moment``; True when it
+    was killed (False when it ended first)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "cxrfuse.cli", "experiment", str(config),
+                             "--offline", "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if moment():
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.005)
+        assert proc.poll() is not None, "experiment did not end in time"
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_experiment_resumes_after_sigkill_at_each_stage(battery_run: Path, battery_phantoms: Path,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    store = battery_run.parents[1] / "store"  # the vectors are there: no embedding here
+    config = experiment_config(tmp_path, battery_phantoms, store, tmp_path / "killed")
+    runs = [tmp_path / "killed" / "killed" / "runs" / name for name in RUNS]
+    first, second = runs
+
+    # 1. during training of the first run
+    assert run_until(config, lambda: status(first) == "running")
+    assert status(first) == "running" and not (first / "predictions.parquet").exists()
+    # 2. during the evaluation of the first run: finished, metrics.json not yet written
+    killed = run_until(config, lambda: status(first) == "finished"
+                       and not (first / "metrics.json").exists())  # fmt: skip
+    assert killed and status(first) == "finished" and not (first / "metrics.json").exists()
+    # 3. after the last evaluation, before (or while) the summary is written
+    assert run_until(config, lambda: (second / "metrics.json").exists())
+    # 4. to the end: the rerun evaluates the first run and writes the summary
+    assert not run_until(config, lambda: False)
+    for run in runs:
+        assert status(run) == "finished" and (run / "metrics.json").is_file(), run
+    summary = pd.read_csv(tmp_path / "killed" / "killed" / "summary.csv")
+    assert list(summary["status"]) == ["finished", "finished"]
+
+    # the same experiment never interrupted, in this process
+    reference = experiment_config(tmp_path, battery_phantoms, store, tmp_path / "reference")
+    result = runner.invoke(app, ["experiment", str(reference), "--offline", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for name, run in zip(RUNS, runs):
+        ref = pd.read_parquet(tmp_path / "reference" / "killed" / "runs" / name / "predictions.parquet")
+        got = pd.read_parquet(run / "predictions.parquet")
+        pd.testing.assert_frame_equal(got, ref)  # bit-identical
+    ref_summary = pd.read_csv(tmp_path / "reference" / "killed" / "summary.csv")
+    metrics = [c for c in summary.columns if c.startswith("test_")]
+    pd.testing.assert_frame_equal(summary[metrics], ref_summary[metrics])

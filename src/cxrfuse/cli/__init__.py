@@ -31,9 +31,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEBUG_ENV = "CXRFUSE_DEBUG"
 
 
+_options = {"debug": False}
+
+
 def debug_enabled() -> bool:
     """True after ``cxrfuse --debug ...`` (or with ``CXRFUSE_DEBUG=1``): show tracebacks."""
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return _options["debug"] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 @app.callback()
@@ -42,8 +45,7 @@ def main_options(
                                         "instead of the one `error:` line.")] = False,
 ) -> None:
     """Multimodal chest X-ray classification: fuse image and radiology-report embeddings."""
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
+    _options["debug"] = debug  # set on every invocation (in-process runners reuse the app)
 
 
 def print_error(message: str) -> None:

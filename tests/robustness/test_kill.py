@@ -44,12 +44,13 @@ def status(run: Path) -> str | None:
         return None
 
 
-def run_until(config: Path, moment: Callable[[], bool], timeout: float = 240.0) -> bool:
-    """Start ``cxrfuse experiment`` in a subprocess and SIGKILL it at ``moment``; True when it
-    was killed (False when it ended first)."""
+def run_until(config: Path, moment: Callable[[], bool], timeout: float = 240.0,
+              verb: tuple[str, ...] = ("experiment",)) -> bool:  # fmt: skip
+    """Start ``cxrfuse VERB CONFIG --offline --no-progress`` in a subprocess and SIGKILL it at
+    ``moment``; True when it was killed (False when it ended first)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "cxrfuse.cli", "experiment", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "cxrfuse.cli", *verb, str(config),
                              "--offline", "--no-progress"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + timeout
@@ -103,3 +104,46 @@ def test_experiment_resumes_after_sigkill_at_each_stage(battery_run: Path, batte
     ref_summary = pd.read_csv(tmp_path / "reference" / "killed" / "summary.csv")
     metrics = [c for c in summary.columns if c.startswith("test_")]
     pd.testing.assert_frame_equal(summary[metrics], ref_summary[metrics])
+
+
+def clip_config(tmp: Path, phantoms: Path, runs_dir: Path) -> Path:
+    """A CLIP run of a few seconds: efficientnet-lite0 at 32 px + MiniLM, a 16-d space."""
+    payload = {
+        "name": "clip", "runs_dir": str(runs_dir), "offline": True,
+        "data": {"manifest": str(phantoms), "task": "normal-abnormal"},
+        "image": {"input_size": 32}, "text": {"max_length": 32, "freeze_blocks": 5},
+        "model": {"projection_dim": 16},
+        "training": {"batch_size": 8, "max_epochs": 3, "warmup_epochs": 0.5, "progress": False},
+    }  # fmt: skip
+    path = tmp / f"{runs_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+@pytest.mark.slow
+def test_clip_train_reruns_to_the_same_model_after_sigkill(battery_phantoms: Path,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    from safetensors.numpy import load_file
+
+    reference = clip_config(tmp_path, battery_phantoms, tmp_path / "reference")
+    result = runner.invoke(app, ["clip", "train", str(reference), "--offline", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    duration = json.loads((tmp_path / "reference" / "clip" / "run.json").read_text())["timing_s"]
+
+    config = clip_config(tmp_path, battery_phantoms, tmp_path / "killed")
+    run = tmp_path / "killed" / "clip"
+    started: list[float] = []
+
+    def training() -> bool:  # 70 % into a run as long as the reference: fitting, not loading
+        if status(run) == "running" and not started:
+            started.append(time.monotonic())
+        return bool(started) and time.monotonic() - started[0] > 0.7 * duration
+
+    assert run_until(config, training, verb=("clip", "train"))
+    assert status(run) == "running" and not (run / "model.safetensors").exists()
+    assert not run_until(config, lambda: False, verb=("clip", "train"))
+    assert status(run) == "finished"
+    got = load_file(run / "model.safetensors")
+    ref = load_file(tmp_path / "reference" / "clip" / "model.safetensors")
+    assert got.keys() == ref.keys()
+    assert all((got[k] == ref[k]).all() for k in ref)  # bit-identical

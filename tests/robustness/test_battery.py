@@ -386,6 +386,8 @@ CASES = [
          lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["text"]["state"].update(tensors=str(c.run / "text_encoder.safetensors")))), "text.state.tensors")),
     Case("predict", "image.weights names a local file",
          lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["image"].update(weights=str(c.run / "model.safetensors")))), "image.weights")),
+    Case("predict", "text.encoder names a folder outside the run",
+         lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["text"].update(state=None, encoder=str(c.tmp)))), "text.encoder")),
     Case("predict", "image file missing", lambda c: (c.predict(c.run, image=c.tmp / "no.png"), "no.png")),
     Case("predict", "image not an image", lambda c: (c.predict(c.run, image=_with(c.tmp / "x.png", "text")), "x.png")),
     Case("predict", "image over the pixel limit", lambda c: (c.predict(c.run, image=_huge(c)), "huge.png")),

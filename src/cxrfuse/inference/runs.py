@@ -18,7 +18,7 @@ from cxrfuse.data.manifest import Manifest, read_manifest
 from cxrfuse.encoders import create_image_encoder, create_text_encoder
 from cxrfuse.encoders.hub import STATE_DICT_SUFFIXES
 from cxrfuse.encoders.image import ImageEncoder
-from cxrfuse.encoders.registry import get_image_encoder_spec
+from cxrfuse.encoders.registry import get_image_encoder_spec, list_text_encoders
 from cxrfuse.encoders.surgery import adapt_to_grayscale
 from cxrfuse.encoders.text import TextEncoder, TfidfEncoder
 from cxrfuse.fusion import INPUT_KEYS, FusionHead, build_head, head_probabilities
@@ -170,7 +170,10 @@ class LoadedRun:
             except CxrfuseError as err:
                 raise DataError(f"{self.run.sidecar_path}: text.state: {err}") from err
         weights = self._sidecar_weights(text.weights, "text.weights")
-        encoder = create_text_encoder(text.encoder, weights=weights, **text.options)
+        name = text.encoder  # a registry name, a hub id, or a model folder inside the run
+        if name not in list_text_encoders():
+            name = self._sidecar_weights(name, "text.encoder")
+        encoder = create_text_encoder(name, weights=weights, **text.options)
         if getattr(encoder, "requires_fit", False):
             raise CxrfuseError(f"{self.run_dir}: text encoder {text.encoder!r} must be fitted "
                                "but the run stored no fitted state; retrain the run")  # fmt: skip

@@ -44,11 +44,11 @@ def test_an_unexpected_exception_is_one_line_and_exit_code_1(
 
 
 def test_report_markdown_escapes_html_from_user_names(tmp_path: Path) -> None:
-    section = Section("<b>run</b>").add("text", "label <script>alert(1)</script> & **bold**")
+    section = Section("<b>run</b>").add("text", "label <script>alert(1)</script> & **bold** ->")
     section.add("table", pd.DataFrame({"label": ["<img src=x>", "a|b"], "auroc": [0.5, 0.7]}))
     md = render_markdown("exp <i>", [section], tmp_path)
     assert "<script>" not in md and "<img" not in md and "<b>" not in md and "<i>" not in md
-    assert "&lt;script&gt;" in md and "**bold**" in md and "a\\|b" in md
+    assert "&lt;script>" in md and "**bold**" in md and "a\\|b" in md and "->" in md
 
 
 def test_an_experiment_rerun_evaluates_a_finished_run_without_metrics(

@@ -64,9 +64,9 @@ def render_markdown(title: str, sections: Sequence[Section], root: Path) -> str:
 
 
 def _md(text: object) -> str:
-    """Markdown inline text with HTML escaped (names of runs and labels come from user files:
-    ``<script>`` in one must stay text in a Markdown viewer)."""
-    return html.escape(str(text), quote=False)
+    """Markdown inline text in which no HTML tag can open (names of runs and labels come from
+    user files: ``<script>`` in one must stay text in a Markdown viewer); ``->`` stays."""
+    return str(text).replace("<", "&lt;")
 
 
 def _relative(path: Path, root: Path) -> str:

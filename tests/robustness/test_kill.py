@@ -1,6 +1,7 @@
-"""Kill ``cxrfuse experiment`` with SIGKILL during training, during evaluation and before the
-summary; each rerun goes on from what is on disk and the end result equals an uninterrupted
-run (predictions bit-identical, every run evaluated, the summary written)."""
+"""Kill ``cxrfuse experiment`` with SIGKILL while fine-tuning, during evaluation and before the
+summary, and ``cxrfuse clip train`` while training; each rerun goes on from what is on disk
+and the end result equals an uninterrupted run (bit-identical predictions or weights, every
+run evaluated, the summary written)."""
 
 from __future__ import annotations
 
@@ -22,16 +23,20 @@ from conftest import tiny_run_config
 from cxrfuse.cli import app
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-RUNS = ("4-seed0", "8-seed0")  # run names of the grid points model.hidden [4], [8]
+RUNS = ("finetune-seed0", "embeddings-seed0")  # fine-tuning first, then a head on the store
 runner = CliRunner()
 
 
 def experiment_config(tmp: Path, phantoms: Path, store: Path, runs_dir: Path) -> Path:
-    """Two tiny runs (the battery's run config, two points of a grid)."""
+    """Two tiny runs of the battery's run config: image fine-tuning, then a head on stored
+    embeddings."""
     base = tiny_run_config(tmp, phantoms)
     base["data"]["store"] = str(store)
+    base["training"].update(max_epochs=3, early_stopping=None)
+    base["finetune"] = {"freeze": ["_conv_stem", "_bn0"], "image_lr": 0.001,
+                        "augment": {"hflip": 0.5, "rotate_deg": 5}}  # fmt: skip
     payload = {"name": "killed", "runs_dir": str(runs_dir), "base": base,
-               "grid": {"model.hidden": [[4], [8]]}}  # fmt: skip
+               "grid": {"training.mode": ["finetune", "embeddings"]}}  # fmt: skip
     path = tmp / f"{runs_dir.name}.yaml"
     path.write_text(yaml.safe_dump(payload))
     return path
@@ -77,7 +82,7 @@ def test_experiment_resumes_after_sigkill_at_each_stage(battery_run: Path, batte
     runs = [tmp_path / "killed" / "killed" / "runs" / name for name in RUNS]
     first, second = runs
 
-    # 1. during training of the first run
+    # 1. while fine-tuning the first run
     assert run_until(config, lambda: status(first) == "running")
     assert status(first) == "running" and not (first / "predictions.parquet").exists()
     # 2. during the evaluation of the first run: finished, metrics.json not yet written

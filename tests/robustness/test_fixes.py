@@ -67,3 +67,32 @@ def test_an_experiment_rerun_evaluates_a_finished_run_without_metrics(
     assert result.exit_code == 0 and "without metrics" in result.output
     again = json.loads(metrics.read_text())
     assert {k: again[k] for k in ("val", "test", "ci")} == {k: first[k] for k in ("val", "test", "ci")}
+
+
+def test_local_image_weights_come_from_the_command_line_only(battery_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from cxrfuse.encoders import create_image_encoder
+
+    weights = tmp_path / "lite0.safetensors"  # the default weights, as a local file
+    state = create_image_encoder("efficientnet-lite0").backbone.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    run = shutil.copytree(battery_run, tmp_path / "run")
+    sidecar = json.loads((run / "model.json").read_text())
+    sidecar["image"]["weights"] = str(weights)  # what training with a local file records
+    (run / "model.json").write_text(json.dumps(sidecar))
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (40, 40), 90).save(image)
+    report = tmp_path / "r.txt"
+    report.write_text("FINDINGS: Clear lungs.\nIMPRESSION: Normal.\n")
+    args = ["--image", str(image), "--report", str(report)]
+    refused = runner.invoke(app, ["predict", str(run), *args])
+    assert refused.exit_code == 2 and "image.weights" in refused.output
+    given = runner.invoke(app, ["predict", str(run), *args, "--image-weights", str(weights)])
+    assert given.exit_code == 0, given.output
+    original = runner.invoke(app, ["predict", str(battery_run), *args])
+    assert json.loads(given.output) == json.loads(original.output)

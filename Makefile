@@ -4,17 +4,21 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint clean
+.PHONY: install lock system-deps demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -e ".[dev]"
+$(STAMP): $(BIN)/python pyproject.toml requirements.lock
+	$(BIN)/python -m pip install -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install cxrfuse with its dependencies
+install: $(STAMP)  ## create .venv and install cxrfuse with its dependencies (versions of requirements.lock)
+
+lock: $(STAMP)  ## rewrite requirements.lock from the installed packages (after an upgrade on purpose)
+	{ sed -n '/^#/p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^cxrfuse'; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
 
 system-deps:  ## Debian packages the tests use: a JRE for METEOR, Chromium for the web page test (installed when missing and root)
 	@command -v java >/dev/null 2>&1 || { \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,19 @@ from cxrfuse.data.iu_xray import bundled_reports, ingest_iu_xray
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+CALLER_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+"""Variables a caller's shell may set (clusters without internet) that change cxrfuse's paths."""
+KEPT_CXRFUSE_VARS = frozenset({"CXRFUSE_ONLINE"})  # the opt-in for @pytest.mark.network tests
+
+
 @pytest.fixture(autouse=True)
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No model hub in tests (folders that need empty caches too override this)."""
+    """Tests do not depend on the caller's environment: the hub flags and ``CXRFUSE_*``
+    variables are cleared, then the model hub is off (a test that needs a flag sets it)."""
+    for var in CALLER_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var in [v for v in os.environ if v.startswith("CXRFUSE_") and v not in KEPT_CXRFUSE_VARS]:
+        monkeypatch.delenv(var)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

@@ -25,7 +25,8 @@ import torch
 from cxrfuse.problems import CxrfuseError
 
 PACKAGES = ("cxrfuse", "numpy", "pandas", "scikit-learn", "scipy", "torch", "torchvision",
-            "transformers", "lightning", "matplotlib", "pillow")  # fmt: skip
+            "transformers", "sentence-transformers", "torchxrayvision", "safetensors",
+            "lightning", "matplotlib", "pillow")  # fmt: skip
 """Packages whose versions the environment records (results can change with them)."""
 
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",

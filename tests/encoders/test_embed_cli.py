@@ -67,19 +67,23 @@ def test_embed_end_to_end_then_reuse(
     assert "11 / 12" in result.output and "5 with text" in result.output
     assert "1 without text" in result.output and "img/s" in result.output
     assert "unreadable" in result.output and "S1_frontal.png" in result.output
+    assert "cannot identify image file" in result.output  # the reason meta.json keeps
     [image_dir] = [p for p in (tmp_path / "store").iterdir() if (p / "images-00000.npy").exists()]
     store = load_image_embeddings(image_dir)
     assert store.vectors.dtype == np.float16 and len(store) == 11
+    assert store.meta["environment"]["torch"] and store.meta["environment"]["cpu_threads"] >= 1
     assert (tmp_path / "cache").is_dir()
     [text_dir] = [p for p in (tmp_path / "store").iterdir() if (p / "texts.npy").exists()]
     texts = load_text_embeddings(text_dir)
     assert "cardiomegaly" not in " ".join(texts.texts).lower()  # label words are masked
+    assert texts.meta["environment"]["cpu_threads"] >= 1
 
     again = runner.invoke(app, [*args, "--json"])
     assert again.exit_code == 0, again.output
     summary = json.loads(again.output)
     assert summary["images"]["reused"] and summary["texts"]["reused"]
     assert summary["images"]["computed_this_run"] == 0
+    assert summary["texts"]["texts_per_s"] is None  # no speed for work not done this time
     bad = read_manifest(manifest_path).df["views"][1][0]["path"]
     assert summary["images"]["failed_paths"] == [bad] and summary["images"]["n_failed"] == 1
 
@@ -141,3 +145,17 @@ def test_encoders_lists_the_registry() -> None:
         and "image encoders" in table.output
         and "xrv-densenet121-pc" in table.output
     )
+
+
+def test_text_encoder_by_hub_id_or_local_folder(manifest_path: Path, tmp_path: Path,
+                                                tiny_bert_dir: Path) -> None:  # fmt: skip
+    """As the README says: --text-encoder takes a Hugging Face id or a saved model folder."""
+    result = runner.invoke(app, ["embed", str(manifest_path), "--text-encoder", str(tiny_bert_dir),
+                                 "--store", str(tmp_path), "--json", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    texts = json.loads(result.output)["texts"]
+    assert texts["dim"] == 32 and texts["n_with_text"] == 5
+    offline = runner.invoke(app, ["embed", str(manifest_path), "--text-encoder", "nobody/no-model",
+                                  "--store", str(tmp_path), "--no-progress"])  # fmt: skip
+    assert offline.exit_code == 2 and "nobody/no-model" in offline.output
+    assert "unknown text encoder" not in offline.output  # an id, just not downloadable offline

@@ -7,9 +7,10 @@ register themselves on ``app``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,20 +28,63 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEBUG_ENV = "CXRFUSE_DEBUG"
+
+
+_options = {"debug": False}
+
+
+def debug_enabled() -> bool:
+    """True after ``cxrfuse --debug ...`` (or with ``CXRFUSE_DEBUG=1``): show tracebacks."""
+    return _options["debug"] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error "
+                                        "instead of the one `error:` line.")] = False,
+) -> None:
+    """Multimodal chest X-ray classification: fuse image and radiology-report embeddings."""
+    _options["debug"] = debug  # set on every invocation (in-process runners reuse the app)
+
+
+def print_error(message: str) -> None:
+    """The one ``error:`` line a user sees."""
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False,
+                      markup=True)
 
 
 def friendly_errors(func: F) -> F:
-    """Print cxrfuse errors (bad input, missing files) as one clear line and exit with code 2."""
+    """The CLI's one error path: a cxrfuse error (bad input, missing files, bad config) is one
+    ``error:`` line and exit code 2; any other exception one ``error:`` line naming its type and
+    exit code 1; ``--debug`` shows the traceback instead."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
         except CxrfuseError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+            if debug_enabled():
+                raise
+            print_error(_escape(str(exc)))
             raise typer.Exit(2) from exc
+        except Exception as exc:  # a bug or an unforeseen input: still one line without --debug
+            if debug_enabled():
+                raise
+            print_error(_escape(f"unexpected {type(exc).__name__}: {exc} "
+                                "(rerun with `cxrfuse --debug ...` for the traceback)"))
+            raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def _escape(text: str) -> str:
+    """Rich markup in a message (``[x]`` in a file name) printed as it is."""
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def csv_list(value: str | None) -> list[str] | None:

@@ -228,6 +228,7 @@ def stats_cmd(
     Example: `cxrfuse stats iu.parquet --sections findings,impression` or `cxrfuse stats iu.parquet --sections indication --json`
     """
     from cxrfuse.data import read_manifest
+    from cxrfuse.runtime import environment_info
     from cxrfuse.stats import manifest_summary, render_summary
     from cxrfuse.text import TextConfig, audit_leakage
 
@@ -235,11 +236,17 @@ def stats_cmd(
     config = TextConfig(sections=_csv(sections) or [], mask_labels=mask)
     tasks = [task] if task else list(manifest.tasks)
     audits = {t: audit_leakage(manifest, config, task=t) for t in tasks} if manifest.has_report().any() else {}
+    environment = environment_info()
     if as_json:
         summary = manifest_summary(manifest)
         summary["leakage_audit"] = {t: a.to_dict() for t, a in audits.items()}
+        summary["environment"] = environment
         console.print_json(json.dumps(summary, default=str))
         return
     console.print(render_summary(manifest))
     for audit in audits.values():
         console.print(audit.render())
+    packages = ", ".join(f"{k} {v}" for k, v in environment["packages"].items() if v)
+    console.print(f"environment: python {environment['python']}, {environment['cpu_threads']} "
+                  f"torch CPU thread(s), {environment['device']}; {packages}",
+                  highlight=False, soft_wrap=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cxrfuse.cli import app, console, csv_list, friendly_errors
@@ -84,9 +85,10 @@ def embed_cmd(
         console.print_json(json.dumps(summary, default=str))
         return
     console.print(render_embed_summary(summary))
-    failed = summary.get("images", {}).get("failed_paths", [])
-    for path in failed[:MAX_FAILURES_SHOWN]:
-        console.print(f"  [red]unreadable[/] {path}", highlight=False, soft_wrap=True)
+    failed = summary.get("images", {}).get("problems", [])
+    for problem in failed[:MAX_FAILURES_SHOWN]:
+        console.print(f"  [red]unreadable[/] {escape(problem['where'])}: "
+                      f"{escape(problem['message'])}", highlight=False, soft_wrap=True)
     if len(failed) > MAX_FAILURES_SHOWN:
         console.print(f"  ... and {len(failed) - MAX_FAILURES_SHOWN} more (see meta.json)")
 

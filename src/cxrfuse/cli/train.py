@@ -100,7 +100,7 @@ def experiment_cmd(
     Example: `cxrfuse experiment configs/mimic-pneumonia-grid.yaml --offline --set seeds=[0,1,2]`
     """
     from cxrfuse.config import apply_offline_experiment, load_experiment_config
-    from cxrfuse.rundir import ExperimentDir
+    from cxrfuse.rundir import ExperimentDir, RunDir
     from cxrfuse.training import train_experiment
 
     experiment = load_experiment_config(config_path, set_ or [])
@@ -115,6 +115,14 @@ def experiment_cmd(
     exp = ExperimentDir(out)
     console.print(exp.summary_md.read_text(), soft_wrap=True, highlight=False)
     console.print(f"wrote [bold]{exp.summary_csv}[/] and {exp.summary_md}")
+    runs = experiment.expand(str(config_path))
+    failed = [c.name for c in runs if RunDir(c.run_dir).status() != "finished"]
+    if failed and len(failed) == len(runs):
+        raise CxrfuseError(f"experiment {experiment.name}: all {len(runs)} run(s) failed "
+                           f"(errors in {exp.summary_csv} and each run's run.json)")
+    if failed:
+        err_console.print(f"[yellow]warning:[/] {len(failed)} of {len(runs)} run(s) failed: "
+                          f"{', '.join(failed)} (errors in {exp.summary_csv})")
 
 
 @app.command("predict")
@@ -125,6 +133,7 @@ def predict_cmd(
     view: Annotated[list[str] | None, typer.Option("--view", help="View position of each --image (PA, AP, LATERAL, ...); default: the DICOM header's, else the order given.")] = None,
     report: Annotated[Path | None, typer.Option(help="Report text file with section headings (INDICATION:, FINDINGS:, ...).")] = None,
     indication: Annotated[str | None, typer.Option(help="The indication, instead of (or beside) --report.")] = None,
+    image_weights: Annotated[Path | None, typer.Option(help="Image-encoder weights file, for a run trained with local weights (a model file never names one itself).")] = None,
 ) -> None:
     """One study's probabilities, the run's val-chosen thresholds, the decisions at them and
     the warnings a reader must see (synthetic training images, text the model was not trained
@@ -138,8 +147,12 @@ def predict_cmd(
     if report is not None:
         if not report.is_file():
             raise DataError(f"{report}: no such report file")
-        text = report.read_text()
+        try:
+            text = report.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{report}: not UTF-8 text (byte {err.start}: {err.reason}); "
+                            "save the report as UTF-8") from err
     images = [StudyImage.from_path(p) for p in image or []]
-    result = Predictor(run_dir).predict(images, report=text, indication=indication,
-                                        views=view or None)
+    result = Predictor(run_dir, image_weights=image_weights).predict(
+        images, report=text, indication=indication, views=view or None)
     typer.echo(json.dumps(result.to_dict(), indent=2))

@@ -424,7 +424,11 @@ def load_config(
         for key, value in parsed:
             set_dotted(raw, key, value)
         return validate_run(raw, str(path))
-    base = raw.get("base", {})
+    if raw.get("base") is None:
+        raise ConfigError(f"{path}: an experiment config (it has {sorted(k for k in EXPERIMENT_KEYS if k in raw)}) "
+                          "needs base: (a run config mapping or a path to one); without it every "
+                          "run would use the defaults")
+    base = raw["base"]
     if isinstance(base, str):
         base = read_yaml_config(_base_path(base, path))
     if not isinstance(base, dict):

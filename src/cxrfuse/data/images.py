@@ -9,6 +9,7 @@ are scaled to 8 bits (PIL's own conversion would clip them).
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,15 @@ import numpy as np
 from PIL import Image
 
 from cxrfuse.data.manifest import normalise_view
+from cxrfuse.problems import DataError
 
 DECODE_VERSION = 1  # bump when the decoded pixels change (it is part of the cache key)
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased when downscaling, like torch antialias=True
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+MAX_PIXELS = 50_000_000
+"""Largest image decoded (width x height): chest radiographs are at most ~4,300 x 3,500 (15 MP);
+a larger file is refused with a DataError before its pixels are read (Pillow's own check only
+warns from 89 MP and refuses from 179 MP)."""
 
 
 def gray8(img: Image.Image) -> Image.Image:
@@ -46,8 +52,21 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
 
 
 def decode_resized(path: str | Path, size: int) -> np.ndarray:
-    """Decode an image file to a (size, size) uint8 gray array (central square, resized)."""
-    with Image.open(path) as img:
+    """Decode an image file to a (size, size) uint8 gray array (central square, resized).
+
+    An image over :data:`MAX_PIXELS` raises :class:`DataError` naming the file and its size."""
+    try:
+        with warnings.catch_warnings():  # the size is checked below, against MAX_PIXELS
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path}: image too large to decode ({err}); the limit is "
+                        f"{MAX_PIXELS:,} pixels") from err
+    with opened as img:
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise DataError(f"{path}: image of {width} x {height} = {width * height:,} pixels is "
+                            f"over the limit of {MAX_PIXELS:,} pixels (data.images.MAX_PIXELS)")
         if img.format == "JPEG":
             img.draft("L", (size, size))  # decode at the smallest DCT scale still >= size
         img.load()

@@ -22,6 +22,7 @@ import json
 import re
 import tarfile
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ class OpenIReport:
     mesh_major: list[str]
     mesh_automatic: list[str]
     image_ids: list[str] = field(default_factory=list)
+    where: str = ""  # the file (or archive member) it was read from
 
     @property
     def study_id(self) -> str:
@@ -100,7 +102,8 @@ def parse_openi_xml(data: bytes | str, where: str) -> OpenIReport:
     major = [(m.text or "").strip() for m in mesh.iter("major")] if mesh is not None else []
     auto = [(m.text or "").strip() for m in mesh.iter("automatic")] if mesh is not None else []
     images = [p.get("id") for p in root.iter("parentImage") if p.get("id")]
-    return OpenIReport(int(match.group(1)), sections, [m for m in major if m], [a for a in auto if a], images)
+    return OpenIReport(int(match.group(1)), sections, [m for m in major if m], [a for a in auto if a], images,
+                       where=where)
 
 
 def iter_openi_reports(source: Path, problems: ProblemLog) -> Iterator[OpenIReport]:
@@ -122,14 +125,23 @@ def iter_openi_reports(source: Path, problems: ProblemLog) -> Iterator[OpenIRepo
     except tarfile.TarError as exc:
         raise DataError(f"{source}: not a readable tar archive ({exc})") from exc
     with archive:
-        members = [m for m in archive.getmembers() if m.isfile() and m.name.endswith(".xml")]
+        try:
+            members = [m for m in archive.getmembers() if m.isfile() and m.name.endswith(".xml")]
+        except (EOFError, OSError, tarfile.TarError, zlib.error) as exc:
+            raise DataError(f"{source}: truncated or corrupt archive ({type(exc).__name__}: "
+                            f"{exc}); download it again") from exc
         if not members:
             raise DataError(f"{source}: archive holds no OpenI .xml reports")
         for member in members:
             where = f"{source}:{member.name}"
-            handle = archive.extractfile(member)
             try:
-                yield parse_openi_xml(handle.read() if handle else b"", where)
+                handle = archive.extractfile(member)
+                data = handle.read() if handle else b""
+            except (EOFError, OSError, tarfile.TarError, zlib.error) as exc:
+                raise DataError(f"{where}: truncated or corrupt archive member "
+                                f"({type(exc).__name__}: {exc})") from exc
+            try:
+                yield parse_openi_xml(data, where)
             except DataError as exc:
                 problems.add("malformed-xml", where, str(exc).split(": ", 2)[-1])
 
@@ -227,7 +239,14 @@ def _openi_records(images: Path | None, reports: Path | None, findings: tuple[Fi
         raise DataError(f"{image_dir}: image folder does not exist")
     available = {p.stem: p for p in image_dir.rglob("*.png")} if image_dir else {}
     records = []
+    seen: dict[int, str] = {}
     for report in iter_openi_reports(source, problems):
+        if report.number in seen:
+            problems.add("duplicate-report", report.where,
+                         f"report id {report.study_id} is also in {seen[report.number]}; "
+                         "the first is kept")
+            continue
+        seen[report.number] = report.where
         views = []
         for image_id in report.image_ids:
             path = available.get(image_id)
@@ -244,8 +263,9 @@ def _openi_records(images: Path | None, reports: Path | None, findings: tuple[Fi
 def _kaggle_records(root: Path, findings: tuple[Finding, ...], dicom: dict[str, dict[str, Any]],
                     problems: ProblemLog) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     reports_csv, proj_csv = root / "indiana_reports.csv", root / "indiana_projections.csv"
-    reports = read_csv(reports_csv, ["uid", "MeSH", "indication", "comparison", "findings", "impression"])
-    projections = read_csv(proj_csv, ["uid", "filename", "projection"])
+    reports = read_csv(reports_csv, ["uid", "MeSH", "indication", "comparison", "findings", "impression"],
+                       problems)
+    projections = read_csv(proj_csv, ["uid", "filename", "projection"], problems)
     image_dir = next((d for d in (root / "images" / "images_normalized", root / "images_normalized", root / "images")
                       if d.is_dir()), None)
     if image_dir is None:
@@ -260,20 +280,52 @@ def _kaggle_records(root: Path, findings: tuple[Finding, ...], dicom: dict[str, 
             problems.add("missing-image", f"{proj_csv}:{row_no}", f"{path} not found")
             path = None
         image_id = row.filename.removesuffix(".png").removesuffix(".dcm")
+        view = normalise_view(row.projection)
+        if view == "UNKNOWN" and row.projection.strip().upper() not in ("", "UNKNOWN"):
+            problems.add("unknown-view", f"{proj_csv}:{row_no}",
+                         f"projection {row.projection!r} is not a known view (Frontal, Lateral, "
+                         "PA, AP, LL); the image is kept with view UNKNOWN")
         by_uid.setdefault(row.uid.strip(), []).append(
-            {"image_id": image_id, "path": str(path.resolve()) if path else None, "view": normalise_view(row.projection)})
-    records = []
+            {"image_id": image_id, "path": str(path.resolve()) if path else None, "view": view})
+    records: list[dict[str, Any]] = []
+    seen: dict[int, str] = {}
     for row_no, row in enumerate(reports.itertuples(index=False), start=2):
         uid = row.uid.strip()
         if not uid.isdigit():
             problems.add("malformed-row", f"{reports_csv}:{row_no}", f"uid {row.uid!r} is not a number")
             continue
         sections = {s: (" ".join(getattr(row, s).split()) or None) for s in REPORT_SECTIONS}
-        mesh = [m.strip() for m in row.MeSH.split(";") if m.strip()]
-        report = OpenIReport(int(uid), sections, mesh, [])
+        where = f"{reports_csv}:{row_no}"
+        if int(uid) in seen:
+            problems.add("duplicate-report", where, f"uid {uid} is also at {seen[int(uid)]}; "
+                         "the first is kept")
+            continue
+        seen[int(uid)] = where
+        mesh = _known_mesh(row.MeSH, where, problems)
+        report = OpenIReport(int(uid), sections, mesh, [], where=where)
         records.append(_study_record(report, by_uid.get(uid, []), findings, dicom))
     return records, {"reports": str(reports_csv), "projections": str(proj_csv),
                      "images": str(image_dir) if image_dir else None, "view_source": "indiana_projections.csv"}
+
+
+MESH_TERM = re.compile(r"[A-Za-z][A-Za-z0-9 ,'()/-]*")
+"""A MeSH term of the Kaggle CSV: a heading that starts with a letter, then optional
+``/qualifier`` parts (``Cardiomegaly/borderline``); numbers alone are not terms."""
+
+
+def _known_mesh(cell: str, where: str, problems: ProblemLog) -> list[str]:
+    """The MeSH terms of a Kaggle ``MeSH`` cell; a value that is not a term is a counted
+    problem and left out of the labels (a study left with none is unlabelled)."""
+    terms = []
+    for term in (m.strip() for m in cell.split(";")):
+        if not term:
+            continue
+        if MESH_TERM.fullmatch(term) is None:
+            problems.add("unknown-mesh", where, f"MeSH value {term!r} is not a MeSH term; "
+                         "left out of the labels")
+            continue
+        terms.append(term)
+    return terms
 
 
 def _r2gen_records(root: Path, reports: Path | None, findings: tuple[Finding, ...], dicom: dict[str, dict[str, Any]],

@@ -153,7 +153,7 @@ class Manifest:
             values = rec.get("labels") or {}
             for name, col in zip(labels, columns):
                 value = values.get(name)
-                row[col] = np.nan if value is None else float(value)
+                row[col] = np.nan if value is None else value  # checked by _coerce
             rows.append(row)
         df = pd.DataFrame(rows, columns=list(BASE_COLUMNS) + columns)
         manifest = cls(
@@ -282,11 +282,12 @@ def read_manifest(path: str | Path) -> Manifest:
             f"{path}: manifest schema version {version}, this cxrfuse reads version {SCHEMA_VERSION}"
         )
     df = table.to_pandas()
+    source = str(path)
     df["views"] = df["views"].map(lambda vs: [dict(v) for v in vs] if vs is not None else [])
     df["source_labels"] = df["source_labels"].map(lambda xs: list(xs) if xs is not None else [])
     labels = list(meta.get("labels", []))
     manifest = Manifest(
-        df=_coerce(df, labels),
+        df=_coerce(df, labels, source),
         dataset=meta.get("dataset", ""),
         labels=labels,
         tasks={k: list(v) for k, v in meta.get("tasks", {}).items()},
@@ -303,8 +304,9 @@ def _none_if_missing(value: Any) -> Any:
     return None if value is None or (not isinstance(value, (list, dict, str)) and pd.isna(value)) else value
 
 
-def _coerce(df: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
-    """Pin column dtypes: text columns are object with None for missing (never NaN)."""
+def _coerce(df: pd.DataFrame, labels: list[str], source: str = "manifest") -> pd.DataFrame:
+    """Pin column dtypes: text columns are object with None for missing (never NaN); a label
+    value that is not a number (``"yes"``) is a DataError naming the column, row and study."""
     df = df.copy()
     for col in ("dataset", "study_id", "patient_id", *REPORT_SECTIONS, "report", "sex", "split"):
         if col in df:
@@ -317,7 +319,16 @@ def _coerce(df: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     for name in labels:
         col = label_column(name)
         if col in df:
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float32")
+            values = pd.to_numeric(df[col], errors="coerce")
+            lost = values.isna() & df[col].map(
+                lambda x: _none_if_missing(x) is not None and str(x).strip() != "")
+            if lost.any():
+                row = int(np.flatnonzero(lost.to_numpy())[0])
+                study = df["study_id"].iloc[row] if "study_id" in df else None
+                raise DataError(f"{source}: column {col!r} has value {df[col].iloc[row]!r} at row "
+                                f"{row} (study {study!r}); expected 1, 0 or empty "
+                                f"({int(lost.sum())} such value(s))")
+            df[col] = values.astype("float32")
     return df
 
 

@@ -167,7 +167,7 @@ def read_metadata(root: Path, log: ProblemLog) -> pd.DataFrame:
     """One row per image: dicom_id, subject_id, study_id (int64), view (normalised)."""
     path = find_csv(root, METADATA_CSV)
     assert path is not None
-    table = read_csv(path, ["dicom_id", "subject_id", "study_id", "ViewPosition"])
+    table = read_csv(path, ["dicom_id", "subject_id", "study_id", "ViewPosition"], log)
     bad = _bad_ids(table, ["subject_id", "study_id"], path, log)
     no_dicom = ~bad & (table["dicom_id"] == "")
     _flag_rows(no_dicom, table, ["dicom_id"], path, "empty dicom_id", log)
@@ -185,7 +185,7 @@ def read_chexpert(root: Path, log: ProblemLog) -> pd.DataFrame:
     """Raw CheXpert values (1, 0, -1, NaN for blank) indexed by study_id, one column per label."""
     path = find_csv(root, CHEXPERT_CSV)
     assert path is not None
-    table = read_csv(path, ["subject_id", "study_id", *CHEXPERT_LABELS])
+    table = read_csv(path, ["subject_id", "study_id", *CHEXPERT_LABELS], log)
     bad = _bad_ids(table, ["subject_id", "study_id"], path, log)
     values = table[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce").astype("float64")
     odd = (table[list(CHEXPERT_LABELS)] != "") & ~values.isin([1.0, 0.0, -1.0])
@@ -207,7 +207,7 @@ def read_split(root: Path, log: ProblemLog) -> pd.Series | None:
     if path is None:
         log.add("missing-split", str(root / SPLIT_CSV), "no official split file; split left empty")
         return None
-    table = read_csv(path, ["dicom_id", "split"])
+    table = read_csv(path, ["dicom_id", "split"], log)
     split = table["split"].str.lower().map(SPLIT_NAMES)
     bad = split.isna() | (table["dicom_id"] == "")
     _flag_rows(bad, table, ["dicom_id", "split"], path, "split not train/validate/test", log)

@@ -116,7 +116,7 @@ def ingest_nih(
         raise DataError(f"{images}: NIH image folder not found")
     log = ProblemLog(strict=strict)
     keep_views = view_filter(views)
-    table = read_csv(csv, REQUIRED_COLUMNS)
+    table = read_csv(csv, REQUIRED_COLUMNS, log)
     rows_in_csv = len(table)
     table = _clean_rows(table, csv, log)
     view = table["View Position"].map(normalise_view) if "View Position" in table else "UNKNOWN"

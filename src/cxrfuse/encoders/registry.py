@@ -10,8 +10,10 @@ Python always does before any of its modules. Building an encoder is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from cxrfuse.problems import CxrfuseError
@@ -127,8 +129,19 @@ def get_image_encoder_spec(name: str) -> ImageEncoderSpec:
 
 
 def get_text_encoder_spec(name: str) -> TextEncoderSpec:
-    """The spec of a registered text encoder; unknown names list the known ones."""
-    if name not in _TEXT_REGISTRY:
-        known = ", ".join(sorted(_TEXT_REGISTRY))
-        raise UnknownEncoderError(f"unknown text encoder {name!r}; known: {known}")
-    return _TEXT_REGISTRY[name]
+    """The spec of a registered text encoder, or of a Hugging Face id (``org/model``) or a
+    local model folder (a transformers encoder with CLS pooling, dim read from the model);
+    other unknown names list the known ones."""
+    if name in _TEXT_REGISTRY:
+        return _TEXT_REGISTRY[name]
+    template = next((s for s in _TEXT_REGISTRY.values() if s.kind == "hf"), None)
+    if template is not None and (_HUB_ID.fullmatch(name) or Path(name).is_dir()):
+        return replace(template, name=name, source=name, dim=None,
+                       notes="a Hugging Face id or local folder given by name")
+    known = ", ".join(sorted(_TEXT_REGISTRY))
+    raise UnknownEncoderError(f"unknown text encoder {name!r}; known: {known}, or a Hugging Face "
+                              "id (org/model) or a local model folder")
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""A Hugging Face hub id: ``organisation/model``."""

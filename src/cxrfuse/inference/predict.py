@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrfuse.data.images import ImageHeader, decode_resized_bytes, read_header
+from cxrfuse.data.images import MAX_PIXELS, ImageHeader, decode_resized_bytes, read_header
 from cxrfuse.data.manifest import normalise_view
 from cxrfuse.data.mimic_cxr import parse_report_sections
 from cxrfuse.encoders.image import ImageEncoder
@@ -35,8 +35,6 @@ from cxrfuse.text import TextConfig, label_patterns, prepare_text
 from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS, LEAKY_SECTIONS, PHANTOM, REPORT_SECTIONS
 
 DEFAULT_THRESHOLD = 0.5
-MAX_IMAGE_PIXELS = 50_000_000
-"""Pixels (width x height x frames) an image may have; larger ones are refused unread."""
 MIN_SIDE = 256
 """Views with a shorter side than this (or than the model input) are reported as unusual."""
 MAX_ASPECT = 1.6
@@ -125,13 +123,16 @@ def study_text(report: str | None = None, indication: str | None = None,
 class Predictor:
     """A run loaded once (head, encoders, thresholds) that predicts study after study."""
 
-    def __init__(self, run_dir: str | Path | RunDir | LoadedRun, device: str = "cpu") -> None:
+    def __init__(self, run_dir: str | Path | RunDir | LoadedRun, device: str = "cpu",
+                 image_weights: str | Path | None = None) -> None:  # fmt: skip
+        """``image_weights``: a local image-encoder weights file, for a run trained with one
+        (a run directory never makes cxrfuse read a file outside it)."""
         self.run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
         self.device = device
         self.image_encoder: ImageEncoder | None = None
         self.text_encoder: TextEncoder | None = None
         if self.run.sidecar.image is not None:
-            self.image_encoder = self.run.image_encoder(device=device).eval()
+            self.image_encoder = self.run.image_encoder(device=device, weights=image_weights).eval()
         if self.run.sidecar.text is not None:
             self.text_encoder = self.run.text_encoder()
             self.text_config = TextConfig(**self.run.sidecar.text.text_config)
@@ -230,9 +231,9 @@ class Predictor:
                 header = read_header(image.data)
             except ValueError as err:
                 raise DataError(f"{image.name}: {err}") from err
-            if header.pixels > MAX_IMAGE_PIXELS:
+            if header.pixels > MAX_PIXELS:
                 raise DataError(f"{image.name}: {header.width}x{header.height}x{header.frames} "
-                                f"pixels exceed the limit of {MAX_IMAGE_PIXELS:,} (refused "
+                                f"pixels exceed the limit of {MAX_PIXELS:,} (refused "
                                 "unread)")  # fmt: skip
             if image.view:
                 view, source = normalise_view(image.view), "client"
@@ -366,7 +367,8 @@ class Predictor:
 
 
 def predict(run_dir: str | Path | RunDir, images: Sequence[str | Path | StudyImage] = (),
-            report: str | None = None, **kwargs: Any) -> Prediction:  # fmt: skip
+            report: str | None = None, image_weights: str | Path | None = None,
+            **kwargs: Any) -> Prediction:  # fmt: skip
     """One study's :class:`Prediction` (loads the run each call: use :class:`Predictor` for
     many studies). ``kwargs``: ``indication``, ``comparison``, ``views``."""
-    return Predictor(run_dir).predict(images, report=report, **kwargs)
+    return Predictor(run_dir, image_weights=image_weights).predict(images, report=report, **kwargs)

@@ -16,7 +16,9 @@ import torch
 from cxrfuse.config import RunConfig
 from cxrfuse.data.manifest import Manifest, read_manifest
 from cxrfuse.encoders import create_image_encoder, create_text_encoder
+from cxrfuse.encoders.hub import STATE_DICT_SUFFIXES
 from cxrfuse.encoders.image import ImageEncoder
+from cxrfuse.encoders.registry import get_image_encoder_spec, list_text_encoders
 from cxrfuse.encoders.surgery import adapt_to_grayscale
 from cxrfuse.encoders.text import TextEncoder, TfidfEncoder
 from cxrfuse.fusion import INPUT_KEYS, FusionHead, build_head, head_probabilities
@@ -125,16 +127,35 @@ class LoadedRun:
         arrays = self.arrays()
         return [str(s) for s in arrays.study_ids[arrays.indices(split)]]
 
-    def image_encoder(self, device: str | torch.device = "cpu") -> ImageEncoder:
-        """The run's image encoder: the fine-tuned one, else the one the sidecar names."""
+    def image_encoder(self, device: str | torch.device = "cpu",
+                      weights: str | Path | None = None) -> ImageEncoder:  # fmt: skip
+        """The run's image encoder: the fine-tuned one, else the one the sidecar names.
+
+        ``weights`` (a file the user gives) replaces the sidecar's ``image.weights``; from the
+        sidecar itself only registry names and files inside the run directory are read."""
         image = self.sidecar.image
         if image is None:
             raise CxrfuseError(f"{self.run_dir}: this run reads {self.info.modalities} only; "
                                "it has no image encoder")  # fmt: skip
         if image.finetuned:
             return load_finetuned_encoder(self.run, device=device)
-        return create_image_encoder(image.encoder, weights=image.weights,
+        if weights is None:
+            weights = self._sidecar_weights(image.weights, "image.weights",
+                                            get_image_encoder_spec(image.encoder).weight_names())
+        return create_image_encoder(image.encoder, weights=weights,
                                     input_size=image.input_size, device=device)  # fmt: skip
+
+    def _sidecar_weights(self, value: str, what: str, names: tuple[str, ...] = ()) -> str:
+        """Weights a sidecar names: a registry name (or a hub id) as it is; a local path only
+        inside the run directory (a model file never makes cxrfuse read elsewhere)."""
+        if value in ("default", "none", *names):
+            return value
+        path = Path(value).expanduser()
+        looks_local = (path.is_absolute() or value.startswith((".", "~")) or path.exists()
+                       or path.suffix in STATE_DICT_SUFFIXES or "\\" in value)
+        if not looks_local:
+            return value  # a hub id such as org/model
+        return str(self.run.inside(value, what))
 
     def text_encoder(self) -> TextEncoder:
         """The run's text encoder: its fitted state when it was fitted on the training split."""
@@ -148,7 +169,11 @@ class LoadedRun:
                 return TfidfEncoder.from_state(payload, arrays)
             except CxrfuseError as err:
                 raise DataError(f"{self.run.sidecar_path}: text.state: {err}") from err
-        encoder = create_text_encoder(text.encoder, weights=text.weights, **text.options)
+        weights = self._sidecar_weights(text.weights, "text.weights")
+        name = text.encoder  # a registry name, a hub id, or a model folder inside the run
+        if name not in list_text_encoders():
+            name = self._sidecar_weights(name, "text.encoder")
+        encoder = create_text_encoder(name, weights=weights, **text.options)
         if getattr(encoder, "requires_fit", False):
             raise CxrfuseError(f"{self.run_dir}: text encoder {text.encoder!r} must be fitted "
                                "but the run stored no fitted state; retrain the run")  # fmt: skip

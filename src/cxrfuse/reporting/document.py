@@ -39,25 +39,34 @@ class Section:
 
 
 def render_markdown(title: str, sections: Sequence[Section], root: Path) -> str:
-    lines = [f"# {title}", ""]
+    lines = [f"# {_md(title)}", ""]
     for section in sections:
-        lines += [f"## {section.title}", ""]
+        lines += [f"## {_md(section.title)}", ""]
         for block in section.blocks:
             if block.kind == "warning":
-                lines += [f"> **Warning:** {block.content}", ""]
+                lines += [f"> **Warning:** {_md(block.content)}", ""]
             elif block.kind == "note":
-                lines += [f"> {block.content}", ""]
+                lines += [f"> {_md(block.content)}", ""]
             elif block.kind == "table":
                 if block.caption:
-                    lines += [f"*{block.caption}*", ""]
-                lines += [block.content.to_markdown(index=False), ""]
+                    lines += [f"*{_md(block.caption)}*", ""]
+                table = block.content.map(lambda v: _md(v).replace("|", "\\|")
+                                          if isinstance(v, str) else v)
+                table.columns = [_md(str(c)).replace("|", "\\|") for c in table.columns]
+                lines += [table.to_markdown(index=False), ""]
             elif block.kind == "image":
-                lines += [f"![{block.caption}]({_relative(block.content, root)})", ""]
+                lines += [f"![{_md(block.caption)}]({_relative(block.content, root)})", ""]
             elif block.kind == "code":
-                lines += [f"*{block.caption}*", "", "```yaml", block.content.rstrip(), "```", ""]
+                lines += [f"*{_md(block.caption)}*", "", "```yaml", block.content.rstrip(), "```", ""]
             else:
-                lines += [block.content, ""]
+                lines += [_md(block.content), ""]
     return "\n".join(lines)
+
+
+def _md(text: object) -> str:
+    """Markdown inline text in which no HTML tag can open (names of runs and labels come from
+    user files: ``<script>`` in one must stay text in a Markdown viewer); ``->`` stays."""
+    return str(text).replace("<", "&lt;")
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -390,6 +390,7 @@ def environment_section(
                 "device": env.get("device", "-"),
                 "python": env.get("python", "-"),
                 "torch": env.get("torch", "-"),
+                "CPU threads": env.get("cpu_threads", "-"),
                 "cxrfuse": env.get("cxrfuse", "-"),
                 "platform": env.get("platform", "-"),
                 "training time (s)": format_value(run.get("timing_s"), digits=1),

@@ -324,7 +324,7 @@ class RunDir:
         path = self.predictions_path
         if not path.is_file():
             raise DataError(f"{path}: missing; the run has no predictions to evaluate")
-        frame = pd.read_parquet(path)
+        frame = _read_parquet(path)
         wanted = ["study_id", "split"] + [c for n in labels for c in (y_column(n), p_column(n))]
         missing = [c for c in wanted if c not in frame.columns]
         if missing:
@@ -496,7 +496,7 @@ class GenerationDir:
         path = self.generated_path
         if not path.is_file():
             raise DataError(f"{path}: missing; is {self.path} a `cxrfuse generate` output?")
-        frame = pd.read_parquet(path)
+        frame = _read_parquet(path)
         missing = [c for c in ("study_id", "generated", "reference") if c not in frame.columns]
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}")
@@ -570,3 +570,12 @@ class ExternalDir:
 def is_run_dir(path: str | Path) -> bool:
     """Whether ``path`` holds a run.json (any kind, any status)."""
     return (Path(path) / layout.RUN_INFO).is_file()
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file of a run directory; an unreadable one is a DataError naming it."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{path}: not a readable Parquet file ({err}); rerun the step that "
+                        "wrote it") from err

@@ -35,7 +35,7 @@ from cxrfuse.data.manifest import Manifest
 from cxrfuse.encoders.image import to_model_input
 from cxrfuse.files import clean_temp_files, file_stamp, write_json, write_npy
 from cxrfuse.problems import DataError, ProblemLog
-from cxrfuse.runtime import resolve_device
+from cxrfuse.runtime import environment_info, resolve_device
 from cxrfuse.store.cache import DecodedImageCache
 from cxrfuse.store.distributed import current_context
 from cxrfuse.store.keys import STORE_VERSION, ImageRecord, image_key, image_records
@@ -352,6 +352,8 @@ def embed_images(
             "batch_size": batch_size,
             "compile": compile,
             "cache": None if cache is None else {"folder": str(cache.folder), "hits": n_cached},
+            # vectors differ by ~1e-5 with torch's version and CPU thread count: said, not keyed
+            "environment": environment_info(str(run_device)),
         }
         _finish_image_store(folder, key, inputs, encoder, records, bounds, manifest, dtype, run)
     ctx.barrier()  # meta.json is written

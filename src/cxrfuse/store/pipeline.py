@@ -110,7 +110,7 @@ def embed(
             "n_studies": texts.meta.get("n_studies"),
             "n_with_text": texts.meta.get("n_with_text"),
             "n_empty": texts.meta.get("n_empty"),
-            "texts_per_s": texts.meta.get("texts_per_s"),
+            "texts_per_s": None if texts.reused else texts.meta.get("texts_per_s"),
             "sections": list(text_sections),
             "masked": mask_labels,
             "task": task,

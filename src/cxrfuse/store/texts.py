@@ -16,6 +16,7 @@ import pandas as pd
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.files import atomic_path, clean_temp_files, write_json, write_npy
 from cxrfuse.problems import DataError
+from cxrfuse.runtime import environment_info
 from cxrfuse.store.keys import text_key
 from cxrfuse.text import TextConfig, prepare_texts
 
@@ -110,6 +111,7 @@ def embed_texts(
         "n_with_text": int(nonempty.sum()),
         "n_empty": int((~nonempty).sum()),
         "texts_per_s": int(nonempty.sum()) / elapsed if elapsed > 0 else None,
+        "environment": environment_info(),  # torch version and CPU threads (said, not keyed)
     }
     write_json(folder / "meta.json", meta)
     return TextEmbeddings(folder, vectors, study_ids, nonempty, texts, meta)

@@ -41,7 +41,12 @@ def train_experiment(
         prefix = f"[{i}/{len(runs)}] {config.name}"
         run = RunDir(config.run_dir)
         if run.status() == "finished" and run.same_config(config):
-            say(f"{prefix}: finished before, skipped")
+            if after_run is not None and not run.metrics_path.is_file():
+                say(f"{prefix}: finished before without metrics (killed during evaluation?); "
+                    "evaluating")  # fmt: skip
+                after_run(config.run_dir)
+            else:
+                say(f"{prefix}: finished before, skipped")
             continue
         try:
             train_run(config, progress=progress)

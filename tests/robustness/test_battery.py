@@ -1,0 +1,496 @@
+"""The bad-input battery: every kind of bad input a user can give any verb ends in one
+``error:`` line naming the file, row or field (exit code 2, no traceback), or in a counted
+problem with the rest kept (exit code 0). One case per kind; each builds its input in tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import copy_run, tiny_run_config
+from cxrfuse.cli import app
+from cxrfuse.data import read_manifest
+from cxrfuse.data.iu_xray import bundled_reports
+
+runner = CliRunner()
+
+
+@dataclass
+class Ctx:
+    """What a case builds from: its own tmp folder and the session's shared inputs."""
+
+    tmp: Path
+    run: Path  # a finished tiny run (read-only; use run_copy to break one)
+    phantoms: Path  # its manifest (phantom images on disk)
+    xml: dict[int, bytes]  # OpenI XML of reports 1..6
+    write_mimic_tree: Callable[..., Path]
+
+    def run_copy(self, name: str = "run") -> Path:
+        return copy_run(self.run, self.tmp / name)
+
+    def sidecar(self, run: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+        path = run / "model.json"
+        payload = json.loads(path.read_text())
+        change(payload)
+        path.write_text(json.dumps(payload))
+        return run
+
+    def png(self, name: str, size: tuple[int, int] = (40, 40)) -> Path:
+        path = self.tmp / name
+        Image.fromarray(np.full(size[::-1], 128, np.uint8)).save(path)
+        return path
+
+    def report(self, text: str = "FINDINGS: Clear lungs.\nIMPRESSION: Normal.\n") -> Path:
+        path = self.tmp / "report.txt"
+        path.write_text(text)
+        return path
+
+    def predict(self, run: Path, image: Path | None = None, report: Path | None = None) -> list[str]:
+        return ["predict", str(run), "--image", str(image or self.png("ok.png")),
+                "--report", str(report or self.report())]  # fmt: skip
+
+    def xml_folder(self, numbers: tuple[int, ...] = (1, 2, 3)) -> Path:
+        folder = self.tmp / "xml"
+        folder.mkdir(exist_ok=True)
+        for n in numbers:
+            (folder / f"{n}.xml").write_bytes(self.xml[n])
+        return folder
+
+    def kaggle(self, reports: str | None = None, projections: str | None = None) -> Path:
+        root = self.tmp / "kaggle"
+        (root / "images" / "images_normalized").mkdir(parents=True, exist_ok=True)
+        (root / "indiana_reports.csv").write_text(reports or KAGGLE_REPORTS)
+        (root / "indiana_projections.csv").write_text(projections or KAGGLE_PROJECTIONS)
+        for name in ("1_IM-0001-4001.dcm.png", "2_IM-0652-1001.dcm.png", "3_IM-1384-1001.dcm.png"):
+            Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "images" / "images_normalized" / name)
+        return root
+
+    def r2gen(self, annotation: str | None = None) -> Path:
+        root = self.tmp / "r2gen"
+        (root / "images" / "CXR1_1_IM-0001").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "images" / "CXR1_1_IM-0001" / "0.png")
+        default = {"train": [R2GEN_ENTRY], "val": [], "test": []}
+        (root / "annotation.json").write_text(annotation if annotation is not None else json.dumps(default))
+        return root
+
+    def nih(self, rows: str | None = None) -> tuple[Path, Path]:
+        images = self.tmp / "nih-images"
+        images.mkdir(exist_ok=True)
+        for name in ("00000001_000.png", "00000002_000.png"):
+            Image.fromarray(np.zeros((16, 16), np.uint8)).save(images / name)
+        csv = self.tmp / "Data_Entry.csv"
+        csv.write_text(NIH_HEADER + (rows if rows is not None else NIH_ROWS))
+        return csv, images
+
+    def manifest_with(self, change: Callable[[pd.DataFrame], pd.DataFrame],
+                      meta: Callable[[dict[str, Any]], None] | None = None) -> Path:  # fmt: skip
+        """The phantom manifest's Parquet with its table (as strings where changed) edited."""
+        table = pq.read_table(self.phantoms)
+        df = change(table.to_pandas())
+        raw = dict(table.schema.metadata)
+        if meta is not None:
+            payload = json.loads(raw[b"cxrfuse.manifest"])
+            meta(payload)
+            raw[b"cxrfuse.manifest"] = json.dumps(payload).encode()
+        out = self.tmp / "edited.parquet"
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(raw), out)
+        return out
+
+    def config(self, change: Callable[[dict[str, Any]], Any] | None = None, name: str = "c.yaml") -> Path:
+        payload = tiny_run_config(self.tmp, self.phantoms)
+        payload["data"]["store"] = str(Path(self.run).parents[1] / "store")  # reuse the vectors
+        if change is not None:
+            payload = change(payload) or payload
+        path = self.tmp / name
+        path.write_text(payload if isinstance(payload, str) else yaml.safe_dump(payload))
+        return path
+
+    def experiment(self, change: Callable[[dict[str, Any]], Any]) -> Path:
+        base = yaml.safe_load(self.config().read_text())
+        payload = {"name": "exp", "runs_dir": str(self.tmp / "exp-runs"), "base": base,
+                   "grid": {"model.hidden": [[4], [8]]}}
+        payload = change(payload) or payload
+        path = self.tmp / "exp.yaml"
+        path.write_text(yaml.safe_dump(payload))
+        return path
+
+
+KAGGLE_REPORTS = ("uid,MeSH,Problems,image,indication,comparison,findings,impression\n"
+                  "1,normal,normal,Xray Chest PA and Lateral,Chest pain.,None.,Clear lungs.,Normal chest.\n"
+                  "2,Cardiomegaly/borderline,Cardiomegaly,Xray,Cough.,None.,Big heart.,Cardiomegaly.\n"
+                  "3,normal,normal,Xray,Fever.,None.,No effusion.,No acute disease.\n")  # fmt: skip
+KAGGLE_PROJECTIONS = ("uid,filename,projection\n1,1_IM-0001-4001.dcm.png,Frontal\n"
+                      "2,2_IM-0652-1001.dcm.png,Frontal\n3,3_IM-1384-1001.dcm.png,Lateral\n")  # fmt: skip
+R2GEN_ENTRY = {"id": "CXR1_1_IM-0001", "report": "The lungs are clear.", "image_path": ["CXR1_1_IM-0001/0.png"]}
+NIH_HEADER = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
+NIH_ROWS = "00000001_000.png,Cardiomegaly,0,1,58,M,PA\n00000002_000.png,No Finding,0,2,81,F,AP\n"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One kind of bad input: ``build`` writes it and returns the command line and what the
+    message must name (formatted with ``tmp``); ``counted`` is the problem kind of an input
+    that is counted and skipped (exit 0, ``out`` written) rather than refused (exit 2)."""
+
+    stage: str
+    kind: str
+    build: Callable[[Ctx], tuple[list[str], str]]
+    counted: str | None = None
+    out: str | None = None
+
+
+def _truncated_tgz(c: Ctx) -> tuple[list[str], str]:
+    path = c.tmp / "t.tgz"
+    path.write_bytes(bundled_reports().read_bytes()[:3000])
+    return ["ingest", "iu-xray", "--reports", str(path), "--out", str(c.tmp / "x.parquet")], "t.tgz"
+
+
+def _tgz_of(c: Ctx, files: dict[str, bytes]) -> Path:
+    path = c.tmp / "r.tgz"
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in files.items():
+            (c.tmp / "member").write_bytes(data)
+            archive.add(c.tmp / "member", arcname=name)
+    return path
+
+
+def _ingest_xml(c: Ctx, folder: Path, images: Path | None = None) -> list[str]:
+    argv = ["ingest", "iu-xray", "--reports", str(folder), "--out", str(c.tmp / "out.parquet")]
+    return argv + (["--images", str(images)] if images else [])
+
+
+def _with(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data) if isinstance(data, bytes) else path.write_text(data)
+    return path
+
+
+def _openi_images(c: Ctx) -> Path:
+    folder = c.tmp / "png"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "CXR1_1_IM-0001-3001.png")
+    return folder
+
+
+def _mimic(c: Ctx, edit: Callable[[Path], None]) -> tuple[list[str], str]:
+    root = c.write_mimic_tree(c.tmp / "mimic", gz=False)
+    edit(root)
+    return ["ingest", "mimic-cxr", "--root", str(root), "--out", str(c.tmp / "out.parquet")], str(root)
+
+
+def _append(path: Path, line: str) -> None:
+    path.write_text(path.read_text() + line)
+
+
+def _label_as(value: str, row: int = 3) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def change(df: pd.DataFrame) -> pd.DataFrame:
+        col = df["label_abnormal"].map(lambda v: None if pd.isna(v) else str(int(v))).astype(object)
+        col.iloc[row] = value
+        return df.assign(label_abnormal=col)
+    return change
+
+
+def _stats(path: Path) -> list[str]:
+    return ["stats", str(path)]
+
+
+def _generated(c: Ctx, generated: str, reference: str = '{"CXR1": "normal chest."}',
+               suffix: str = ".json") -> tuple[list[str], str]:  # fmt: skip
+    gen = _with(c.tmp / f"gen{suffix}", generated)
+    ref = _with(c.tmp / "ref.json", reference)
+    return ["generate", "score", "--generated", str(gen), "--reference", str(ref), "--out",
+            str(c.tmp / "scores"), "--n-boot", "5", "--n-boot-language", "2", "--no-meteor"], "gen"
+
+
+def _image_manifest(c: Ctx, bad: Callable[[Path], None]) -> Path:
+    """The phantom manifest with the first view's image replaced by a bad file."""
+    manifest = read_manifest(c.phantoms)
+    first = Path(manifest.df["views"].iloc[0][0]["path"])
+    copy = c.tmp / "img0.png"
+    shutil.copy(first, copy)
+    bad(copy)
+    df = manifest.df.copy()
+    views = [dict(v) for v in df["views"].iloc[0]]
+    views[0]["path"] = str(copy)
+    df.at[0, "views"] = views
+    return manifest.replace(df=df).save(c.tmp / "m.parquet")
+
+
+def _embed(c: Ctx, manifest: Path, *extra: str) -> list[str]:
+    return ["embed", str(manifest), "--store", str(c.tmp / "store"), "--no-progress", *extra]
+
+
+def _huge_png(path: Path) -> None:
+    Image.new("L", (8000, 7000)).save(path)  # 56 MP, over data.images.MAX_PIXELS
+
+
+CASES = [
+    # ------------------------------------------------------------------ ingest iu-xray openi
+    Case("ingest openi", "reports archive missing",
+         lambda c: (["ingest", "iu-xray", "--reports", str(c.tmp / "no.tgz"), "--out", str(c.tmp / "x.parquet")], "no.tgz")),
+    Case("ingest openi", "truncated reports archive", _truncated_tgz),
+    Case("ingest openi", "reports archive not a tar",
+         lambda c: (_ingest_xml(c, _with(c.tmp / "r.tgz", b"not a tar at all")), "r.tgz")),
+    Case("ingest openi", "archive without xml",
+         lambda c: (_ingest_xml(c, _tgz_of(c, {"readme.txt": b"hello"})), "r.tgz")),
+    Case("ingest openi", "empty reports folder",
+         lambda c: (_ingest_xml(c, _xml_with(c, {}, ())), "xml")),
+    Case("ingest openi", "malformed XML report",
+         lambda c: (_ingest_xml(c, _xml_with(c, {"9.xml": b"<eCitation><unclosed>"})), ""),
+         counted="malformed-xml", out="out.parquet"),
+    Case("ingest openi", "XML report without uId",
+         lambda c: (_ingest_xml(c, _xml_with(c, {"9.xml": b"<eCitation><x/></eCitation>"})), ""),
+         counted="malformed-xml", out="out.parquet"),
+    Case("ingest openi", "duplicate report id in two files",
+         lambda c: (_ingest_xml(c, _xml_with(c, {"1-copy.xml": c.xml[1]})), "1-copy.xml"),
+         counted="duplicate-report", out="out.parquet"),
+    Case("ingest openi", "image folder missing",
+         lambda c: (_ingest_xml(c, c.xml_folder(), c.tmp / "no-png"), "no-png")),
+    Case("ingest openi", "image listed but not on disk",
+         lambda c: (_ingest_xml(c, c.xml_folder((1, 2)), _openi_images(c)), ""),
+         counted="missing-image", out="out.parquet"),
+    # ------------------------------------------------------------------ ingest iu-xray kaggle
+    Case("ingest kaggle", "reports CSV missing",
+         lambda c: (["ingest", "iu-xray", "--layout", "kaggle", "--images", str(c.tmp), "--out", str(c.tmp / "x.parquet")], "indiana_reports.csv")),
+    Case("ingest kaggle", "required column missing",
+         lambda c: (_kaggle(c.kaggle(reports=KAGGLE_REPORTS.replace("MeSH", "Mesh"))), "'MeSH'")),
+    Case("ingest kaggle", "ragged CSV row",
+         lambda c: (_kaggle(c.kaggle(reports=KAGGLE_REPORTS + "4,normal,x,x,a,b,c,d,EXTRA\n")), ""),
+         counted="malformed-row", out="out.parquet"),
+    Case("ingest kaggle", "uid not a number",
+         lambda c: (_kaggle(c.kaggle(reports=KAGGLE_REPORTS + "x4,normal,x,x,a,b,c,d\n")), ""),
+         counted="malformed-row", out="out.parquet"),
+    Case("ingest kaggle", "MeSH value not a term",
+         lambda c: (_kaggle(c.kaggle(reports=KAGGLE_REPORTS.replace("3,normal,", "3,12345,"))), ""),
+         counted="unknown-mesh", out="out.parquet"),
+    Case("ingest kaggle", "unknown projection",
+         lambda c: (_kaggle(c.kaggle(projections=KAGGLE_PROJECTIONS.replace("Lateral", "Sideways"))), ""),
+         counted="unknown-view", out="out.parquet"),
+    Case("ingest kaggle", "duplicate uid",
+         lambda c: (_kaggle(c.kaggle(reports=KAGGLE_REPORTS + KAGGLE_REPORTS.splitlines()[1] + "\n")), ""),
+         counted="duplicate-report", out="out.parquet"),
+    Case("ingest kaggle", "image file missing",
+         lambda c: (_kaggle(c.kaggle(projections=KAGGLE_PROJECTIONS + "3,3_missing.dcm.png,Frontal\n")), ""),
+         counted="missing-image", out="out.parquet"),
+    Case("ingest kaggle", "CSV not UTF-8",
+         lambda c: (_kaggle(_kaggle_bytes(c, b"uid,MeSH,Problems,image,indication,comparison,findings,impression\n1,\xff\xfe,x,x,a,b,c,d\n")), "indiana_reports.csv")),
+    Case("ingest kaggle", "empty CSV",
+         lambda c: (_kaggle(_kaggle_bytes(c, b"")), "indiana_reports.csv")),
+    # ------------------------------------------------------------------ ingest iu-xray r2gen
+    Case("ingest r2gen", "annotation.json missing",
+         lambda c: (_r2gen(c.tmp), "annotation.json")),
+    Case("ingest r2gen", "annotation.json not JSON",
+         lambda c: (_r2gen(c.r2gen("{not json")), "annotation.json")),
+    Case("ingest r2gen", "entry without id",
+         lambda c: (_r2gen(c.r2gen(json.dumps({"train": [R2GEN_ENTRY, {"report": "x", "image_path": []}]}))), ""),
+         counted="malformed-row", out="out.parquet"),
+    Case("ingest r2gen", "image path missing",
+         lambda c: (_r2gen(c.r2gen(json.dumps({"train": [R2GEN_ENTRY, {"id": "CXR2_IM-0652", "report": "x", "image_path": ["CXR2_IM-0652/0.png"]}]}))), ""),
+         counted="missing-image", out="out.parquet"),
+    # ------------------------------------------------------------------ ingest mimic-cxr
+    Case("ingest mimic", "metadata CSV missing",
+         lambda c: _mimic(c, lambda r: (r / "mimic-cxr-2.0.0-metadata.csv").unlink())),
+    Case("ingest mimic", "CheXpert value not a label",
+         lambda c: _mimic(c, lambda r: _replace(r / "mimic-cxr-2.0.0-chexpert.csv", ",1.0,", ",yes,", 1)),
+         counted="malformed-row", out="out.parquet"),
+    Case("ingest mimic", "ragged metadata row",
+         lambda c: _mimic(c, lambda r: _append(r / "mimic-cxr-2.0.0-metadata.csv", "dx,10000001,50000001,PA,PA,1,1,1,1,EXTRA\n")),
+         counted="malformed-row", out="out.parquet"),
+    Case("ingest mimic", "split value unknown",
+         lambda c: _mimic(c, lambda r: _replace(r / "mimic-cxr-2.0.0-split.csv", ",train", ",holdout", 1)),
+         counted="malformed-row", out="out.parquet"),
+    # ------------------------------------------------------------------ ingest nih
+    Case("ingest nih", "label CSV missing",
+         lambda c: (_nih(c.tmp / "no.csv", c.nih()[1], c), "no.csv")),
+    Case("ingest nih", "image folder missing",
+         lambda c: (_nih(c.nih()[0], c.tmp / "no-images", c), "no-images")),
+    Case("ingest nih", "ragged row",
+         lambda c: (_nih(*c.nih(NIH_ROWS + "00000003_000.png,Mass,0,3,40,M,PA,EXTRA\n"), c), ""),
+         counted="malformed-row", out="out.parquet"),
+    Case("ingest nih", "unknown finding",
+         lambda c: (_nih(*c.nih(NIH_ROWS.replace("Cardiomegaly", "Cardiomegaly|Dragons")), c), ""),
+         counted="unknown-finding", out="out.parquet"),
+    Case("ingest nih", "empty finding labels",
+         lambda c: (_nih(*c.nih(NIH_ROWS + "00000003_000.png,,0,3,40,M,PA\n"), c), ""),
+         counted="malformed-row", out="out.parquet"),
+    # ------------------------------------------------------------------ manifests
+    Case("manifest", "file missing", lambda c: (_stats(c.tmp / "no.parquet"), "no.parquet")),
+    Case("manifest", "not Parquet", lambda c: (_stats(_with(c.tmp / "m.parquet", "a,b\n")), "m.parquet")),
+    Case("manifest", "Parquet without cxrfuse metadata",
+         lambda c: (_stats(_plain_parquet(c)), "plain.parquet")),
+    Case("manifest", "label value 'yes'",
+         lambda c: (_stats(c.manifest_with(_label_as("yes"))), "'label_abnormal' has value 'yes' at row 3")),
+    Case("manifest", "label value 2",
+         lambda c: (_stats(c.manifest_with(_label_as("2"))), "'label_abnormal' has value 2.0 at row 3")),
+    Case("manifest", "duplicate study id",
+         lambda c: (_stats(c.manifest_with(lambda df: df.assign(study_id=["CXR1"] * len(df)))), "duplicate study_id")),
+    Case("manifest", "split value unknown",
+         lambda c: (_stats(c.manifest_with(lambda df: df.assign(split="holdout"))), "split 'holdout'")),
+    Case("manifest", "schema version unknown",
+         lambda c: (_stats(c.manifest_with(lambda df: df, meta=lambda m: m.update(schema_version=99))), "schema version 99")),
+    Case("manifest", "split task unknown",
+         lambda c: (["split", str(c.phantoms), "--task", "dragons", "--out", str(c.tmp / "s.parquet")], "dragons")),
+    # ------------------------------------------------------------------ configs
+    Case("config", "config file missing", lambda c: (["train", str(c.tmp / "no.yaml")], "no.yaml")),
+    Case("config", "YAML syntax error", lambda c: (["train", str(c.config(lambda p: "name: [x\n"))], "c.yaml")),
+    Case("config", "unknown key", lambda c: (["train", str(c.config(lambda p: p["model"].update(colour="red")))], "model.colour")),
+    Case("config", "bad value", lambda c: (["train", str(c.config(lambda p: p["training"].update(loss={"kind": "hinge"})))], "training.loss.kind")),
+    Case("config", "--set without =", lambda c: (["train", str(c.config()), "--set", "training.max_epochs"], "training.max_epochs")),
+    Case("config", "manifest missing", lambda c: (["train", str(c.config(lambda p: p["data"].update(manifest=str(c.tmp / "no.parquet")))), "--offline", "--no-progress"], "no.parquet")),
+    Case("config", "unknown encoder", lambda c: (["train", str(c.config(lambda p: p["image"].update(offline_encoder="dragon-net"))), "--offline", "--no-progress"], "dragon-net")),
+    Case("config", "experiment without base:", lambda c: (["experiment", str(c.experiment(lambda p: p.pop("base") and None))], "base:")),
+    Case("config", "experiment base file missing", lambda c: (["experiment", str(c.experiment(lambda p: p.update(base="nowhere.yaml")))], "nowhere.yaml")),
+    Case("config", "experiment grid key unknown", lambda c: (["experiment", str(c.experiment(lambda p: p.update(grid={"model.colour": ["red"]})))], "model.colour")),
+    Case("config", "experiment seeds repeated", lambda c: (["experiment", str(c.experiment(lambda p: p.update(seeds=[1, 1])))], "seeds")),
+    Case("config", "experiment whose every run fails",
+         lambda c: (["experiment", str(c.experiment(lambda p: p["base"]["data"].update(task="dragons"))), "--offline", "--no-progress"], "all 2 run(s) failed")),
+    # ------------------------------------------------------------------ embed
+    Case("embed", "unknown image encoder", lambda c: (_embed(c, c.phantoms, "--image-encoder", "dragon-net"), "dragon-net")),
+    Case("embed", "unknown text encoder", lambda c: (_embed(c, c.phantoms, "--text-encoder", "dragon"), "dragon")),
+    Case("embed", "hub id offline", lambda c: (_embed(c, c.phantoms, "--text-encoder", "nobody/no-such-model"), "nobody/no-such-model")),
+    Case("embed", "image weights file missing", lambda c: (_embed(c, c.phantoms, "--image-encoder", "efficientnet-lite0", "--image-weights", str(c.tmp / "w.pt")), "w.pt")),
+    Case("embed", "truncated image file",
+         lambda c: (_embed(c, _image_manifest(c, lambda p: p.write_bytes(p.read_bytes()[:60])), "--image-encoder", "efficientnet-lite0", "--input-size", "32"), ""),
+         counted="unreadable", out="store"),
+    Case("embed", "image over the pixel limit",
+         lambda c: (_embed(c, _image_manifest(c, _huge_png), "--image-encoder", "efficientnet-lite0", "--input-size", "32"), ""),
+         counted="over the limit", out="store"),
+    # ------------------------------------------------------------------ predict
+    Case("predict", "not a run directory", lambda c: (c.predict(c.tmp), "not a finished run")),
+    Case("predict", "run.json not JSON", lambda c: (c.predict(_break(c.run_copy(), "run.json", "{")), "run.json")),
+    Case("predict", "model.json missing", lambda c: (c.predict(_remove(c.run_copy(), "model.json")), "model.json")),
+    Case("predict", "model.safetensors truncated",
+         lambda c: (c.predict(_break(c.run_copy(), "model.safetensors", (c.run / "model.safetensors").read_bytes()[:100])), "model.safetensors")),
+    Case("predict", "model.safetensors not safetensors", lambda c: (c.predict(_break(c.run_copy(), "model.safetensors", "hello")), "model.safetensors")),
+    Case("predict", "weights of another shape",
+         lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["head"]["kwargs"].update(hidden=[3]))), "model.safetensors")),
+    Case("predict", "image.n_views not a number", lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["image"].update(n_views="abc"))), "image.n_views")),
+    Case("predict", "text.state not a state", lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["text"]["state"].update(json="config.yaml"))), "config.yaml")),
+    Case("predict", "text.state path leaves the run",
+         lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["text"]["state"].update(json="../../x/text_encoder.json"))), "text.state.json")),
+    Case("predict", "text.state absolute path",
+         lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["text"]["state"].update(tensors=str(c.run / "text_encoder.safetensors")))), "text.state.tensors")),
+    Case("predict", "image.weights names a local file",
+         lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["image"].update(weights=str(c.run / "model.safetensors")))), "image.weights")),
+    Case("predict", "text.encoder names a folder outside the run",
+         lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["text"].update(state=None, encoder=str(c.tmp)))), "text.encoder")),
+    Case("predict", "image file missing", lambda c: (c.predict(c.run, image=c.tmp / "no.png"), "no.png")),
+    Case("predict", "image not an image", lambda c: (c.predict(c.run, image=_with(c.tmp / "x.png", "text")), "x.png")),
+    Case("predict", "image over the pixel limit", lambda c: (c.predict(c.run, image=_huge(c)), "huge.png")),
+    Case("predict", "report missing", lambda c: (c.predict(c.run, report=c.tmp / "no.txt"), "no.txt")),
+    Case("predict", "report not UTF-8", lambda c: (c.predict(c.run, report=_with(c.tmp / "r.txt", b"FINDINGS: \xff\xfe\n")), "r.txt")),
+    Case("predict", "report without headings", lambda c: (c.predict(c.run, report=c.report("just some words")), "section headings")),
+    Case("predict", "no image given", lambda c: (["predict", str(c.run), "--report", str(c.report())], "--image")),
+    # ------------------------------------------------------------------ evaluate / report / explain
+    Case("evaluate", "predictions.parquet corrupt", lambda c: (["evaluate", str(_break(c.run_copy(), "predictions.parquet", "x")), "--n-boot", "5"], "predictions.parquet")),
+    Case("evaluate", "not a run directory", lambda c: (["evaluate", str(c.tmp)], str(c.tmp.name))),
+    Case("report", "not a run directory", lambda c: (["report", str(c.tmp)], str(c.tmp.name))),
+    Case("report", "metrics.json not JSON", lambda c: (["report", str(_break(c.run_copy(), "metrics.json", "{"))], "metrics.json")),
+    Case("explain", "study id unknown", lambda c: (["explain", str(c.run), "--study", "NOPE"], "NOPE")),
+    Case("explain", "label unknown", lambda c: (["explain", str(c.run), "--label", "dragons", "--limit", "1"], "dragons")),
+    # ------------------------------------------------------------------ generate score
+    Case("generate", "generated file missing",
+         lambda c: (["generate", "score", "--generated", str(c.tmp / "no.json"), "--reference", str(_with(c.tmp / "ref.json", "{}"))], "no.json")),
+    Case("generate", "generated file not JSON", lambda c: _generated(c, "{oops")),
+    Case("generate", "generated CSV without text column", lambda c: _generated(c, "id,words\nCXR1,x\n", suffix=".csv")),
+    Case("generate", "generated value not text", lambda c: _generated(c, '{"CXR1": 5}')),
+    Case("generate", "no id shared with the reference", lambda c: _generated(c, '{"CXR9": "normal"}')),
+]
+
+
+def _xml_with(c: Ctx, extra: dict[str, bytes], numbers: tuple[int, ...] = (1, 2, 3)) -> Path:
+    folder = c.xml_folder(numbers)
+    for name, data in extra.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _kaggle(root: Path) -> list[str]:
+    return ["ingest", "iu-xray", "--layout", "kaggle", "--images", str(root), "--out", str(root.parent / "out.parquet")]
+
+
+def _kaggle_bytes(c: Ctx, data: bytes) -> Path:
+    root = c.kaggle()
+    (root / "indiana_reports.csv").write_bytes(data)
+    return root
+
+
+def _r2gen(root: Path) -> list[str]:
+    return ["ingest", "iu-xray", "--layout", "r2gen", "--images", str(root), "--out", str(root.parent / "out.parquet")]
+
+
+def _nih(csv: Path, images: Path, c: Ctx) -> list[str]:
+    return ["ingest", "nih", "--csv", str(csv), "--images", str(images), "--out", str(c.tmp / "out.parquet")]
+
+
+def _replace(path: Path, old: str, new: str, count: int) -> None:
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new, count))
+
+
+def _plain_parquet(c: Ctx) -> Path:
+    path = c.tmp / "plain.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(path)
+    return path
+
+
+def _break(run: Path, name: str, data: bytes | str) -> Path:
+    _with(run / name, data)
+    return run
+
+
+def _remove(run: Path, name: str) -> Path:
+    (run / name).unlink()
+    return run
+
+
+def _huge(c: Ctx) -> Path:
+    path = c.tmp / "huge.png"
+    _huge_png(path)
+    return path
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, battery_run: Path, battery_phantoms: Path, iu_xml_bytes: dict[int, bytes],
+        mimic_tree_writer: Callable[..., Path]) -> Ctx:  # fmt: skip
+    return Ctx(tmp_path, battery_run, battery_phantoms, iu_xml_bytes, mimic_tree_writer)
+
+
+def test_the_battery_has_sixty_kinds() -> None:
+    assert len(CASES) >= 60
+    assert len({(c.stage, c.kind) for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.stage}: {c.kind}" for c in CASES])
+def test_bad_input(case: Case, ctx: Ctx) -> None:
+    argv, names = case.build(ctx)
+    result = runner.invoke(app, argv)
+    output = result.output
+    assert "Traceback" not in output
+    if case.counted is None:
+        assert result.exit_code == 2, output
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, output
+        assert names in output.replace("\n", ""), output
+    else:
+        assert result.exit_code == 0, output
+        assert case.counted in output, output
+        assert names in output.replace("\n", ""), output
+        assert case.out is not None and (ctx.tmp / case.out).exists()
+        if case.out.endswith(".parquet"):
+            assert len(read_manifest(ctx.tmp / case.out)) > 0  # the rest is kept

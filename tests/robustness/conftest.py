@@ -3,32 +3,16 @@ tf-idf, 32 px), built once per session, and the inputs every case starts from.""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from battery_inputs import tiny_run_config
 from typer.testing import CliRunner
 
 from cxrfuse.cli import app
 from cxrfuse.data import Manifest
-
-
-def tiny_run_config(tmp: Path, manifest: Path) -> dict:
-    """A two-epoch image + text run small enough for the battery (seconds on one core)."""
-    return {
-        "name": "tiny",
-        "runs_dir": str(tmp / "runs"),
-        "data": {"manifest": str(manifest), "task": "normal-abnormal", "store": str(tmp / "store")},
-        "image": {"encoder": "xrv-densenet121-nih", "offline_encoder": "efficientnet-lite0",
-                  "input_size": 32, "views": "mean", "embed_batch_size": 16},
-        "text": {"encoder": "biobert", "offline_encoder": "tfidf",
-                 "sections": ["findings", "impression"], "offline_options": {"svd_dim": 4}},
-        "model": {"kind": "concat-mlp", "modalities": ["image", "text"], "hidden": [8]},
-        "training": {"max_epochs": 2, "batch_size": 8, "early_stopping": {"patience": 2}},
-        "evaluation": {"n_boot": 10},
-    }
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +55,3 @@ def mimic_tree_writer():
     from mimic_tree import write_mimic_tree
 
     return write_mimic_tree
-
-
-def copy_run(run: Path, dest: Path) -> Path:
-    """A copy of a run directory to break."""
-    shutil.copytree(run, dest)
-    return dest

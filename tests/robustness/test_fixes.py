@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from battery_inputs import tiny_run_config
 from typer.testing import CliRunner
 
-from conftest import tiny_run_config
 from cxrfuse.cli import app
 from cxrfuse.problems import DataError
 from cxrfuse.reporting.document import Section, render_markdown
@@ -95,4 +95,20 @@ def test_local_image_weights_come_from_the_command_line_only(battery_run: Path, 
     given = runner.invoke(app, ["predict", str(run), *args, "--image-weights", str(weights)])
     assert given.exit_code == 0, given.output
     original = runner.invoke(app, ["predict", str(battery_run), *args])
-    assert json.loads(given.output) == json.loads(original.output)
+    assert json.loads(given.output)["probabilities"] == json.loads(original.output)["probabilities"]
+
+
+def test_a_report_without_headings_is_a_warning_in_the_answer(battery_run: Path, tmp_path: Path) -> None:
+    """Text without section headings is not what the run reads: the answer says so (and still
+    gives the image's reading) instead of silently embedding the words as if they were findings."""
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.new("L", (40, 40), 90).save(image)
+    report = tmp_path / "r.txt"
+    report.write_text("just some words")
+    result = runner.invoke(app, ["predict", str(battery_run), "--image", str(image), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert any("no section headings" in w for w in answer["warnings"]), answer["warnings"]
+    assert set(answer["probabilities"]) == set(answer["decisions"])

@@ -54,13 +54,7 @@ def world(iu_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory) -> di
     from cxrfuse.training import train_run
 
     root = tmp_path_factory.mktemp("external")
-    # random weights saved to a file, so every rebuild of the encoder is the same one
-    from safetensors.torch import save_file
-
-    from cxrfuse.encoders import create_image_encoder
-
-    encoder = create_image_encoder("efficientnet-lite0", weights="none", input_size=64)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, root / "tiny.safetensors")
+    # random weights (weights: none is one fixed draw, so every rebuild is the same encoder)
     df = iu_manifest.df
     train_rows = _pick(df, set(), 20)
     small = iu_manifest.replace(df=df.iloc[train_rows].reset_index(drop=True),
@@ -71,7 +65,7 @@ def world(iu_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory) -> di
         name="fused", runs_dir=str(root / "runs"),
         data={"manifest": str(root / "phantoms" / "manifest.parquet"), "task": "four",
               "store": str(root / "store")},
-        image={"encoder": "efficientnet-lite0", "weights": str(root / "tiny.safetensors"),
+        image={"encoder": "efficientnet-lite0", "weights": "none",
                "input_size": 64},
         text={"encoder": "tfidf", "sections": ["indication"], "options": {"svd_dim": 8}},
         training={"max_epochs": 3}, evaluation={"n_boot": 50},

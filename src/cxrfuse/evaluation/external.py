@@ -71,10 +71,6 @@ def embed_for_run(loaded: LoadedRun, manifest: Manifest, store_dir: str | Path,
         inputs["image"], inputs["image_mask"] = X, mask
         facts["images"] = {"store": str(images.path), "reused": images.reused,
                            "studies_with_image": int(mask.any(axis=1).sum())}  # fmt: skip
-        if loaded.sidecar.image.weights == "none" and not loaded.sidecar.image.finetuned:
-            facts["warning"] = ("the run's image encoder is randomly initialised (weights 'none') "
-                                "and its weights are not stored: these embeddings come from "
-                                "another random draw than the run's")  # fmt: skip
     if loaded.sidecar.text is not None:
         spec = loaded.sidecar.text
         config = TextConfig(**spec.text_config)

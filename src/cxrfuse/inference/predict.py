@@ -16,7 +16,7 @@ size, view position from the client or the DICOM header) and the warnings a user
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,9 @@ class Prediction:
     """The model-input pixels (S x S uint8) of the views the head reads, in slot order."""
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("inputs", "pixels")}
+        """The JSON fields (not the model inputs: ``asdict`` would deep-copy every tensor)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("inputs", "pixels")}  # fmt: skip
         out["views"] = [asdict(v) for v in self.views]
         return out
 

@@ -277,6 +277,10 @@ CASES = [
     Case("ingest kaggle", "MeSH value not a term",
          lambda c: (_kaggle(c.kaggle(reports=KAGGLE_REPORTS.replace("3,normal,", "3,12345,"))), ""),
          counted="unknown-mesh", out="out.parquet"),
+    Case("ingest kaggle", "two frontal projections, no lateral",
+         lambda c: (_kaggle(c.kaggle(projections=KAGGLE_PROJECTIONS.replace(
+             "3,3_IM-1384-1001.dcm.png,Lateral", "2,3_IM-1384-1001.dcm.png,Frontal"))), ""),
+         counted="implausible-views", out="out.parquet"),
     Case("ingest kaggle", "unknown projection",
          lambda c: (_kaggle(c.kaggle(projections=KAGGLE_PROJECTIONS.replace("Lateral", "Sideways"))), ""),
          counted="unknown-view", out="out.parquet"),
@@ -393,6 +397,10 @@ CASES = [
     Case("predict", "image over the pixel limit", lambda c: (c.predict(c.run, image=_huge(c)), "huge.png")),
     Case("predict", "report missing", lambda c: (c.predict(c.run, report=c.tmp / "no.txt"), "no.txt")),
     Case("predict", "report not UTF-8", lambda c: (c.predict(c.run, report=_with(c.tmp / "r.txt", b"FINDINGS: \xff\xfe\n")), "r.txt")),
+    Case("predict", "view not a view position",
+         lambda c: (c.predict(c.run) + ["--view", "sideways"], "'sideways'")),
+    Case("predict", "more views than images",
+         lambda c: (c.predict(c.run) + ["--view", "PA", "--view", "L"], "2 view(s) given for 1 image(s)")),
     Case("predict", "no image given", lambda c: (["predict", str(c.run), "--report", str(c.report())], "at least one image")),
     # ------------------------------------------------------------------ evaluate / report / explain
     Case("evaluate", "predictions.parquet corrupt", lambda c: (["evaluate", str(_break(c.run_copy(), "predictions.parquet", "x")), "--n-boot", "5"], "predictions.parquet")),

@@ -134,3 +134,11 @@ def test_a_real_frontal_without_a_view_is_taken_as_frontal(predictor: Predictor)
     result = predictor.predict([path], indication="cough")
     assert (result.views[0].view, result.views[0].view_source) == ("FRONTAL", "upload order")
     assert result.views[0].slot == 0 and set(result.probabilities) == set(predictor.labels)
+
+
+def test_model_card_states_the_training_views(served_run: Path) -> None:
+    service = Service(served_run)
+    card = TestClient(create_app(service=service)).get("/v1/model").json()
+    counts = RunDir(served_run).info().views["train"]
+    assert card["encoders"]["image"]["training_views"] == (
+        f"frontal and lateral views ({counts['frontal']} frontal, {counts['lateral']} lateral)")

@@ -3,6 +3,8 @@ reads, implausible view metadata and the OpenI source preference (on the bundled
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cxrfuse.data.iu_xray import (
@@ -97,3 +99,14 @@ def test_pixel_views_never_contradict_a_lateral_header() -> None:
     both = [(header[i]["header_view"], p) for i, p in pixels.items() if i in header]
     assert len(both) > 3000
     assert not [h for h, p in both if view_kind(h) == "lateral" and view_kind(p) == "frontal"]
+
+
+PAIRS = Path(__file__).resolve().parents[3] / "shared" / "data" / "iu-nih-pairs"
+
+
+@pytest.mark.skipif(not (PAIRS / "indiana_projections.csv").exists(), reason="shared iu-nih-pairs absent")
+def test_real_pairs_are_frontal_only_and_plausible() -> None:
+    manifest, problems = ingest_iu_xray(PAIRS, layout="kaggle")
+    assert "implausible-views" not in problems.counts()
+    counts = read_view_counts(manifest.df["views"], "mean")
+    assert counts == {"frontal": len(manifest.df), "lateral": 0, "unknown": 0, "studies": len(manifest.df)}

@@ -35,8 +35,8 @@ def mirror_score(pixels: np.ndarray) -> float:
 
 
 def phantom_scores(n: int, out: Path) -> dict[str, list[float]]:
-    from cxrfuse.data.phantoms import make_phantoms
     from cxrfuse.data.iu_xray import ingest_iu_xray
+    from cxrfuse.data.phantoms import make_phantoms
 
     manifest, _ = ingest_iu_xray()
     small = manifest.replace(df=manifest.df.head(n).reset_index(drop=True))

@@ -68,8 +68,9 @@ def main() -> None:
     for name, text in rows:
         print(f"  {name:42s} {text}")
     print("\nprocessing code -> pixel-derived view (lateral / frontal):")
+    codes = _codes()
     for code, view in PROCESSING_CODE_VIEWS.items():
-        kinds = Counter(r for i, r in ref.items() if str(_raw_code(i, header)) == code)
+        kinds = Counter(r for i, r in ref.items() if codes.get(_key(i)) == code)
         print(f"  {code:>6} says {view:8s} pixels: {kinds['lateral']} lateral, {kinds['frontal']} frontal")
     header_pa = Counter(ref[i] for i in ref if header.get(_key(i), {}).get("header_view") == "PA")
     print(f"\nheader says PA: pixels say lateral for {header_pa['lateral']} of "
@@ -89,25 +90,14 @@ def main() -> None:
     print(f"\n{platform.machine()}, {time.perf_counter() - start:.1f} s")
 
 
-def _raw_code(image_id: str, header: dict) -> str | None:
-    """The processing code's view for an image, as the code it came from (for the table)."""
-    view = header.get(_key(image_id), {}).get("code_view")
-    if view is None:
-        return None
-    return _CODES.get(_key(image_id))
-
-
-_CODES: dict[str, str] = {}
-
-
-def _load_codes() -> None:
+def _codes() -> dict[str, str]:
+    """``image_id -> Acquisition Device Processing Code`` of the DICOM header table."""
     import pandas as pd
 
-    table = pd.read_csv(bundled_dicom_metadata(), usecols=["imageid", "Acquisition Device Processing Code"],
-                        dtype=str)  # fmt: skip
-    _CODES.update(zip(table["imageid"], table["Acquisition Device Processing Code"].fillna("")))
+    table = pd.read_csv(bundled_dicom_metadata(), dtype=str,
+                        usecols=["imageid", "Acquisition Device Processing Code"])  # fmt: skip
+    return dict(zip(table["imageid"], table["Acquisition Device Processing Code"].fillna("")))
 
 
 if __name__ == "__main__":
-    _load_codes()
     main()

@@ -64,6 +64,11 @@ def test_warnings_state_the_real_training_views(predictor: Predictor, test_study
     [unknown] = [w for w in three.warnings if "unknown view position" in w]
     assert unknown.endswith("the model was trained on frontal views only (12 frontal)")
     assert not [w for w in three.warnings if "trained on frontal and lateral" in w]
+    # training read views of unknown position: a lateral may have been among them
+    predictor.run.info.views = {"train": {**frontal_only, "unknown": 3}}
+    assert predictor.training_views_text() == "frontal views (12 frontal, 3 unknown)"
+    result = predictor.predict([test_study["lateral"]], views=["L"], indication="cough")
+    assert not [w for w in result.warnings if "never saw" in w]
 
 
 def test_a_run_without_a_record_says_so_and_guesses_nothing(predictor: Predictor,

@@ -52,7 +52,8 @@ MAX_ASPECT = 1.6
 @dataclass
 class StudyImage:
     """One view of a study: its bytes, a name to report it by, and its view position when
-    the caller knows it (else the DICOM header's, else unknown)."""
+    the caller knows it (else the DICOM header's, else the upload order's: see
+    :func:`upload_order_views`)."""
 
     name: str
     data: bytes
@@ -277,13 +278,14 @@ class Predictor:
         if seen == ["unknown"]:
             return f"views of unknown position only ({numbers})"
         kinds = " and ".join(k for k in seen if k != "unknown")
-        only = " only" if len([k for k in seen if k != "unknown"]) == 1 else ""
+        only = " only" if len(seen) == 1 else ""
         return f"{kinds} views{only} ({numbers})"
 
     def _view_kind_warnings(self, reads: Sequence[ViewRead]) -> list[str]:
-        """A warning for each view read whose kind the run never read in training."""
+        """A warning for each view read whose kind the run never read in training (none when
+        training read views of unknown position: the kind may be among them)."""
         counts = self.training_views
-        if counts is None:
+        if counts is None or counts.get("unknown"):
             return []
         out = []
         for read in reads:

@@ -110,3 +110,28 @@ def test_real_pairs_are_frontal_only_and_plausible() -> None:
     assert "implausible-views" not in problems.counts()
     counts = read_view_counts(manifest.df["views"], "mean")
     assert counts == {"frontal": len(manifest.df), "lateral": 0, "unknown": 0, "studies": len(manifest.df)}
+
+
+@needs_metadata
+def test_kaggle_projection_checked_against_the_openi_metadata(tmp_path: Path) -> None:
+    root = tmp_path / "kaggle"
+    (root / "images" / "images_normalized").mkdir(parents=True)
+    (root / "indiana_reports.csv").write_text(
+        "uid,MeSH,Problems,image,indication,comparison,findings,impression\n"
+        "10,normal,normal,x,Cough.,None.,Clear.,Normal.\n"
+        "1000,normal,normal,x,Cough.,None.,Clear.,Normal.\n")  # fmt: skip
+    (root / "indiana_projections.csv").write_text(
+        "uid,filename,projection\n10,10_IM-0002-1001.dcm.png,Frontal\n"
+        "1000,1000_IM-0003-2001.dcm.png,Frontal\n1000,1000_IM-0003-3001.dcm.png,Lateral\n")
+    manifest, problems = ingest_iu_xray(root, layout="kaggle")
+    by_id = manifest.df.set_index("study_id")
+    # CXR10_IM-0002-1001: the pixel-derived view says lateral, and it is taken
+    assert [v["view"] for v in by_id.loc["CXR10", "views"]] == ["LATERAL"]
+    # CXR1000_IM-0003-2001: processing menu 60003 (lateral); reported, the projection kept
+    assert [v["view"] for v in by_id.loc["CXR1000", "views"]] == ["FRONTAL", "LATERAL"]
+    messages = [p.message for p in problems.problems if p.kind == "view-disagrees"]
+    assert len(messages) == 3
+    assert "pixel-derived view (torchxrayvision t-SNE) of CXR10_IM-0002-1001 says LATERAL" in messages[0]
+    assert "DICOM processing code of CXR1000_IM-0003-2001 says LATERAL; the projection kept" in messages[1]
+    # and this table's lateral, 3001, is processing menu 60025 (PA)
+    assert "'Lateral' but the DICOM processing code of CXR1000_IM-0003-3001 says PA" in messages[2]

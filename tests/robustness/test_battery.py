@@ -281,6 +281,9 @@ CASES = [
          lambda c: (_kaggle(c.kaggle(projections=KAGGLE_PROJECTIONS.replace(
              "3,3_IM-1384-1001.dcm.png,Lateral", "2,3_IM-1384-1001.dcm.png,Frontal"))), ""),
          counted="implausible-views", out="out.parquet"),
+    Case("ingest kaggle", "projection disagrees with the OpenI pixel-derived view",
+         lambda c: (_kaggle(c.kaggle(projections=KAGGLE_PROJECTIONS + "1,1_IM-0001-3001.dcm.png,Frontal\n")), ""),
+         counted="view-disagrees", out="out.parquet"),
     Case("ingest kaggle", "unknown projection",
          lambda c: (_kaggle(c.kaggle(projections=KAGGLE_PROJECTIONS.replace("Lateral", "Sideways"))), ""),
          counted="unknown-view", out="out.parquet"),

@@ -246,14 +246,14 @@ def ingest_iu_xray(
     problems = ProblemLog(strict=strict)
     meta_path = bundled_dicom_metadata() if dicom_metadata == "bundled" else dicom_metadata
     dicom = dicom_views(Path(meta_path) if meta_path else None)
+    pixels = pixel_views(bundled_pixel_views() if dicom_metadata == "bundled" else None)
     if layout == "openi":
-        pixel_path = bundled_pixel_views() if dicom_metadata == "bundled" else None
-        records, info = _openi_records(images, reports, findings, dicom,
-                                       pixel_views(pixel_path), problems)  # fmt: skip
+        records, info = _openi_records(images, reports, findings, dicom, pixels, problems)
     elif layout == "kaggle":
         if images is None:
             raise DataError("the kaggle layout needs the dataset folder (with indiana_reports.csv)")
-        records, info = _kaggle_records(Path(images), findings, dicom, problems)
+        by_key = {_dicom_key(i): v for i, v in pixels.items()}  # Kaggle names drop the _1_
+        records, info = _kaggle_records(Path(images), findings, dicom, by_key, problems)
     elif layout == "r2gen":
         if images is None:
             raise DataError("the r2gen layout needs the dataset folder (with annotation.json)")
@@ -345,7 +345,32 @@ def _openi_records(images: Path | None, reports: Path | None, findings: tuple[Fi
                                     "and view-disagrees problems)"}
 
 
+def _kaggle_view(image_id: str, projection: str, view: str, dicom: dict[str, dict[str, Any]],
+                 pixels: dict[str, str]) -> tuple[str, str | None]:
+    """The view of a Kaggle image and, when the OpenI metadata of the same image (``CXR`` +
+    file stem) disagrees, why: the pixel-derived view replaces the projection; a lateral
+    header or the processing code is reported and the projection kept (how often the
+    projection table is wrong cannot be measured here: the real table is not on this machine).
+    ``pixels`` is keyed by :func:`_dicom_key`."""
+    openi_id = f"CXR{image_id}"
+    pixel = pixels.get(_dicom_key(openi_id))
+    if pixel is not None and view_kind(pixel) != view_kind(view):
+        return pixel, (f"projection {projection!r} but the pixel-derived view (torchxrayvision "
+                       f"t-SNE) of {openi_id} says {pixel}; {pixel} taken")  # fmt: skip
+    meta = dicom.get(_dicom_key(openi_id))
+    if pixel is not None or meta is None or view_kind(view) == "unknown":
+        return view, None
+    header, code = meta["header_view"], meta.get("code_view")
+    other, source = ((header, "DICOM View Position") if view_kind(header) == "lateral"
+                     else (code, "DICOM processing code"))  # fmt: skip
+    if other is not None and view_kind(other) != view_kind(view):
+        return view, (f"projection {projection!r} but the {source} of {openi_id} says {other}; "
+                      "the projection kept")  # fmt: skip
+    return view, None
+
+
 def _kaggle_records(root: Path, findings: tuple[Finding, ...], dicom: dict[str, dict[str, Any]],
+                    pixels: dict[str, str],
                     problems: ProblemLog) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     reports_csv, proj_csv = root / "indiana_reports.csv", root / "indiana_projections.csv"
     reports = read_csv(reports_csv, ["uid", "MeSH", "indication", "comparison", "findings", "impression"],
@@ -370,6 +395,9 @@ def _kaggle_records(root: Path, findings: tuple[Finding, ...], dicom: dict[str, 
             problems.add("unknown-view", f"{proj_csv}:{row_no}",
                          f"projection {row.projection!r} is not a known view (Frontal, Lateral, "
                          "PA, AP, LL); the image is kept with view UNKNOWN")
+        view, disagreement = _kaggle_view(image_id, row.projection, view, dicom, pixels)
+        if disagreement:
+            problems.add("view-disagrees", f"{proj_csv}:{row_no}", disagreement)
         by_uid.setdefault(row.uid.strip(), []).append(
             {"image_id": image_id, "path": str(path.resolve()) if path else None, "view": view})
     records: list[dict[str, Any]] = []

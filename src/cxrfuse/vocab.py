@@ -38,6 +38,21 @@ VIEW_POSITIONS = ("PA", "AP", "FRONTAL", "LATERAL", "LL", "UNKNOWN")
 """Normalised view positions a manifest may hold."""
 FRONTAL_VIEWS = frozenset({"PA", "AP", "FRONTAL"})
 LATERAL_VIEWS = frozenset({"LATERAL", "LL"})
+VIEW_KINDS = ("frontal", "lateral", "unknown")
+"""What a view position says about the film: frontal (PA, AP), lateral, or unknown."""
+
+VIEW_ALIASES: dict[str, str] = {
+    "PA": "PA", "POSTERO ANTERIOR": "PA", "POSTEROANTERIOR": "PA", "FRONTAL": "FRONTAL",
+    "AP": "AP", "AP AXIAL": "AP", "ANTERO POSTERIOR": "AP",
+    "ANTEROPOSTERIOR": "AP", "AP SUPINE": "AP", "AP ERECT": "AP",
+    "LATERAL": "LATERAL", "LAT": "LATERAL", "L": "LATERAL", "RL": "LATERAL",
+    "RLAT": "LATERAL", "RIGHT LATERAL": "LATERAL", "XTABLE LATERAL": "LATERAL",
+    "LARGE LATERAL": "LATERAL", "LL": "LL", "LLAT": "LL", "LEFT LATERAL": "LL",
+}  # fmt: skip
+"""Every spelling of a view position cxrfuse reads (upper case, ``-``/``_`` as spaces) and the
+normalised position it means: DICOM ``ViewPosition`` (PA, AP, LL, RL, LATERAL), Kaggle IU
+projections (Frontal, Lateral), torchxrayvision's t-SNE views (PA, L) and CLI shorthands
+(``L``, ``LAT``, ``LLAT``). One mapping, used wherever a view is parsed."""
 
 # ----------------------------------------------------------------------------- studies
 

@@ -71,7 +71,7 @@ def test_openi_folder_with_images(tmp_path, iu_xml_bytes):
 def test_openi_strict_stops_at_first_problem(tmp_path, iu_xml_bytes):
     reports = tmp_path / "xml"
     reports.mkdir()
-    (reports / "1.xml").write_bytes(iu_xml_bytes[1])
+    (reports / "1.xml").write_bytes(iu_xml_bytes[2])  # report 2: plausible views (1 is PA+PA)
     (reports / "2.xml").write_text("not xml at all")
     with pytest.raises(DataError, match="2.xml"):
         ingest_iu_xray(reports=reports, strict=True)

@@ -130,7 +130,7 @@ def experiment_cmd(
 def predict_cmd(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory.")],
     image: Annotated[list[Path] | None, typer.Option("--image", help="Image file (PNG, JPEG or DICOM, told apart by content); frontal first, then lateral. Repeatable.")] = None,
-    view: Annotated[list[str] | None, typer.Option("--view", help="View position of each --image (PA, AP, LATERAL, ...); default: the DICOM header's, else the order given.")] = None,
+    view: Annotated[list[str] | None, typer.Option("--view", help="View position of each --image (PA, AP, LATERAL; L or LL = lateral), one per --image; '' leaves one out. Default: the DICOM header's, else the upload order (the first image without one is frontal, the next lateral; said in the warnings).")] = None,
     report: Annotated[Path | None, typer.Option(help="Report text file with section headings (INDICATION:, FINDINGS:, ...).")] = None,
     indication: Annotated[str | None, typer.Option(help="The indication, instead of (or beside) --report.")] = None,
     image_weights: Annotated[Path | None, typer.Option(help="Image-encoder weights file, for a run trained with local weights (a model file never names one itself).")] = None,

@@ -31,8 +31,9 @@ from typing import Any, Literal
 import pandas as pd
 
 from cxrfuse.data.labels import ABNORMAL, IU_DEFAULT_FINDINGS, Finding, iu_labels
-from cxrfuse.data.manifest import Manifest, normalise_view
+from cxrfuse.data.manifest import Manifest, normalise_view, view_kind
 from cxrfuse.data.tables import read_csv
+from cxrfuse.data.views import implausible_views
 from cxrfuse.problems import DataError, ProblemLog
 from cxrfuse.vocab import REPORT_SECTIONS
 
@@ -59,6 +60,13 @@ def bundled_reports() -> Path:
 def bundled_dicom_metadata() -> Path | None:
     """torchxrayvision's table of IU X-ray DICOM headers (view positions, dates), if present."""
     path = _xrv_data_dir() / "nlmcxr_dicom_metadata.csv.gz"
+    return path if path.exists() else None
+
+
+def bundled_pixel_views() -> Path | None:
+    """torchxrayvision's pixel-derived view of one image per IU study (``imageid, tsne-view``:
+    PA or L, from a t-SNE of the images), if present."""
+    path = _xrv_data_dir() / "nlmcxr_tsne_pa.csv.gz"
     return path if path.exists() else None
 
 
@@ -147,20 +155,70 @@ def iter_openi_reports(source: Path, problems: ProblemLog) -> Iterator[OpenIRepo
 
 
 # ---------------------------------------------------------------------------- DICOM metadata
+PROCESSING_CODE_VIEWS = {"60003": "LATERAL", "60025": "PA", "1": "PA", "2": "PA",
+                         "3": "LATERAL", "4": "LATERAL"}  # fmt: skip
+"""The CR processing menu (DICOM Acquisition Device Processing Code) of the IU X-ray images
+that says the view: on the 3,851 images torchxrayvision's pixel-derived view covers, code
+60003 is lateral on 151 of 155, 60025 frontal on 1,216 of 1,239, 1 and 2 frontal on 577 of
+581, 3 and 4 lateral on 66 of 66, while the header's View Position says PA for 1,360 of the
+1,366 images of code 60003 (``benchmarks/view_sources.py``)."""
+
+
 def dicom_views(path: Path | None) -> dict[str, dict[str, Any]]:
-    """``image_id -> {view, age}`` from the IU DICOM header table (view positions are noisy)."""
+    """``image_id -> {view, age, header_view, code_view}`` from the IU DICOM header table.
+
+    ``header_view`` is the header's View Position (noisy: many laterals are marked PA, many are
+    blank); ``code_view`` what the CR processing menu says (:data:`PROCESSING_CODE_VIEWS`);
+    ``view`` the header's position, except that a frontal or blank header gives way to a
+    processing code that says otherwise (see :func:`resolve_view`)."""
     if path is None:
         return {}
-    cols = ["imageid", "View Position", "Patient's Birth Date", "Study Date"]
-    table = pd.read_csv(path, usecols=cols, dtype=str)
+    cols = ["imageid", "View Position", "Patient's Birth Date", "Study Date",
+            "Acquisition Device Processing Code"]  # fmt: skip
+    table = pd.read_csv(path, usecols=lambda c: c in cols, dtype=str)
+    if "Acquisition Device Processing Code" not in table:
+        table["Acquisition Device Processing Code"] = None
     birth = pd.to_datetime(table["Patient's Birth Date"], format="%Y%m%d", errors="coerce")
     study = pd.to_datetime(table["Study Date"], format="%Y%m%d", errors="coerce")
     age = ((study - birth).dt.days / 365.25).round(1)
     ids = table["imageid"].str.replace(r"^CXR(\d+)_IM", r"CXR\1_IM", regex=True)
-    return {
-        i: {"view": normalise_view(v), "age": a if pd.notna(a) and 0 <= a < 120 else None}
-        for i, v, a in zip(ids, table["View Position"], age)
-    }
+    out = {}
+    for i, v, a, code in zip(ids, table["View Position"], age,
+                             table["Acquisition Device Processing Code"]):  # fmt: skip
+        header = normalise_view(v)
+        code_view = PROCESSING_CODE_VIEWS.get(str(code).strip()) if isinstance(code, str) else None
+        out[i] = {"view": header, "header_view": header, "code_view": code_view,
+                  "age": a if pd.notna(a) and 0 <= a < 120 else None}
+    return out
+
+
+def pixel_views(path: Path | None) -> dict[str, str]:
+    """``image_id -> PA | LATERAL`` from torchxrayvision's pixel-derived (t-SNE) view table."""
+    if path is None:
+        return {}
+    table = pd.read_csv(path, dtype=str)
+    if not {"imageid", "tsne-view"} <= set(table.columns):
+        raise DataError(f"{path}: expected columns imageid and tsne-view")
+    return {str(i): normalise_view(v) for i, v in zip(table["imageid"], table["tsne-view"])}
+
+
+def resolve_view(header: str, code_view: str | None, pixel_view: str | None) -> tuple[str, str]:
+    """The view position to trust for one OpenI image and the source it came from.
+
+    Preference (measured in ``benchmarks/view_sources.py``): the pixel-derived view where
+    torchxrayvision has one; a header that says lateral (never contradicted by the pixels);
+    the processing menu; a header that says frontal; else unknown. A header AP stays AP when
+    the pixels say frontal."""
+    hk, ck, pk = view_kind(header), view_kind(code_view), view_kind(pixel_view)
+    if pk != "unknown":
+        return (header if hk == pk else str(pixel_view)), "pixels (torchxrayvision t-SNE)"
+    if hk == "lateral":
+        return header, "DICOM View Position"
+    if ck != "unknown":
+        return (header if hk == ck else str(code_view)), "DICOM processing code"
+    if hk == "frontal":
+        return header, "DICOM View Position"
+    return "UNKNOWN", "none"
 
 
 def _dicom_key(image_id: str) -> str:
@@ -188,18 +246,26 @@ def ingest_iu_xray(
     problems = ProblemLog(strict=strict)
     meta_path = bundled_dicom_metadata() if dicom_metadata == "bundled" else dicom_metadata
     dicom = dicom_views(Path(meta_path) if meta_path else None)
+    pixels = pixel_views(bundled_pixel_views() if dicom_metadata == "bundled" else None)
     if layout == "openi":
-        records, info = _openi_records(images, reports, findings, dicom, problems)
+        records, info = _openi_records(images, reports, findings, dicom, pixels, problems)
     elif layout == "kaggle":
         if images is None:
             raise DataError("the kaggle layout needs the dataset folder (with indiana_reports.csv)")
-        records, info = _kaggle_records(Path(images), findings, dicom, problems)
+        by_key = {_dicom_key(i): v for i, v in pixels.items()}  # Kaggle names drop the _1_
+        records, info = _kaggle_records(Path(images), findings, dicom, by_key, problems)
     elif layout == "r2gen":
         if images is None:
             raise DataError("the r2gen layout needs the dataset folder (with annotation.json)")
         records, info = _r2gen_records(Path(images), reports, findings, dicom, problems)
     else:
         raise DataError(f"unknown IU X-ray layout {layout!r}; choose openi, kaggle or r2gen")
+    if layout == "kaggle":
+        for rec in records:
+            reason = implausible_views(rec["views"])
+            if reason:
+                problems.add("implausible-views", rec["study_id"], f"{reason}; kept as "
+                             "indiana_projections.csv says")  # fmt: skip
     for rec in records:
         if not any(rec.get(s) for s in REPORT_SECTIONS):
             problems.add("empty-report", rec["study_id"], "report has no comparison, indication, findings or impression")
@@ -232,7 +298,8 @@ def _study_record(report: OpenIReport, views: list[dict[str, Any]], findings: tu
 
 
 def _openi_records(images: Path | None, reports: Path | None, findings: tuple[Finding, ...],
-                   dicom: dict[str, dict[str, Any]], problems: ProblemLog) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                   dicom: dict[str, dict[str, Any]], pixels: dict[str, str],
+                   problems: ProblemLog) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     source = Path(reports) if reports else bundled_reports()
     image_dir = Path(images) if images else None
     if image_dir is not None and not image_dir.is_dir():
@@ -247,20 +314,63 @@ def _openi_records(images: Path | None, reports: Path | None, findings: tuple[Fi
                          "the first is kept")
             continue
         seen[report.number] = report.where
-        views = []
+        views, header_views, changed = [], [], []
         for image_id in report.image_ids:
             path = available.get(image_id)
             if image_dir is not None and path is None:
                 problems.add("missing-image", f"{report.study_id}/{image_id}", f"no {image_id}.png under {image_dir}")
+            meta = dicom.get(_dicom_key(image_id), {})
+            header = meta.get("header_view", "UNKNOWN")
+            view, source = resolve_view(header, meta.get("code_view"),
+                                        pixels.get(image_id) or pixels.get(_dicom_key(image_id)))
+            if view_kind(view) != view_kind(header) and header != "UNKNOWN":
+                changed.append(f"{image_id} {header} -> {view} ({source})")
             views.append({"image_id": image_id, "path": str(path.resolve()) if path else None,
-                          "view": dicom.get(_dicom_key(image_id), {}).get("view", "UNKNOWN")})
+                          "view": view})
+            header_views.append({"image_id": image_id, "view": header})
+        reason = implausible_views(header_views)
+        after = implausible_views(views)
+        if after:
+            reason = (f"{reason}; " if reason else "") + f"as corrected: {after}"
+        if reason or changed:
+            fix = f"; taken as {', '.join(changed)}" if changed else "; no other source to correct it"
+            problems.add("implausible-views" if reason else "view-disagrees", report.study_id,
+                         f"{reason or 'the DICOM View Position disagrees with a better source'}{fix}")
         records.append(_study_record(report, views, findings, dicom))
     records.sort(key=lambda r: int(r["patient_id"]))
     return records, {"reports": str(source), "images": str(image_dir) if image_dir else None,
-                     "view_source": "DICOM metadata table (noisy; many UNKNOWN)"}
+                     "view_source": "pixel-derived view (torchxrayvision t-SNE) where present, "
+                                    "else a lateral DICOM View Position, else the CR processing "
+                                    "code, else the DICOM View Position (see implausible-views "
+                                    "and view-disagrees problems)"}
+
+
+def _kaggle_view(image_id: str, projection: str, view: str, dicom: dict[str, dict[str, Any]],
+                 pixels: dict[str, str]) -> tuple[str, str | None]:
+    """The view of a Kaggle image and, when the OpenI metadata of the same image (``CXR`` +
+    file stem) disagrees, why: the pixel-derived view replaces the projection; a lateral
+    header or the processing code is reported and the projection kept (how often the
+    projection table is wrong cannot be measured here: the real table is not on this machine).
+    ``pixels`` is keyed by :func:`_dicom_key`."""
+    openi_id = f"CXR{image_id}"
+    pixel = pixels.get(_dicom_key(openi_id))
+    if pixel is not None and view_kind(pixel) != view_kind(view):
+        return pixel, (f"projection {projection!r} but the pixel-derived view (torchxrayvision "
+                       f"t-SNE) of {openi_id} says {pixel}; {pixel} taken")  # fmt: skip
+    meta = dicom.get(_dicom_key(openi_id))
+    if pixel is not None or meta is None or view_kind(view) == "unknown":
+        return view, None
+    header, code = meta["header_view"], meta.get("code_view")
+    other, source = ((header, "DICOM View Position") if view_kind(header) == "lateral"
+                     else (code, "DICOM processing code"))  # fmt: skip
+    if other is not None and view_kind(other) != view_kind(view):
+        return view, (f"projection {projection!r} but the {source} of {openi_id} says {other}; "
+                      "the projection kept")  # fmt: skip
+    return view, None
 
 
 def _kaggle_records(root: Path, findings: tuple[Finding, ...], dicom: dict[str, dict[str, Any]],
+                    pixels: dict[str, str],
                     problems: ProblemLog) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     reports_csv, proj_csv = root / "indiana_reports.csv", root / "indiana_projections.csv"
     reports = read_csv(reports_csv, ["uid", "MeSH", "indication", "comparison", "findings", "impression"],
@@ -285,6 +395,9 @@ def _kaggle_records(root: Path, findings: tuple[Finding, ...], dicom: dict[str, 
             problems.add("unknown-view", f"{proj_csv}:{row_no}",
                          f"projection {row.projection!r} is not a known view (Frontal, Lateral, "
                          "PA, AP, LL); the image is kept with view UNKNOWN")
+        view, disagreement = _kaggle_view(image_id, row.projection, view, dicom, pixels)
+        if disagreement:
+            problems.add("view-disagrees", f"{proj_csv}:{row_no}", disagreement)
         by_uid.setdefault(row.uid.strip(), []).append(
             {"image_id": image_id, "path": str(path.resolve()) if path else None, "view": view})
     records: list[dict[str, Any]] = []

@@ -47,7 +47,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxrfuse.problems import DataError
-from cxrfuse.vocab import IMAGE_KINDS, REPORT_SECTIONS, SPLITS, VIEW_POSITIONS
+from cxrfuse.vocab import (
+    FRONTAL_VIEWS,
+    IMAGE_KINDS,
+    LATERAL_VIEWS,
+    REPORT_SECTIONS,
+    SPLITS,
+    VIEW_ALIASES,
+    VIEW_POSITIONS,
+)
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"cxrfuse.manifest"
@@ -93,15 +101,15 @@ def normalise_view(value: object) -> str:
     """Map the many spellings of a view position to one of :data:`VIEW_POSITIONS`."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "UNKNOWN"
-    text = str(value).strip().upper().replace("-", " ").replace("_", " ")
-    aliases = {
-        "PA": "PA", "POSTERO ANTERIOR": "PA", "POSTEROANTERIOR": "PA", "FRONTAL": "FRONTAL",
-        "AP": "AP", "AP AXIAL": "AP", "ANTERO POSTERIOR": "AP", "ANTEROPOSTERIOR": "AP",
-        "AP SUPINE": "AP", "AP ERECT": "AP",
-        "LATERAL": "LATERAL", "LAT": "LATERAL", "RL": "LATERAL",
-        "XTABLE LATERAL": "LATERAL", "LL": "LL", "LEFT LATERAL": "LL",
-    }
-    return aliases.get(text, "UNKNOWN")
+    text = " ".join(str(value).strip().upper().replace("-", " ").replace("_", " ").split())
+    return VIEW_ALIASES.get(text, "UNKNOWN")
+
+
+def view_kind(view: object) -> str:
+    """``frontal``, ``lateral`` or ``unknown`` for a view position in any spelling."""
+    position = view if view in VIEW_POSITIONS else normalise_view(view)
+    return ("frontal" if position in FRONTAL_VIEWS
+            else "lateral" if position in LATERAL_VIEWS else "unknown")  # fmt: skip
 
 
 @dataclass

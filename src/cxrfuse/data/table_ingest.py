@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from cxrfuse.data.manifest import Manifest, normalise_view
 from cxrfuse.data.mimic_cxr import task_slug
 from cxrfuse.data.nih import parse_age
+from cxrfuse.data.views import implausible_views
 from cxrfuse.problems import ConfigError, DataError, ProblemLog
 from cxrfuse.vocab import REPORT_SECTIONS, SPLITS, Section
 
@@ -304,6 +305,9 @@ def ingest_table(spec: TableSpec, *, strict: bool = False) -> tuple[Manifest, Pr
         for v in study["views"]:
             image_id = _unique(Path(v["image"]).stem or study["study_id"], taken)
             views.append({"image_id": image_id, "path": v["path"], "view": v["view"]})
+        implausible = implausible_views(views)
+        if implausible:
+            log.add("implausible-views", study["study_id"], f"{implausible}; kept as the table says")
         records.append({**{k: v for k, v in study.items() if k != "views"}, "views": views})
     on_disk = sum(1 for r in records for v in r["views"] if v["path"])
     n_images = sum(len(r["views"]) for r in records)

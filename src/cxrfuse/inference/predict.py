@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cxrfuse.data.images import MAX_PIXELS, ImageHeader, decode_resized_bytes, read_header
-from cxrfuse.data.manifest import normalise_view
+from cxrfuse.data.manifest import normalise_view, view_kind
 from cxrfuse.data.mimic_cxr import parse_report_sections
 from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.encoders.text import TextEncoder
@@ -32,7 +32,15 @@ from cxrfuse.inference.runs import LoadedRun, load_run
 from cxrfuse.problems import DataError
 from cxrfuse.rundir import RunDir
 from cxrfuse.text import TextConfig, label_patterns, prepare_text
-from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS, LEAKY_SECTIONS, PHANTOM, REPORT_SECTIONS
+from cxrfuse.vocab import (
+    FRONTAL_VIEWS,
+    LATERAL_VIEWS,
+    LEAKY_SECTIONS,
+    PHANTOM,
+    REPORT_SECTIONS,
+    VIEW_KINDS,
+    VIEW_POSITIONS,
+)
 
 DEFAULT_THRESHOLD = 0.5
 MIN_SIDE = 256
@@ -44,7 +52,8 @@ MAX_ASPECT = 1.6
 @dataclass
 class StudyImage:
     """One view of a study: its bytes, a name to report it by, and its view position when
-    the caller knows it (else the DICOM header's, else unknown)."""
+    the caller knows it (else the DICOM header's, else the upload order's: see
+    :func:`upload_order_views`)."""
 
     name: str
     data: bytes
@@ -68,7 +77,7 @@ class ViewRead:
     width: int
     height: int
     view: str
-    view_source: str  # "client", "dicom header" or "unknown"
+    view_source: str  # "client", "dicom header", "upload order" or "unknown"
     slot: int | None  # where the head reads it; None when the model ignores it
 
 
@@ -95,6 +104,34 @@ class Prediction:
                if f.name not in ("inputs", "pixels")}  # fmt: skip
         out["views"] = [asdict(v) for v in self.views]
         return out
+
+
+UPLOAD_ORDER = "upload order"
+"""The ``view_source`` of a view whose position came from its place among the uploads."""
+
+
+def client_view(name: str, given: str) -> str:
+    """A view position a caller gave, normalised; a spelling cxrfuse does not know is an error
+    naming the image (``UNKNOWN`` may be given on purpose)."""
+    view = normalise_view(given)
+    if view == "UNKNOWN" and given.strip().upper() != "UNKNOWN":
+        raise DataError(f"{name}: view {given!r} is not a view position; give one of "
+                        f"{', '.join(VIEW_POSITIONS)} (or a spelling such as L, LAT, "
+                        "Frontal)")  # fmt: skip
+    return view
+
+
+def upload_order_views(reads: list[ViewRead]) -> list[ViewRead]:
+    """Views of unknown position take their place from the upload order: the first becomes
+    the frontal view when no view is frontal, the next the lateral when none is lateral
+    (``view_source`` ``upload order``); others stay unknown."""
+    kinds = {view_kind(r.view) for r in reads}
+    free = [k for k in ("frontal", "lateral") if k not in kinds]
+    for read in reads:
+        if read.view == "UNKNOWN" and read.view_source == "unknown" and free:
+            read.view = "FRONTAL" if free.pop(0) == "frontal" else "LATERAL"
+            read.view_source = UPLOAD_ORDER
+    return reads
 
 
 def _thresholds(run: LoadedRun) -> tuple[dict[str, float], str | None, list[str]]:
@@ -218,9 +255,45 @@ class Predictor:
                        f"{lost:.0%} of the image")  # fmt: skip
         if view not in FRONTAL_VIEWS | LATERAL_VIEWS:
             out.append(f"{name}: unknown view position (give it, e.g. PA or LATERAL); the "
-                       "model was trained on frontal and lateral views")  # fmt: skip
+                       f"model was trained on {self.training_views_text()}")  # fmt: skip
         if header.frames > 1:
             out.append(f"{name}: {header.frames} frames; only the first was read")
+        return out
+
+    @property
+    def training_views(self) -> dict[str, int] | None:
+        """The view kinds the run's training read (run.json ``views.train``); None for a run
+        that did not record them (an earlier version): unknown, not guessed."""
+        return self.run.info.views.get("train") or None
+
+    def training_views_text(self) -> str:
+        """The run's training views in words: ``frontal views only (250 frontal)``."""
+        counts = self.training_views
+        if counts is None:
+            return "views this run did not record (trained by an earlier cxrfuse)"
+        seen = [k for k in VIEW_KINDS if counts.get(k)]
+        numbers = ", ".join(f"{counts[k]} {k}" for k in seen)
+        if not seen:
+            return "no view at all"
+        if seen == ["unknown"]:
+            return f"views of unknown position only ({numbers})"
+        kinds = " and ".join(k for k in seen if k != "unknown")
+        only = " only" if len(seen) == 1 else ""
+        return f"{kinds} views{only} ({numbers})"
+
+    def _view_kind_warnings(self, reads: Sequence[ViewRead]) -> list[str]:
+        """A warning for each view read whose kind the run never read in training (none when
+        training read views of unknown position: the kind may be among them)."""
+        counts = self.training_views
+        if counts is None or counts.get("unknown"):
+            return []
+        out = []
+        for read in reads:
+            kind = view_kind(read.view)
+            if read.slot is not None and kind != "unknown" and not counts.get(kind):
+                out.append(f"{read.name}: a {kind} view ({read.view}, {read.view_source}), "
+                           f"but this model was trained on {self.training_views_text()}: it "
+                           f"never saw a {kind} view, its output on this one is untested")  # fmt: skip
         return out
 
     # ------------------------------------------------------------------ inputs
@@ -238,7 +311,7 @@ class Predictor:
                                 f"pixels exceed the limit of {MAX_PIXELS:,} (refused "
                                 "unread)")  # fmt: skip
             if image.view:
-                view, source = normalise_view(image.view), "client"
+                view, source = client_view(image.name, image.view), "client"
             elif header.view:
                 view, source = header.view, "dicom header"
             else:
@@ -246,7 +319,7 @@ class Predictor:
             reads.append(ViewRead(image.name, header.format, header.width, header.height, view,
                                   source, None))  # fmt: skip
             headers.append(header)
-        return reads, headers
+        return upload_order_views(reads), headers
 
     def slots(self, reads: Sequence[ViewRead]) -> list[tuple[int, int]]:
         """(index into ``reads``, head slot) of the views the head reads, in slot order.
@@ -344,6 +417,10 @@ class Predictor:
                                     "view fusion reads "
                                     f"{len([r for r in reads if r.slot is not None])} "
                                     "view(s))")  # fmt: skip
+            warnings += [f"{r.name}: no view position given or in a DICOM header; taken as "
+                         f"{r.view.lower()} from the upload order (frontal first, then lateral): "
+                         "give the views to be sure" for r in reads if r.view_source == UPLOAD_ORDER]
+            warnings += self._view_kind_warnings(reads)
             read_views = {r.view for r in reads if r.slot is not None}
             if self.run.sidecar.image.views == "frontal" and read_views <= LATERAL_VIEWS:
                 warnings.append("this model reads a frontal view, but only a lateral one was given")

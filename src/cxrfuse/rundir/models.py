@@ -111,6 +111,10 @@ class RunInfo(_Model):
     n: dict[str, int] = Field(default_factory=dict)
     n_train_before_subsample: int | None = None
     missing: dict[str, int] = Field(default_factory=dict)
+    views: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """Per split, the images the head's view fusion read, by kind (frontal, lateral, unknown)
+    and the studies with any image read; empty for a run of an earlier version or without
+    images (its training views are unknown, not guessed)."""
     fit: FitFacts | None = None
     finetune: FinetuneFacts | None = None
     clip: ClipFacts | None = None

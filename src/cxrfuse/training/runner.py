@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 
 from cxrfuse.config import RunConfig
+from cxrfuse.data.manifest import read_manifest
+from cxrfuse.data.views import read_view_counts
 from cxrfuse.encoders.text import TfidfEncoder
 from cxrfuse.fusion import FusionHead, build_head
 from cxrfuse.plotting import new_figure, save_figure
@@ -145,6 +147,20 @@ def missing_counts(arrays: StudyArrays) -> dict[str, int]:
     return out
 
 
+def training_views(arrays: StudyArrays, rows: dict[str, np.ndarray], view_fusion: str
+                   ) -> dict[str, dict[str, int]]:  # fmt: skip
+    """Per split, the view kinds the head's view fusion read (``run.json`` ``views``), from the
+    manifest the arrays came from (empty when it is not readable any more)."""
+    path = arrays.info.get("manifest")
+    if not path or not Path(path).is_file():
+        return {}
+    manifest = read_manifest(path)
+    views_of = dict(zip(manifest.df["study_id"].astype(str), manifest.df["views"]))
+    studies = {split: [views_of.get(str(arrays.study_ids[i]), []) for i in r]
+               for split, r in rows.items()}  # fmt: skip
+    return {split: read_view_counts(views, view_fusion) for split, views in studies.items()}
+
+
 def text_side(run: RunDir, arrays: StudyArrays) -> TextSide | None:
     """The sidecar's text side, with the fitted state stored when the encoder was fitted."""
     text = arrays.info.get("text")
@@ -230,5 +246,8 @@ def _train(config: RunConfig, run: RunDir, info: RunInfo, progress: bool,
     info.n = {"train": len(train_rows), "val": len(val_rows), "test": len(test_rows)}
     info.n_train_before_subsample = len(arrays.indices("train"))
     info.missing = missing_counts(arrays)
+    if image.side is not None:
+        info.views = training_views(arrays, {"train": train_rows, "val": val_rows,
+                                             "test": test_rows}, image.side.views)  # fmt: skip
     info.fit = FitFacts(**fit)
     info.finetune = image.finetune

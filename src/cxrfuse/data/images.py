@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from cxrfuse.data.manifest import normalise_view
-from cxrfuse.problems import DataError
+from cxrfuse.problems import ConfigError, DataError
 
 DECODE_VERSION = 1  # bump when the decoded pixels change (it is part of the cache key)
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased when downscaling, like torch antialias=True
@@ -54,9 +54,9 @@ PAD_VALUE = 0
 
 
 def check_fit(fit: str) -> Fit:
-    """``fit`` when it is one of :data:`FITS`; ValueError naming the choices otherwise."""
+    """``fit`` when it is one of :data:`FITS`; a ConfigError naming the choices otherwise."""
     if fit not in FITS:
-        raise ValueError(f"unknown image fit {fit!r}; choose one of {', '.join(FITS)}")
+        raise ConfigError(f"unknown image fit {fit!r}; choose one of {', '.join(FITS)}")
     return fit  # type: ignore[return-value]
 
 

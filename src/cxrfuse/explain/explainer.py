@@ -190,8 +190,8 @@ class Explainer:
     output: OutputKind = "sigmoid"
     texts: dict[str, tuple[np.ndarray, bool]] = field(default_factory=dict)
     device: str = "cpu"
-    fit: str = LEGACY_FIT
-    """How views become the model's square (the run's ``image.fit``)."""
+    fit: str | None = None
+    """How views become the model's square (the run's ``image.fit``); None: the encoder's."""
     scales: dict[str, float] = field(default_factory=dict)
     """Fixed colour scale per label (:meth:`calibrate`); a label without one is drawn on its
     own maximum, and the colour bar says so."""
@@ -200,6 +200,8 @@ class Explainer:
     """Studies :meth:`explain_manifest` could not explain, with the reason."""
 
     def __post_init__(self) -> None:
+        if self.fit is None:
+            self.fit = getattr(self.encoder.spec, "fit", LEGACY_FIT)
         if self.head.views is None:
             raise CxrfuseError(
                 f"this model reads {self.head.modalities} only: image explanations need an image"

@@ -218,7 +218,7 @@ def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "
                 comparison=comparison, views=view_list, explain=explain, draft=draft)
         except CxrfuseError as err:
             return _error(400, str(err))
-        except Exception as err:  # noqa: BLE001 - the client gets no traceback
+        except Exception as err:  # the client gets no traceback; the log has it
             log.error("predict failed: %s: %s", type(err).__name__, err, exc_info=err)
             return _error(500, "internal error while predicting (the server log names it)")
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from cxrfuse.rundir.models import ImageSide
 from cxrfuse.serve import Limits, Service, create_app
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -148,3 +150,11 @@ def test_lateral_given_to_a_frontal_only_model_gets_no_map(
     assert body["overlays"] == [] and body["probabilities"]
     assert any("trained on frontal views only" in w and w.startswith("l.png") for w in
                body["warnings"])  # fmt: skip
+
+
+def test_old_sidecars_read_as_crop_and_new_runs_record_pad(served_run: Path) -> None:
+    payload = json.loads((served_run / "model.json").read_text())
+    assert payload["image"]["fit"] == "pad"  # a new run (config default)
+    old = dict(payload["image"])
+    old.pop("fit")
+    assert ImageSide(**old).fit == "crop"

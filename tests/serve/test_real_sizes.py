@@ -158,3 +158,42 @@ def test_old_sidecars_read_as_crop_and_new_runs_record_pad(served_run: Path) -> 
     old = dict(payload["image"])
     old.pop("fit")
     assert ImageSide(**old).fit == "crop"
+
+
+def test_cli_predict_explain_writes_overlays_of_a_real_size_landscape_film(
+    served_run: Path, test_study: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from typer.testing import CliRunner
+
+    from cxrfuse.cli import app as cli
+    from cxrfuse.inference import Predictor, StudyImage
+
+    gray = real_radiograph()
+    if gray is None:  # the phantom at real size: always runs
+        with Image.open(test_study["frontal"]) as img:
+            gray = np.asarray(img.convert("L"))
+    film = tmp_path / "landscape.png"
+    film.write_bytes(variants(gray)["landscape-2160x2048.png"])
+    out = tmp_path / "overlays"
+    argv = ["predict", str(served_run), "--image", str(film), "--indication", "cough",
+            "--explain", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    api = Predictor(served_run).predict([StudyImage.from_path(film)], indication="cough")
+    assert body["probabilities"] == pytest.approx(api.probabilities)
+    [overlay] = body["overlays"]
+    assert "png_base64" not in overlay and Image.open(overlay["file"]).width >= 512
+    assert Path(overlay["file"]).parent == out
+    # a Grad-CAM that fails is a warning in the printed answer, the probabilities stay
+    import cxrfuse.serve.service as service_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("The input image should np.float32 in the range [0, 1]")
+
+    monkeypatch.setattr(service_module.Service, "overlays", broken)
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["probabilities"] == pytest.approx(api.probabilities)
+    assert any("Grad-CAM failed (ValueError: The input image" in w for w in body["warnings"])

@@ -42,7 +42,8 @@ def failure(what: str, err: BaseException) -> str:
     """The warning (and log line) of an optional part of an answer that failed: its exception
     type and message, so that neither the client nor the operator is left with a type alone."""
     message = f"{what} failed ({type(err).__name__}: {err}); the probabilities above are unaffected"
-    log.warning("%s", message, exc_info=err)
+    log.warning("%s", message)
+    log.debug("%s: traceback", what, exc_info=err)  # the traceback only at debug level
     return message
 
 
@@ -56,8 +57,10 @@ def cxrfuse_version() -> str:
 class Service:
     """A run opened once for serving; :meth:`analyse` is thread-safe (one study at a time)."""
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
-        self.predictor = Predictor(run_dir, device=device)
+    def __init__(self, run_dir: str | Path, device: str = "cpu",
+                 predictor: Predictor | None = None) -> None:  # fmt: skip
+        """``predictor``: one already loaded (e.g. with user-given image weights)."""
+        self.predictor = predictor or Predictor(run_dir, device=device)
         self.run = self.predictor.run
         self.device = device
         self._lock = threading.Lock()
@@ -246,6 +249,30 @@ class Service:
                 except Exception as err:  # noqa: BLE001 - never lose the prediction to it
                     warnings.append(failure("the draft report", err))
         return answer
+
+
+def write_overlays(answer: dict[str, Any], folder: str | Path) -> list[Path]:
+    """Write the answer's overlay PNGs into ``folder`` (``<image>__<label>__<method>.png``) and
+    replace each overlay's ``png_base64`` by its ``file`` (for ``cxrfuse predict --explain``)."""
+    from cxrfuse.data.manifest import label_slug
+    from cxrfuse.files import atomic_path
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for overlay in answer.get("overlays") or []:
+        stem = Path(overlay["image"]).name.split(".")[0] or "image"
+        name = f"{stem}__{label_slug(overlay['label'])}__{overlay['method']}"
+        path = out / f"{name}.png"
+        copy = 1
+        while path in written:  # two uploads of one name
+            copy += 1
+            path = out / f"{name}-{copy}.png"
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(base64.b64decode(overlay.pop("png_base64")))
+        overlay["file"] = str(path)
+        written.append(path)
+    return written
 
 
 def model_card(service: Service) -> dict[str, Any]:

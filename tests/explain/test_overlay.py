@@ -115,3 +115,25 @@ def test_explainer_decodes_as_the_store(phantoms_64: Manifest, tmp_path, fit: st
     [loaded] = explainer.load_views(row)
     expected = explainer.encoder.preprocess(fit_square(wide, 64, fit))
     assert torch.equal(loaded.tensor, expected) and loaded.original.shape == (64, 96)
+
+
+def test_a_study_whose_map_fails_is_a_warning_and_the_rest_is_explained(
+    phantoms_64: Manifest, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cxrfuse.explain.explainer as explainer_module
+
+    real = explainer_module.compute_cam
+    calls = {"n": 0}
+
+    def first_fails(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("The input image should np.float32 in the range [0, 1]")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(explainer_module, "compute_cam", first_fails)
+    explainer = Explainer(TinyCNN(64, 16).eval(), image_head(16, len(LABELS)), LABELS)
+    maps = explainer.explain_manifest(phantoms_64, split="test", limit=3, labels=["Nodule"],
+                                      out_dir=tmp_path, progress=False)  # fmt: skip
+    assert len(maps) == 2 and len(explainer.failures) == 1
+    assert "ValueError: The input image should np.float32" in explainer.failures[0]

@@ -296,12 +296,14 @@ class Explainer:
         labels: Sequence[str] | None = None,
         method: str = "gradcam",
         out_dir: str | Path | None = None,
+        only: Sequence[ViewInput] | None = None,
     ) -> list[ViewExplanation]:
-        """Maps of views already loaded (e.g. uploaded to the server) for each label."""
+        """Maps of views already loaded (e.g. uploaded to the server) for each label; with
+        ``only``, maps of those views alone (the others still fill their slots)."""
         labels = list(labels or self.labels)
         context = self.context(views)
         results = []
-        for view in views:
+        for view in views if only is None else only:
             model = self.model_for(views, view.slot, context)
             x = view.tensor[None].to(self.device)
             with torch.no_grad():

@@ -177,7 +177,7 @@ class Service:
         if "text" in prediction.inputs:
             texts = {UPLOAD_ID: (prediction.inputs["text"][0].numpy(),
                                  bool(prediction.inputs["text_mask"][0]))}  # fmt: skip
-        views = []
+        views, mapped = [], []
         read = sorted((i for i, r in enumerate(prediction.views) if r.slot is not None),
                       key=lambda i: prediction.views[i].slot)  # type: ignore[arg-type, return-value]
         for index, pixels in zip(read, prediction.pixels):
@@ -185,11 +185,12 @@ class Service:
             refused = untrained_view_note(side, r.view)
             if refused:
                 warnings.append(f"{r.name}: {refused}")
-                continue
             original = gray8_bytes(images[index].data).astype(np.float32) / 255.0
             views.append(ViewInput(UPLOAD_ID, str(index), r.view, "", int(r.slot), original,
                                    encoder.preprocess(pixels)))  # fmt: skip
-        if not views:
+            if not refused:
+                mapped.append(views[-1])
+        if not mapped:
             return []
         scales, scale_note = self.colour_scales()
         if scale_note:
@@ -198,7 +199,7 @@ class Service:
                               texts=texts, device=self.device, fit=side.fit, scales=dict(scales),
                               facts=self.caption_facts())  # fmt: skip
         try:
-            maps = explainer.explain_views(views, labels)
+            maps = explainer.explain_views(views, labels, only=mapped)
         finally:
             self.run.head.to("cpu")  # predict_proba reads the head on the CPU
         originals = {v.image_id: v.original for v in views}

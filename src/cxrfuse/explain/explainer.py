@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cxrfuse.data.images import LEGACY_FIT, fit_square, gray8
+from cxrfuse.data.images import LEGACY_FIT, decode_resized, gray8
 from cxrfuse.data.manifest import Manifest, label_slug
 from cxrfuse.data.phantoms import file_stem
 from cxrfuse.encoders.image import ImageEncoder
@@ -225,11 +225,9 @@ class Explainer:
             path = str(view["path"])
             try:
                 with Image.open(path) as img:
-                    img.load()
-                    full = gray8(img)
-                    # fitted and resized as the embedding store decodes
-                    pixels = fit_square(full, self.encoder.spec.input_size, self.fit)
-                original = np.asarray(full, dtype=np.float32) / 255.0
+                    original = np.asarray(gray8(img), dtype=np.float32) / 255.0
+                # the model input decoded, fitted and resized exactly as the embedding store does
+                pixels = decode_resized(path, self.encoder.spec.input_size, self.fit)
                 tensor = self.encoder.preprocess(pixels)
             except (OSError, ValueError, TypeError) as err:
                 raise DataError(f"study {sid}: cannot read view {path}: {err}") from err

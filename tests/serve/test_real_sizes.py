@@ -77,6 +77,8 @@ def _explained(client: TestClient, name: str, data: bytes) -> dict:
     assert png.format == "PNG" and max(png.size) >= 512
     assert overlay["caption"] and "AUROC" in overlay["caption"][1]
     assert "threshold" in overlay["caption"][0]
+    assert overlay["scale"] and overlay["scale"] > 0 and "run-level scale" in overlay["caption"][2]
+    assert overlay["shown"] or "flat" in overlay["note"] or "empty" in overlay["note"]
     assert not any("failed" in w for w in body["warnings"]), body["warnings"]
     return body
 

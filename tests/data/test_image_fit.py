@@ -105,4 +105,5 @@ def test_store_keys_of_crop_are_unchanged_and_pad_vectors_of_square_images_ident
     b = embed_images(small, pad, tmp_path / "store", progress=False)
     assert a.path != b.path and len(a) == len(b) > 0
     assert np.array_equal(a.vectors, b.vectors)  # square phantoms: bit-identical
+    assert (a.meta["fit"], b.meta["fit"]) == ("crop", "pad")
 

@@ -497,6 +497,7 @@ def _finish_image_store(
         "key_inputs": inputs,
         "encoder": encoder.spec.name,
         "weights": str(getattr(encoder, "weights", "")),
+        "fit": encoder.spec.fit,  # in the key only when pad: crop keys predate the option
         "dim": encoder.feature_dim,
         "dtype": dtype,
         "n_images": len(records),

@@ -1,5 +1,5 @@
 """Real-size images of any aspect ratio through ``POST /v1/predict`` with ``explain=true``:
-portrait, landscape, 16-bit and 3000-px variants made in the test from real NIH radiographs
+portrait, landscape, 16-bit PNG, 12-bit DICOM and 3000-px variants made in the test from real NIH radiographs
 (skipped when ``../shared/data`` is absent) and from a phantom (always runs). Every answer is 200
 with probabilities and overlays. A failing Grad-CAM, attribution or draft becomes a warning that
 names the exception message; the prediction is kept."""
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from serve_helpers import dicom_bytes
 
 from cxrfuse.rundir.models import ImageSide
 from cxrfuse.serve import Limits, Service, create_app
@@ -52,8 +53,10 @@ def variants(gray: np.ndarray) -> dict[str, bytes]:
         film[:300, :300] = 255  # a burned-in white label: resampled, it overshot 1.0 (issue 19)
     sixteen = (np.asarray(base.resize((2500, 2048), Image.Resampling.BILINEAR))
                .astype(np.uint16) * 257)  # fmt: skip
+    twelve = np.asarray(base.resize((2500, 3000), Image.Resampling.BILINEAR)).astype(np.uint16) * 16
     return {"portrait-2048x2160.png": png(portrait), "landscape-2160x2048.png": png(landscape),
-            "tall-1800x3000.png": png(tall), "wide-16bit-2500x2048.png": png(sixteen)}
+            "tall-1800x3000.png": png(tall), "wide-16bit-2500x2048.png": png(sixteen),
+            "dicom-12bit-2500x3000.dcm": dicom_bytes(twelve)}
 
 
 @pytest.fixture(scope="module")

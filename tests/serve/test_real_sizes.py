@@ -202,3 +202,19 @@ def test_cli_predict_explain_writes_overlays_of_a_real_size_landscape_film(
     body = json.loads(result.output)
     assert body["probabilities"] == pytest.approx(api.probabilities)
     assert any("Grad-CAM failed (ValueError: The input image" in w for w in body["warnings"])
+
+
+def test_views_never_seen_in_training_get_no_map() -> None:
+    from cxrfuse.explain.runs import untrained_view_note
+
+    mean = ImageSide(encoder="e", weights="w", views="mean", input_size=64, dim=8)
+    frontal = mean.model_copy(update={"views": "frontal"})
+    assert untrained_view_note(frontal, "LATERAL") and untrained_view_note(frontal, "LL")
+    assert untrained_view_note(frontal, "PA") is None
+    assert untrained_view_note(frontal, "UNKNOWN") is None  # mapped; predict warns
+    assert untrained_view_note(mean, "LATERAL") is None  # no record: the fusion decides
+    only_frontal = {"frontal": 250, "lateral": 0, "unknown": 0}
+    assert "never saw a lateral" in untrained_view_note(mean, "LATERAL", only_frontal)
+    assert untrained_view_note(mean, "AP", only_frontal) is None
+    assert untrained_view_note(mean, "LATERAL", {"frontal": 9, "unknown": 3}) is None
+    assert "never saw a frontal" in untrained_view_note(mean, "PA", {"lateral": 5})

@@ -12,7 +12,7 @@ Outputs go under the run directory unless told otherwise:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,16 +31,30 @@ from cxrfuse.inference import LoadedRun, load_run
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import RunDir, layout
 from cxrfuse.rundir.models import ImageSide
-from cxrfuse.vocab import LATERAL_VIEWS, PHANTOM
+from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS, PHANTOM
 
 
-def untrained_view_note(image: ImageSide, view: str) -> str | None:
-    """Why no map is drawn for a view of type ``view``, or None: a run whose view fusion is
-    ``frontal`` was trained on frontal views only, so a lateral (or unknown) view given to it
-    is outside what it learned and its map would be drawn on an image it never saw the like of.
-    A view of unknown position is mapped (the prediction warns about it). (Where a run records
-    the view types it was trained on, that list belongs here.)"""
-    if image.views == "frontal" and view in LATERAL_VIEWS:
+def untrained_view_note(image: ImageSide, view: str,
+                        trained: Mapping[str, int] | None = None) -> str | None:  # fmt: skip
+    """Why no map is drawn for a view of position ``view``, or None.
+
+    ``trained``: the view kinds the run's training read (run.json ``views.train``: frontal,
+    lateral, unknown counts) where the run recorded them: a frontal or lateral view of a kind
+    with no training image gets no map (unless training read views of unknown position, which
+    may be of that kind). A run that recorded none falls back to its view fusion: ``frontal``
+    was trained on frontal views only. A map of a kind the model never saw would show nothing
+    it learned. A view of unknown position is mapped (the prediction warns about it)."""
+    kind = ("frontal" if view in FRONTAL_VIEWS else "lateral" if view in LATERAL_VIEWS
+            else "unknown")  # fmt: skip
+    if kind == "unknown":
+        return None
+    if trained:
+        if trained.get("unknown") or trained.get(kind):
+            return None
+        seen = ", ".join(f"{n} {k}" for k, n in trained.items() if n) or "no view"
+        return (f"no map: this model never saw a {kind} view in training ({seen}) and was "
+                f"given a {view} view; a map of it would show nothing the model learned")
+    if image.views == "frontal" and kind == "lateral":
         return (f"no map: this model was trained on frontal views only and was given a {view} "
                 "view; a map of it would show nothing the model learned (give a frontal view)")
     return None

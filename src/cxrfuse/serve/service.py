@@ -173,6 +173,8 @@ class Service:
         if encoder is None or side is None:
             return []
         warnings = warnings if warnings is not None else []
+        # the view kinds training read, where the run recorded them (run.json views.train)
+        trained = (getattr(self.run.info, "views", None) or {}).get("train")
         texts = {}
         if "text" in prediction.inputs:
             texts = {UPLOAD_ID: (prediction.inputs["text"][0].numpy(),
@@ -182,7 +184,7 @@ class Service:
                       key=lambda i: prediction.views[i].slot)  # type: ignore[arg-type, return-value]
         for index, pixels in zip(read, prediction.pixels):
             r = prediction.views[index]
-            refused = untrained_view_note(side, r.view)
+            refused = untrained_view_note(side, r.view, trained)
             if refused:
                 warnings.append(f"{r.name}: {refused}")
             original = gray8_bytes(images[index].data).astype(np.float32) / 255.0

@@ -287,8 +287,8 @@ def model_card(service: Service) -> dict[str, Any]:
         image = sidecar.image
         encoders["image"] = {"encoder": image.encoder, "weights": Path(image.weights).name,
                              "input_size": image.input_size, "view_fusion": image.views,
-                             "n_views": image.n_views, "finetuned": image.finetuned,
-                             "fit": image.fit}  # fmt: skip
+                             "n_views": image.n_views, "finetuned": image.finetuned}  # fmt: skip
+        encoders["image"]["fit"] = image.fit  # how a non-square view became the model's square
     if sidecar.text is not None:
         encoders["text"] = {"encoder": sidecar.text.encoder, "sections": predictor.text_sections,
                             "masked_labels": list(sidecar.text.mask_labels_for)}  # fmt: skip

@@ -288,7 +288,6 @@ def model_card(service: Service) -> dict[str, Any]:
         encoders["image"] = {"encoder": image.encoder, "weights": Path(image.weights).name,
                              "input_size": image.input_size, "view_fusion": image.views,
                              "n_views": image.n_views, "finetuned": image.finetuned}  # fmt: skip
-        encoders["image"]["fit"] = image.fit  # how a non-square view became the model's square
     if sidecar.text is not None:
         encoders["text"] = {"encoder": sidecar.text.encoder, "sections": predictor.text_sections,
                             "masked_labels": list(sidecar.text.mask_labels_for)}  # fmt: skip
@@ -305,6 +304,8 @@ def model_card(service: Service) -> dict[str, Any]:
                        "headline": {name: {"value": value,
                                            "ci": raw.get("ci", {}).get(f"headline/{name}")}
                                     for name, value in headline.items()}}  # fmt: skip
+    if sidecar.image is not None:  # how a non-square view became the model's square input
+        encoders["image"]["fit"] = sidecar.image.fit
     return {
         "run": info.name,
         "kind": info.kind,

@@ -149,6 +149,9 @@ def test_lateral_given_to_a_frontal_only_model_gets_no_map(
 ) -> None:  # fmt: skip
     side = service.run.sidecar.image.model_copy(update={"views": "frontal"})
     monkeypatch.setattr(service.run.sidecar, "image", side)
+    if "views" in type(service.run.info).model_fields:  # a run that records its training views
+        frontal_only = {"train": {"frontal": 20, "lateral": 0, "unknown": 0}}
+        monkeypatch.setattr(service.run.info, "views", frontal_only)
     lateral = Path(test_study["lateral"]).read_bytes()
     body = client.post("/v1/predict", files=[("images", ("l.png", lateral, "image/png"))],
                        data={"views": ["LATERAL"], "explain": "true"}).json()

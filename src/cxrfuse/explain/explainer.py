@@ -153,10 +153,10 @@ def caption_lines(exp: ViewExplanation, facts: CaptionFacts | None = None) -> li
         lines.append("model not evaluated: no test AUROC")
     if exp.raw is not None:
         top = exp.raw_max or 0.0
-        where = (f"run-level scale 0-{exp.scale:.3g}" if exp.scale
-                 else "scale 0 to this map's own max (no run-level scale)")  # fmt: skip
-        lines.append(f"{exp.method}: colour = raw map on a fixed {where}; this map's max "
-                     f"{top:.3g}; fit {exp.fit}")  # fmt: skip
+        where = (f"on a fixed run-level scale 0-{exp.scale:.3g}" if exp.scale
+                 else "scaled to this map's own max (no run-level scale)")  # fmt: skip
+        lines.append(f"{exp.method}: colour = raw map {where}; this map's max {top:.3g}; "
+                     f"fit {exp.fit}")  # fmt: skip
     else:
         lines.append(f"{exp.method}: map min-max scaled per image")
     return lines

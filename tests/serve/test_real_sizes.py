@@ -26,14 +26,21 @@ REAL_DIRS = [SHARED / "iu-nih-pairs" / "images" / "images_normalized",
              SHARED / "nih-cxr14-sample" / "images"]  # fmt: skip
 
 
-def real_radiograph() -> np.ndarray | None:
-    """One real NIH radiograph (8-bit gray), or None when the shared data is absent."""
-    for folder in REAL_DIRS:
+def real_radiographs() -> list[np.ndarray]:
+    """A real radiograph (8-bit gray) of each shared folder present (none when absent)."""
+    out = []
+    for i, folder in enumerate(REAL_DIRS):
         files = sorted(folder.glob("*.png")) if folder.is_dir() else []
         if files:
-            with Image.open(files[0]) as img:
-                return np.asarray(img.convert("L"))
-    return None
+            with Image.open(files[7 * i]) as img:  # two different films
+                out.append(np.asarray(img.convert("L")))
+    return out
+
+
+def real_radiograph() -> np.ndarray | None:
+    """One real NIH radiograph (8-bit gray), or None when the shared data is absent."""
+    films = real_radiographs()
+    return films[0] if films else None
 
 
 def variants(gray: np.ndarray) -> dict[str, bytes]:
@@ -94,10 +101,11 @@ def _check_all(client: TestClient, gray: np.ndarray) -> None:
 
 
 def test_real_radiographs_of_any_size_and_aspect_get_maps(client: TestClient) -> None:
-    gray = real_radiograph()
-    if gray is None:
+    films = real_radiographs()
+    if not films:
         pytest.skip("../shared/data (real NIH radiographs) is absent")
-    _check_all(client, gray)
+    for gray in films:  # one of iu-nih-pairs, one of nih-cxr14-sample
+        _check_all(client, gray)
 
 
 def test_phantom_at_real_sizes_gets_maps(client: TestClient, test_study: dict) -> None:

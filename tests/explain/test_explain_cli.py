@@ -54,6 +54,12 @@ def test_explain_one_study_and_score(fused_run: Path) -> None:
     index = pd.read_csv(fused_run / "explain" / "gradcam++" / "index.csv")
     assert len(index) == 2 * 2 and set(index["study_id"].astype(str)) == {sid}
     assert all(Path(p).exists() for p in index["overlay"])
+    # one run-level colour scale per label (from val images), recorded with each map
+    assert index["scale"].notna().all() and (index["scale"] > 0).all()
+    assert index.groupby("label")["scale"].nunique().eq(1).all()
+    assert set(index["shown"]) <= {True, False} and "raw_max" in index
+    for _, row in index[~index["shown"]].iterrows():  # a flat map is said, not drawn
+        assert "flat" in row["note"] or "empty" in row["note"]
     result = runner.invoke(app, ["explain", str(fused_run), "--split", "test", "--limit", "1",
                                  "--score", "--score-limit", "4", "--no-progress",
                                  "--attribution"])  # fmt: skip

@@ -358,6 +358,7 @@ CASES = [
     Case("config", "bad value", lambda c: (["train", str(c.config(lambda p: p["training"].update(loss={"kind": "hinge"})))], "training.loss.kind")),
     Case("config", "--set without =", lambda c: (["train", str(c.config()), "--set", "training.max_epochs"], "training.max_epochs")),
     Case("config", "manifest missing", lambda c: (["train", str(c.config(lambda p: p["data"].update(manifest=str(c.tmp / "no.parquet")))), "--offline", "--no-progress"], "no.parquet")),
+    Case("config", "image fit neither pad nor crop", lambda c: (["train", str(c.config(lambda p: p["image"].update(fit="squash")))], "image.fit")),
     Case("config", "unknown encoder", lambda c: (["train", str(c.config(lambda p: p["image"].update(offline_encoder="dragon-net"))), "--offline", "--no-progress"], "dragon-net")),
     Case("config", "experiment without base:", lambda c: (["experiment", str(c.experiment(lambda p: p.pop("base") and None))], "base:")),
     Case("config", "experiment base file missing", lambda c: (["experiment", str(c.experiment(lambda p: p.update(base="nowhere.yaml")))], "nowhere.yaml")),
@@ -367,6 +368,7 @@ CASES = [
          lambda c: (["experiment", str(c.experiment(lambda p: p["base"]["data"].update(task="dragons"))), "--offline", "--no-progress"], "all 2 run(s) failed")),
     # ------------------------------------------------------------------ embed
     Case("embed", "unknown image encoder", lambda c: (_embed(c, c.phantoms, "--image-encoder", "dragon-net"), "dragon-net")),
+    Case("embed", "--fit neither pad nor crop", lambda c: (_embed(c, c.phantoms, "--image-encoder", "efficientnet-lite0", "--fit", "squash"), "squash")),
     Case("embed", "unknown text encoder", lambda c: (_embed(c, c.phantoms, "--text-encoder", "dragon"), "dragon")),
     Case("embed", "hub id offline", lambda c: (_embed(c, c.phantoms, "--text-encoder", "nobody/no-such-model"), "nobody/no-such-model")),
     Case("embed", "image weights file missing", lambda c: (_embed(c, c.phantoms, "--image-encoder", "efficientnet-lite0", "--image-weights", str(c.tmp / "w.pt")), "w.pt")),
@@ -395,6 +397,7 @@ CASES = [
          lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["image"].update(weights=str(c.run / "model.safetensors")))), "image.weights")),
     Case("predict", "text.encoder names a folder outside the run",
          lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["text"].update(state=None, encoder=str(c.tmp)))), "text.encoder")),
+    Case("predict", "image.fit neither pad nor crop", lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["image"].update(fit="squash"))), "image.fit")),
     Case("predict", "image file missing", lambda c: (c.predict(c.run, image=c.tmp / "no.png"), "no.png")),
     Case("predict", "image not an image", lambda c: (c.predict(c.run, image=_with(c.tmp / "x.png", "text")), "x.png")),
     Case("predict", "image over the pixel limit", lambda c: (c.predict(c.run, image=_huge(c)), "huge.png")),

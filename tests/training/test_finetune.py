@@ -280,7 +280,7 @@ def test_finetune_reads_pixels_from_the_decoded_image_cache(
     monkeypatch.setattr(finetune_module, "decode_resized", no_decoding)
     monkeypatch.setattr(decode_module, "decode_resized", no_decoding)
     slots, _ = view_slots(phantoms, "mean")
-    cache, rows = manifest_image_cache(cache_dir, phantoms, SIZE)
+    cache, rows = manifest_image_cache(cache_dir, phantoms, SIZE, fit="pad")  # the runs' fit
     assert fill_cache(cache, progress=False) == 0
     dataset = StudyImages(slots, SIZE, phantoms.label_matrix("cardiomegaly"), cache=cache,
                           cache_rows=rows)  # fmt: skip

@@ -52,6 +52,7 @@ def embed_cmd(
     dtype: Annotated[StoreDtype, typer.Option(help="Storage dtype of the vectors.")] = StoreDtype.float32,
     precision: Annotated[Precision, typer.Option(help="Compute precision: auto = bfloat16 autocast on GPU, float32 on CPU.")] = Precision.auto,
     input_size: Annotated[int | None, typer.Option(min=8, help="Override the encoder's input size (pixels).")] = None,
+    fit: Annotated[str, typer.Option(help="How a non-square image becomes the square input: pad (letterboxed, as new runs) or crop (central square, as runs before the option).")] = "pad",
     cache: Annotated[Path | None, typer.Option(help="Decoded-image cache folder: decode and resize each image once, reuse it for every encoder of that input size.")] = None,
     device: Annotated[Device, typer.Option(help="Where the image model runs.")] = Device.auto,
     compile: Annotated[bool, typer.Option("--compile", help="Run the image model through torch.compile.")] = False,
@@ -77,7 +78,7 @@ def embed_cmd(
         text_sections=csv_list(sections) or ["indication"], mask_labels=mask, task=task,
         batch_size=batch_size, num_workers=workers, shard_size=shard_size, input_size=input_size,
         dtype=dtype.value, precision=precision.value, device=device.value, cache_dir=cache,
-        compile=compile, nproc=nproc, progress=progress, text_options=text_options,
+        compile=compile, nproc=nproc, progress=progress, text_options=text_options, fit=fit,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun only rank 0 reports

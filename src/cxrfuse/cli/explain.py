@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxrfuse.cli import app, console, csv_list, friendly_errors
+from cxrfuse.cli import app, console, csv_list, err_console, friendly_errors
 from cxrfuse.problems import CxrfuseError
 
 if TYPE_CHECKING:
@@ -77,6 +77,8 @@ def explain_cmd(
         progress=progress, explainer=explainer,
     )  # fmt: skip
     console.print(f"{len(result.maps)} map(s): [bold]{result.out_dir}[/] (index.csv)")
+    for warning in result.warnings or []:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if result.scores is not None and result.score_files:
         from cxrfuse.explain.scoring import markdown_table
 

@@ -134,6 +134,7 @@ def predict_cmd(
     report: Annotated[Path | None, typer.Option(help="Report text file with section headings (INDICATION:, FINDINGS:, ...).")] = None,
     indication: Annotated[str | None, typer.Option(help="The indication, instead of (or beside) --report.")] = None,
     image_weights: Annotated[Path | None, typer.Option(help="Image-encoder weights file, for a run trained with local weights (a model file never names one itself).")] = None,
+    explain: Annotated[Path | None, typer.Option("--explain", help="Also write Grad-CAM overlays (one PNG per view and label, fixed colour scale) and the image vs report attribution into this folder; a failure of either is a warning, never a lost prediction.")] = None,
 ) -> None:
     """One study's probabilities, the run's val-chosen thresholds, the decisions at them and
     the warnings a reader must see (synthetic training images, text the model was not trained
@@ -153,6 +154,14 @@ def predict_cmd(
             raise DataError(f"{report}: not UTF-8 text (byte {err.start}: {err.reason}); "
                             "save the report as UTF-8") from err
     images = [StudyImage.from_path(p) for p in image or []]
-    result = Predictor(run_dir, image_weights=image_weights).predict(
-        images, report=text, indication=indication, views=view or None)
-    typer.echo(json.dumps(result.to_dict(), indent=2))
+    predictor = Predictor(run_dir, image_weights=image_weights)
+    if explain is None:
+        result = predictor.predict(images, report=text, indication=indication, views=view or None)
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    from cxrfuse.serve.service import Service, write_overlays
+
+    answer = Service(run_dir, predictor=predictor).analyse(
+        images, report=text, indication=indication, views=view or None, explain=True, draft=False)
+    write_overlays(answer, explain)
+    typer.echo(json.dumps(answer, indent=2))

@@ -88,6 +88,10 @@ class ImageSideConfig(Strict):
     weights: str = "default"
     input_size: int | None = Field(None, ge=16)
     views: Literal["frontal", "mean", "concat", "attention"] = "mean"
+    fit: Literal["pad", "crop"] = Field(
+        "pad", description="how a non-square image becomes the encoder's square input: pad "
+        "(letterboxed, nothing dropped; new runs) or crop (central square, as runs and stores "
+        "before this option); a square image is the same under both")
     embed_batch_size: int | None = Field(None, ge=1)  # None: 4 on a CPU, 256 on a GPU
 
 

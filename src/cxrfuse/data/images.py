@@ -1,4 +1,10 @@
-"""Image files to the store's model input: 8-bit gray, central square, resized (PIL, uint8).
+"""Image files to the store's model input: 8-bit gray, fitted to a square, resized (PIL, uint8).
+
+How a non-square image becomes square is the *fit* (:data:`FITS`): ``crop`` keeps the central
+square (what every store and run before the option used, and still the default of a key or
+sidecar that does not name a fit), ``pad`` letterboxes the whole image into the square (black
+bars), so no anatomy is dropped. A square image gives the same pixels, bit for bit, under both.
+:func:`square_region` says where the model's square lies on the original, for overlays.
 
 The embedding store feeds every encoder through this one step, cached or not, so vectors do
 not depend on whether the decoded-image cache was used. JPEGs are decoded at reduced scale
@@ -12,12 +18,13 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
 from cxrfuse.data.manifest import normalise_view
-from cxrfuse.problems import DataError
+from cxrfuse.problems import ConfigError, DataError
 
 DECODE_VERSION = 1  # bump when the decoded pixels change (it is part of the cache key)
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased when downscaling, like torch antialias=True
@@ -38,6 +45,66 @@ def gray8(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
+Fit = Literal["crop", "pad"]
+FITS: tuple[str, ...] = ("crop", "pad")
+LEGACY_FIT: Fit = "crop"
+"""The fit of stores and runs that record none (everything written before the option)."""
+PAD_VALUE = 0
+"""Gray level of the letterbox bars (black, as the collimated border of a radiograph)."""
+
+
+def check_fit(fit: str) -> Fit:
+    """``fit`` when it is one of :data:`FITS`; a ConfigError naming the choices otherwise."""
+    if fit not in FITS:
+        raise ConfigError(f"unknown image fit {fit!r}; choose one of {', '.join(FITS)}")
+    return fit  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class SquareRegion:
+    """Where the model's square input lies on an original image, in original pixels: the
+    square spans ``[left, left + side) x [top, top + side)`` (negative offsets and a side over
+    the image's own size for ``pad``: the bars lie outside the image)."""
+
+    left: float
+    top: float
+    side: float
+    fit: Fit
+
+    def covers_all(self, width: int, height: int) -> bool:
+        """Whether the model saw the whole image (nothing cropped off)."""
+        return (self.left <= 0 and self.top <= 0 and self.left + self.side >= width
+                and self.top + self.side >= height)  # fmt: skip
+
+
+def square_region(width: int, height: int, fit: str = LEGACY_FIT) -> SquareRegion:
+    """The part of a ``width`` x ``height`` image that :func:`fit_square` turns into the
+    model's square (the central square for ``crop``; a square around the image for ``pad``)."""
+    fit = check_fit(fit)
+    if fit == "crop" or width == height:
+        side = min(width, height)
+        return SquareRegion((width - side) // 2, (height - side) // 2, side, fit)
+    side = max(width, height)
+    return SquareRegion((width - side) / 2, (height - side) / 2, side, fit)
+
+
+def fit_square(img: Image.Image, size: int, fit: str = LEGACY_FIT) -> np.ndarray:
+    """``img`` as a ``size`` x ``size`` uint8 gray array: its central square resized
+    (``crop``) or the whole image resized to fit and centred on black bars (``pad``).
+    A square image gives identical pixels under both fits."""
+    fit = check_fit(fit)
+    img = gray8(img)
+    width, height = img.size
+    if fit == "crop" or width == height:
+        return resize_square(img, size)
+    longer = max(width, height)
+    new = (max(1, round(width * size / longer)), max(1, round(height * size / longer)))
+    inner = img.resize(new, RESAMPLE) if new != (width, height) else img
+    canvas = Image.new("L", (size, size), PAD_VALUE)
+    canvas.paste(inner, ((size - new[0]) // 2, (size - new[1]) // 2))
+    return np.array(canvas, dtype=np.uint8)
+
+
 def resize_square(img: Image.Image, size: int) -> np.ndarray:
     """The central square of ``img`` resized to ``size`` x ``size``, as a uint8 array."""
     img = gray8(img)
@@ -51,8 +118,8 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
     return np.array(out, dtype=np.uint8)  # a writable copy
 
 
-def decode_resized(path: str | Path, size: int) -> np.ndarray:
-    """Decode an image file to a (size, size) uint8 gray array (central square, resized).
+def decode_resized(path: str | Path, size: int, fit: str = LEGACY_FIT) -> np.ndarray:
+    """Decode an image file to a (size, size) uint8 gray array (fitted by ``fit``, resized).
 
     An image over :data:`MAX_PIXELS` raises :class:`DataError` naming the file and its size."""
     try:
@@ -70,7 +137,7 @@ def decode_resized(path: str | Path, size: int) -> np.ndarray:
         if img.format == "JPEG":
             img.draft("L", (size, size))  # decode at the smallest DCT scale still >= size
         img.load()
-        return resize_square(img, size)
+        return fit_square(img, size, fit)
 
 
 # ----------------------------------------------------------------------------- uploaded bytes
@@ -183,9 +250,9 @@ def gray8_bytes(data: bytes) -> np.ndarray:
         return np.array(gray8(img), dtype=np.uint8)
 
 
-def decode_resized_bytes(data: bytes, size: int) -> np.ndarray:
+def decode_resized_bytes(data: bytes, size: int, fit: str = LEGACY_FIT) -> np.ndarray:
     """:func:`decode_resized` for bytes (PNG and JPEG decoded exactly as files on disk are;
     DICOM through :func:`dicom_gray8`)."""
     if sniff_format(data) == "dicom":
-        return resize_square(Image.fromarray(dicom_gray8(data), "L"), size)
-    return decode_resized(io.BytesIO(data), size)  # type: ignore[arg-type]
+        return fit_square(Image.fromarray(dicom_gray8(data), "L"), size, fit)
+    return decode_resized(io.BytesIO(data), size, fit)  # type: ignore[arg-type]

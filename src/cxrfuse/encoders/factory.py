@@ -32,16 +32,23 @@ def create_image_encoder(
     weights: str | Path | None = "default",
     device: str | torch.device = "cpu",
     input_size: int | None = None,
+    fit: str = "crop",
 ) -> ImageEncoder:
     """Build a registered image encoder in eval mode.
 
     ``weights``: ``"default"`` (the registry weights), a registry weights name, a local
     state_dict file (.pt/.pth/.bin/.safetensors) or ``"none"`` (random init). ``input_size``
-    overrides the spec's input size (e.g. small images in tests).
+    overrides the spec's input size (e.g. small images in tests). ``fit`` says how a
+    non-square image becomes its square input: ``crop`` (central square) or ``pad``
+    (letterboxed); it is part of the store key when it is ``pad``.
     """
+    from cxrfuse.data.images import check_fit
+
     spec = get_image_encoder_spec(name)
     if input_size is not None:
         spec = replace(spec, input_size=int(input_size))
+    if fit != spec.fit:
+        spec = replace(spec, fit=check_fit(fit))
     kind, value = _resolve_image_weights(spec, weights)
     with _fixed_random_init(kind == "none"):
         encoder = spec.builder(spec, value if kind == "registry" else None)

@@ -384,9 +384,14 @@ for _digit, _size in (("0", 224), ("1", 240), ("2", 260)):
 
 
 def preprocess_image(img: np.ndarray | Image.Image, spec: ImageEncoderSpec) -> torch.Tensor:
-    """Center-crop to a square, resize to ``spec.input_size``, set channels, normalise."""
+    """Fit to a square (``spec.fit``: centre crop or letterbox pad), resize to
+    ``spec.input_size``, set channels, normalise. (The store decodes with
+    :func:`cxrfuse.data.images.fit_square` first, so that the fit and resize here are no-ops.)"""
     x = _to_channels(_to_unit_float(img), spec.channels)
-    x = _center_crop_resize(x, spec.input_size)
+    if getattr(spec, "fit", "crop") == "pad":
+        x = _pad_resize(x, spec.input_size)
+    else:
+        x = _center_crop_resize(x, spec.input_size)
     return _normalise(x, spec.normalisation)
 
 
@@ -431,6 +436,22 @@ def _center_crop_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if side != size:
         x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True)[0]
     return x.clamp(0.0, 1.0).contiguous()
+
+
+def _pad_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The whole image resized so that its longer side is ``size``, centred on a black
+    ``size`` x ``size`` square (as :func:`cxrfuse.data.images.fit_square` with ``pad``)."""
+    _, h, w = x.shape
+    if h == w:
+        return _center_crop_resize(x, size)
+    longer = max(h, w)
+    nh, nw = max(1, round(h * size / longer)), max(1, round(w * size / longer))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True)[0]
+    out = torch.zeros((x.shape[0], size, size), dtype=x.dtype)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[:, top : top + nh, left : left + nw] = x
+    return out.clamp(0.0, 1.0).contiguous()
 
 
 def _normalise(x: torch.Tensor, normalisation: Normalisation) -> torch.Tensor:

@@ -59,6 +59,10 @@ class ImageEncoderSpec:
     available_weights: tuple[str, ...] = ()
     offline: bool = False
     notes: str = ""
+    fit: str = "crop"
+    """How a non-square image becomes the square input (:data:`cxrfuse.data.images.FITS`):
+    ``crop`` (central square, the registry default and every store before the option) or
+    ``pad`` (letterboxed); set by :func:`cxrfuse.encoders.create_image_encoder`."""
 
     def weight_names(self) -> tuple[str, ...]:
         """All registry weight names of this encoder (default first)."""

@@ -5,6 +5,11 @@ embeddings. For each view of a study it places the view in the head's view slot 
 layout of the head's view fusion: ``frontal`` slot 0; ``concat`` frontal 0, lateral 1;
 ``mean``/``attention`` every view), holds the other views (as embeddings) and the report fixed,
 and computes a class activation map for each chosen label.
+
+Views are decoded and fitted to the model's square by :func:`cxrfuse.data.images.fit_square`,
+as the embedding store decodes them, with the run's fit (``crop`` or ``pad``). Maps are drawn
+on a fixed colour scale per label (:meth:`Explainer.calibrate`: a run-level constant from
+reference maps of the val split), and a flat or empty map is reported, not drawn.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cxrfuse.data.images import gray8
+from cxrfuse.data.images import LEGACY_FIT, decode_resized, gray8
 from cxrfuse.data.manifest import Manifest, label_slug
 from cxrfuse.data.phantoms import file_stem
 from cxrfuse.encoders.image import ImageEncoder
@@ -31,7 +36,7 @@ from cxrfuse.explain.gradcam import (
     label_target,
     positive_probability,
 )
-from cxrfuse.explain.overlay import write_overlay
+from cxrfuse.explain.overlay import MapDrawing, map_note, write_overlay
 from cxrfuse.fusion.heads import FusionHead
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import layout
@@ -69,6 +74,33 @@ class ViewExplanation:
     cam: np.ndarray  # (S, S) in [0, 1], model-input coordinates
     grid: tuple[int, int]
     overlay: Path | None = None
+    raw: np.ndarray | None = field(default=None, repr=False)
+    """(S, S) the map before min-max scaling (ReLU'd, the method's units)."""
+    scale: float | None = None
+    """The fixed colour scale (run-level) the map is drawn on; None: its own maximum."""
+    note: str | None = None
+    """Why the map is not shown (empty or flat), or None."""
+    fit: str = LEGACY_FIT
+
+    @property
+    def raw_max(self) -> float | None:
+        return float(self.raw.max()) if self.raw is not None and self.raw.size else None
+
+    @property
+    def shown(self) -> bool:
+        """Whether the map is drawn as a result (not empty or flat)."""
+        return self.note is None
+
+    def drawing(self) -> MapDrawing:
+        """How :func:`cxrfuse.explain.overlay.overlay_panel` draws it."""
+        raw = self.raw if self.raw is not None else self.cam
+        scale = self.scale if self.raw is not None else 1.0
+        return MapDrawing(raw, scale, self.note, self.fit)
+
+    def caption(self, facts: CaptionFacts | None = None) -> list[str]:
+        """The caption lines of its overlay: view, label, probability, threshold, the model's
+        test AUROC with its interval, the method and the colour scale."""
+        return caption_lines(self, facts)
 
     def record(self) -> dict[str, Any]:
         """A row of ``index.csv``."""
@@ -82,7 +114,52 @@ class ViewExplanation:
             "probability": self.probability,
             "image": self.path,
             "overlay": str(self.overlay) if self.overlay else "",
+            "raw_max": self.raw_max,
+            "scale": self.scale,
+            "shown": self.shown,
+            "note": self.note or "",
         }
+
+
+@dataclass
+class CaptionFacts:
+    """What a caption says about the model: its val-chosen thresholds and test AUROC
+    (value, interval low, high) per label, from the run's ``model.json`` and ``metrics.json``."""
+
+    thresholds: dict[str, float] = field(default_factory=dict)
+    threshold_method: str | None = None
+    auroc: dict[str, tuple[float, float | None, float | None]] = field(default_factory=dict)
+    synthetic: bool = False
+
+
+def caption_lines(exp: ViewExplanation, facts: CaptionFacts | None = None) -> list[str]:
+    """See :meth:`ViewExplanation.caption`."""
+    facts = facts or CaptionFacts()
+    head = f"{exp.study_id} {exp.view}  {exp.label}: p={exp.probability:.2f}"
+    threshold = facts.thresholds.get(exp.label)
+    if threshold is not None:
+        how = f"val-chosen, {facts.threshold_method}" if facts.threshold_method else "default"
+        head += f" (threshold {threshold:.2f}, {how})"
+    lines = [head]
+    auroc = facts.auroc.get(exp.label)
+    if auroc is not None:
+        value, low, high = auroc
+        interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+        chance = (" - not distinguishable from chance" if low is not None and high is not None
+                  and low <= 0.5 <= high else "")  # fmt: skip
+        lines.append(f"model test AUROC {value:.2f}{interval}{chance}"
+                     + (" (synthetic phantoms)" if facts.synthetic else ""))  # fmt: skip
+    else:
+        lines.append("model not evaluated: no test AUROC")
+    if exp.raw is not None:
+        top = exp.raw_max or 0.0
+        where = (f"on a fixed run-level scale 0-{exp.scale:.3g}" if exp.scale
+                 else "scaled to this map's own max (no run-level scale)")  # fmt: skip
+        lines.append(f"{exp.method}: colour = raw map {where}; this map's max {top:.3g}; "
+                     f"fit {exp.fit}")  # fmt: skip
+    else:
+        lines.append(f"{exp.method}: map min-max scaled per image")
+    return lines
 
 
 def view_slots(views: Sequence[Mapping[str, Any]], view_fusion: str) -> list[tuple[int, Mapping]]:
@@ -113,8 +190,18 @@ class Explainer:
     output: OutputKind = "sigmoid"
     texts: dict[str, tuple[np.ndarray, bool]] = field(default_factory=dict)
     device: str = "cpu"
+    fit: str | None = None
+    """How views become the model's square (the run's ``image.fit``); None: the encoder's."""
+    scales: dict[str, float] = field(default_factory=dict)
+    """Fixed colour scale per label (:meth:`calibrate`); a label without one is drawn on its
+    own maximum, and the colour bar says so."""
+    facts: CaptionFacts | None = None
+    failures: list[str] = field(default_factory=list)
+    """Studies :meth:`explain_manifest` could not explain, with the reason."""
 
     def __post_init__(self) -> None:
+        if self.fit is None:
+            self.fit = getattr(self.encoder.spec, "fit", LEGACY_FIT)
         if self.head.views is None:
             raise CxrfuseError(
                 f"this model reads {self.head.modalities} only: image explanations need an image"
@@ -138,8 +225,9 @@ class Explainer:
             path = str(view["path"])
             try:
                 with Image.open(path) as img:
-                    pixels = np.asarray(gray8(img))  # as the embedding store decodes
-                original = pixels.astype(np.float32) / 255.0
+                    original = np.asarray(gray8(img), dtype=np.float32) / 255.0
+                # the model input decoded, fitted and resized exactly as the embedding store does
+                pixels = decode_resized(path, self.encoder.spec.input_size, self.fit)
                 tensor = self.encoder.preprocess(pixels)
             except (OSError, ValueError, TypeError) as err:
                 raise DataError(f"study {sid}: cannot read view {path}: {err}") from err
@@ -206,12 +294,14 @@ class Explainer:
         labels: Sequence[str] | None = None,
         method: str = "gradcam",
         out_dir: str | Path | None = None,
+        only: Sequence[ViewInput] | None = None,
     ) -> list[ViewExplanation]:
-        """Maps of views already loaded (e.g. uploaded to the server) for each label."""
+        """Maps of views already loaded (e.g. uploaded to the server) for each label; with
+        ``only``, maps of those views alone (the others still fill their slots)."""
         labels = list(labels or self.labels)
         context = self.context(views)
         results = []
-        for view in views:
+        for view in views if only is None else only:
             model = self.model_for(views, view.slot, context)
             x = view.tensor[None].to(self.device)
             with torch.no_grad():
@@ -221,18 +311,53 @@ class Explainer:
                 cam = compute_cam(model, x, target, method)
                 index = self.labels.index(label)
                 p = float(positive_probability(logits, index, self.output)[0])
+                raw = cam.raw[0] if cam.raw is not None else None
+                scale = self.scales.get(label)
                 exp = ViewExplanation(
                     view.study_id, view.image_id, view.view, view.path, view.slot, label, method,
-                    p, cam.maps[0], cam.grid,
+                    p, cam.maps[0], cam.grid, raw=raw, scale=scale, fit=self.fit,
+                    note=map_note(raw if raw is not None else cam.maps[0], scale, method),
                 )  # fmt: skip
                 if out_dir is not None:
                     name = f"{file_stem(view.image_id)}__{label_slug(label)}__{method}.png"
-                    caption = f"{view.study_id} {view.view}  {label}: p={p:.2f}  ({method})"
-                    exp.overlay = write_overlay(
-                        Path(out_dir) / name, view.original, exp.cam, caption
-                    )
+                    exp.overlay = write_overlay(Path(out_dir) / name, view.original,
+                                                exp.drawing(), exp.caption(self.facts))  # fmt: skip
                 results.append(exp)
         return results
+
+    def calibrate(
+        self,
+        manifest: Manifest,
+        labels: Sequence[str] | None = None,
+        method: str = "gradcam",
+        *,
+        split: str = "val",
+        n: int = 8,
+        quantile: float = 0.99,
+    ) -> dict[str, float]:
+        """Set (and return) the fixed colour scale of each label: the largest ``quantile`` of
+        the raw maps of the first ``n`` studies of ``split`` (the train split when there is no
+        ``split``). Every later map of the label is drawn on that scale, so a weak map looks
+        weak. Studies that cannot be read are skipped; no readable study leaves no scale."""
+        labels = list(labels or self.labels)
+        df = manifest.df
+        chosen = split if "split" in df and (df["split"] == split).any() else "train"
+        try:
+            rows = select_studies(manifest, split=chosen, limit=n)
+        except DataError:
+            return {}
+        tops: dict[str, list[float]] = {label: [] for label in labels}
+        for _, row in rows.iterrows():
+            try:
+                maps = self.explain_views(self.load_views(row), labels, method)
+            except (DataError, OSError, ValueError):
+                continue
+            for m in maps:
+                if m.raw is not None and m.raw.size:
+                    tops[m.label].append(float(np.quantile(m.raw, quantile)))
+        found = {label: max(v) for label, v in tops.items() if v and max(v) > 0}
+        self.scales.update(found)
+        return found
 
     def explain_manifest(
         self,
@@ -253,7 +378,15 @@ class Explainer:
         df = select_studies(manifest, studies=studies, split=split, limit=limit)
         results: list[ViewExplanation] = []
         for _, row in tqdm(df.iterrows(), total=len(df), desc="explain", disable=not progress):
-            results += self.explain_study(row, labels=labels, method=method, out_dir=out_dir)
+            try:
+                results += self.explain_study(row, labels=labels, method=method, out_dir=out_dir)
+            except CxrfuseError:
+                raise
+            except Exception as err:  # noqa: BLE001 - one study's failed map loses no other
+                self.failures.append(f"study {row['study_id']}: {method} failed "
+                                     f"({type(err).__name__}: {err})")  # fmt: skip
+        if not results and self.failures:
+            raise CxrfuseError(f"no map could be computed: {self.failures[0]}")
         if out_dir is not None:
             pd.DataFrame([r.record() for r in results]).to_csv(
                 Path(out_dir) / INDEX_FILE, index=False

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import cv2
 import numpy as np
 import torch
 from pytorch_grad_cam import (
@@ -215,10 +216,16 @@ def positive_probability(logits: torch.Tensor, index: int, output: OutputKind) -
 
 @dataclass
 class CamResult:
-    """Maps in [0, 1] at the input resolution (B, H, W) and the feature grid they came from."""
+    """Maps in [0, 1] at the input resolution (B, H, W) and the feature grid they came from.
+
+    ``maps`` are pytorch-grad-cam's output, min-max scaled per image (the shape of the map
+    only); ``raw`` (B, H, W) are the same maps before that scaling (ReLU'd, in the method's
+    own units), the values a fixed colour scale and the flat-map check read. ``raw`` is None
+    for methods that bypass the per-layer CAM (none of :data:`CAM_METHODS` does)."""
 
     maps: np.ndarray
     grid: tuple[int, int]
+    raw: np.ndarray | None = None
 
 
 def compute_cam(
@@ -244,15 +251,30 @@ def compute_cam(
         options.setdefault("ablation_layer", AblationLayerVit())
     maps: np.ndarray | None = None
     grid: tuple[int, ...] = ()
+    raw: list[np.ndarray] = []
     with (
         non_inplace_relu(model),
         cls(model=model, target_layers=[model.cam_layer], **options) as cam,
     ):
         if batch_size is not None:
             cam.batch_size = int(batch_size)
+        per_layer = cam.get_cam_image
+
+        def keep_raw(*args: Any, **kwargs: Any) -> np.ndarray:
+            out = per_layer(*args, **kwargs)
+            raw.append(np.maximum(np.asarray(out, dtype=np.float32), 0.0))
+            return out
+
+        cam.get_cam_image = keep_raw  # type: ignore[method-assign]
         maps = cam(input_tensor=inputs, targets=[target] * inputs.shape[0])
         activations = cam.activations_and_grads.activations
         grid = tuple(activations[-1].shape[-2:]) if activations else tuple(maps.shape[-2:])
     if maps is None or maps.shape[0] != inputs.shape[0]:  # the context manager swallows IndexError
         raise CxrfuseError(f"{method} failed on a batch of shape {tuple(inputs.shape)}")
-    return CamResult(np.asarray(maps, dtype=np.float32), (int(grid[0]), int(grid[1])))
+    maps = np.asarray(maps, dtype=np.float32)
+    raw_maps = None
+    if len(raw) == 1 and raw[0].shape[0] == maps.shape[0]:  # one target layer, one batch
+        size = (maps.shape[2], maps.shape[1])
+        raw_maps = np.stack([cv2.resize(r, size, interpolation=cv2.INTER_LINEAR)
+                             for r in raw[0]])  # as pytorch-grad-cam resizes its maps
+    return CamResult(maps, (int(grid[0]), int(grid[1])), raw_maps)

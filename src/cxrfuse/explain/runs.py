@@ -12,7 +12,7 @@ Outputs go under the run directory unless told otherwise:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,61 @@ from cxrfuse.explain.attribution import (
     modality_attribution,
     write_attribution,
 )
-from cxrfuse.explain.explainer import Explainer, ViewExplanation
+from cxrfuse.explain.explainer import CaptionFacts, Explainer, ViewExplanation
 from cxrfuse.explain.scoring import PhantomScores, score_on_phantoms, write_scores
-from cxrfuse.inference import load_run
+from cxrfuse.inference import LoadedRun, load_run
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import RunDir, layout
+from cxrfuse.rundir.models import ImageSide
+from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS, PHANTOM
+
+
+def untrained_view_note(image: ImageSide, view: str,
+                        trained: Mapping[str, int] | None = None) -> str | None:  # fmt: skip
+    """Why no map is drawn for a view of position ``view``, or None.
+
+    ``trained``: the view kinds the run's training read (run.json ``views.train``: frontal,
+    lateral, unknown counts) where the run recorded them: a frontal or lateral view of a kind
+    with no training image gets no map (unless training read views of unknown position, which
+    may be of that kind). A run that recorded none falls back to its view fusion: ``frontal``
+    was trained on frontal views only. A map of a kind the model never saw would show nothing
+    it learned. A view of unknown position is mapped (the prediction warns about it)."""
+    kind = ("frontal" if view in FRONTAL_VIEWS else "lateral" if view in LATERAL_VIEWS
+            else "unknown")  # fmt: skip
+    if kind == "unknown":
+        return None
+    if trained:
+        if trained.get("unknown") or trained.get(kind):
+            return None
+        seen = ", ".join(f"{n} {k}" for k, n in trained.items() if n) or "no view"
+        return (f"no map: this model never saw a {kind} view in training ({seen}) and was "
+                f"given a {view} view; a map of it would show nothing the model learned")
+    if image.views == "frontal" and kind == "lateral":
+        return (f"no map: this model was trained on frontal views only and was given a {view} "
+                "view; a map of it would show nothing the model learned (give a frontal view)")
+    return None
+
+
+def caption_facts(run: LoadedRun) -> CaptionFacts:
+    """The run's val-chosen thresholds and per-label test AUROC with its bootstrap interval
+    (``metrics.json``; none when the run was never evaluated), for overlay captions."""
+    facts = CaptionFacts(dict(run.sidecar.thresholds), run.sidecar.threshold_method,
+                         synthetic=run.info.images == PHANTOM)  # fmt: skip
+    rundir = RunDir(run.run_dir)
+    if not rundir.has_metrics():
+        return facts
+    try:
+        raw = rundir.metrics()
+    except CxrfuseError:
+        return facts
+    per_label = (raw.get("test") or {}).get("per_label") or {}
+    for label in run.labels:
+        value = (per_label.get(label) or {}).get("auroc")
+        if value is None:
+            continue
+        ci = (raw.get("ci") or {}).get(f"label/{label}/auroc") or {}
+        facts.auroc[label] = (float(value), ci.get("low"), ci.get("high"))
+    return facts
 
 
 def explainer_from_run(run_dir: str | Path, device: str = "cpu") -> tuple[Explainer, Manifest]:
@@ -51,7 +101,8 @@ def explainer_from_run(run_dir: str | Path, device: str = "cpu") -> tuple[Explai
             for sid, vec, present in zip(arrays.study_ids, arrays.text, arrays.text_mask)
         }
     explainer = Explainer(encoder, run.head, run.labels, output=run.output, texts=texts,
-                          device=device)  # fmt: skip
+                          device=device, fit=run.sidecar.image.fit,
+                          facts=caption_facts(run))  # fmt: skip
     return explainer, run.manifest()
 
 
@@ -63,6 +114,8 @@ class RunExplanation:
     maps: list[ViewExplanation]
     scores: PhantomScores | None = None
     score_files: dict[str, Path] | None = None
+    warnings: list[str] | None = None
+    """Studies that could not be explained, maps not shown (flat/empty), missing scales."""
 
 
 def explain_run(
@@ -87,11 +140,25 @@ def explain_run(
     zero-shot one."""
     explainer, manifest = explainer or explainer_from_run(run_dir, device=device)
     out = Path(out_dir) if out_dir else RunDir(run_dir).explain_dir(method)
+    warnings: list[str] = []
+    wanted = list(labels or explainer.labels)
+    if not all(label in explainer.scales for label in wanted):
+        explainer.calibrate(manifest, wanted, method)
+        unscaled = [label for label in wanted if label not in explainer.scales]
+        if unscaled:
+            warnings.append(f"no run-level colour scale for {', '.join(unscaled)} (no readable "
+                            "val study): those maps are drawn on their own maximum")  # fmt: skip
     maps = explainer.explain_manifest(
         manifest, studies=studies, split=None if studies else split, limit=limit, labels=labels,
         method=method, out_dir=out, progress=progress,
     )  # fmt: skip
-    result = RunExplanation(out, maps)
+    warnings += explainer.failures
+    flat = [m for m in maps if not m.shown]
+    if flat:
+        warnings.append(f"{len(flat)} of {len(maps)} map(s) empty or flat, not drawn as a "
+                        f"result (e.g. {flat[0].study_id} {flat[0].view} {flat[0].label}: "
+                        f"{flat[0].note})")  # fmt: skip
+    result = RunExplanation(out, maps, warnings=warnings)
     if score:
         result.scores = score_on_phantoms(explainer, manifest, labels=labels, method=method,
                                           split=split, limit=score_limit, progress=progress)  # fmt: skip

@@ -249,7 +249,8 @@ class Predictor:
         elif short < MIN_SIDE:
             out.append(f"{name}: {header.width}x{header.height} px is small for a chest "
                        "radiograph (they are usually 1,000-3,000 px a side)")  # fmt: skip
-        if long > MAX_ASPECT * short:
+        fit = self.run.sidecar.image.fit if self.run.sidecar.image else "pad"
+        if long > MAX_ASPECT * short and fit == "crop":
             lost = 1 - short / long
             out.append(f"{name}: aspect ratio {long / short:.2f}; the central square crop drops "
                        f"{lost:.0%} of the image")  # fmt: skip
@@ -362,7 +363,7 @@ class Predictor:
         for index, slot in chosen:
             reads[index].slot = slot
             try:
-                pixels.append(decode_resized_bytes(images[index].data, size))
+                pixels.append(decode_resized_bytes(images[index].data, size, spec.fit))
             except (OSError, ValueError) as err:
                 raise DataError(f"{images[index].name}: cannot read the image ({err})") from err
         batch = torch.stack([self.image_encoder.preprocess(p) for p in pixels]).to(self.device)

@@ -59,7 +59,8 @@ def load_finetuned_encoder(run_dir: str | Path | RunDir, device: str | torch.dev
         raise DataError(f"{run.sidecar_path}: the image encoder of this run was not fine-tuned "
                         "(it used stored embeddings); build it with "
                         "cxrfuse.encoders.create_image_encoder")  # fmt: skip
-    encoder = create_image_encoder(image.encoder, weights="none", input_size=image.input_size)
+    encoder = create_image_encoder(image.encoder, weights="none", input_size=image.input_size,
+                                   fit=image.fit)  # fmt: skip
     if image.grayscale:
         adapt_to_grayscale(encoder)
     state = run.read_weights(image.file or run.encoder_weights_path.name,
@@ -142,8 +143,8 @@ class LoadedRun:
         if weights is None:
             weights = self._sidecar_weights(image.weights, "image.weights",
                                             get_image_encoder_spec(image.encoder).weight_names())
-        return create_image_encoder(image.encoder, weights=weights,
-                                    input_size=image.input_size, device=device)  # fmt: skip
+        return create_image_encoder(image.encoder, weights=weights, input_size=image.input_size,
+                                    device=device, fit=image.fit)  # fmt: skip
 
     def _sidecar_weights(self, value: str, what: str, names: tuple[str, ...] = ()) -> str:
         """Weights a sidecar names: a registry name (or a hub id) as it is; a local path only

@@ -162,6 +162,9 @@ class ImageSide(_Model):
     freeze: list[str] = Field(default_factory=list)
     file: str | None = None
     """The fine-tuned encoder's weights, a file inside the run directory."""
+    fit: Literal["crop", "pad"] = "crop"
+    """How a view became the model's square: ``crop`` (central square; every run written
+    before the option) or ``pad`` (letterboxed, nothing dropped)."""
 
 
 class TextState(_Model):

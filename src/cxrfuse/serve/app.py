@@ -70,6 +70,12 @@ class Overlay(BaseModel):
     label: str
     method: str
     probability: float
+    shown: bool = Field(True, description="False: the map is empty or flat and not drawn")
+    note: str | None = Field(None, description="Why the map is not shown")
+    raw_max: float | None = Field(None, description="The map's maximum, before any scaling")
+    scale: float | None = Field(None, description="The run-level colour scale it is drawn on")
+    fit: str = "crop"
+    caption: list[str] = Field(default_factory=list)
     png_base64: str
 
 
@@ -212,9 +218,9 @@ def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "
                 comparison=comparison, views=view_list, explain=explain, draft=draft)
         except CxrfuseError as err:
             return _error(400, str(err))
-        except Exception as err:  # noqa: BLE001 - the client gets no traceback
-            log.error("predict failed: %s", type(err).__name__)
-            return _error(500, "internal error while predicting (the server log names its type)")
+        except Exception as err:  # the client gets no traceback; the log has it
+            log.error("predict failed: %s: %s", type(err).__name__, err, exc_info=err)
+            return _error(500, "internal error while predicting (the server log names it)")
         finally:
             gate.release()
 

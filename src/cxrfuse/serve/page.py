@@ -162,10 +162,12 @@ function render(answer) {
     const img = el("img");
     img.src = "data:image/png;base64," + o.png_base64;
     img.alt = `Grad-CAM ${o.view} ${o.label}`;
-    fig.append(img, el("figcaption", `${o.image} (${o.view}) \u00b7 ${o.label}: p=${fmt(o.probability)}`));
+    fig.append(img, el("figcaption", `${o.image} (${o.view}) \u00b7 ${o.label}: p=${fmt(o.probability)}` +
+                       (o.shown === false ? ` \u00b7 no map: ${o.note}` : "")));
     overlays.append(fig);
   }
-  if (!overlays.children.length) overlays.textContent = "none (tick Grad-CAM to compute them)";
+  if (!overlays.children.length) overlays.textContent = (answer.overlays || answer.attribution) ?
+    "none (see the warnings)" : "none (tick Grad-CAM to compute them)";
   const draft = $("draft");
   draft.textContent = answer.report_draft ? answer.report_draft.text +
     `\\n\\n(${answer.report_draft.generator}; ${answer.report_draft.note})` : "no draft report for this run";

@@ -13,6 +13,7 @@ the image vs report attribution of each label (exact two-player Shapley values,
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 from collections.abc import Sequence
 from datetime import date
@@ -24,8 +25,9 @@ import numpy as np
 
 from cxrfuse.data.images import gray8_bytes
 from cxrfuse.explain import Explainer, ModalityInputs, ModalityMeans, modality_attribution
-from cxrfuse.explain.explainer import ViewInput
+from cxrfuse.explain.explainer import CaptionFacts, ViewInput
 from cxrfuse.explain.overlay import overlay_png
+from cxrfuse.explain.runs import caption_facts, untrained_view_note
 from cxrfuse.inference import Prediction, Predictor, StudyImage
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import RunDir
@@ -33,6 +35,16 @@ from cxrfuse.serve.draft import Drafter
 from cxrfuse.vocab import PHANTOM
 
 UPLOAD_ID = "upload"
+log = logging.getLogger("cxrfuse.serve")
+
+
+def failure(what: str, err: BaseException) -> str:
+    """The warning (and log line) of an optional part of an answer that failed: its exception
+    type and message, so that neither the client nor the operator is left with a type alone."""
+    message = f"{what} failed ({type(err).__name__}: {err}); the probabilities above are unaffected"
+    log.warning("%s", message)
+    log.debug("%s: traceback", what, exc_info=err)  # the traceback only at debug level
+    return message
 
 
 def cxrfuse_version() -> str:
@@ -45,8 +57,10 @@ def cxrfuse_version() -> str:
 class Service:
     """A run opened once for serving; :meth:`analyse` is thread-safe (one study at a time)."""
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
-        self.predictor = Predictor(run_dir, device=device)
+    def __init__(self, run_dir: str | Path, device: str = "cpu",
+                 predictor: Predictor | None = None) -> None:  # fmt: skip
+        """``predictor``: one already loaded (e.g. with user-given image weights)."""
+        self.predictor = predictor or Predictor(run_dir, device=device)
         self.run = self.predictor.run
         self.device = device
         self._lock = threading.Lock()
@@ -55,6 +69,9 @@ class Service:
         self._drafter: Drafter | None = None
         self._draft_note: str | None = None
         self._draft_loaded = False
+        self._scales: dict[str, float] | None = None
+        self._scales_note: str | None = None
+        self._facts: CaptionFacts | None = None
         self.card = model_card(self)
 
     @property
@@ -80,6 +97,42 @@ class Service:
                 self._drafter, self._draft_note = None, f"the stored generator cannot be used ({err})"
             self._draft_loaded = True
         return self._drafter, self._draft_note
+
+    def caption_facts(self) -> CaptionFacts:
+        if self._facts is None:
+            self._facts = caption_facts(self.run)
+        return self._facts
+
+    def colour_scales(self, method: str = "gradcam") -> tuple[dict[str, float], str | None]:
+        """The run-level colour scale of each label (:meth:`Explainer.calibrate` on the run's
+        val images, once), and a note when there is none (images or stores unreadable here)."""
+        if self._scales is None:
+            self._scales = {}
+            encoder = self.predictor.image_encoder
+            try:
+                texts = {}
+                if self.run.sidecar.text is not None:
+                    arrays = self.run.arrays()
+                    texts = {str(sid): (vec, bool(present)) for sid, vec, present
+                             in zip(arrays.study_ids, arrays.text, arrays.text_mask)}  # fmt: skip
+                assert encoder is not None and self.run.sidecar.image is not None
+                explainer = Explainer(encoder, self.run.head, self.predictor.labels,
+                                      output=self.run.output, texts=texts, device=self.device,
+                                      fit=self.run.sidecar.image.fit)  # fmt: skip
+                try:
+                    self._scales = explainer.calibrate(self.run.manifest(), method=method)
+                finally:
+                    self.run.head.to("cpu")
+            except Exception as err:  # noqa: BLE001 - the maps are drawn on their own maximum
+                log.warning("no run-level colour scale (%s: %s)", type(err).__name__, err)
+                self._scales_note = f"{type(err).__name__}: {err}"
+            if not self._scales and self._scales_note is None:
+                self._scales_note = "no readable val image of the run"
+        note = None
+        if self._scales_note:
+            note = (f"no run-level colour scale ({self._scales_note}): each map is drawn on its "
+                    "own maximum, given on its colour bar; compare maps by that number")  # fmt: skip
+        return self._scales, note
 
     # ------------------------------------------------------------------ analyses
     def attribution(self, prediction: Prediction) -> dict[str, Any]:
@@ -110,37 +163,60 @@ class Service:
         return {"removal": removal, "note": note, "labels": out}
 
     def overlays(self, prediction: Prediction, images: Sequence[StudyImage],
-                 labels: Sequence[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
-        """Grad-CAM of every view the head read, for each label, as base64 PNG panels."""
+                 labels: Sequence[str] | None = None, warnings: list[str] | None = None
+                 ) -> list[dict[str, Any]]:  # fmt: skip
+        """Grad-CAM of every view the head read, for each label, as base64 PNG panels on the
+        run's fixed colour scale. Views of a type the model was not trained on get a warning
+        (appended to ``warnings``) instead of a map; flat or empty maps say so (``shown``)."""
         encoder = self.predictor.image_encoder
-        if encoder is None:
+        side = self.run.sidecar.image
+        if encoder is None or side is None:
             return []
+        warnings = warnings if warnings is not None else []
+        # the view kinds training read, where the run recorded them (run.json views.train)
+        trained = (getattr(self.run.info, "views", None) or {}).get("train")
         texts = {}
         if "text" in prediction.inputs:
             texts = {UPLOAD_ID: (prediction.inputs["text"][0].numpy(),
                                  bool(prediction.inputs["text_mask"][0]))}  # fmt: skip
-        views = []
+        views, mapped = [], []
         read = sorted((i for i, r in enumerate(prediction.views) if r.slot is not None),
                       key=lambda i: prediction.views[i].slot)  # type: ignore[arg-type, return-value]
         for index, pixels in zip(read, prediction.pixels):
             r = prediction.views[index]
+            refused = untrained_view_note(side, r.view, trained)
+            if refused:
+                warnings.append(f"{r.name}: {refused}")
             original = gray8_bytes(images[index].data).astype(np.float32) / 255.0
             views.append(ViewInput(UPLOAD_ID, str(index), r.view, "", int(r.slot), original,
                                    encoder.preprocess(pixels)))  # fmt: skip
+            if not refused:
+                mapped.append(views[-1])
+        if not mapped:
+            return []
+        scales, scale_note = self.colour_scales()
+        if scale_note:
+            warnings.append(scale_note)
         explainer = Explainer(encoder, self.run.head, self.predictor.labels, output=self.run.output,
-                              texts=texts, device=self.device)  # fmt: skip
+                              texts=texts, device=self.device, fit=side.fit, scales=dict(scales),
+                              facts=self.caption_facts())  # fmt: skip
         try:
-            maps = explainer.explain_views(views, labels)
+            maps = explainer.explain_views(views, labels, only=mapped)
         finally:
             self.run.head.to("cpu")  # predict_proba reads the head on the CPU
         originals = {v.image_id: v.original for v in views}
         out = []
         for m in maps:
-            caption = f"{m.view}  {m.label}: p={m.probability:.2f}  ({m.method})"
-            png = overlay_png(originals[m.image_id], m.cam, caption)
-            out.append({"image": prediction.views[int(m.image_id)].name, "view": m.view,
-                        "label": m.label,
+            name = prediction.views[int(m.image_id)].name
+            caption = m.caption(explainer.facts)
+            caption[0] = caption[0].replace(f"{UPLOAD_ID} ", f"{name} ", 1)
+            png = overlay_png(originals[m.image_id], m.drawing(), caption)
+            if m.note:
+                warnings.append(f"{name} {m.label}: {m.note}")
+            out.append({"image": name, "view": m.view, "label": m.label,
                         "method": m.method, "probability": m.probability,
+                        "shown": m.shown, "note": m.note, "raw_max": m.raw_max,
+                        "scale": m.scale, "fit": m.fit, "caption": caption,
                         "png_base64": base64.b64encode(png).decode("ascii")})  # fmt: skip
         return out
 
@@ -154,18 +230,52 @@ class Service:
                                                 comparison=comparison, views=views)  # fmt: skip
             answer = prediction.to_dict()
             answer["attribution"] = answer["overlays"] = None
+            warnings = answer["warnings"]
             if explain:
-                answer["attribution"] = self.attribution(prediction)
-                answer["overlays"] = self.overlays(prediction, images)
+                try:
+                    answer["attribution"] = self.attribution(prediction)
+                except Exception as err:  # noqa: BLE001 - never lose the prediction to it
+                    warnings.append(failure("the image vs report attribution", err))
+                try:
+                    answer["overlays"] = self.overlays(prediction, images, warnings=warnings)
+                except Exception as err:  # noqa: BLE001 - never lose the prediction to it
+                    warnings.append(failure("Grad-CAM", err))
             answer["report_draft"] = None
             if draft:
-                drafter, note = self.drafter()
-                if drafter is not None and "image" in prediction.inputs:
-                    answer["report_draft"] = drafter.draft(prediction.inputs["image"],
-                                                           prediction.inputs["image_mask"])
-                elif note:
-                    answer["warnings"].append(f"no draft report: {note}")
+                try:
+                    drafter, note = self.drafter()
+                    if drafter is not None and "image" in prediction.inputs:
+                        answer["report_draft"] = drafter.draft(prediction.inputs["image"],
+                                                               prediction.inputs["image_mask"])
+                    elif note:
+                        warnings.append(f"no draft report: {note}")
+                except Exception as err:  # noqa: BLE001 - never lose the prediction to it
+                    warnings.append(failure("the draft report", err))
         return answer
+
+
+def write_overlays(answer: dict[str, Any], folder: str | Path) -> list[Path]:
+    """Write the answer's overlay PNGs into ``folder`` (``<image>__<label>__<method>.png``) and
+    replace each overlay's ``png_base64`` by its ``file`` (for ``cxrfuse predict --explain``)."""
+    from cxrfuse.data.manifest import label_slug
+    from cxrfuse.files import atomic_path
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for overlay in answer.get("overlays") or []:
+        stem = Path(overlay["image"]).name.split(".")[0] or "image"
+        name = f"{stem}__{label_slug(overlay['label'])}__{overlay['method']}"
+        path = out / f"{name}.png"
+        copy = 1
+        while path in written:  # two uploads of one name
+            copy += 1
+            path = out / f"{name}-{copy}.png"
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(base64.b64decode(overlay.pop("png_base64")))
+        overlay["file"] = str(path)
+        written.append(path)
+    return written
 
 
 def model_card(service: Service) -> dict[str, Any]:
@@ -195,6 +305,8 @@ def model_card(service: Service) -> dict[str, Any]:
                        "headline": {name: {"value": value,
                                            "ci": raw.get("ci", {}).get(f"headline/{name}")}
                                     for name, value in headline.items()}}  # fmt: skip
+    if sidecar.image is not None:  # how a non-square view became the model's square input
+        encoders["image"]["fit"] = sidecar.image.fit
     return {
         "run": info.name,
         "kind": info.kind,

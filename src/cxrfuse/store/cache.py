@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxrfuse.data.images import DECODE_VERSION
+from cxrfuse.data.images import DECODE_VERSION, LEGACY_FIT, check_fit
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.files import clean_temp_files, file_stamp, sha256_json, write_json, write_npy
 from cxrfuse.problems import DataError
@@ -48,10 +48,12 @@ class DecodedImageCache:
         shard_size: int = 1024,
         *,
         create: bool = True,
+        fit: str = LEGACY_FIT,
     ) -> None:
         self.paths = [str(p) for p in paths]
         self.stamps = [tuple(s) for s in stamps]
         self.size = int(size)
+        self.fit = check_fit(fit)
         inputs = {
             "cache_version": CACHE_VERSION,
             "decode_version": DECODE_VERSION,
@@ -59,6 +61,8 @@ class DecodedImageCache:
             "paths_sha256": sha256_json(self.paths),
             "n_images": len(self.paths),
         }
+        if self.fit != LEGACY_FIT:  # a crop cache keeps the key it had before the option
+            inputs["fit"] = self.fit
         self.key = sha256_json(inputs)[:16]
         self.folder = Path(root) / f"decoded-{self.size}px-{self.key}"
         info_path = self.folder / "cache.json"
@@ -144,12 +148,14 @@ class DecodedImageCache:
 
 
 def manifest_image_cache(
-    cache_dir: str | Path, manifest: Manifest, size: int, shard_size: int = 1024
+    cache_dir: str | Path, manifest: Manifest, size: int, shard_size: int = 1024,
+    fit: str = LEGACY_FIT,
 ) -> tuple[DecodedImageCache, dict[str, int]]:
     """The cache of every image of ``manifest`` at ``size`` px, in the store's order (so it is
     the same cache as ``cxrfuse embed --cache`` of that manifest), and each path's row."""
     paths = [r.path for r in image_records(manifest)]
-    cache = DecodedImageCache(cache_dir, paths, [file_stamp(p) for p in paths], size, shard_size)
+    cache = DecodedImageCache(cache_dir, paths, [file_stamp(p) for p in paths], size, shard_size,
+                              fit=fit)  # fmt: skip
     return cache, {path: i for i, path in enumerate(paths)}
 
 
@@ -166,7 +172,7 @@ def fill_cache(cache: DecodedImageCache, progress: bool = True) -> int:
     for i in tqdm(todo, desc=f"decode into the {cache.size}-px cache", unit="img",
                   disable=not progress or not todo):  # fmt: skip
         try:
-            cache.add(i, decode_resized(cache.paths[i], cache.size), True, "")
+            cache.add(i, decode_resized(cache.paths[i], cache.size, cache.fit), True, "")
         except Exception as err:  # noqa: BLE001 - an unreadable file is recorded, not fatal
             cache.add(i, empty, False, f"{type(err).__name__}: {err}")
     return len(todo)

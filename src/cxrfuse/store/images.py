@@ -74,11 +74,13 @@ class _ImageDataset:
     """Each image as (S, S) gray uint8, from the cache or decoded; a failure becomes a flag."""
 
     def __init__(
-        self, records: Sequence[ImageRecord], size: int, cache: DecodedImageCache | None
+        self, records: Sequence[ImageRecord], size: int, cache: DecodedImageCache | None,
+        fit: str = "crop",
     ) -> None:
         self.records = list(records)
         self.size = size
         self.cache = cache
+        self.fit = fit
 
     def __len__(self) -> int:
         return len(self.records)
@@ -91,7 +93,7 @@ class _ImageDataset:
                 pixels, ok, error = hit
                 return index, torch.from_numpy(np.array(pixels)), ok, error, False
         try:
-            pixels = decode_resized(self.records[index].path, self.size)
+            pixels = decode_resized(self.records[index].path, self.size, self.fit)
             return index, torch.from_numpy(pixels), True, "", True
         except Exception as err:  # noqa: BLE001 - any unreadable file is reported, never raised
             empty = torch.zeros((self.size, self.size), dtype=torch.uint8)
@@ -286,7 +288,7 @@ def embed_images(
     ]
     n_pending = sum(bounds[i][1] - bounds[i][0] for i in pending)
     on_gpu = run_device.type == "cuda"
-    dataset = _ImageDataset(records, encoder.spec.input_size, cache)
+    dataset = _ImageDataset(records, encoder.spec.input_size, cache, encoder.spec.fit)
     if channels_last if channels_last is not None else on_gpu:
         encoder.to(memory_format=torch.channels_last)
     model = torch.compile(encoder) if compile else encoder
@@ -435,7 +437,8 @@ def _open_cache(
         return None
     paths = [r.path for r in records]
     size = encoder.spec.input_size
-    return DecodedImageCache(cache_dir, paths, stamps, size, shard_size, create=create)
+    return DecodedImageCache(cache_dir, paths, stamps, size, shard_size, create=create,
+                             fit=encoder.spec.fit)  # fmt: skip
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -494,6 +497,7 @@ def _finish_image_store(
         "key_inputs": inputs,
         "encoder": encoder.spec.name,
         "weights": str(getattr(encoder, "weights", "")),
+        "fit": encoder.spec.fit,  # in the key only when pad: crop keys predate the option
         "dim": encoder.feature_dim,
         "dtype": dtype,
         "n_images": len(records),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cxrfuse.data.images import DECODE_VERSION
+from cxrfuse.data.images import DECODE_VERSION, LEGACY_FIT
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.files import file_stamp, sha256_json
 
@@ -66,13 +66,17 @@ def weights_fingerprint(encoder: torch.nn.Module) -> str:
 def preprocessing_spec(encoder: ImageEncoder) -> dict[str, Any]:
     """What the encoder's preprocessing depends on."""
     spec = encoder.spec
-    return {
+    out = {
         "input_size": spec.input_size,
         "channels": spec.channels,
         "normalisation": spec.normalisation,
         "grayscale_to_rgb": spec.grayscale_to_rgb,
         "decode_version": DECODE_VERSION,
     }
+    fit = getattr(spec, "fit", LEGACY_FIT)
+    if fit != LEGACY_FIT:  # a crop store keeps the key it had before the option existed
+        out["fit"] = fit
+    return out
 
 
 def image_store_key(

@@ -67,6 +67,7 @@ def embed(
     nproc: int = 1,
     progress: bool = True,
     text_options: dict[str, Any] | None = None,
+    fit: str = "pad",
 ) -> dict[str, Any]:
     """Embed a manifest's images and/or texts into ``store_dir``; return paths and a summary.
 
@@ -76,7 +77,8 @@ def embed(
     nccl on GPU); under ``torchrun`` (WORLD_SIZE > 1 in the environment) this process joins
     the ranks torchrun started. Texts are embedded by rank 0 only. ``num_workers`` None picks
     :func:`default_workers`. ``text_options`` go to :func:`create_text_encoder`
-    (e.g. ``{"svd_dim": 64}`` for tf-idf).
+    (e.g. ``{"svd_dim": 64}`` for tf-idf). ``fit`` (``pad`` or ``crop``) is how non-square
+    images become the square input, as a run's ``image.fit`` (default ``pad``, as new runs).
     """
     if image_encoder is None and text_encoder is None:
         raise CxrfuseError("nothing to embed: name an image encoder, a text encoder or both")
@@ -96,7 +98,7 @@ def embed(
             "compile": compile,
             "progress": progress,
         }
-        spec = (image_encoder, image_weights, input_size)
+        spec = (image_encoder, image_weights, input_size, fit)
         images, is_main = _embed_images_ranked(manifest, spec, store_dir, device, nproc, options)
         if is_main:
             summary["images"] = _image_summary(images)
@@ -134,14 +136,14 @@ def _text_config(sections: Sequence[str], mask_labels: bool) -> TextConfig:
 
 def _embed_images_ranked(
     manifest: Manifest,
-    spec: tuple[str, str, int | None],
+    spec: tuple[str, str, int | None, str],
     store_dir: str | Path,
     device: str,
     nproc: int,
     options: dict[str, Any],
 ) -> tuple[ImageEmbeddings, bool]:
     """(embeddings, whether this process is rank 0), computed by 1..N processes."""
-    name, weights, input_size = spec
+    name, weights, input_size, fit = spec
     run_device = resolve_device(device)
     torchrun = distributed.launched_by_torchrun() and not current_group()
     if torchrun and nproc > 1:
@@ -158,7 +160,7 @@ def _embed_images_ranked(
         if options["num_workers"] is not None
         else default_workers(run_device, world),
     }
-    encoder = create_image_encoder(name, weights=weights, input_size=input_size)
+    encoder = create_image_encoder(name, weights=weights, input_size=input_size, fit=fit)
     key, _ = image_store_key(manifest, encoder, options["dtype"], options["precision"])
     folder = Path(store_dir) / key
     if nproc > 1:
@@ -184,7 +186,7 @@ def current_group() -> bool:
 
 def _image_rank(
     manifest: Manifest,
-    spec: tuple[str, str, int | None],
+    spec: tuple[str, str, int | None, str],
     store_dir: str,
     device_type: str,
     options: dict[str, Any],
@@ -195,8 +197,8 @@ def _image_rank(
         if device_type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world_size))
         device = torch.device("cuda", ctx.local_rank) if device_type == "cuda" else "cpu"
-        name, weights, input_size = spec
-        encoder = create_image_encoder(name, weights=weights, input_size=input_size)
+        name, weights, input_size, fit = spec
+        encoder = create_image_encoder(name, weights=weights, input_size=input_size, fit=fit)
         embed_images(manifest, encoder, store_dir, device=device, **options)
     finally:
         distributed.shutdown()

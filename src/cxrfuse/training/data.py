@@ -42,7 +42,8 @@ def build_study_arrays(config: RunConfig, *, progress: bool = True) -> StudyArra
     text_encoder = None
     if "image" in config.model.modalities:
         side = config.image
-        encoder = create_image_encoder(side.encoder, weights=side.weights, input_size=side.input_size)
+        encoder = create_image_encoder(side.encoder, weights=side.weights,
+                                       input_size=side.input_size, fit=side.fit)  # fmt: skip
         image = embed_images(manifest, encoder, store, batch_size=side.embed_batch_size,
                              progress=progress)
         if len(image) == 0:
@@ -55,6 +56,7 @@ def build_study_arrays(config: RunConfig, *, progress: bool = True) -> StudyArra
             "views": side.views,
             "input_size": encoder.spec.input_size,
             "dim": int(encoder.feature_dim),
+            "fit": encoder.spec.fit,
         }
     if "text" in config.model.modalities:
         side = config.text

@@ -141,11 +141,13 @@ class StudyImages(Dataset):
         augment: Augment | None = None,
         cache: DecodedImageCache | None = None,
         cache_rows: Mapping[str, int] | None = None,
+        fit: str = "crop",
     ) -> None:
         if len(slots) != len(labels) or (text is not None and len(text) != len(labels)):
             raise DataError("slots, labels and text vectors must have one row per study")
         self.slots = [list(s) for s in slots]
         self.size = int(size)
+        self.fit = fit
         self.labels = np.array(labels, dtype=np.float32)  # a writable copy
         self.text = None if text is None else np.array(text, dtype=np.float32)
         self.text_mask = None if text_mask is None else np.asarray(text_mask, dtype=bool)
@@ -160,7 +162,7 @@ class StudyImages(Dataset):
         row = self.cache_rows.get(path)
         hit = None if self.cache is None or row is None else self.cache.lookup(row)
         if hit is None:
-            return decode_resized(path, self.size)
+            return decode_resized(path, self.size, self.fit)
         pixels, ok, error = hit
         if not ok:
             raise DataError(error)
@@ -259,7 +261,8 @@ def build_finetune_encoder(config: RunConfig) -> tuple[ImageEncoder, list[str]]:
     """The configured encoder (pretrained weights as configured), grayscale-adapted if asked,
     with ``finetune.freeze`` applied; returns it (train mode) and the frozen module names."""
     side, tune = config.image, config.finetune
-    encoder = create_image_encoder(side.encoder, weights=side.weights, input_size=side.input_size)
+    encoder = create_image_encoder(side.encoder, weights=side.weights,
+                                   input_size=side.input_size, fit=side.fit)  # fmt: skip
     if tune.grayscale:
         adapt_to_grayscale(encoder)
     return encoder.train(), freeze_backbone(encoder, tune.freeze)
@@ -295,8 +298,9 @@ def study_images(
     size: int,
     augment: Augment | None = None,
     cache: tuple[DecodedImageCache, dict[str, int]] | None = None,
+    fit: str = "crop",
 ) -> StudyImages:
     text = None if arrays.text is None else arrays.text[rows]
     text_mask = None if arrays.text_mask is None else arrays.text_mask[rows]
     return StudyImages([slots[r] for r in rows], size, arrays.y[rows], text, text_mask, augment,
-                       *(cache or (None, None)))  # fmt: skip
+                       *(cache or (None, None)), fit=fit)  # fmt: skip

@@ -172,12 +172,15 @@ class ImageFinetuning:
         augment = build_augment(config.finetune.augment, seed=config.seed)
         cache = None
         if config.data.image_cache:  # decode once, read pixels from the cache in every epoch
-            cache = manifest_image_cache(config.data.image_cache, self.manifest, size)
+            cache = manifest_image_cache(config.data.image_cache, self.manifest, size,
+                                         fit=config.image.fit)  # fmt: skip
             fill_cache(cache[0], self.progress)
+        fit = config.image.fit
         train = finetune_loader(study_images(self.arrays, train_rows, self.slots, size, augment,
-                                             cache), config, shuffle=True, sampler=sampler)  # fmt: skip
-        val = finetune_loader(study_images(self.arrays, val_rows, self.slots, size, cache=cache),
-                              config)  # fmt: skip
+                                             cache, fit=fit), config, shuffle=True,
+                                sampler=sampler)  # fmt: skip
+        val = finetune_loader(study_images(self.arrays, val_rows, self.slots, size, cache=cache,
+                                           fit=fit), config)  # fmt: skip
         self._augment = augment
         return train, val
 
@@ -202,6 +205,7 @@ class ImageFinetuning:
             encoder=side.encoder, weights=side.weights, views=side.views,
             input_size=encoder.spec.input_size, dim=int(encoder.feature_dim),
             n_views=self.width, finetuned=True, grayscale=bool(self.config.finetune.grayscale),
+            fit=encoder.spec.fit,
             channels=encoder.spec.channels, freeze=list(self.model.frozen),
             file=run.encoder_weights_path.name,
         )  # fmt: skip

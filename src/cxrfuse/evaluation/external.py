@@ -345,13 +345,13 @@ def external_markdown(result: Mapping[str, Any]) -> str:
 
 def subgroup_intro(subgroups: Mapping[str, Any]) -> str:
     """The paragraph above a subgroup table."""
-    return SUBGROUP_INTRO.format(overall=_f(subgroups["overall"]["auroc"]), min_studies=subgroups["min_studies"],
-                                 min_positives=subgroups["min_positives"])  # fmt: skip
+    return SUBGROUP_INTRO.format(overall=_f(subgroups["overall"]["auroc"]),
+                                 min_class=subgroups.get("min_class", 10))  # fmt: skip
 
 
 SUBGROUP_INTRO = (
     "AUROC with its bootstrap interval and the gap to the overall {overall}; the "
     "false-negative rate (FN / positives) per label at the val-chosen threshold (underdiagnosis, "
-    "Seyyed-Kalantari et al. 2021); ECE of the labels pooled. 'small': fewer than {min_studies} "
-    "studies or {min_positives} positives of some label: read the figures with care."
+    "Seyyed-Kalantari et al. 2021); ECE of the labels pooled. 'small': fewer than {min_class} "
+    "positives or {min_class} negatives of some label (the rarer class): read the figures with care."
 )

@@ -11,8 +11,9 @@
       bootstrap interval of (model F1 - always-positive F1) on the test studies is not above 0
       (with no bootstrap: the F1 itself is not above it);
   ``constant``
-      the predictions barely vary (interquartile range of the test probabilities below
-      :data:`FLAT_IQR`), or the lowest validation loss came at the first epoch;
+      the predictions barely vary (standard deviation of the test probabilities below
+      :data:`FLAT_SD`: not the interquartile range, which is near 0 for a confident model of a
+      rare label), or the lowest validation loss came at the first epoch;
   ``small_val``
       the threshold was chosen on fewer than :data:`SMALL_VAL` validation studies of a class.
 
@@ -34,8 +35,8 @@ from cxrfuse.evaluation.metrics import check_inputs, label_names
 
 CHANCE = 0.5
 """AUROC of a model that cannot rank (the chance line)."""
-FLAT_IQR = 0.05
-"""Test probabilities whose interquartile range is below this barely vary (``constant``)."""
+FLAT_SD = 0.02
+"""Test probabilities whose standard deviation is below this barely vary (``constant``)."""
 SMALL_VAL = 10
 """Fewer validation studies than this of a class make a chosen threshold unreliable."""
 VERDICT_KINDS = ("chance", "trivial", "constant", "small_val")
@@ -176,17 +177,18 @@ def run_verdicts(
                 prev = base[name]["prevalence"]
                 out.append(verdict(name, "trivial",
                                    f"{name}: F1 {_f(f1)} is not above the {_f(always)} of "
-                                   f"calling every study positive ({detail}; prevalence "
-                                   f"{prev:.0%}): the decisions are no better than a constant "
-                                   "answer"))  # fmt: skip
+                                   f"calling every study positive beyond its interval ({detail}; "
+                                   f"prevalence {prev:.0%}): the decisions cannot be told from a "
+                                   "constant answer"))  # fmt: skip
         # constant: the predictions barely vary
-        q1, q3 = np.percentile(p, [25, 75])
-        if q3 - q1 < FLAT_IQR:
+        sd = float(p.std())
+        if sd < FLAT_SD:
+            q1, q3 = np.percentile(p, [25, 75])
             out.append(verdict(name, "constant",
-                               f"{name}: the test probabilities barely vary (interquartile range "
-                               f"{q3 - q1:.3f}, from {q1:.3f} to {q3:.3f}; range "
-                               f"{p.min():.2f}-{p.max():.2f}): the model gives nearly the same "
-                               "answer for every study"))  # fmt: skip
+                               f"{name}: the test probabilities barely vary (standard deviation "
+                               f"{sd:.3f}, half of them between {q1:.3f} and {q3:.3f}, all between "
+                               f"{p.min():.3f} and {p.max():.3f}): the model gives nearly the "
+                               "same answer for every study"))  # fmt: skip
         # small_val: thresholds chosen on few studies of a class
         if y_val is not None and isinstance(threshold_method, str) and threshold_method in (
             "f1", "youden"
@@ -217,7 +219,7 @@ def verdict_labels(verdicts: Sequence[Mapping[str, Any]], kinds: Sequence[str] =
 
 # ------------------------------------------------------------------------------ paired claims
 def paired_verdict(diff: Mapping[str, Any], n: int, what: str, metric: str = "AUROC",
-                   claim: str = "helps") -> dict[str, Any]:  # fmt: skip
+                   claim: str = "helps", versus: str = "") -> dict[str, Any]:  # fmt: skip
     """A difference with its paired interval in words: ``evidence`` (interval above 0),
     ``against`` (below 0) or ``unclear`` (includes 0: "too few studies to tell")."""
     d, low, high, p = diff.get("diff"), diff.get("low"), diff.get("high"), diff.get("p")
@@ -225,7 +227,7 @@ def paired_verdict(diff: Mapping[str, Any], n: int, what: str, metric: str = "AU
         return {"status": "unclear", "text": f"{what}: no difference could be computed"}
     ci = f" [{low:+.3f}, {high:+.3f}]" if low is not None and high is not None else ""
     pv = f", p = {p:.2g}" if p is not None else ""
-    head = f"{what} {d:+.3f} {metric}{ci}{pv} on {n} test studies"
+    head = f"{what} {d:+.3f} {metric}{ci}{versus}{pv} on {n} test studies"
     if low is not None and low > 0:
         return {"status": "evidence", "text": f"{head}: evidence that it {claim}"}
     if high is not None and high < 0:
@@ -290,9 +292,9 @@ def experiment_conclusion(evaluation: Mapping[str, Any],
         tests = [t for t in comp.get("paired", []) if t.get("bootstrap", {}).get("auroc")]
         if tests:
             t = tests[0]
-            words = paired_verdict(t["bootstrap"]["auroc"], t["studies"],
-                                   f"over {comp.get('best_unimodal', 'unimodal').lower()} "
-                                   "alone, fusion adds", claim="helps")  # fmt: skip
+            words = paired_verdict(t["bootstrap"]["auroc"], t["studies"], "fusion adds",
+                                   versus=f" over {comp.get('best_unimodal', 'unimodal').lower()}"
+                                   " alone", claim="helps")  # fmt: skip
             more = f" (seed {t['seed']}; {len(tests)} seeds in the tables)" if len(tests) > 1 else ""
             parts.append(prefix + words["text"] + more)
         elif comp.get("paired"):
@@ -312,12 +314,13 @@ def experiment_conclusion(evaluation: Mapping[str, Any],
                  f"every study positive on some label ({', '.join(trivial)}).")  # fmt: skip
     if not chance and not trivial and metrics:
         text += " Every run's AUROC intervals exclude chance."
-    return text.strip()
+    text = text.strip()
+    return text[:1].upper() + text[1:]
 
 
 __all__ = [
     "CHANCE",
-    "FLAT_IQR",
+    "FLAT_SD",
     "NO_SKILL",
     "SMALL_VAL",
     "VERDICT_KINDS",

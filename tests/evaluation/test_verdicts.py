@@ -3,6 +3,8 @@ does not; baselines are the trivial rules' exact metrics; the typed model refuse
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
@@ -168,3 +170,40 @@ def test_shuffle_drop_interval_claims_use_only_on_evidence(rng: np.random.Genera
     assert used["drop"]["auroc"]["status"] == "evidence" and used["drop"]["auroc"]["low"] > 0
     assert ignored["drop"]["auroc"]["status"] == "unclear"
     assert ignored["drop"]["auroc"]["low"] <= 0 <= ignored["drop"]["auroc"]["high"]
+
+
+def test_a_model_trained_on_noise_gets_chance_verdicts_banners_and_printed_lines(
+    small_manifest, tmp_path, capsys
+) -> None:
+    """Synthetic variant of the real-radiograph test: SGD heads on label-free embeddings of
+    900 bundled IU studies are at chance; metrics.json, report.html/md and `cxrfuse evaluate`
+    say so, and a model trained on informative embeddings gets no chance verdict."""
+    from rundirs import LABELS, build_run
+    from typer.testing import CliRunner
+
+    from cxrfuse.cli import app
+    from cxrfuse.evaluation import evaluate_run
+    from cxrfuse.reporting import write_report
+
+    noise = build_run(tmp_path, small_manifest, ["image"], 0, name="noise", signal=0.0)
+    signal = build_run(tmp_path, small_manifest, ["image"], 0, name="signal")
+    result = evaluate_run(noise, "f1", 300, 0, leakage=False, plots=False)
+    metrics = json.loads((noise / "metrics.json").read_text())
+    assert set(metrics["test"]["baselines"]) == set(LABELS)
+    for label in LABELS:
+        ci = metrics["ci"][f"label/{label}/auroc"]
+        holds = ci["low"] <= 0.5 <= ci["high"]
+        assert holds == ("chance" in kinds(metrics["test"]["verdicts"], label))
+    assert "chance" in {v["kind"] for v in result["test"]["verdicts"]}
+    good = evaluate_run(signal, "f1", 300, 0, leakage=False, plots=False)
+    assert "chance" not in {v["kind"] for v in good["test"]["verdicts"]}
+    html_path, md_path = write_report(noise)
+    html = html_path.read_text()
+    overview = html[: html.index("Test metrics at val-chosen thresholds")]
+    assert "Conclusion." in overview and 'class="warning"' in overview
+    assert "not distinguishable from chance" in overview
+    assert "always positive" in html and "F1 always positive" in html
+    assert "not distinguishable from chance" in md_path.read_text()
+    printed = CliRunner().invoke(app, ["evaluate", str(noise), "--n-boot", "300", "--no-leakage"])
+    assert printed.exit_code == 0, printed.output
+    assert "chance:" in printed.output and "always positive" in printed.output

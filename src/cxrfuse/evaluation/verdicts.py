@@ -269,8 +269,9 @@ def run_conclusion(metrics: Mapping[str, Any]) -> str:
     text = "On the test split, " + "; ".join(sentences) + "."
     bad = verdict_labels(verdicts)
     if bad:
-        text += (f" For {len(bad)} of {len(metrics['labels'])} label(s) the model is no better "
-                 "than chance or a constant answer: do not read its decisions as findings.")  # fmt: skip
+        text += (f" For {len(bad)} of {len(metrics['labels'])} label(s) the model ranks no better "
+                 "than chance or decides no better than calling every study positive: do not "
+                 "read its decisions as findings.")  # fmt: skip
     elif verdicts:
         text += " See the warnings below before trusting the figures."
     else:

@@ -44,7 +44,9 @@ def test_shuffling_the_modality_a_model_depends_on_drops_it_to_chance() -> None:
     assert image["baseline"]["auroc"] > 0.9
     assert all(abs(a - 0.5) < 0.08 for a in image["shuffled"]["auroc"])
     assert image["drop"]["auroc"]["mean"] > 0.35 and image["drop"]["auroc"]["sd"] > 0
-    assert text["drop"]["auroc"] == {"mean": 0.0, "sd": 0.0, "min": 0.0, "max": 0.0}
+    assert text["drop"]["auroc"] == {"mean": 0.0, "sd": 0.0, "min": 0.0, "max": 0.0,
+                                     "low": 0.0, "high": 0.0, "status": "none", "n": 600}
+    assert image["drop"]["auroc"]["status"] == "evidence" and image["drop"]["auroc"]["low"] > 0.3
     assert len(image["shuffled"]["f1"]) == 5
 
 

@@ -186,7 +186,7 @@ def _print_shuffle(run_dir: Path, results: dict[str, Any]) -> None:
             + (f"; 95 % CI [{drop['low']:.3f}, {drop['high']:.3f}]"
                if drop.get("low") is not None else "")
             + {"evidence": "): the model uses it", "against": "): it does better without it",
-               "unclear": "): too few studies to tell"}.get(drop.get("status"), ")")
+               "unclear": "): too few studies to tell", "none": "): the model ignores it"}.get(drop.get("status"), ")")
         )
 
 

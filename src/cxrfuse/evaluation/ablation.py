@@ -148,7 +148,8 @@ def shuffle_sensitivity(
     the drop (baseline - shuffled): mean, sd and min-max range over repeats, and the 95 %
     paired-bootstrap interval of the mean drop over ``n_boot`` resamples of the test studies
     (``low``, ``high``) with ``status``: ``evidence`` only when the interval is above 0 (the
-    model uses the modality), else ``unclear`` (too few studies to tell) or ``against``.
+    model uses the modality), else ``unclear`` (too few studies to tell), ``against`` (below
+    0) or ``none`` (no resample changes: the model ignores the modality).
     """
     if modality not in inputs:
         raise CxrfuseError(f"cannot shuffle {modality!r}: the inputs hold {sorted(inputs)}")
@@ -203,6 +204,7 @@ def _drop_intervals(y: np.ndarray, base: np.ndarray, shuffled: Sequence[np.ndarr
     """Paired bootstrap (the same resampled studies for the model and its shuffled copies) of
     the mean drop over repeats: per metric ``low``, ``high``, ``status``, ``n``."""
     y2, base = check_inputs(y, base)
+    shuffled = [check_inputs(y, s)[1] for s in shuffled]
     names = label_names(labels, y2.shape[1])
     thr = per_label_thresholds(thresholds, y2.shape[1])
     if not n_boot:
@@ -222,7 +224,8 @@ def _drop_intervals(y: np.ndarray, base: np.ndarray, shuffled: Sequence[np.ndarr
         if d.size >= max(10, n_boot // 2):
             low, high = (float(v) for v in np.percentile(d, [2.5, 97.5]))
         status = ("evidence" if low is not None and low > 0 else
-                  "against" if high is not None and high < 0 else "unclear")  # fmt: skip
+                  "against" if high is not None and high < 0 else
+                  "none" if low == high == 0 else "unclear")  # fmt: skip
         out[m] = {"low": low, "high": high, "status": status, "n": len(y2)}
     return out
 

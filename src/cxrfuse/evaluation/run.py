@@ -209,7 +209,7 @@ def evaluate_run(
     run.set_thresholds(result["thresholds"], str(threshold))
     if shuffle:
         result["shuffle"] = shuffle_run(run, shuffle, repeats=repeats, seed=seed,
-                                        thresholds=thresholds)  # fmt: skip
+                                        thresholds=thresholds, n_boot=n_boot)  # fmt: skip
     return result
 
 
@@ -267,9 +267,11 @@ def shuffle_run(
     repeats: int = 5,
     seed: int = 0,
     thresholds: np.ndarray | float | None = None,
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Bimodal sensitivity test of a trained run; merges the results into ``ablation.json``
-    and returns them."""
+    and returns them (each drop with its paired-bootstrap interval over ``n_boot`` resamples
+    of the test studies)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     info = run.require(EVALUATED_KINDS, action="a shuffle test")
     check_shuffle(info, run, modalities)
@@ -288,6 +290,7 @@ def shuffle_run(
             seed=seed,
             thresholds=thresholds,
             labels=info.labels,
+            n_boot=n_boot,
         )
         for m in modalities
     }

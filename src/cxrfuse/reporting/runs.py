@@ -409,6 +409,7 @@ SHUFFLE_READING = {
     "evidence": "uses it",
     "against": "does better without it",
     "unclear": "too few studies to tell",
+    "none": "ignores it",
 }
 
 

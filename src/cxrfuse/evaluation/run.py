@@ -577,6 +577,8 @@ def _write_summary(
                 row[m] = r["metrics"]["test"]["headline"].get(m)
                 ci = r["metrics"]["ci"].get(f"headline/{m}", {})
                 row[f"{m}_low"], row[f"{m}_high"] = ci.get("low"), ci.get("high")
+            row["verdicts"] = ",".join(dict.fromkeys(
+                v["kind"] for v in r["metrics"]["test"].get("verdicts", [])))  # fmt: skip
         rows.append(row)
     ours = pd.DataFrame(rows)
     theirs = exp.summary()
@@ -622,7 +624,8 @@ def summary_markdown(name: str, runs: pd.DataFrame, comparisons: list[dict[str, 
             ]
     cols = [
         c
-        for c in ("run", "setting", "modalities", "seed", "status", "auroc", "f1", "exact_match")
+        for c in ("run", "setting", "modalities", "seed", "status", "auroc", "f1", "exact_match",
+                  "verdicts")
         if c in runs.columns
     ]
     lines += ["## Runs", "", runs[cols].to_markdown(index=False, floatfmt=".3f"), ""]

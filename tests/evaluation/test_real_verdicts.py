@@ -9,6 +9,8 @@ reads nothing of a radiograph; 62 test studies at 84 % abnormal)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +116,59 @@ def test_served_image_model_says_chance_and_shows_no_positive(experiment: Path) 
     assert any("not distinguishable from chance" in w for w in answer["warnings"])
     page = client.get("/").text
     assert "not distinguishable from chance" in page and "noskill" in page
+
+
+CHROMIUM = next((p for p in (os.environ.get("CXRFUSE_CHROMIUM"), shutil.which("chromium"),
+                             shutil.which("chromium-browser")) if p and Path(p).is_file()), None)  # fmt: skip
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary (Debian package `chromium`)")
+def test_page_in_a_browser_shows_chance_not_positive(experiment: Path) -> None:
+    """The served page, driven in Chromium with a real radiograph: the image model's row says
+    "not distinguishable from chance" in grey, never a red "positive", under a red banner."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from cxrfuse.serve import Service, create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    service = Service(experiment / "runs" / "image-seed0")
+    server = uvicorn.Server(uvicorn.Config(create_app(service=service), host="127.0.0.1",
+                                           port=port, log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    image = next((DATA / "images" / "images_normalized").glob("*.png"))
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                         args=["--no-sandbox", "--disable-gpu"])  # fmt: skip
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_selector("#verdicts:not([hidden])")
+                assert "not distinguishable from chance" in page.inner_text("#verdicts")
+                page.set_input_files("#files", [str(image)])
+                page.uncheck("#explain")
+                page.click("#submit")
+                row = "#probabilities tr[data-label='abnormal']"
+                page.wait_for_selector(row, timeout=60_000)
+                assert page.get_attribute(row, "class") == "noskill"
+                decision = page.inner_text(f"{row} td.decision")
+                assert "not distinguishable from chance" in decision and "positive" not in decision.split(";")[0]
+                color = page.eval_on_selector(f"{row} td.decision", "e => getComputedStyle(e).color")
+                assert color == "rgb(102, 115, 127)"  # the neutral grey, not the red of "positive"
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -130,6 +130,7 @@ def test_leakage_probe_flags_masked_findings_but_not_the_indication(
     assert leaky["per_label"]["abnormal"]["chosen"] > 0.9  # DESIGN.md measured 0.984 on all reports
     assert leaky["per_label"]["abnormal"]["indication"] < 0.75
     assert leaky["warning"] and "still carries the label" in leaky["warning"]
+    assert leaky["paired"]["low"] > 0 and leaky["paired"]["diff"] == pytest.approx(leaky["gap"])
     assert leaky["audit"]["total_probe"] > 0 and leaky["train"] > leaky["test"] > 0
     honest = leakage_probe(
         split_reports, TextConfig(sections=["indication"]), task="normal-abnormal"

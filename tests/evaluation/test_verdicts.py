@@ -207,3 +207,21 @@ def test_a_model_trained_on_noise_gets_chance_verdicts_banners_and_printed_lines
     printed = CliRunner().invoke(app, ["evaluate", str(noise), "--n-boot", "300", "--no-leakage"])
     assert printed.exit_code == 0, printed.output
     assert "chance:" in printed.output and "always positive" in printed.output
+
+
+def test_leakage_warning_needs_the_paired_interval_above_zero() -> None:
+    """The issue's case: probe 0.695 vs 0.575 on 63 test studies, interval across 0: a note
+    "too few studies to tell" with n, no red warning; the same gap with an interval above 0
+    warns."""
+    from cxrfuse.evaluation.ablation import leakage_reading
+
+    macro = {"chosen": 0.695, "indication": 0.575}
+    warning, note, conclusion = leakage_reading(
+        macro, {"diff": 0.12, "low": -0.04, "high": 0.27}, 63, "indication+comparison")
+    assert warning is None and "too few studies to tell" in note and "n = 63" in note
+    assert "too few studies to tell" in conclusion
+    warning, note, _ = leakage_reading(macro, {"diff": 0.12, "low": 0.03, "high": 0.21}, 630, "x")
+    assert "still carries the label" in warning and note is None
+    warning, note, _ = leakage_reading({"chosen": 0.60, "indication": 0.58},
+                                       {"diff": 0.02, "low": -0.05, "high": 0.09}, 63, "x")
+    assert warning is None and "no evidence" in note

@@ -303,6 +303,44 @@ def _probe_auroc(
     return float(roc_auc_score(y[test][known].astype(int), scores[known]))
 
 
+def leakage_reading(macro: Mapping[str, float | None], paired: Mapping[str, Any] | None,
+                    n_test: int, text_name: str, same: bool = False
+                    ) -> tuple[str | None, str | None, str | None]:  # fmt: skip
+    """(warning, note, conclusion) of a leakage probe: the warning only when the paired
+    interval of (chosen - indication) is above 0; a gap of :data:`LEAK_GAP` or more whose
+    interval includes 0 is "too few studies to tell" with ``n_test``."""
+    warning = note = conclusion = None
+    gap = (None if macro.get("chosen") is None or macro.get("indication") is None
+           else macro["chosen"] - macro["indication"])  # fmt: skip
+    if same:
+        return None, ("the chosen text is the indication alone: nothing to compare it with"), (
+            "the model reads the indication only")
+    if gap is None:
+        return None, None, None
+    ci = (f" [{paired['low']:+.3f}, {paired['high']:+.3f}]"
+          if paired and paired.get("low") is not None else "")  # fmt: skip
+    diff = (f"AUROC {macro['chosen']:.3f} from words alone against {macro['indication']:.3f} "
+            f"for the indication (difference {gap:+.3f}{ci}, paired bootstrap on {n_test} "
+            "test studies)")  # fmt: skip
+    if paired and paired.get("low") is not None and paired["low"] > 0:
+        warning = (
+            f"The chosen text ({text_name}) predicts the labels with {diff}: "
+            "the text still carries the label. Results of text and fused models on this text "
+            "measure report reading, not image understanding."
+        )
+        conclusion = f"the chosen text carries the label beyond the indication ({gap:+.3f}{ci})"
+    elif gap >= LEAK_GAP:
+        why = "the interval includes 0" if paired else "no interval (n_boot 0)"
+        note = (f"The chosen text ({text_name}) scores {diff}: {why}, too few studies to "
+                f"tell whether the text carries the label (n = {n_test}).")  # fmt: skip
+        conclusion = f"too few studies to tell whether the text carries the label (n = {n_test})"
+    else:
+        note = (f"The chosen text ({text_name}) scores {diff}: no evidence that it carries "
+                "the label beyond the indication.")  # fmt: skip
+        conclusion = "no evidence that the chosen text carries the label beyond the indication"
+    return warning, note, conclusion
+
+
 def leakage_probe(
     manifest: Manifest, config: TextConfig, task: str | None = None, *, n_boot: int = 1000,
     seed: int = 0,
@@ -358,34 +396,9 @@ def leakage_probe(
     n_test = int(test.sum())
     audit = audit_leakage(manifest, config, task=task)
     gap = None if None in macro.values() else macro["chosen"] - macro["indication"]
-    warning = note = conclusion = None
     text_name = (f"{'+'.join(config.sections)}, masking "
                  f"{'on' if config.mask_labels else 'off'}")  # fmt: skip
-    if same:
-        note = "the chosen text is the indication alone: nothing to compare it with"
-        conclusion = "the model reads the indication only"
-    elif gap is not None:
-        ci = (f" [{paired['low']:+.3f}, {paired['high']:+.3f}]"
-              if paired and paired.get("low") is not None else "")  # fmt: skip
-        diff = (f"AUROC {macro['chosen']:.3f} from words alone against {macro['indication']:.3f} "
-                f"for the indication (difference {gap:+.3f}{ci}, paired bootstrap on {n_test} "
-                "test studies)")  # fmt: skip
-        if paired and paired.get("low") is not None and paired["low"] > 0:
-            warning = (
-                f"The chosen text ({text_name}) predicts the labels with {diff}: "
-                "the text still carries the label. Results of text and fused models on this text "
-                "measure report reading, not image understanding."
-            )
-            conclusion = f"the chosen text carries the label beyond the indication ({gap:+.3f}{ci})"
-        elif gap >= LEAK_GAP:
-            why = "the interval includes 0" if paired else "no interval (n_boot 0)"
-            note = (f"The chosen text ({text_name}) scores {diff}: {why}, too few studies to "
-                    f"tell whether the text carries the label (n = {n_test}).")  # fmt: skip
-            conclusion = f"too few studies to tell whether the text carries the label (n = {n_test})"
-        else:
-            note = (f"The chosen text ({text_name}) scores {diff}: no evidence that it carries "
-                    "the label beyond the indication.")  # fmt: skip
-            conclusion = "no evidence that the chosen text carries the label beyond the indication"
+    warning, note, conclusion = leakage_reading(macro, paired, n_test, text_name, same)
     audit_dict = audit.to_dict()
     audit_dict["rows"] = [r for r in audit_dict["rows"] if r["studies"] > 0]
     return {

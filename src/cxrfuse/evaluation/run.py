@@ -200,7 +200,8 @@ def evaluate_run(
         fit=info.fit.model_dump() if info.fit else None,
     )
     if leakage:
-        result["leakage"] = run_leakage_probe(info, run, probe_cache, n_boot=n_boot, seed=seed)
+        result["leakage"] = run_leakage_probe(info, run, probe_cache, seed=seed,
+                                              n_boot=max(n_boot, LEAKAGE_MIN_BOOT))  # fmt: skip
     if plots:
         result["plots"] = _run_plots(run, result, test_y, test_p)
     result["subgroups"] = run_subgroups(run, info, test_y, test_p, thresholds, test_ids,
@@ -213,6 +214,9 @@ def evaluate_run(
     return result
 
 
+LEAKAGE_MIN_BOOT = 200
+"""Resamples of the leakage probe's paired interval even when ``n_boot`` is 0 (its warning
+needs the interval; the probe's bootstrap takes well under a second)."""
 SUBGROUP_BOOT = 200
 """Bootstrap resamples per subgroup (at most; each subgroup is resampled on its own)."""
 
@@ -421,11 +425,9 @@ def _cached_or_evaluate(
         and run.metrics_path.stat().st_mtime >= run.predictions_path.stat().st_mtime
     ):
         cached = run.metrics()
-        if "verdicts" in cached["test"] and (cached.get("threshold_method"), cached.get("n_boot"), cached.get("bootstrap_seed")) == (
-            str(threshold),
-            n_boot,
-            seed,
-        ):
+        settings = (cached.get("threshold_method"), cached.get("n_boot"),
+                    cached.get("bootstrap_seed"))  # fmt: skip
+        if "verdicts" in cached["test"] and settings == (str(threshold), n_boot, seed):
             return cached
     return evaluate_run(run, threshold, n_boot, seed, leakage=leakage, probe_cache=probes)
 

@@ -22,6 +22,8 @@ def test_demo_runs_end_to_end_and_reruns_from_cache(tmp_path):
     assert f"report: {html}" in result.output.replace("\n", "")
     text = md.read_text()
     assert "synthetic phantoms" in text and "Leakage probe" in text
+    assert text.index("**Conclusion.**") < text.index("## Data")  # the conclusion opens it
+    assert "Always positive (baseline)" in text and "Verdicts of every run" in text
     assert "Fused vs best unimodal" in text or "fused" in text.lower()
     assert html.read_text().count("data:image/png;base64,") >= 3  # plots embedded
     assert "Modality attribution" in text and "No explanations yet" not in text

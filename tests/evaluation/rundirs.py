@@ -19,10 +19,11 @@ LABELS = ["Cardiomegaly", "Opacity", "Calcified Granuloma"]
 TEXT_CONFIG = {"sections": ["findings", "impression"], "mask_labels": True}
 
 
-def synthetic_embeddings(y: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """Image and text embeddings that each carry part of the labels, plus noise."""
+def synthetic_embeddings(y: np.ndarray, seed: int = 0, signal: float = 1.0) -> dict[str, np.ndarray]:
+    """Image and text embeddings that each carry part of the labels, plus noise (``signal`` 0:
+    noise only, nothing to learn)."""
     rng = np.random.default_rng(seed)
-    filled = np.nan_to_num(y)
+    filled = np.nan_to_num(y) * signal
     image = filled @ rng.normal(size=(y.shape[1], 8)) * 1.0 + rng.normal(size=(len(y), 8)) * 1.2
     text = filled @ rng.normal(size=(y.shape[1], 8)) * 1.0 + rng.normal(size=(len(y), 8)) * 1.0
     return {"image": image, "text": text}
@@ -37,13 +38,14 @@ def build_run(
     name: str | None = None,
     epochs: int = 4,
     images: str = "phantom",
+    signal: float = 1.0,
 ) -> Path:
     """Train one SGD logistic model per label on the chosen modalities and write the run files."""
     from cxrfuse.data import read_manifest
 
     manifest = read_manifest(manifest_path)
     y = manifest.label_matrix(LABELS).astype(np.float64)
-    emb = synthetic_embeddings(y)
+    emb = synthetic_embeddings(y, signal=signal)
     x = np.concatenate([emb[m] for m in modalities], axis=1)
     split = manifest.df["split"].to_numpy()
     rng = np.random.default_rng(seed)

@@ -44,7 +44,9 @@ def test_shuffling_the_modality_a_model_depends_on_drops_it_to_chance() -> None:
     assert image["baseline"]["auroc"] > 0.9
     assert all(abs(a - 0.5) < 0.08 for a in image["shuffled"]["auroc"])
     assert image["drop"]["auroc"]["mean"] > 0.35 and image["drop"]["auroc"]["sd"] > 0
-    assert text["drop"]["auroc"] == {"mean": 0.0, "sd": 0.0, "min": 0.0, "max": 0.0}
+    assert text["drop"]["auroc"] == {"mean": 0.0, "sd": 0.0, "min": 0.0, "max": 0.0,
+                                     "low": 0.0, "high": 0.0, "status": "none", "n": 600}
+    assert image["drop"]["auroc"]["status"] == "evidence" and image["drop"]["auroc"]["low"] > 0.3
     assert len(image["shuffled"]["f1"]) == 5
 
 
@@ -128,6 +130,7 @@ def test_leakage_probe_flags_masked_findings_but_not_the_indication(
     assert leaky["per_label"]["abnormal"]["chosen"] > 0.9  # DESIGN.md measured 0.984 on all reports
     assert leaky["per_label"]["abnormal"]["indication"] < 0.75
     assert leaky["warning"] and "still carries the label" in leaky["warning"]
+    assert leaky["paired"]["low"] > 0 and leaky["paired"]["diff"] == pytest.approx(leaky["gap"])
     assert leaky["audit"]["total_probe"] > 0 and leaky["train"] > leaky["test"] > 0
     honest = leakage_probe(
         split_reports, TextConfig(sections=["indication"]), task="normal-abnormal"

@@ -204,3 +204,11 @@ def test_real_nih_sample_as_an_image_only_external_set(world: dict[str, Path], t
     assert {p["target_label"] for p in result["alignment"]["pairs"]} == {"abnormal", "Cardiomegaly", "Effusion"}
     assert "Opacity" in result["alignment"]["unmatched_run"] and "Hernia" in result["alignment"]["unmatched_target"]
     assert {g["group"] for g in result["subgroups"]["attributes"]["view"]["groups"]} <= {"PA", "AP"}
+    external = result["external"]
+    assert set(external["baselines"]) == set(result["labels"])
+    for label in result["labels"]:  # a phantom-trained model on real radiographs: chance where it holds
+        ci = result["ci"].get(f"label/{label}/auroc") or {}
+        chance = {v["label"] for v in external["verdicts"] if v["kind"] == "chance"}
+        if ci.get("low") is not None:
+            assert (label in chance) == (ci["low"] <= 0.5 <= ci["high"]), label
+    assert "(external set)" in (tmp_path / "out" / "external.md").read_text() or not external["verdicts"]

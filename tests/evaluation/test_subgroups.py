@@ -59,3 +59,17 @@ def test_evaluate_run_writes_subgroups(run_dir: Path, n_boot: int) -> None:
     assert dataset[0]["auroc"] == pytest.approx(result["test"]["headline"]["auroc"])
     assert dataset[0]["gap"] == pytest.approx(0.0)
     assert all((run_dir / p).is_file() for p in sub["plots"])
+
+
+def test_small_is_decided_by_the_rarer_class_not_the_total() -> None:
+    """200 studies with 4 negatives are small; 24 studies with 12 of each class are not."""
+    y = np.r_[np.ones(196), np.zeros(4), np.ones(12), np.zeros(12)][:, None]
+    p = np.clip(y[:, 0] * 0.6 + np.linspace(0, 0.3, len(y)), 0, 1)[:, None]
+    attributes = pd.DataFrame({"sex": ["F"] * 200 + ["M"] * 24})
+    result = subgroup_metrics(y, p, np.array([0.5]), ["a"], attributes, n_boot=0)
+    groups = {g["group"]: g for g in result["attributes"]["sex"]["groups"]}
+    assert groups["F"]["rarer_class"] == 4 and groups["F"]["small"]
+    assert groups["M"]["rarer_class"] == 12 and not groups["M"]["small"]
+    table = subgroup_table(result)
+    assert table.loc[table["group"] == "F", "flag"].item() == "small"
+    assert table.loc[table["group"] == "M", "flag"].item() == ""

@@ -413,6 +413,7 @@ CASES = [
     Case("evaluate", "not a run directory", lambda c: (["evaluate", str(c.tmp)], str(c.tmp.name))),
     Case("report", "not a run directory", lambda c: (["report", str(c.tmp)], str(c.tmp.name))),
     Case("report", "metrics.json not JSON", lambda c: (["report", str(_break(c.run_copy(), "metrics.json", "{"))], "metrics.json")),
+    Case("report", "metrics.json verdict of unknown kind", lambda c: (["report", str(_verdict(c.run_copy(), "bad luck"))], "metrics.json")),
     Case("explain", "study id unknown", lambda c: (["explain", str(c.run), "--study", "NOPE"], "NOPE")),
     Case("explain", "label unknown", lambda c: (["explain", str(c.run), "--label", "dragons", "--limit", "1"], "dragons")),
     # ------------------------------------------------------------------ generate score
@@ -464,6 +465,14 @@ def _plain_parquet(c: Ctx) -> Path:
 
 def _break(run: Path, name: str, data: bytes | str) -> Path:
     _with(run / name, data)
+    return run
+
+
+def _verdict(run: Path, kind: str) -> Path:
+    """A hand-edited metrics.json whose test verdict has a kind cxrfuse does not know."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["test"]["verdicts"] = [{"label": "abnormal", "kind": kind, "message": "edited"}]
+    (run / "metrics.json").write_text(json.dumps(metrics))
     return run
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cxrfuse.cli import app, console, friendly_errors
@@ -87,7 +88,7 @@ def evaluate_cmd(
         _evaluate_external(path, on, out, n_boot, seed, recalibrate, calibration_fraction, align)
         return
     from cxrfuse.evaluation import evaluate_experiment, evaluate_run, shuffle_run
-    from cxrfuse.evaluation.ablation import format_table, format_value
+    from cxrfuse.evaluation.ablation import format_table
     from cxrfuse.evaluation.metrics import parse_threshold
     from cxrfuse.rundir import ExperimentDir, RunDir
 
@@ -101,19 +102,19 @@ def evaluate_cmd(
         result = evaluate_run(
             path, threshold, n_boot, seed, leakage=leakage, shuffle=modalities, repeats=repeats
         )
-        rows = []
-        for m, v in result["test"]["headline"].items():
-            ci = result["ci"].get(f"headline/{m}", {})
-            rows.append([m, format_value(v, None, ci.get("low"), ci.get("high"))])
-        table = Table(title=f"{result['run']}: test metrics (val-chosen thresholds, 95 % CI)")
-        table.add_column("metric")
-        table.add_column("value")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        from cxrfuse.reporting.runs import headline_table, per_label_table
+
+        console.print(_table(f"{result['run']}: test metrics (val-chosen thresholds, 95 % CI) "
+                             "beside the trivial rules", headline_table(result)))  # fmt: skip
+        if len(result["labels"]) > 1:
+            console.print(_table("per label (test)", per_label_table(result)))
         _print_shuffle(path, result.get("shuffle", {}))
-        if (result.get("leakage") or {}).get("warning"):
-            console.print(f"[bold red]leakage:[/] {result['leakage']['warning']}")
+        leak = result.get("leakage") or {}
+        if leak.get("warning"):
+            console.print(f"[bold red]leakage:[/] {leak['warning']}", markup=True)
+        elif leak.get("note"):
+            console.print(f"leakage probe: {leak['note']}", markup=False)
+        _print_verdicts(result["test"]["verdicts"])
         console.print(f"wrote [bold]{run.metrics_path}[/] and plots in {run.plots_dir}")
         return
     result = evaluate_experiment(path, threshold, n_boot, seed, leakage=leakage)
@@ -126,6 +127,9 @@ def evaluate_cmd(
                 format_table(pd.DataFrame(comp["modality_table"])),
             )
         )
+    for run_result in result["runs"]:
+        _print_verdicts(run_result.get("verdicts", []), run_result["run"])
+    console.print(f"[bold]conclusion:[/] {escape(result['conclusion'])}")
     if modalities:
         targets = [
             d.path
@@ -166,12 +170,23 @@ def _evaluate_external(path: Path, on: Path, out: Path | None, n_boot: int | Non
     console.print(f"wrote [bold]{result['out']}[/] (external.json, external.md, plots)")
 
 
+def _print_verdicts(verdicts: list[dict[str, Any]], run: str = "") -> None:
+    """Each verdict as a red line (what the report shows as a banner)."""
+    for v in verdicts:
+        where = f"{run}: " if run else ""
+        console.print(f"[bold red]{v['kind']}:[/] {escape(where + v['message'])}")
+
+
 def _print_shuffle(run_dir: Path, results: dict[str, Any]) -> None:
     for modality, res in results.items():
         drop = res["drop"]["auroc"]
         console.print(
             f"{run_dir.name}: shuffling {modality} drops AUROC by {drop['mean']:.3f}"
-            f" (range {drop['min']:.3f} to {drop['max']:.3f} over {res['repeats']} shuffles)"
+            f" (range {drop['min']:.3f} to {drop['max']:.3f} over {res['repeats']} shuffles"
+            + (f"; 95 % CI [{drop['low']:.3f}, {drop['high']:.3f}]"
+               if drop.get("low") is not None else "")
+            + {"evidence": "): the model uses it", "against": "): it does better without it",
+               "unclear": "): too few studies to tell", "none": "): the model ignores it"}.get(drop.get("status"), ")")
         )
 
 

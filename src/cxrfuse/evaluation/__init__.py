@@ -10,7 +10,8 @@ Typical use::
     evaluate_external("runs/exp/runs/image-seed0", "nih.parquet")   # another manifest, aligned
 
 The array-level functions (:func:`compute_metrics`, :func:`bootstrap_ci`, :func:`delong_test`,
-:func:`shuffle_sensitivity`, ...) take plain NumPy arrays and work with any model.
+:func:`shuffle_sensitivity`, :func:`baselines`, :func:`run_verdicts`, ...) take plain NumPy
+arrays and work with any model.
 """
 
 from cxrfuse.evaluation.ablation import (
@@ -39,10 +40,18 @@ from cxrfuse.evaluation.metrics import (
 )
 from cxrfuse.evaluation.run import evaluate_experiment, evaluate_run, shuffle_run
 from cxrfuse.evaluation.subgroups import subgroup_metrics
+from cxrfuse.evaluation.verdicts import (
+    baselines,
+    experiment_conclusion,
+    paired_verdict,
+    run_conclusion,
+    run_verdicts,
+)
 
 __all__ = [
     "HEADLINE",
     "align_labels",
+    "baselines",
     "bootstrap_ci",
     "calibration",
     "choose_thresholds",
@@ -53,12 +62,16 @@ __all__ = [
     "evaluate_experiment",
     "evaluate_external",
     "evaluate_run",
+    "experiment_conclusion",
     "format_table",
     "format_value",
     "leakage_probe",
     "modality_name",
     "modality_table",
     "paired_bootstrap",
+    "paired_verdict",
+    "run_conclusion",
+    "run_verdicts",
     "seed_summary",
     "shuffle_run",
     "shuffle_sensitivity",

@@ -31,6 +31,7 @@ from cxrfuse.evaluation.subgroups import (
     subgroup_metrics,
     subgroup_table,
 )
+from cxrfuse.evaluation.verdicts import baselines, run_verdicts
 from cxrfuse.inference import LoadedRun, load_run
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import ExternalDir, RunDir, p_column, y_column
@@ -196,6 +197,8 @@ def evaluate_external(
     thresholds = np.array([internal["thresholds"].get(n, 0.5) for n in labels], dtype=np.float64)
     metrics = compute_metrics(y, p, thresholds, labels)
     ci = bootstrap_ci(y, p, thresholds, labels, n_boot=n_boot, seed=seed) if n_boot else {}
+    metrics["baselines"] = baselines(y, labels)  # the trivial rules on the external studies
+    metrics["verdicts"] = run_verdicts(y, p, thresholds, labels, ci=ci, n_boot=n_boot, seed=seed)
     study_ids = other.df["study_id"].astype(str).to_numpy()[rows]
     patients = other.df["patient_id"].astype(str).to_numpy()[rows]
     target.plots_dir.mkdir(parents=True, exist_ok=True)
@@ -327,6 +330,8 @@ def external_markdown(result: Mapping[str, Any]) -> str:
         "## Internal test vs external", "",
         side_by_side_frame(result["side_by_side"]).to_markdown(index=False), "",
     ]  # fmt: skip
+    lines += [f"> **Warning:** {v['message']} (external set)\n"
+              for v in result["external"].get("verdicts", [])]  # fmt: skip
     table = subgroup_table(result["subgroups"])
     if len(table):
         lines += [f"## Subgroups ({', '.join(a for a in ATTRIBUTES if a in result['subgroups']['attributes'])})",
@@ -345,13 +350,13 @@ def external_markdown(result: Mapping[str, Any]) -> str:
 
 def subgroup_intro(subgroups: Mapping[str, Any]) -> str:
     """The paragraph above a subgroup table."""
-    return SUBGROUP_INTRO.format(overall=_f(subgroups["overall"]["auroc"]), min_studies=subgroups["min_studies"],
-                                 min_positives=subgroups["min_positives"])  # fmt: skip
+    return SUBGROUP_INTRO.format(overall=_f(subgroups["overall"]["auroc"]),
+                                 min_class=subgroups.get("min_class", 10))  # fmt: skip
 
 
 SUBGROUP_INTRO = (
     "AUROC with its bootstrap interval and the gap to the overall {overall}; the "
     "false-negative rate (FN / positives) per label at the val-chosen threshold (underdiagnosis, "
-    "Seyyed-Kalantari et al. 2021); ECE of the labels pooled. 'small': fewer than {min_studies} "
-    "studies or {min_positives} positives of some label: read the figures with care."
+    "Seyyed-Kalantari et al. 2021); ECE of the labels pooled. 'small': fewer than {min_class} "
+    "positives or {min_class} negatives of some label (the rarer class): read the figures with care."
 )

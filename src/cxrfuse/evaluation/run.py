@@ -29,7 +29,12 @@ from cxrfuse.evaluation.ablation import (
     shuffle_sensitivity,
 )
 from cxrfuse.evaluation.bootstrap import bootstrap_ci, delong_test, paired_bootstrap, seed_summary
-from cxrfuse.evaluation.metrics import HEADLINE, choose_thresholds, compute_metrics
+from cxrfuse.evaluation.metrics import (
+    HEADLINE,
+    choose_thresholds,
+    compute_metrics,
+    parse_threshold,
+)
 from cxrfuse.evaluation.plots import (
     plot_confusion,
     plot_pr,
@@ -39,6 +44,12 @@ from cxrfuse.evaluation.plots import (
     plot_venn,
 )
 from cxrfuse.evaluation.subgroups import study_attributes, subgroup_metrics
+from cxrfuse.evaluation.verdicts import (
+    baselines,
+    experiment_conclusion,
+    paired_verdict,
+    run_verdicts,
+)
 from cxrfuse.inference import load_run
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import ExperimentDir, RunDir, RunInfo, p_column, y_column
@@ -83,8 +94,8 @@ def text_config_of(run: RunDir) -> TextConfig | None:
 
 
 # ------------------------------------------------------------------------------ one run
-def run_leakage_probe(info: RunInfo, run: RunDir, cache: ProbeCache | None = None
-                      ) -> dict[str, Any] | None:  # fmt: skip
+def run_leakage_probe(info: RunInfo, run: RunDir, cache: ProbeCache | None = None, *,
+                      n_boot: int = 1000, seed: int = 0) -> dict[str, Any] | None:  # fmt: skip
     """The leakage probe of a run that reads text, ``{"skipped": reason}``, or None (no text).
 
     ``cache`` (e.g. one per experiment) reuses a probe of the same manifest, text and task.
@@ -99,7 +110,7 @@ def run_leakage_probe(info: RunInfo, run: RunDir, cache: ProbeCache | None = Non
     task = info.task
     path = resolve_manifest(info.manifest, run.path)
     stamp = path.stat().st_mtime if path.exists() else None
-    key = json.dumps([str(path), stamp, config.model_dump(), task], sort_keys=True)
+    key = json.dumps([str(path), stamp, config.model_dump(), task, n_boot, seed], sort_keys=True)
     cache = {} if cache is None else cache
     if key not in cache:
         try:
@@ -108,6 +119,8 @@ def run_leakage_probe(info: RunInfo, run: RunDir, cache: ProbeCache | None = Non
                 manifest,
                 config,
                 task if task in manifest.tasks or task in manifest.labels else info.labels,
+                n_boot=n_boot,
+                seed=seed,
             )
         except CxrfuseError as exc:
             return {"skipped": str(exc)}
@@ -180,8 +193,15 @@ def evaluate_run(
         "evaluated": now_iso(),
         "environment": environment_info(),
     }
+    result["test"]["baselines"] = baselines(test_y, labels)
+    result["test"]["verdicts"] = run_verdicts(
+        test_y, test_p, thresholds, labels, y_val=val_y, ci=result["ci"],
+        threshold_method=parse_threshold(threshold), n_boot=n_boot, seed=seed,
+        fit=info.fit.model_dump() if info.fit else None,
+    )
     if leakage:
-        result["leakage"] = run_leakage_probe(info, run, probe_cache)
+        result["leakage"] = run_leakage_probe(info, run, probe_cache, seed=seed,
+                                              n_boot=max(n_boot, LEAKAGE_MIN_BOOT))  # fmt: skip
     if plots:
         result["plots"] = _run_plots(run, result, test_y, test_p)
     result["subgroups"] = run_subgroups(run, info, test_y, test_p, thresholds, test_ids,
@@ -190,10 +210,13 @@ def evaluate_run(
     run.set_thresholds(result["thresholds"], str(threshold))
     if shuffle:
         result["shuffle"] = shuffle_run(run, shuffle, repeats=repeats, seed=seed,
-                                        thresholds=thresholds)  # fmt: skip
+                                        thresholds=thresholds, n_boot=n_boot)  # fmt: skip
     return result
 
 
+LEAKAGE_MIN_BOOT = 200
+"""Resamples of the leakage probe's paired interval even when ``n_boot`` is 0 (its warning
+needs the interval; the probe's bootstrap takes well under a second)."""
 SUBGROUP_BOOT = 200
 """Bootstrap resamples per subgroup (at most; each subgroup is resampled on its own)."""
 
@@ -248,9 +271,11 @@ def shuffle_run(
     repeats: int = 5,
     seed: int = 0,
     thresholds: np.ndarray | float | None = None,
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Bimodal sensitivity test of a trained run; merges the results into ``ablation.json``
-    and returns them."""
+    and returns them (each drop with its paired-bootstrap interval over ``n_boot`` resamples
+    of the test studies)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     info = run.require(EVALUATED_KINDS, action="a shuffle test")
     check_shuffle(info, run, modalities)
@@ -269,6 +294,7 @@ def shuffle_run(
             seed=seed,
             thresholds=thresholds,
             labels=info.labels,
+            n_boot=n_boot,
         )
         for m in modalities
     }
@@ -374,14 +400,18 @@ def evaluate_experiment(
                 for k, v in r.items()
                 if k not in ("metrics", "settings")
             }
-            | {"headline": r["metrics"]["test"]["headline"] if "metrics" in r else None}
+            | {"headline": r["metrics"]["test"]["headline"] if "metrics" in r else None,
+               "verdicts": r["metrics"]["test"].get("verdicts", []) if "metrics" in r else []}
             for r in records
         ],
         "settings": comparisons,
+        "verdicts": [{"run": r["run"], **v} for r in finished
+                     for v in r["metrics"]["test"].get("verdicts", [])],
         "environment": environment_info(),
     }
+    result["conclusion"] = experiment_conclusion(result, {r["run"]: r["metrics"] for r in finished})
     exp.write_evaluation(result)
-    _write_summary(exp, records, comparisons)
+    _write_summary(exp, records, comparisons, result["conclusion"], result["verdicts"])
     return result
 
 
@@ -395,11 +425,9 @@ def _cached_or_evaluate(
         and run.metrics_path.stat().st_mtime >= run.predictions_path.stat().st_mtime
     ):
         cached = run.metrics()
-        if (cached.get("threshold_method"), cached.get("n_boot"), cached.get("bootstrap_seed")) == (
-            str(threshold),
-            n_boot,
-            seed,
-        ):
+        settings = (cached.get("threshold_method"), cached.get("n_boot"),
+                    cached.get("bootstrap_seed"))  # fmt: skip
+        if "verdicts" in cached["test"] and settings == (str(threshold), n_boot, seed):
             return cached
     return evaluate_run(run, threshold, n_boot, seed, leakage=leakage, probe_cache=probes)
 
@@ -533,7 +561,8 @@ def _compare_setting(
 
 
 def _write_summary(
-    exp: ExperimentDir, records: list[dict[str, Any]], comparisons: list[dict[str, Any]]
+    exp: ExperimentDir, records: list[dict[str, Any]], comparisons: list[dict[str, Any]],
+    conclusion: str = "", verdicts: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     rows = []
     for r in records:
@@ -550,6 +579,8 @@ def _write_summary(
                 row[m] = r["metrics"]["test"]["headline"].get(m)
                 ci = r["metrics"]["ci"].get(f"headline/{m}", {})
                 row[f"{m}_low"], row[f"{m}_high"] = ci.get("low"), ci.get("high")
+            row["verdicts"] = ",".join(dict.fromkeys(
+                v["kind"] for v in r["metrics"]["test"].get("verdicts", [])))  # fmt: skip
         rows.append(row)
     ours = pd.DataFrame(rows)
     theirs = exp.summary()
@@ -559,13 +590,18 @@ def _write_summary(
             theirs = theirs.rename(columns={key: "run"})
             keep = [c for c in theirs.columns if c not in ours.columns or c == "run"]
             ours = theirs[keep].merge(ours, on="run", how="outer")
-    exp.write_summary(ours, summary_markdown(exp.name, ours, comparisons))
+    exp.write_summary(ours, summary_markdown(exp.name, ours, comparisons, conclusion, verdicts))
 
 
-def summary_markdown(name: str, runs: pd.DataFrame, comparisons: list[dict[str, Any]]) -> str:
-    """The experiment summary as Markdown: per setting the modality table, paired tests and
-    complementarity, then every run."""
+def summary_markdown(name: str, runs: pd.DataFrame, comparisons: list[dict[str, Any]],
+                     conclusion: str = "", verdicts: Sequence[Mapping[str, Any]] = ()) -> str:  # fmt: skip
+    """The experiment summary as Markdown: the conclusion and the verdicts, per setting the
+    modality table, paired tests and complementarity, then every run."""
     lines = [f"# Experiment {name}: summary", ""]
+    if conclusion:
+        lines += [f"**Conclusion.** {conclusion}", ""]
+    lines += [f"> **Warning ({v['run']}):** {v['message']}" for v in verdicts]
+    lines += [""] if verdicts else []
     for comp in comparisons:
         intro = (
             "Unimodal vs multimodal (test; mean ± sd across seeds, or the 95 % bootstrap "
@@ -590,7 +626,8 @@ def summary_markdown(name: str, runs: pd.DataFrame, comparisons: list[dict[str, 
             ]
     cols = [
         c
-        for c in ("run", "setting", "modalities", "seed", "status", "auroc", "f1", "exact_match")
+        for c in ("run", "setting", "modalities", "seed", "status", "auroc", "f1", "exact_match",
+                  "verdicts")
         if c in runs.columns
     ]
     lines += ["## Runs", "", runs[cols].to_markdown(index=False, floatfmt=".3f"), ""]
@@ -622,6 +659,7 @@ def paired_table(comp: Mapping[str, Any]) -> pd.DataFrame:
                 "p (bootstrap)": _p(a.get("p")),
                 "F1 diff": _diff(f),
                 "p (F1)": _p(f.get("p")),
+                "AUROC reading": _reading(a, t["studies"]),
                 "DeLong p per label": ", ".join(f"{k} {_p(v['p'])}" for k, v in t["delong"].items())
                 or "-",
             }
@@ -634,6 +672,12 @@ def _diff(d: Mapping[str, Any]) -> str:
         return "-"
     ci = f" [{d['low']:+.3f}, {d['high']:+.3f}]" if d.get("low") is not None else ""
     return f"{d['diff']:+.3f}{ci}"
+
+
+def _reading(diff: Mapping[str, Any], n: int) -> str:
+    status = paired_verdict(diff, n, "fusion adds")["status"] if diff else "unclear"
+    return {"evidence": "fusion helps", "against": "fusion hurts"}.get(
+        status, "no evidence (too few studies to tell)")
 
 
 def _p(p: float | None) -> str:

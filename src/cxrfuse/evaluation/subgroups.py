@@ -1,8 +1,8 @@
 """Metrics per subgroup (sex, age band, view position, source dataset) with bootstrap
 intervals, the gap to the overall figure, the false-negative rate at the chosen thresholds
 (the underdiagnosis measure of Seyyed-Kalantari et al., Nature Medicine 2021), expected
-calibration error and a reliability diagram per subgroup. Small subgroups are flagged, never
-hidden."""
+calibration error and a reliability diagram per subgroup. Small subgroups (fewer than
+:data:`MIN_CLASS` studies of the rarer class of some label) are flagged, never hidden."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS
 
 ATTRIBUTES = ("sex", "age band", "view", "dataset")
 AGE_EDGES = (0, 20, 40, 60, 80)
-MIN_STUDIES = 30
-MIN_POSITIVES = 5
+MIN_CLASS = 10
+"""A subgroup with fewer positives or fewer negatives than this for some label is ``small``:
+the count of the rarer class, not the total, bounds what AUROC and FNR can say."""
 
 
 def age_band(age: float | None) -> str | None:
@@ -86,21 +87,20 @@ def subgroup_metrics(
     *,
     n_boot: int = 200,
     seed: int = 0,
-    min_studies: int = MIN_STUDIES,
-    min_positives: int = MIN_POSITIVES,
+    min_class: int = MIN_CLASS,
     plot_path: Callable[[str], Path] | None = None,
 ) -> dict[str, Any]:
     """Per attribute (a column of ``attributes``, row-aligned with ``y``) and group: studies,
     positives, AUROC with its interval and the gap to overall, FNR per label at ``thresholds``,
-    ECE, and ``small`` (fewer than ``min_studies`` studies or ``min_positives`` positives of
-    some label). Studies whose attribute is unknown are counted, not grouped. ``plot_path``
+    ECE, and ``small`` (fewer than ``min_class`` positives or negatives of some label: the
+    rarer class). Studies whose attribute is unknown are counted, not grouped. ``plot_path``
     (attribute -> PNG path) draws a reliability diagram per attribute, one panel per group."""
     overall = compute_metrics(y, p, thresholds, labels)
     base = _finite(overall["headline"]["auroc"])
     result: dict[str, Any] = {
         "overall": {"n": len(y), "auroc": base, "fnr": _fnr(overall),
                     "ece": _finite(overall["macro"]["ece"])},
-        "min_studies": min_studies, "min_positives": min_positives, "n_boot": n_boot,
+        "min_class": min_class, "n_boot": n_boot,
         "attributes": {}, "plots": [],
     }  # fmt: skip
     for attribute in attributes.columns:
@@ -116,16 +116,19 @@ def subgroup_metrics(
             yg, pg = y[rows_g], p[rows_g]
             m = compute_metrics(yg, pg, thresholds, labels)
             positives = {n: int(np.nansum(yg[:, j])) for j, n in enumerate(labels)}
+            negatives = {n: int((yg[:, j] == 0).sum()) for j, n in enumerate(labels)}
+            rarer = min((min(positives[n], negatives[n]) for n in labels), default=0)
             ci = _headline_ci(yg, pg, thresholds, labels, n_boot, seed)
             auroc = _finite(m["headline"]["auroc"])
             cal = calibration(yg.ravel(), pg.ravel())
             rows.append({
-                "group": group, "n": len(rows_g), "positives": positives,
+                "group": group, "n": len(rows_g), "positives": positives, "negatives": negatives,
+                "rarer_class": rarer,
                 "auroc": auroc, "auroc_low": (ci.get("headline/auroc") or {}).get("low"),
                 "auroc_high": (ci.get("headline/auroc") or {}).get("high"),
                 "gap": None if auroc is None or base is None else auroc - base,
                 "fnr": _fnr(m), "ece": _finite(cal["ece"]), "reliability": cal["bins"],
-                "small": bool(len(rows_g) < min_studies or min(positives.values(), default=0) < min_positives),
+                "small": bool(rarer < min_class),
             })  # fmt: skip
             reliability[f"{group} (n={len(rows_g)})"] = {"reliability": cal["bins"], "ece": cal["ece"]}
         result["attributes"][attribute] = {"groups": rows, "unknown": int((~known).sum())}
@@ -151,10 +154,12 @@ def subgroup_table(result: Mapping[str, Any]) -> pd.DataFrame:
                 "gap to overall": "-" if g["gap"] is None else f"{g['gap']:+.3f}",
                 "FNR at threshold": fnr,
                 "ECE": "-" if g["ece"] is None else f"{g['ece']:.3f}",
+                "rarer class": g.get("rarer_class", "-"),
                 "flag": "small" if g["small"] else "",
             })  # fmt: skip
         if block.get("unknown"):
             rows.append({"attribute": attribute, "group": "(unknown)", "studies": block["unknown"],
                          "positives": "", "AUROC [95 % CI]": "", "gap to overall": "",
-                         "FNR at threshold": "", "ECE": "", "flag": "not grouped"})  # fmt: skip
+                         "FNR at threshold": "", "ECE": "", "rarer class": "",
+                         "flag": "not grouped"})  # fmt: skip
     return pd.DataFrame(rows)

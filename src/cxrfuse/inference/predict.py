@@ -29,8 +29,8 @@ from cxrfuse.data.mimic_cxr import parse_report_sections
 from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.encoders.text import TextEncoder
 from cxrfuse.inference.runs import LoadedRun, load_run
-from cxrfuse.problems import DataError
-from cxrfuse.rundir import RunDir
+from cxrfuse.problems import CxrfuseError, DataError
+from cxrfuse.rundir import Metrics, RunDir, Verdict
 from cxrfuse.text import TextConfig, label_patterns, prepare_text
 from cxrfuse.vocab import (
     FRONTAL_VIEWS,
@@ -97,6 +97,9 @@ class Prediction:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     pixels: list[np.ndarray] = field(default_factory=list, repr=False)
     """The model-input pixels (S x S uint8) of the views the head reads, in slot order."""
+    verdicts: dict[str, list[str]] = field(default_factory=dict)
+    """Per label, the kinds of the run's test-set verdicts (``chance``, ``trivial``, ...):
+    a label with ``chance`` or ``trivial`` has decisions no better than a trivial rule."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON fields (not the model inputs: ``asdict`` would deep-copy every tensor)."""
@@ -132,6 +135,17 @@ def upload_order_views(reads: list[ViewRead]) -> list[ViewRead]:
             read.view = "FRONTAL" if free.pop(0) == "frontal" else "LATERAL"
             read.view_source = UPLOAD_ORDER
     return reads
+
+
+def run_verdicts(run: RunDir) -> list[Verdict]:
+    """The verdicts of the run's evaluation (``metrics.json``); none when it was never
+    evaluated or its metrics cannot be read (prediction must not fail on them)."""
+    if not run.has_metrics():
+        return []
+    try:
+        return Metrics.model_validate(run.metrics()).verdicts
+    except (CxrfuseError, ValueError):
+        return []
 
 
 def _thresholds(run: LoadedRun) -> tuple[dict[str, float], str | None, list[str]]:
@@ -176,6 +190,7 @@ class Predictor:
             self.text_encoder = self.run.text_encoder()
             self.text_config = TextConfig(**self.run.sidecar.text.text_config)
         self.thresholds, self.threshold_method, self._threshold_warnings = _thresholds(self.run)
+        self.verdicts = run_verdicts(self.run.run)
 
     @property
     def labels(self) -> list[str]:
@@ -202,7 +217,16 @@ class Predictor:
             out.append(f"this model reads the report's {' and '.join(s.upper() for s in leaky)}, "
                        "the text its labels were derived from: its output restates the report "
                        "rather than reading the image (label leakage)")  # fmt: skip
+        for v in self.verdicts:
+            out.append(f"test-set verdict ({v.kind}): {v.message}")
         return out + self._threshold_warnings
+
+    def label_verdicts(self) -> dict[str, list[str]]:
+        """Per label, the kinds of its test-set verdicts (a model-wide verdict counts for every
+        label)."""
+        return {label: list(dict.fromkeys(v.kind for v in self.verdicts
+                                          if v.label in (label, None)))
+                for label in self.labels}  # fmt: skip
 
     def _text_warnings(self, text: str | None) -> tuple[list[str], dict[str, str | None]]:
         sections = parse_report_sections(text) if text else dict.fromkeys(REPORT_SECTIONS)
@@ -443,7 +467,7 @@ class Predictor:
         return Prediction(self.run.run.name, self.labels, probabilities, dict(self.thresholds),
                           self.threshold_method, decisions, warnings, reads,
                           [s for s in self.text_sections if sections.get(s)], inputs,
-                          pixels)  # fmt: skip
+                          pixels, self.label_verdicts())  # fmt: skip
 
 
 def predict(run_dir: str | Path | RunDir, images: Sequence[str | Path | StudyImage] = (),

@@ -63,6 +63,8 @@ def external_section(run_dir: Path) -> Section:
                     f"val-chosen thresholds; {result['n_boot']} bootstrap resamples.")  # fmt: skip
         if result.get("embedding", {}).get("warning"):
             section.add("warning", result["embedding"]["warning"])
+        for v in result["external"].get("verdicts", []):
+            section.add("warning", f"External set {result['dataset']}: {v['message']}")
         section.add("table", side_by_side_frame(result["side_by_side"]), "Internal test vs external.")
         section.add("table", alignment_frame(result["alignment"]),
                     "Label alignment (labels without a counterpart are listed, not scored).")  # fmt: skip

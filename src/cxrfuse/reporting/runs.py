@@ -21,6 +21,7 @@ from cxrfuse.evaluation.run import (
     paired_table,
     resolve_manifest,
 )
+from cxrfuse.evaluation.verdicts import experiment_conclusion, run_conclusion
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.reporting.document import Section
 from cxrfuse.reporting.external import external_section, subgroup_section
@@ -42,6 +43,8 @@ def run_sections(run_dir: Path) -> tuple[str, list[Section]]:
     metrics = RunDir(run_dir).metrics()
     title = f"cxrfuse report: run {metrics['run']}"
     top = Section("Overview")
+    if "verdicts" in metrics["test"]:
+        top.add("text", f"**Conclusion.** {run_conclusion(metrics)}")
     top.add(
         "text",
         f"Task **{run.get('task')}** ({len(metrics['labels'])} label(s)), modalities "
@@ -49,12 +52,16 @@ def run_sections(run_dir: Path) -> tuple[str, list[Section]]:
         f"{run.get('seed')}, status {run.get('status')}; evaluated {metrics.get('evaluated')}.",
     )
     _banners(top, [run], [metrics])
+    for banner in verdict_banners(metrics["test"].get("verdicts", []), len(metrics["labels"])):
+        top.add("warning", banner)
     top.add(
         "table",
         headline_table(metrics),
         "Test metrics at val-chosen thresholds "
         f"({metrics['threshold_method']}), 95 % bootstrap intervals over {metrics['n_boot']} "
-        "resamples of test studies.",
+        "resamples of test studies, beside the trivial rules on the same studies (always "
+        "positive, always negative; AUROC's chance line 0.5; AUPRC of a random ranking = "
+        "prevalence).",
     )
     sections = [
         top,
@@ -66,8 +73,12 @@ def run_sections(run_dir: Path) -> tuple[str, list[Section]]:
     results.add(
         "table",
         per_label_table(metrics),
-        "Per label (test): n known, positives, threshold chosen on val.",
+        "Per label (test): n known, positives, prevalence, threshold chosen on val; F1 of "
+        "calling every study positive beside the model's.",
     )
+    if metrics["test"].get("verdicts"):
+        results.add("table", verdict_table(metrics["test"]["verdicts"]),
+                    "Verdicts: the conditions that hold for this run's test predictions")  # fmt: skip
     if len(metrics["labels"]) > 1:
         micro = ", ".join(f"{k} {format_value(v)}" for k, v in metrics["test"]["micro"].items())
         exact = metrics["test"]["exact_match"]
@@ -115,19 +126,72 @@ def _banners(
             section.add("warning", f"Text leakage: {warning}")
 
 
+KIND_PHRASES = {
+    "chance": "not distinguishable from chance (the AUROC interval includes 0.5)",
+    "trivial": "F1 no better than calling every study positive",
+    "constant": "predictions that barely vary",
+    "small_val": "a threshold chosen on fewer than 10 validation studies of a class",
+}
+
+
+def verdict_banners(verdicts: Sequence[Mapping[str, Any]], n_labels: int, run: str = ""
+                    ) -> list[str]:  # fmt: skip
+    """Red-banner texts for a run's verdicts: each message, or one line per kind listing the
+    labels when a kind holds for more than three of them."""
+    by_kind: dict[str, list[Mapping[str, Any]]] = {}
+    for v in verdicts:
+        by_kind.setdefault(v["kind"], []).append(v)
+    prefix = f"Run {run}: " if run else ""
+    out = []
+    for kind, items in by_kind.items():
+        if len(items) <= 3:
+            out += [prefix + v["message"] for v in items]
+        else:
+            labels = ", ".join(str(v["label"]) for v in items if v.get("label"))
+            out.append(f"{prefix}{KIND_PHRASES.get(kind, kind)} for {len(items)} of {n_labels} "
+                       f"labels ({labels}); details in the Verdicts table.")  # fmt: skip
+    return out
+
+
+def verdict_table(verdicts: Sequence[Mapping[str, Any]], run: str | None = None) -> pd.DataFrame:
+    """One row per verdict: (run,) label, kind, message."""
+    return pd.DataFrame([({"run": v.get("run", run)} if run or "run" in v else {})
+                         | {"label": v.get("label") or "(all)", "kind": v["kind"],
+                            "message": v["message"]} for v in verdicts])  # fmt: skip
+
+
+def _baseline_means(metrics: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Always-positive / always-negative metrics as the headline shows them (one label: its
+    own; several: the macro mean over labels)."""
+    base = metrics["test"].get("baselines") or {}
+    out: dict[str, dict[str, float | None]] = {}
+    for rule in ("always_positive", "always_negative"):
+        out[rule] = {}
+        for m in ("accuracy", "precision", "recall", "f1"):
+            values = [b[rule][m] for b in base.values() if b[rule].get(m) is not None]
+            out[rule][m] = sum(values) / len(values) if values else None
+    prev = [b["prevalence"] for b in base.values() if b.get("prevalence") is not None]
+    out["prevalence"] = {"auprc": sum(prev) / len(prev) if prev else None}
+    return out
+
+
 def headline_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    base = _baseline_means(metrics) if metrics["test"].get("baselines") else None
     rows = []
     for m in (*HEADLINE, "exact_match"):
         ci = metrics["ci"].get(f"headline/{m}", {})
-        rows.append(
-            {
-                "metric": m,
-                "test": format_value(
-                    metrics["test"]["headline"].get(m), None, ci.get("low"), ci.get("high")
-                ),
-                "val": format_value(metrics["val"]["headline"].get(m)),
-            }
-        )
+        row = {
+            "metric": m,
+            "test": format_value(
+                metrics["test"]["headline"].get(m), None, ci.get("low"), ci.get("high")
+            ),
+            "val": format_value(metrics["val"]["headline"].get(m)),
+        }
+        if base is not None:
+            chance = {"auroc": 0.5, "auprc": base["prevalence"]["auprc"]}
+            row["always positive"] = format_value(chance.get(m, base["always_positive"].get(m)))
+            row["always negative"] = format_value(chance.get(m, base["always_negative"].get(m)))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -144,6 +208,10 @@ def per_label_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
             ci = metrics["ci"].get(f"label/{name}/{k}", {})
             row[k] = format_value(m.get(k), None, ci.get("low"), ci.get("high"))
         row["ece"] = format_value(m.get("ece"))
+        base = (metrics["test"].get("baselines") or {}).get(name)
+        if base:
+            row["prevalence"] = format_value(base["prevalence"])
+            row["F1 always positive"] = format_value(base["always_positive"]["f1"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -231,6 +299,8 @@ def text_section(metrics: Sequence[Mapping[str, Any]]) -> Section:
         )
         if probe.get("warning"):
             section.add("warning", probe["warning"])
+        elif probe.get("note"):
+            section.add("note", probe["note"])
         else:
             section.add(
                 "text",
@@ -245,12 +315,16 @@ def text_section(metrics: Sequence[Mapping[str, Any]]) -> Section:
             }
             for k, v in probe["per_label"].items()
         ]
+        paired = probe.get("paired") or {}
         rows.append(
             {
                 "label": "macro",
                 "AUROC chosen text": format_value(probe["macro"]["chosen"]),
                 "AUROC indication only": format_value(probe["macro"]["indication"]),
             }
+            | ({"difference [95 % paired CI]": format_value(
+                paired.get("diff"), None, paired.get("low"), paired.get("high"))}
+               if paired else {})
         )
         section.add("table", pd.DataFrame(rows), "Leakage probe (test AUROC of a words-only model)")
         audit = probe["audit"]
@@ -312,6 +386,9 @@ def _shuffle_blocks(section: Section, runs: Sequence[tuple[str, Path]]) -> None:
                         "shuffled mean": format_value(res["baseline"][metric] - drop["mean"]),
                         "drop": format_value(drop["mean"], drop.get("sd")),
                         "drop range": f"{drop['min']:.3f} to {drop['max']:.3f}",
+                        "drop 95 % CI": format_value(drop["mean"], None, drop.get("low"),
+                                                     drop.get("high")),
+                        "reading": SHUFFLE_READING.get(drop.get("status"), "-"),
                         "repeats": res["repeats"],
                     }
                 )
@@ -320,10 +397,20 @@ def _shuffle_blocks(section: Section, runs: Sequence[tuple[str, Path]]) -> None:
             "table",
             pd.DataFrame(rows),
             "Bimodal sensitivity test: one modality's embeddings permuted "
-            "across test studies (drop = baseline - shuffled, mean ± sd over repeats)",
+            "across test studies (drop = baseline - shuffled, mean ± sd over repeats; 95 % "
+            "paired-bootstrap interval of the mean drop over test studies: the model uses the "
+            "modality only when it is above 0)",
         )
     else:
         section.add("note", "No shuffle test yet: `cxrfuse evaluate RUN --shuffle both` adds one.")
+
+
+SHUFFLE_READING = {
+    "evidence": "uses it",
+    "against": "does better without it",
+    "unclear": "too few studies to tell",
+    "none": "ignores it",
+}
 
 
 ATTRIBUTION_INTRO = (
@@ -411,6 +498,25 @@ def environment_section(
 # ------------------------------------------------------------------------------ experiment report
 
 
+def modality_display(comp: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> pd.DataFrame:
+    """The formatted modality table with the always-positive rule as a last row (from the
+    test studies of one run of the setting)."""
+    table = format_table(pd.DataFrame(comp["modality_table"]))
+    if metrics is None or not metrics["test"].get("baselines"):
+        return table
+    base = _baseline_means(metrics)["always_positive"]
+    row = {c: "" for c in table.columns} | {"modality": "Always positive (baseline)",
+                                             "AUROC": "0.500", "Precision": format_value(
+                                                 base["precision"]),
+                                             "Recall": format_value(base["recall"]),
+                                             "F1": format_value(base["f1"])}  # fmt: skip
+    if "seeds" in table.columns:
+        row["seeds"] = "-"
+    return pd.concat([table, pd.DataFrame([{c: row.get(c, "") for c in table.columns}])],
+                     ignore_index=True)  # fmt: skip
+
+
+
 def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
     exp = ExperimentDir(exp_dir)
     evaluation = exp.evaluation()
@@ -420,6 +526,9 @@ def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
     metrics = {name: RunDir(d).metrics() for name, d in finished}
     title = f"cxrfuse report: experiment {evaluation['experiment']}"
     top = Section("Overview")
+    if all("verdicts" in m["test"] for m in metrics.values()):
+        top.add("text", "**Conclusion.** "
+                + (evaluation.get("conclusion") or experiment_conclusion(evaluation, metrics)))
     failed = [r for r in runs.values() if r["status"] != "finished"]
     top.add(
         "text",
@@ -428,12 +537,16 @@ def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
         f"{evaluation['n_boot']} bootstrap resamples of test studies.",
     )
     _banners(top, list(run_json.values()), list(metrics.values()))
+    for name, m in metrics.items():
+        for banner in verdict_banners(m["test"].get("verdicts", []), len(m["labels"]), name):
+            top.add("warning", banner)
     for comp in evaluation["settings"]:
+        setting_runs = [metrics[r] for r in comp["runs"] if r in metrics]
         top.add(
             "table",
-            format_table(pd.DataFrame(comp["modality_table"])),
+            modality_display(comp, setting_runs[0] if setting_runs else None),
             f"Unimodal vs multimodal, setting {comp['setting']} "
-            "(test; mean ± sd across seeds, or 95 % CI)",
+            "(test; mean ± sd across seeds, or 95 % CI), and calling every test study positive",
         )
     sections = [top]
     if finished:
@@ -457,10 +570,15 @@ def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
                 row[m] = format_value(
                     metrics[name]["test"]["headline"].get(m), None, ci.get("low"), ci.get("high")
                 )
+            kinds = dict.fromkeys(v["kind"] for v in metrics[name]["test"].get("verdicts", []))
+            row["verdicts"] = ", ".join(kinds) or "-"
         else:
             row["auroc"] = (r.get("error") or "")[:120]
         rows.append(row)
     results.add("table", pd.DataFrame(rows), "Every run (test, 95 % bootstrap intervals)")
+    every = [{"run": n, **v} for n, m in metrics.items() for v in m["test"].get("verdicts", [])]
+    if every:
+        results.add("table", verdict_table(every), "Verdicts of every run")
     sections.append(results)
     ablations = Section("Ablations")
     for comp in evaluation["settings"]:

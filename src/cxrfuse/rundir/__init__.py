@@ -38,6 +38,7 @@ from cxrfuse.rundir.models import (
     RunKind,
     TextSide,
     TextState,
+    Verdict,
 )
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "RunKind",
     "TextSide",
     "TextState",
+    "Verdict",
     "is_run_dir",
     "layout",
     "p_column",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 RunKind = Literal["head", "finetune", "clip"]
 RunStatus = Literal["running", "finished", "failed"]
@@ -221,8 +221,24 @@ class ClipSidecar(_Open):
     images: str | None = None
 
 
+VerdictKind = Literal["chance", "trivial", "constant", "small_val"]
+
+
+class Verdict(_Model):
+    """A condition that holds for a run's test predictions (``metrics.json`` ``test.verdicts``):
+    ``chance`` (AUROC interval includes 0.5), ``trivial`` (F1 not above always-positive's
+    beyond its interval), ``constant`` (predictions barely vary, or the best epoch was the
+    first), ``small_val`` (threshold chosen on fewer than 10 val studies of a class).
+    ``label`` None: the whole model."""
+
+    label: str | None = None
+    kind: VerdictKind
+    message: str
+
+
 class Metrics(_Open):
-    """``metrics.json``: a run's evaluation (the nested tables stay plain mappings)."""
+    """``metrics.json``: a run's evaluation (the nested tables stay plain mappings;
+    ``test.baselines`` per label, ``test.verdicts`` typed through :attr:`verdicts`)."""
 
     run: str
     task: str | None = None
@@ -242,3 +258,21 @@ class Metrics(_Open):
     environment: dict[str, Any] = Field(default_factory=dict)
     leakage: dict[str, Any] | None = None
     plots: list[str] = Field(default_factory=list)
+
+    @field_validator("test")
+    @classmethod
+    def _typed_verdicts(cls, test: dict[str, Any]) -> dict[str, Any]:
+        """``test.verdicts`` must be a list of :class:`Verdict` (a hand-edited file fails here)."""
+        for v in test.get("verdicts", []):
+            Verdict.model_validate(v)
+        return test
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        """The run's verdicts (empty for files written before verdicts existed)."""
+        return [Verdict.model_validate(v) for v in self.test.get("verdicts", [])]
+
+    @property
+    def baselines(self) -> dict[str, Any]:
+        """Per label: prevalence, always-positive / always-negative metrics, chance AUROC."""
+        return dict(self.test.get("baselines", {}))

@@ -87,6 +87,10 @@ class PredictAnswer(BaseModel):
     threshold_method: str | None
     decisions: dict[str, bool]
     warnings: list[str]
+    verdicts: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per label, the run's test-set verdicts (chance, trivial, constant, "
+        "small_val); with chance or trivial the decision is no better than a trivial rule.")
     views: list[ViewOut]
     text_sections: list[str]
     attribution: dict[str, Any] | None

@@ -33,6 +33,10 @@ PAGE = """<!doctype html>
  th, td { border-bottom: 1px solid #e3e7eb; padding: .35rem .5rem; text-align: left; }
  td.num { font-variant-numeric: tabular-nums; }
  tr.pos td.decision { color: #a1261b; font-weight: 600; }
+ tr.noskill td.decision { color: #66737f; font-weight: 400; font-style: italic; }
+ #verdicts { background: #fff1e5; border-left: 6px solid #d1242f; padding: .5rem .8rem;
+             margin: 0 0 .8rem; font-weight: 600; color: #7a1d14; }
+ #verdicts li { margin: .2rem 0; }
  .bar { display: inline-block; height: .6rem; background: #2c6fbb; vertical-align: middle; }
  .bar.text { background: #d9822b; }
  #warnings li { color: #7a4b00; margin: .2rem 0; }
@@ -63,6 +67,7 @@ PAGE = """<!doctype html>
 </section>
 <section>
  <h2>Result</h2>
+ <div id="verdicts" role="alert" hidden></div>
  <ul id="warnings"></ul>
  <table id="probabilities" hidden>
   <thead><tr><th>label</th><th>probability</th><th>threshold</th><th>decision</th>
@@ -127,7 +132,25 @@ async function loadCard() {
     const synthetic = card.training_data.synthetic_images ? " \u2014 trained on SYNTHETIC phantom images" : "";
     $("card").textContent = `run ${card.run} \u00b7 task ${card.task} \u00b7 reads ${card.modalities.join(" + ")}` +
       ` \u00b7 thresholds: ${card.threshold_method || "0.5 (not evaluated)"}${synthetic}`;
+    showVerdicts(card.verdicts || []);
   } catch (err) { $("card").textContent = "model card unavailable"; }
+}
+const NO_SKILL = { chance: "not distinguishable from chance", trivial: "no better than calling every study positive" };
+function showVerdicts(verdicts) {
+  const box = $("verdicts");
+  const bad = verdicts.filter((v) => v.kind in NO_SKILL);
+  if (!verdicts.length) { box.hidden = true; return; }
+  const list = el("ul");
+  verdicts.forEach((v) => list.append(el("li", v.message)));
+  const head = bad.length ? "On its test set this model is " + [...new Set(bad.map((v) => NO_SKILL[v.kind]))].join(" and ") +
+    " for " + [...new Set(bad.map((v) => v.label || "every label"))].join(", ") +
+    ": its probabilities are shown without a positive/negative call." : "Test-set verdicts of this model:";
+  box.replaceChildren(el("div", head), list);
+  box.hidden = false;
+}
+function noSkill(kinds) {
+  const found = (kinds || []).filter((k) => k in NO_SKILL);
+  return found.length ? found.map((k) => NO_SKILL[k]).join("; ") : null;
 }
 function render(answer) {
   const warnings = $("warnings");
@@ -138,10 +161,12 @@ function render(answer) {
   for (const label of answer.labels) {
     const row = el("tr");
     row.dataset.label = label;
-    if (answer.decisions[label]) row.className = "pos";
+    const unskilled = noSkill((answer.verdicts || {})[label]);
+    if (unskilled) row.className = "noskill";
+    else if (answer.decisions[label]) row.className = "pos";
     row.append(el("td", label), el("td", fmt(answer.probabilities[label]), "num prob"),
                el("td", fmt(answer.thresholds[label]), "num"),
-               el("td", answer.decisions[label] ? "positive" : "negative", "decision"));
+               el("td", unskilled ? unskilled : (answer.decisions[label] ? "positive" : "negative"), "decision"));
     const share = el("td");
     const s = shares[label] || {};
     if (s.image_share !== undefined && s.text_share !== undefined && s.image_share !== null) {

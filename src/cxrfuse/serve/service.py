@@ -47,6 +47,10 @@ def failure(what: str, err: BaseException) -> str:
     return message
 
 
+NO_SKILL_KINDS = ("chance", "trivial")
+"""Verdicts after which the page shows a label's probability without a positive/negative call."""
+
+
 def cxrfuse_version() -> str:
     try:
         return version("cxrfuse")
@@ -304,7 +308,11 @@ def model_card(service: Service) -> dict[str, Any]:
             metrics = {"split": "test", "n_boot": raw.get("n_boot"),
                        "headline": {name: {"value": value,
                                            "ci": raw.get("ci", {}).get(f"headline/{name}")}
-                                    for name, value in headline.items()}}  # fmt: skip
+                                    for name, value in headline.items()},
+                       "per_label": {name: {"auroc": m.get("auroc"), "f1": m.get("f1"),
+                                            "auroc_ci": raw.get("ci", {}).get(f"label/{name}/auroc")}
+                                     for name, m in raw.get("test", {}).get("per_label", {}).items()},
+                       "baselines": raw.get("test", {}).get("baselines", {})}  # fmt: skip
     if sidecar.image is not None:  # how a non-square view became the model's square input
         encoders["image"]["fit"] = sidecar.image.fit
     return {
@@ -326,5 +334,9 @@ def model_card(service: Service) -> dict[str, Any]:
         "seed": info.seed,
         "cxrfuse_version": cxrfuse_version(),
         "served_on": date.today().isoformat(),
+        "verdicts": [v.model_dump() for v in predictor.verdicts],
+        "no_skill": {label: [k for k in kinds if k in NO_SKILL_KINDS]
+                     for label, kinds in predictor.label_verdicts().items()
+                     if any(k in NO_SKILL_KINDS for k in kinds)},
         "warnings": predictor.standing_warnings(),
     }

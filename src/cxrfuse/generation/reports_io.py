@@ -217,13 +217,19 @@ def _labels_csv(study_labels: dict[str, Any]) -> str:
     return pd.DataFrame(rows, columns=["id", "source", *names]).to_csv(index=False)
 
 
+def _public(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` without in-memory keys (``_samples``, ``_per_study``, ...), recursively."""
+    return {k: _public(v) if isinstance(v, dict) else v for k, v in payload.items()
+            if not str(k).startswith("_")}
+
+
 def write_scores(directory: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``DIR/scores.json`` (strict JSON, NaN -> null) atomically and, when the payload
     holds ``study_labels``, ``DIR/study_labels.csv`` (one row per study and report set).
     Returns the path of scores.json."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    scores = {k: v for k, v in payload.items() if k != "study_labels"}
+    scores = _public({k: v for k, v in payload.items() if k != "study_labels"})
     if "study_labels" in payload:
         scores["study_labels_file"] = LABELS_FILE
         _atomic_write(directory / LABELS_FILE, _labels_csv(payload["study_labels"]))

@@ -11,6 +11,7 @@ language metrics (:mod:`cxrfuse.generation.language`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,8 +150,8 @@ def scores_markdown(payload: Mapping[str, Any], generator: str = "generator",
               comparison_table(payload, generator).to_markdown(index=False), "",
               *provenance_lines(payload, settings), ""]  # fmt: skip
     if payload.get("verdicts"):
-        lines += ["**Against the baselines** (paired bootstrap of the difference on the same "
-                  "studies; 'beats' = the 95 % interval is above 0):", "",
+        lines += [("**Against the baselines** (paired bootstrap of the difference on the same "
+                  "studies; 'beats' = the 95 % interval is above 0):"), "",
                   *(f"- {v}" for v in payload["verdicts"]), ""]
     for title, diffs in (payload.get("paired") or {}).items():
         lines += [f"**{title}** (paired bootstrap, same studies):", "",
@@ -210,3 +211,39 @@ def differing_findings(row: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         elif r_pos and not g_pos:
             only_ref.append(name)
     return only_gen, only_ref
+
+
+def export_rexrank(gen: GenerationDir, out: str | Path, template: str | Path | None = None) -> Path:
+    """The generated reports of ``gen`` in ReXrank's prediction layout:
+    ``{study_id: {..., "model_prediction": text}}``. With ``template`` (ReXrank's test JSON)
+    each study's record is copied and ``model_prediction`` added; a study of the template
+    without a generated report, or a generated one not in it, is a DataError. Without it,
+    each record holds the reference as ``report``."""
+    import json
+
+    from cxrfuse.files import write_text
+
+    frame = gen.generated()
+    texts = {str(s): str(t) for s, t in zip(frame["study_id"], frame["generated"].fillna(""))}
+    if template is not None:
+        path = Path(template)
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: not a readable ReXrank JSON ({exc})") from exc
+        if not isinstance(records, dict) or not all(isinstance(v, dict) for v in records.values()):
+            raise DataError(f"{path}: expected ReXrank's {{study_id: {{...}}}} records")
+        missing = sorted(set(records) - set(texts))
+        extra = sorted(set(texts) - set(records))
+        if missing or extra:
+            raise DataError(f"{path}: {len(missing)} template studies without a generated report "
+                            f"(e.g. {missing[:1]}), {len(extra)} generated studies not in it "
+                            f"(e.g. {extra[:1]})")
+        payload = {k: {**v, "model_prediction": texts[k]} for k, v in records.items()}
+    else:
+        refs = dict(zip(frame["study_id"].astype(str), frame["reference"].fillna("")))
+        payload = {k: {"report": refs[k], "model_prediction": v} for k, v in texts.items()}
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text(target, json.dumps(payload, indent=2) + "\n")
+    return target

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from cxrfuse.generation.bootstrap import estimate, paired_difference, replicate_weights
 from cxrfuse.generation.chexbert import CheXbertLabeler
 from cxrfuse.generation.clinical import clinical_scores
 from cxrfuse.generation.labeler import CHECKPOINT_HELP, CHEXPERT_LABELS, Labeler, RuleLabeler
-from cxrfuse.generation.bootstrap import estimate, paired_difference, replicate_weights
 from cxrfuse.generation.language import (
     LANGUAGE_KEYS,
     java_available,

@@ -99,11 +99,11 @@ def verdict_sentences(system: str, versus: dict[str, dict[str, Any]], meteor: bo
     return out
 
 
-def paired_table(diffs: dict[str, Any]):  # noqa: ANN201 - a pandas DataFrame
+def paired_table(diffs: dict[str, Any]):
     """Metric, difference [95 % CI], p of a :func:`~cxrfuse.generation.scoring.paired_comparison`."""
     import pandas as pd
 
-    titles = dict((k, t) for t, k in (*LANGUAGE_ROWS, *CLINICAL_ROWS))
+    titles = {k: t for t, k in (*LANGUAGE_ROWS, *CLINICAL_ROWS)}
     return pd.DataFrame([{"metric": titles.get(k, k), "difference [95 % CI], p": _diff(v)}
                          for k, v in diffs.items()])
 
@@ -126,9 +126,9 @@ def provenance_lines(payload: dict[str, Any], settings: dict[str, Any] | None = 
             split_text += f", template chosen on {train['validation']}"
     java = versions.get("java")
     return [f"Scored on: {split_text}.",
-            f"Metric versions: text normalisation {versions.get('normalisation', payload.get('normalisation', '?'))}; "
+            (f"Metric versions: text normalisation {versions.get('normalisation', payload.get('normalisation', '?'))}; "
             f"labeler {versions.get('labeler', payload.get('labeler', '?'))}; pycocoevalcap "
-            f"{versions.get('pycocoevalcap', '?')}; Java {'present' if java else 'absent (no METEOR)'}."]
+            f"{versions.get('pycocoevalcap', '?')}; Java {'present' if java else 'absent (no METEOR)'}.")]
 
 
 __all__ = ["format_estimate", "paired_table", "provenance_lines", "scores_table", "verdict_sentences"]

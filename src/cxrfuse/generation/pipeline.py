@@ -45,6 +45,12 @@ def _manifest(manifest: str | Path | Manifest) -> Manifest:
     return manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
 
 
+def _validation(man: Manifest, split: str) -> dict[str, str] | None:
+    """The val split's reports for choosing the sentence-consensus template; None (a held-out
+    part of train) when val is the scored split or has no reports."""
+    return None if split == "val" else (manifest_reports(man, ["val"]) or None)
+
+
 def generate_retrieval(
     out: str | Path,
     *,
@@ -80,7 +86,8 @@ def generate_retrieval(
     frame = retrieve(space, man, k=k, consensus=consensus)
     baselines, info = baseline_reports(manifest_reports(man, ["train"]), list(frame["study_id"]),
                                        seed=score.get("seed", 0),
-                                       nearest=nearest_reports(nearest_space, man))  # fmt: skip
+                                       nearest=nearest_reports(nearest_space, man),
+                                       validation=_validation(man, split))  # fmt: skip
     settings = {"generator": f"retrieval (k = {k}, {consensus})", "kind": "retrieval",
                 "space": space.description, "k": k, "consensus": consensus, "split": split,
                 "bank": len(space.bank_ids), "n_reports": len(frame),
@@ -154,7 +161,8 @@ def generate_with_vlm(
     ids = list(frame["study_id"])
     nearest = _nearest_baseline(man, ids, baseline_store, baseline_encoder, split)
     baselines, info = baseline_reports(manifest_reports(man, ["train"]), ids,
-                                       seed=score.get("seed", 0), nearest=nearest)  # fmt: skip
+                                       seed=score.get("seed", 0), nearest=nearest,
+                                       validation=_validation(man, split))  # fmt: skip
     settings = {**frame.attrs.get("generation", {}),
                 "generator": vlm.label if findings_run is None
                 else f"{vlm.label} + findings of {Path(findings_run).name}",

@@ -270,16 +270,14 @@ def score_files(
     if not paths:
         raise DataError("no --generated file to score")
     system_names = _system_names(paths, names)
+    systems = {path: read_reports(path, allow_empty=True, prediction=True) for path in paths}
     refs = read_reports(reference, split=reference_split)
-    systems = {}
-    for path in paths:
-        gen = read_reports(path, allow_empty=True, prediction=True)
+    for path, gen in systems.items():
         extra = sorted(set(gen) - set(refs))
         if extra:
             where = f" split {reference_split!r} of" if reference_split else ""
             raise DataError(f"{path}: {len(extra)} generated studies (e.g. {extra[0]}) are not in "
                             f"the references ({where.strip() + ' ' if where else ''}{reference})")  # fmt: skip
-        systems[path] = gen
     if subset:
         common = set.intersection(*(set(g) for g in systems.values()))
         refs = {k: v for k, v in refs.items() if k in common}

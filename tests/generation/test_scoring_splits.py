@@ -136,13 +136,17 @@ def test_two_systems_in_one_call_cli(annotation: Path, tmp_path: Path) -> None:
     assert np.allclose(half.loc[copied, "rouge_l"], 1.0)  # a copied reference scores 1
     md = (out / "scores.md").read_text()
     assert "Against the baselines" in md and "sentence-consensus template" in md
-    # scoring the same first system alone gives the same figures (same studies, seed)
+    # the same system alone against a hand-made {id: text} JSON of the test split: the same figures
+    hand = tmp_path / "test_references.json"
+    hand.write_text(json.dumps({r["id"]: r["report"] for r in data["test"]}))
     alone = tmp_path / "alone"
-    result = runner.invoke(app, ["generate", "score", "--generated", str(a), "--reference", str(annotation),
-                                 "--reference-split", "test", "--out", str(alone), "--n-boot", "100",
+    result = runner.invoke(app, ["generate", "score", "--generated", str(a), "--reference", str(hand),
+                                 "--out", str(alone), "--n-boot", "100",
                                  "--n-boot-language", "20", "--no-meteor"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert json.loads((alone / layout.SCORES).read_text())["bleu_4"] == scores["bleu_4"]
+    by_hand = json.loads((alone / layout.SCORES).read_text())
+    assert by_hand["bleu_4"] == scores["bleu_4"] and by_hand["cider"] == scores["cider"]
+    assert by_hand["clinical"]["micro_f1_14"] == scores["clinical"]["micro_f1_14"]
 
 
 def test_bad_inputs_one_error_line(annotation: Path, tmp_path: Path) -> None:

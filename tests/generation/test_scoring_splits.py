@@ -136,6 +136,11 @@ def test_two_systems_in_one_call_cli(annotation: Path, tmp_path: Path) -> None:
     assert np.allclose(half.loc[copied, "rouge_l"], 1.0)  # a copied reference scores 1
     md = (out / "scores.md").read_text()
     assert "Against the baselines" in md and "sentence-consensus template" in md
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    html = (out / layout.REPORT_HTML).read_text()
+    assert f"HalfCopy beats the {CONSENSUS} on" in html and "HalfCopy - Random" in html
+    assert "Scored on: split test of" in html
     # the same system alone against a hand-made {id: text} JSON of the test split: the same figures
     hand = tmp_path / "test_references.json"
     hand.write_text(json.dumps({r["id"]: r["report"] for r in data["test"]}))

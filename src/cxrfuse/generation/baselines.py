@@ -73,11 +73,23 @@ def corpus_bleu4(candidate: str, references: Sequence[str]) -> float:
     return float(score[3])
 
 
-def _bleu4(hypothesis: str, references: Sequence[str]) -> float:
-    """Corpus BLEU-4 of one normalised text given for every normalised reference."""
-    refs = {str(i): [r] for i, r in enumerate(references)}
-    score, _ = Bleu(4).compute_score(refs, {i: [hypothesis] for i in refs}, verbose=0)
+def _bleu4(hypothesis: str, cooked: list) -> float:
+    """Corpus BLEU-4 (pycocoevalcap ``Bleu(4)``, "closest" reference length) of one normalised
+    text given for every reference, the references cooked once (:func:`_cook`)."""
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer, cook_test
+
+    scorer = BleuScorer(n=4)
+    scorer.crefs = list(cooked)
+    scorer.ctest = [cook_test(hypothesis, refs) for refs in cooked]
+    score, _ = scorer.compute_score(option="closest", verbose=0)
     return float(score[3])
+
+
+def _cook(references: Sequence[str]) -> list:
+    """pycocoevalcap's cooked n-gram counts of each normalised reference."""
+    from pycocoevalcap.bleu.bleu_scorer import cook_refs
+
+    return [cook_refs([r]) for r in references]
 
 
 def sentence_consensus(train: Mapping[str, str], validation: Mapping[str, str] | None = None, *,
@@ -103,8 +115,8 @@ def sentence_consensus(train: Mapping[str, str], validation: Mapping[str, str] |
     val = [v for v in validation.values() if v and v.strip()]
     if not val:
         raise DataError("the sentence-consensus template needs validation reports; none has text")
-    refs = [normalise_report(val[i]) for i in
-            rng.choice(len(val), size=min(sample, len(val)), replace=False)]  # fmt: skip
+    refs = _cook([normalise_report(val[i]) for i in
+                  rng.choice(len(val), size=min(sample, len(val)), replace=False)])  # fmt: skip
     freq: Counter[str] = Counter()
     surface: dict[str, Counter[str]] = {}
     position: dict[str, list[float]] = {}

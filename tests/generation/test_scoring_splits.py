@@ -257,3 +257,39 @@ def test_rexrank_export(annotation: Path, tmp_path: Path) -> None:
                                  "--out", str(tmp_path / "p3.json")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "p3.json").read_text())[first]["model_prediction"] == generated[first]
+
+
+def test_mimic_split_file(splits, tmp_path: Path) -> None:
+    """A MIMIC-CXR layout: reports keyed ``s<study>`` in one table, the official split file
+    (one row per image, ``validate``) in another; real IU report text under MIMIC-style ids."""
+    texts = [*list(splits["train"].values())[:120], *list(splits["val"].values())[:30],
+             *list(splits["test"].values())[:30]]  # fmt: skip
+    names = ["train"] * 120 + ["validate"] * 30 + ["test"] * 30
+    studies = [str(50_000_000 + i) for i in range(len(texts))]
+    reports = tmp_path / "mimic_reports.csv"
+    pd.DataFrame({"study": [f"s{s}" for s in studies], "findings": texts}).to_csv(reports, index=False)
+    rows = [{"dicom_id": f"d{s}-{v}", "study_id": s, "subject_id": "10000032", "split": n}
+            for s, n in zip(studies, names) for v in range(2)]  # two images per study
+    split_file = tmp_path / "mimic-cxr-2.0.0-split.csv"
+    pd.DataFrame(rows).to_csv(split_file, index=False)
+    test = read_reports(reports, split="test", split_file=split_file)
+    assert len(test) == 30 and all(k.startswith("s") for k in test)
+    assert len(read_reports(reports, split="val", split_file=split_file)) == 30
+    generated = tmp_path / "preds.json"
+    generated.write_text(json.dumps({k: "No acute cardiopulmonary process." for k in test}))
+    out = tmp_path / "m"
+    result = runner.invoke(app, ["generate", "score", "--generated", str(generated), "--name", "Const",
+                                 "--reference", str(reports), "--reference-split", "test",
+                                 "--split-file", str(split_file), "--train-reports", str(reports),
+                                 "--out", str(out), "--n-boot", "20", "--n-boot-language", "5",
+                                 "--no-meteor"], terminal_width=200)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / layout.SCORES).read_text())
+    assert scores["n_studies"] == 30
+    assert scores["versions"]["normalisation"] == "R2Gen clean_report_mimic_cxr"  # auto: file says mimic
+    assert scores["versions"]["baselines_split"]["n"] == 120
+    assert scores["versions"]["baselines_split"]["validation"] == "split val (30 reports)"
+    bad = tmp_path / "bad_split.csv"
+    pd.DataFrame([{"study_id": studies[0], "split": "train"}, {"study_id": studies[0], "split": "test"}]).to_csv(bad, index=False)
+    with pytest.raises(DataError, match="in several splits"):
+        read_reports(reports, split="test", split_file=bad)

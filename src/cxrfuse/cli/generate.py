@@ -200,6 +200,9 @@ def score_cmd(
         "--name", help="Column name of each --generated system, in the same order.")] = None,
     reference_split: Annotated[str | None, typer.Option(
         help="The scored split of a reference file with several (test, val; MIMIC's validate = val).")] = None,
+    split_file: Annotated[Path | None, typer.Option(
+        help="A split table (id column + split, e.g. MIMIC-CXR's mimic-cxr-2.0.0-split.csv.gz) "
+        "that assigns the reports of --reference and --train-reports to splits.")] = None,
     train_reports: Annotated[Path | None, typer.Option(
         help="Training reports (same formats, an R2Gen annotation.json, or a cxrfuse manifest): "
         "adds the random, most frequent, best constant and sentence-consensus baselines.")] = None,
@@ -236,7 +239,7 @@ def score_cmd(
         normalisation_style(normalise)
     extra = parse_metrics(metrics) if metrics else None
     gen, payload = score_files(
-        generated, reference, out, names=name, reference_split=reference_split,
+        generated, reference, out, names=name, reference_split=reference_split, split_file=split_file,
         train_reports=train_reports, train_split=train_split, val_split=val_split,
         normalise=normalise, subset=subset, labeler=_labeler(labeler, chexbert),
         extra_metrics=extra,

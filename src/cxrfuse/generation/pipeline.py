@@ -208,9 +208,19 @@ def auto_normalise(reference: str | Path) -> str:
 
 
 def _training_reports(path: Path, split: str | None, val_split: str | None,
-                      scored: Sequence[str]) -> tuple[dict[str, str], dict[str, str] | None, dict[str, Any]]:  # fmt: skip
+                      scored: Sequence[str], split_file: str | Path | None = None,
+                      ) -> tuple[dict[str, str], dict[str, str] | None, dict[str, Any]]:  # fmt: skip
     """(training reports, validation reports or None, what was used) of ``path``."""
-    if path.suffix == ".parquet" and _is_manifest(path):
+    if split_file is not None:
+        train = {k: v[0] for k, v in read_reports(path, split=split or "train", split_file=split_file).items()}
+        try:
+            val = {k: v[0] for k, v in read_reports(path, split=val_split or "val", split_file=split_file).items()}
+        except DataError:
+            if val_split is not None:
+                raise
+            val = None
+        what = {"file": f"{path} (splits of {split_file})", "name": split or "train", "n": len(train)}
+    elif path.suffix == ".parquet" and _is_manifest(path):
         man = read_manifest(path)
         train = manifest_reports(man, [split or "train"])
         val = manifest_reports(man, [val_split or "val"]) or None
@@ -247,6 +257,7 @@ def score_files(
     *,
     names: Sequence[str] | None = None,
     reference_split: str | None = None,
+    split_file: str | Path | None = None,
     train_reports: str | Path | None = None,
     train_split: str | None = None,
     val_split: str | None = None,
@@ -271,7 +282,7 @@ def score_files(
         raise DataError("no --generated file to score")
     system_names = _system_names(paths, names)
     systems = {path: read_reports(path, allow_empty=True, prediction=True) for path in paths}
-    refs = read_reports(reference, split=reference_split)
+    refs = read_reports(reference, split=reference_split, split_file=split_file)
     for path, gen in systems.items():
         extra = sorted(set(gen) - set(refs))
         if extra:
@@ -295,12 +306,14 @@ def score_files(
               for name, path in zip(system_names[1:], paths[1:])}  # fmt: skip
     baselines, info, train_info = None, None, None
     if train_reports is not None:
-        train, val, train_info = _training_reports(Path(train_reports), train_split, val_split, list(refs))
+        train, val, train_info = _training_reports(Path(train_reports), train_split, val_split, list(refs),
+                                                   split_file)
         baselines, info = baseline_reports(train, list(refs), seed=score.get("seed", 0), validation=val)
     chosen = auto_normalise(reference) if normalise == "auto" else normalise
     settings = {"generator": system_names[0], "kind": "external", "systems": system_names,
                 "generated": [str(p) for p in paths], "reference": str(reference),
-                "split": {"name": reference_split, "file": str(reference), "n": len(refs)},
+                "split": {"name": reference_split, "n": len(refs), "file": str(reference) if split_file is None
+                          else f"{reference} (splits of {split_file})"},
                 "baselines_split": train_info, "normalise": chosen,
                 "train_reports": None if train_reports is None else str(train_reports),
                 "baselines": info, "written": now_iso()}  # fmt: skip

@@ -224,17 +224,60 @@ def read_reports(
     split: str | None = None,
     allow_empty: bool = False,
     prediction: bool = False,
+    split_file: str | Path | None = None,
 ) -> dict[str, list[str]]:
     """Reports of a JSON, CSV or Parquet file as ``{study id: [text, ...]}``; ``split`` picks
-    one split of a file that has several; ``prediction`` reads a ReXrank file's
+    one split of a file that has several, or, with ``split_file`` (MIMIC-CXR's
+    ``mimic-cxr-2.0.0-split.csv.gz``: ``dicom_id, study_id, subject_id, split``), the reports
+    whose id that file puts in ``split``; ``prediction`` reads a ReXrank file's
     ``model_prediction``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such report file")
+    if split_file is not None:
+        if split is None:
+            raise DataError(f"{split_file}: a split file needs the split to pick (--reference-split / --train-split)")
+        reports = read_reports(path, id_column=id_column, text_column=text_column,
+                               allow_empty=allow_empty, prediction=prediction)
+        return _by_split_file(reports, Path(split_file), split)
     suffix = _suffix(path)
     if suffix == ".json":
         return _from_json(path, id_column, text_column, split, allow_empty, prediction)
     return _from_table(path, suffix, id_column, text_column, allow_empty, split)
+
+
+def _bare(study: str) -> str:
+    """A MIMIC-CXR id without its folder prefix (``s50414267`` -> ``50414267``)."""
+    return study[1:] if len(study) > 1 and study[0] in "sp" and study[1:].isdigit() else study
+
+
+def _by_split_file(reports: dict[str, list[str]], path: Path, split: str) -> dict[str, list[str]]:
+    """The reports whose id ``path`` (id column(s) + ``split``) puts in ``split``; the id
+    column is the one sharing most ids with the reports (``s`` prefixes ignored)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such split file")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    lower = {str(c).lower(): c for c in frame.columns}
+    if "split" not in lower:
+        raise DataError(f"{path}: no split column; columns are {[str(c) for c in frame.columns]}")
+    wanted = {_bare(k): k for k in reports}
+    candidates = [lower[c] for c in ID_COLUMNS if c in lower and c != "split"]
+    if not candidates:
+        raise DataError(f"{path}: no id column; expected one of {list(ID_COLUMNS)}")
+    column = max(candidates, key=lambda c: len(set(frame[c].map(_bare)) & set(wanted)))
+    frame = frame.assign(_id=frame[column].map(_bare))
+    frame = frame[frame["_id"].isin(wanted)]
+    if frame.empty:
+        raise DataError(f"{path}: none of its ids is a report id (e.g. {next(iter(reports))!r})")
+    chosen = _pick_split(path, frame[lower["split"]].unique(), split)
+    splits = frame.groupby("_id")[lower["split"]].nunique()
+    if (splits > 1).any():
+        raise DataError(f"{path}: study {splits[splits > 1].index[0]!r} is in several splits")
+    keep = set(frame.loc[frame[lower["split"]] == chosen, "_id"])
+    return {wanted[k]: reports[wanted[k]] for k in wanted if k in keep}
 
 
 def has_splits(path: str | Path) -> bool:

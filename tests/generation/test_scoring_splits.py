@@ -293,3 +293,32 @@ def test_mimic_split_file(splits, tmp_path: Path) -> None:
     pd.DataFrame([{"study_id": studies[0], "split": "train"}, {"study_id": studies[0], "split": "test"}]).to_csv(bad, index=False)
     with pytest.raises(DataError, match="in several splits"):
         read_reports(reports, split="test", split_file=bad)
+
+
+def test_verdict_sentence_counts_wins_and_losses() -> None:
+    from cxrfuse.generation.table import verdict_sentences
+
+    up = {"diff": 0.05, "low": 0.01, "high": 0.09, "p": 0.01}
+    down = {"diff": -0.05, "low": -0.09, "high": -0.01, "p": 0.02}
+    flat = {"diff": 0.0, "low": -0.02, "high": 0.02, "p": 0.9}
+    diffs = {"bleu_1": up, "bleu_2": up, "bleu_3": flat, "bleu_4": down, "meteor": up,
+             "rouge_l": flat, "cider": flat, "micro_f1_14": down, "macro_f1_5": up}  # fmt: skip
+    (sentence,) = verdict_sentences("R2Gen", {"best constant report": diffs})
+    assert sentence.startswith("R2Gen beats the best constant report on 3 of 7 language metrics "
+                               "(BLEU-1, BLEU-2, METEOR) and is below it on 1 (BLEU-4)")
+    assert "CE micro-F1 (14) -0.050 [-0.090, -0.010], p = 0.02" in sentence
+    assert "CE macro-F1 (5) +0.050 [+0.010, +0.090], p = 0.01" in sentence
+    (no_meteor,) = verdict_sentences("R2Gen", {"b": diffs}, meteor=False)
+    assert "on 2 of 6 language metrics" in no_meteor
+
+
+def test_consensus_without_val_holds_out_part_of_train(splits) -> None:
+    train = dict(list(splits["train"].items())[:400])
+    template, info = sentence_consensus(train, None, seed=3)
+    assert info["sentence_consensus_validation"] == "a seeded fifth of the training reports"
+    assert info["sentence_consensus_n_validation"] == 80
+    assert template and template == sentence_consensus(train, None, seed=3)[0]
+    with pytest.raises(DataError, match="in the training reports"):
+        from cxrfuse.generation.baselines import baseline_reports
+
+        baseline_reports(train, [next(iter(splits["test"]))], validation={next(iter(splits["test"])): "x."})

@@ -11,6 +11,12 @@ score each system (or baseline) on the same references::
     write_scores("scores/", payload)                 # scores.json (+ study_labels.csv)
     print(scores_table(payload))
 
+Two payloads of the same references (same study order and seed) share their bootstrap
+replicates: :func:`paired_comparison` gives the paired difference per metric::
+
+    other = score_reports(read_reports("cmn.json"), references, n_boot=1000, seed=0)
+    paired_comparison(other, payload)["bleu_4"]      # {"diff", "low", "high", "p"}
+
 Language metrics: :mod:`cxrfuse.generation.language` (R2Gen normalisation, pycocoevalcap).
 Clinical efficacy: :mod:`cxrfuse.generation.clinical` on the labels of
 :mod:`cxrfuse.generation.labeler` (rule-based by default; CheXbert when given). The labeler

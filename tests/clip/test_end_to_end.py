@@ -271,6 +271,7 @@ def test_generate_reports_by_retrieval_from_the_cli(trained_run: Path, tmp_path:
     scores = out.scores()
     assert set(scores["baselines"]) == {"random training report", "most frequent training report",
                                         "best constant report (BLEU-4 on train)",
+                                        "sentence-consensus template (BLEU-4 on val)",
                                         "nearest-neighbour retrieval (image)"}  # fmt: skip
     for system in (scores, *scores["baselines"].values()):
         f1 = system["clinical"]["micro_f1_14"]

@@ -18,6 +18,7 @@ from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
 from cxrfuse.data.splits import assign_splits
 from cxrfuse.generation.baselines import (
     BEST_CONSTANT,
+    CONSENSUS,
     MOST_FREQUENT,
     NEAREST,
     RANDOM,
@@ -106,7 +107,7 @@ def test_retrieval_writes_a_scored_generation_directory(knn, phantoms: Path) -> 
     train_reports = manifest_reports(man, ["train"])
     assert set(frame["generated"]) <= set(train_reports.values())  # copied training reports
     assert {"gen__cardiomegaly", "ref__pleural_effusion"} <= set(frame.columns)
-    assert set(payload["baselines"]) == {RANDOM, MOST_FREQUENT, BEST_CONSTANT, NEAREST}
+    assert set(payload["baselines"]) == {RANDOM, MOST_FREQUENT, BEST_CONSTANT, CONSENSUS, NEAREST}
     assert payload["generator"] == "retrieval (k = 3, medoid)"
     scores = json.loads(gen.scores_path.read_text())
     assert scores["meteor"] is None  # not computed: reported as missing, never 0
@@ -156,7 +157,7 @@ def test_score_any_system_with_the_training_baselines(tmp_path: Path, phantoms: 
                                  "--out", str(tmp_path / "s")])  # fmt: skip
     assert result.exit_code == 0, result.output
     scores = GenerationDir(tmp_path / "s").scores()
-    assert set(scores["baselines"]) == {RANDOM, MOST_FREQUENT, BEST_CONSTANT}
+    assert set(scores["baselines"]) == {RANDOM, MOST_FREQUENT, BEST_CONSTANT, CONSENSUS}
     per = scores["clinical"]["per_label"]["Pleural Effusion"]
     assert per["reference_positives"] == 1 and per["generated_positives"] == 1
     assert per["f1"]["value"] == pytest.approx(1.0)

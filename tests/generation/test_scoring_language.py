@@ -76,8 +76,17 @@ def test_replicates_equal_pycocoevalcap_on_resampled_lists() -> None:
     res, gts = _normalised(GENERATED, REFERENCES)
     ids = list(GENERATED)
     rows = [np.array([0, 0, 1, 4, 2]), np.array([3, 3, 3, 1, 0]), np.array([4, 2, 2, 1, 1])]
-    _, bleu = language._bleu(gts, res, ids, rows)
-    _, cider = language._cider(gts, res, ids, rows)
+    weights = np.stack([np.bincount(r, minlength=len(ids)) for r in rows]).astype(float)
+    _, bleu, sentence_bleu = language._bleu(gts, res, ids, weights)
+    _, cider, study_cider = language._cider(gts, res, ids, weights)
+    _, rouge, study_rouge = language._rouge(gts, res, ids, weights)
+    for row, r in zip(rows, rouge):
+        assert r == pytest.approx(study_rouge[row].mean(), abs=1e-12)
+    for j, i in enumerate(ids):  # per-study scores: pycocoevalcap's own per-study lists
+        one = BleuScorer(n=4)
+        one += (res[i][0], gts[i])
+        assert sentence_bleu[j] == pytest.approx(one.compute_score(option="closest")[1][3][0], abs=1e-12)
+    assert study_cider.mean() == pytest.approx(language._cider(gts, res, ids, weights[:0])[0], abs=1e-12)
     for row, b, c in zip(rows, bleu, cider):
         bs, cs = BleuScorer(n=4), CiderScorer(n=4, sigma=6.0)
         for j in row:
@@ -128,13 +137,15 @@ def test_java_available_follows_which(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_meteor_equals_pycocoevalcap_and_bootstraps(monkeypatch: pytest.MonkeyPatch) -> None:
     from pycocoevalcap.meteor import meteor as meteor_module
 
-    from cxrfuse.generation.bootstrap import estimate, resample_indices
+    from cxrfuse.generation.bootstrap import estimate, replicate_weights, resample_indices
 
     res, gts = _normalised(GENERATED, REFERENCES)
     ids = list(GENERATED)
     direct = meteor_module.Meteor()  # one Java process for everything (it takes seconds to start)
-    expected_point = direct.compute_score(gts, res)[0]
+    expected_point, expected_segments = direct.compute_score(gts, res)
     rows = [row for chunk in resample_indices(len(ids), 4, seed=7) for row in chunk]
+    counted = np.stack([np.bincount(r, minlength=len(ids)) for r in rows])
+    assert (counted == replicate_weights(len(ids), 4, seed=7)).all()  # the replicates scored
     expected = []
     for row in rows:  # the corpus METEOR of each resampled list, straight from pycocoevalcap
         g = {str(k): gts[ids[j]] for k, j in enumerate(row)}
@@ -147,3 +158,5 @@ def test_meteor_equals_pycocoevalcap_and_bootstraps(monkeypatch: pytest.MonkeyPa
     assert out["meteor"]["low"] == pytest.approx(want["low"], abs=1e-12)
     assert out["meteor"]["high"] == pytest.approx(want["high"], abs=1e-12)
     assert 0 < expected_point < 1 and not out["notes"]
+    assert out["_per_study"]["meteor"].shape == (len(ids),)
+    assert list(expected_segments) == pytest.approx(list(out["_per_study"]["meteor"]), abs=1e-12)

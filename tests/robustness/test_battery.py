@@ -208,6 +208,10 @@ def _stats(path: Path) -> list[str]:
     return ["stats", str(path)]
 
 
+_ANNOTATION = '{"train": [{"id": "CXR2", "report": "Clear."}], "test": [{"id": "CXR1", "report": "Normal."}]}'
+"""A tiny R2Gen-layout annotation.json (train / test lists)."""
+
+
 def _generated(c: Ctx, generated: str, reference: str = '{"CXR1": "normal chest."}',
                suffix: str = ".json") -> tuple[list[str], str]:  # fmt: skip
     gen = _with(c.tmp / f"gen{suffix}", generated)
@@ -423,6 +427,12 @@ CASES = [
     Case("generate", "generated CSV without text column", lambda c: _generated(c, "id,words\nCXR1,x\n", suffix=".csv")),
     Case("generate", "generated value not text", lambda c: _generated(c, '{"CXR1": 5}')),
     Case("generate", "no id shared with the reference", lambda c: _generated(c, '{"CXR9": "normal"}')),
+    Case("generate", "annotation.json without a split", lambda c: (_generated(c, '{"CXR1": "x."}', _ANNOTATION)[0], "--reference-split")),
+    Case("generate", "unknown split name", lambda c: ([*_generated(c, '{"CXR1": "x."}', _ANNOTATION)[0], "--reference-split", "dev"], "'dev'")),
+    Case("generate", "generated id not in the reference split",
+         lambda c: ([*_generated(c, '{"CXR2": "x."}', _ANNOTATION)[0], "--reference-split", "test"], "CXR2")),
+    Case("generate", "radeval models missing",
+         lambda c: ([*_generated(c, '{"CXR1": "x."}')[0], "--metrics", "radeval:ratescore"], "RaTE-NER-Deberta")),
 ]
 
 

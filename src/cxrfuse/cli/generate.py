@@ -38,9 +38,17 @@ def _labeler(name: str, chexbert: Path | None) -> Any:
 
 def _show(gen: Any, payload: dict[str, Any]) -> None:
     from cxrfuse.generation.outputs import comparison_table
+    from cxrfuse.generation.table import paired_table, provenance_lines
 
     table = comparison_table(payload, payload.get("generator", "generator"))
     console.print(table.to_markdown(index=False), markup=False, highlight=False, soft_wrap=True)
+    for line in provenance_lines(payload):
+        console.print(line, markup=False, highlight=False)
+    for verdict in payload.get("verdicts", []):
+        console.print(f"verdict: {verdict}", markup=False, highlight=False)
+    for title, diffs in (payload.get("paired") or {}).items():
+        console.print(f"{title} (paired bootstrap, same studies):", markup=False, highlight=False)
+        console.print(paired_table(diffs).to_markdown(index=False), markup=False, highlight=False)
     for note in payload.get("notes", []):
         console.print(f"note: {note}", markup=False, highlight=False)
     console.print(f"wrote [bold]{gen.generated_path}[/], {gen.scores_path.name} and "
@@ -180,14 +188,36 @@ def finetune_cmd(
 @generate_app.command("score")
 @friendly_errors
 def score_cmd(
-    generated: Annotated[Path, typer.Option(help="Generated reports: JSON {id: text} or "
-                                            "{id: [text]}, CSV or Parquet (id, text columns).")],
-    reference: Annotated[Path, typer.Option(help="Reference reports, same formats.")],
+    generated: Annotated[list[Path], typer.Option(help="Generated reports: JSON {id: text} or "
+                                                  "{id: [text]}, CSV or Parquet (id, text columns), "
+                                                  "a ReXrank prediction JSON; repeat for several "
+                                                  "systems, scored side by side (paired).")],
+    reference: Annotated[Path, typer.Option(help="Reference reports, same formats, or an R2Gen "
+                                            "annotation.json / ReXrank JSON / table with a split "
+                                            "column (with --reference-split).")],
     out: Out = Path("generation/scores"),
+    name: Annotated[list[str] | None, typer.Option(
+        "--name", help="Column name of each --generated system, in the same order.")] = None,
+    reference_split: Annotated[str | None, typer.Option(
+        help="The scored split of a reference file with several (test, val; MIMIC's validate = val).")] = None,
+    split_file: Annotated[Path | None, typer.Option(
+        help="A split table (id column + split, e.g. MIMIC-CXR's mimic-cxr-2.0.0-split.csv.gz) "
+        "that assigns the reports of --reference and --train-reports to splits.")] = None,
     train_reports: Annotated[Path | None, typer.Option(
-        help="Training reports (same formats) or a cxrfuse manifest (its train split): adds "
-        "the random, most frequent and best constant baselines.")] = None,
-    subset: Annotated[bool, typer.Option(help="Score only the ids that have a generated report.")] = False,
+        help="Training reports (same formats, an R2Gen annotation.json, or a cxrfuse manifest): "
+        "adds the random, most frequent, best constant and sentence-consensus baselines.")] = None,
+    train_split: Annotated[str | None, typer.Option(
+        help="Split of --train-reports to draw the baselines from (default train when it has splits).")] = None,
+    val_split: Annotated[str | None, typer.Option(
+        help="Split of --train-reports that chooses the sentence-consensus template (default val "
+        "when it has one, else a fifth of the training reports).")] = None,
+    normalise: Annotated[str, typer.Option(
+        help="Text cleaning: r2gen-iu, r2gen-mimic, none, or auto (r2gen-mimic when the reference "
+        "file's name says mimic).")] = "auto",
+    metrics: Annotated[str | None, typer.Option(
+        help="More metrics, e.g. radeval:radgraph,bertscore,ratescore (needs the radeval package "
+        "and its model weights).")] = None,
+    subset: Annotated[bool, typer.Option(help="Score only the ids every system has.")] = False,
     labeler: Labeler = "rules",
     chexbert: Chexbert = None,
     n_boot: NBoot = 1000,
@@ -195,17 +225,50 @@ def score_cmd(
     meteor: Meteor = True,
     seed: Seed = 0,
 ) -> None:
-    """Score any system's reports: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, R2Gen
-    normalisation) and CheXpert clinical F1 (14 and 5 observations), with 95 % intervals.
+    """Score any systems' reports: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, R2Gen
+    normalisation) and CheXpert clinical F1 (14 and 5 observations), with 95 % intervals,
+    paired differences between systems and a verdict against each baseline.
 
-    Example: `cxrfuse generate score --generated r2gen_test.json --reference annotation_test.json --train-reports iu.parquet --out scores/r2gen`
+    Example: `cxrfuse generate score --generated r2gen.json --name R2Gen --generated cmn.json --name CMN --reference annotation.json --reference-split test --train-reports annotation.json --out scores/iu`
     """
+    from cxrfuse.generation.language import normalisation_style
     from cxrfuse.generation.pipeline import score_files
+    from cxrfuse.generation.radeval_metrics import parse_metrics
 
+    if normalise != "auto":
+        normalisation_style(normalise)
+    extra = parse_metrics(metrics) if metrics else None
     gen, payload = score_files(
-        generated, reference, out, train_reports=train_reports, subset=subset,
-        labeler=_labeler(labeler, chexbert),
+        generated, reference, out, names=name, reference_split=reference_split, split_file=split_file,
+        train_reports=train_reports, train_split=train_split, val_split=val_split,
+        normalise=normalise, subset=subset, labeler=_labeler(labeler, chexbert),
+        extra_metrics=extra,
         score={"n_boot": n_boot, "n_boot_language": n_boot_language, "seed": seed,
                "meteor": meteor},
     )  # fmt: skip
     _show(gen, payload)
+
+
+@generate_app.command("export")
+@friendly_errors
+def export_cmd(
+    generation: Annotated[Path, typer.Argument(help="A generation directory (`generate ...` output).")],
+    out: Annotated[Path, typer.Option("--out", help="File to write.")],
+    format_: Annotated[str, typer.Option("--format", help="rexrank: ReXrank's prediction JSON.")] = "rexrank",
+    template: Annotated[Path | None, typer.Option(
+        help="ReXrank's test JSON (e.g. ReXRank_IUXray_test.json): its records are kept and "
+        "model_prediction added.")] = None,
+) -> None:
+    """Export generated reports in a leaderboard's layout: ReXrank's
+    ``{study_id: {..., "model_prediction": text}}``.
+
+    Example: `cxrfuse generate export gen/knn5 --format rexrank --template ReXRank_IUXray_test.json --out knn5_rexrank.json`
+    """
+    from cxrfuse.generation.outputs import export_rexrank
+    from cxrfuse.problems import CxrfuseError
+    from cxrfuse.rundir import GenerationDir
+
+    if format_.lower() != "rexrank":
+        raise CxrfuseError(f"unknown export format {format_!r}; choose 'rexrank'")
+    path = export_rexrank(GenerationDir(generation), out, template=template)
+    console.print(f"wrote [bold]{path}[/]")

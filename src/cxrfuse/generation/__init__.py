@@ -6,7 +6,10 @@
   (pycocoevalcap BLEU/METEOR/ROUGE-L/CIDEr), :func:`clinical_scores` (CE F1),
   :func:`score_reports` (the scores.json payload), :func:`java_available`;
 - :mod:`~cxrfuse.generation.reports_io`: :func:`read_reports`, :func:`write_scores`;
-- :mod:`~cxrfuse.generation.table`: :func:`scores_table`.
+- :mod:`~cxrfuse.generation.table`: :func:`scores_table`, verdict sentences, provenance lines;
+- :func:`~cxrfuse.generation.scoring.paired_comparison`: paired bootstrap differences of two
+  systems scored on the same studies; :mod:`~cxrfuse.generation.radeval_metrics`: RadEval's
+  metrics (``--metrics radeval:...``) when the package and its weights are at hand.
 """
 
 from cxrfuse.generation.clinical import clinical_scores

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrfuse.generation.bootstrap import counts, estimate, resample_indices
+from cxrfuse.generation.bootstrap import CHUNK, estimate, replicate_weights
 from cxrfuse.generation.labeler import CE_FIVE, CHEXPERT_LABELS
 from cxrfuse.problems import CxrfuseError
 
@@ -78,7 +78,10 @@ def clinical_scores(
     ``micro_f1_<k>``, ``macro_f1_<k>``, ``micro_precision_<k>``, ``micro_recall_<k>`` for k =
     len(labels) (14) and, when all five are among ``labels``, k = 5, each
     ``{"value", "low", "high"}``; ``per_label`` with precision, recall, F1 (same form) and
-    ``reference_positives`` / ``generated_positives``; and the settings.
+    ``reference_positives`` / ``generated_positives``; and the settings. Also ``_samples``
+    (headline metric -> bootstrap replicates, for paired differences) and ``_per_study``
+    (``ce_tp_<k>`` / ``ce_fp_<k>`` / ``ce_fn_<k>``: each study's true / false positive and
+    false negative observations); neither goes into scores.json.
     """
     gen = np.asarray(gen_labels, dtype=np.float64)
     ref = np.asarray(ref_labels, dtype=np.float64)
@@ -94,8 +97,9 @@ def clinical_scores(
     n = len(y)
     point = _metrics(np.ones((1, n)), y, p, groups)
     chunks: dict[str, list[np.ndarray]] = {}
-    for idx in resample_indices(n, n_boot, seed):
-        for key, value in _metrics(counts(idx, n), y, p, groups).items():
+    weights = replicate_weights(n, n_boot, seed)
+    for start in range(0, len(weights), CHUNK):
+        for key, value in _metrics(weights[start:start + CHUNK], y, p, groups).items():
             chunks.setdefault(key, []).append(value)
     samples = {k: np.concatenate(v) for k, v in chunks.items()}
 
@@ -119,6 +123,13 @@ def clinical_scores(
         }
         for j, name in enumerate(labels)
     }
+    out["_samples"] = {key: samples[key] for key in out if key in samples}
+    per_study: dict[str, np.ndarray] = {}
+    for suffix, cols in groups.items():
+        per_study[f"ce_tp_{suffix}"] = (y[:, cols] & p[:, cols]).sum(1)
+        per_study[f"ce_fp_{suffix}"] = (~y[:, cols] & p[:, cols]).sum(1)
+        per_study[f"ce_fn_{suffix}"] = (y[:, cols] & ~p[:, cols]).sum(1)
+    out["_per_study"] = per_study
     out.update(
         n_studies=n, n_boot=n_boot, seed=seed, uncertain=uncertain,
         positive="label 1" if uncertain == "negative" else "label 1 or -1 (uncertain counted as positive)",

@@ -45,10 +45,13 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from cxrfuse.generation.bootstrap import counts, estimate, resample_indices
+from cxrfuse.generation.bootstrap import estimate, replicate_weights
 from cxrfuse.problems import CxrfuseError, DataError
 
 STYLES = ("iu_xray", "mimic_cxr")
+NORMALISATIONS = {"r2gen-iu": "iu_xray", "r2gen-mimic": "mimic_cxr", "none": None}
+"""``--normalise`` choices: R2Gen's IU X-ray cleaning, its MIMIC-CXR cleaning, or none
+(whitespace collapsed only)."""
 LANGUAGE_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
 _R2GEN_DROP = re.compile(r"[.,?;*!%^&_+():-\[\]{}]")
 
@@ -104,25 +107,27 @@ def java_available() -> bool:
     return shutil.which("java") is not None and meteor_jar() is not None
 
 
+def normalisation_style(name: str) -> str | None:
+    """The :data:`STYLES` entry of a ``--normalise`` name (None: no normalisation)."""
+    key = name.strip().lower().replace("_", "-")
+    if key not in NORMALISATIONS:
+        raise CxrfuseError(f"unknown normalisation {name!r}; choose from {list(NORMALISATIONS)}")
+    return NORMALISATIONS[key]
+
+
 # ----------------------------------------------------------------------------- scorers
-def _weights(resamples: Sequence[np.ndarray], n: int) -> np.ndarray:
-    """(b, n) study counts of the replicates (b may be 0)."""
-    if not len(resamples):
-        return np.zeros((0, n))
-    return counts(np.asarray(resamples), n)
-
-
 def _bleu(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str],
-          resamples: Sequence[np.ndarray]) -> tuple[list[float], np.ndarray]:
+          weights: np.ndarray) -> tuple[list[float], np.ndarray, np.ndarray]:
     """Corpus BLEU-1..4 (pycocoevalcap ``Bleu(4)``) and its replicates.
 
     BLEU is a function of the corpus sums of each study's test length, closest reference
     length and clipped n-gram counts, so a replicate is scored by pycocoevalcap's
-    ``BleuScorer`` on one entry holding the count-weighted sums."""
+    ``BleuScorer`` on one entry holding the count-weighted sums. Also returns each study's
+    sentence BLEU-4 (pycocoevalcap's per-study scores)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.bleu.bleu_scorer import BleuScorer
 
-    point, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    point, per_study = Bleu(4).compute_score(gts, {i: res[i] for i in ids}, verbose=0)
     cooked = BleuScorer(n=4)
     for i in ids:
         cooked += (res[i][0], gts[i])
@@ -131,17 +136,18 @@ def _bleu(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str],
         for c in cooked.ctest
     ], dtype=np.float64)
     samples = []
-    for total in _weights(resamples, len(ids)) @ stats:
+    for total in weights @ stats:
         scorer = BleuScorer(n=4, special_reflen=float(total[1]))
         scorer.ctest = [{"testlen": float(total[0]), "reflen": None,
                          "guess": list(total[2:6]), "correct": list(total[6:10])}]
         scorer.crefs = [None]
         samples.append(scorer.compute_score(option="closest", verbose=0)[0])
-    return [float(x) for x in point], np.asarray(samples, dtype=np.float64).reshape(-1, 4)
+    return ([float(x) for x in point], np.asarray(samples, dtype=np.float64).reshape(-1, 4),
+            np.asarray(per_study[3], dtype=np.float64))
 
 
 def _cider(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str],
-           resamples: Sequence[np.ndarray], chunk: int = 32) -> tuple[float, np.ndarray]:
+           weights: np.ndarray, chunk: int = 32) -> tuple[float, np.ndarray, np.ndarray]:
     """Corpus CIDEr (pycocoevalcap ``Cider``) and its replicates.
 
     Each replicate has its own document frequencies (counted over its resampled reference
@@ -149,11 +155,12 @@ def _cider(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str],
     tf-idf cosine of every (study, reference) pair is recomputed; it is done with sparse
     matrices over the n-grams pycocoevalcap's ``precook`` extracted. Since idf >= 0,
     ``min(tf_h idf, tf_r idf) tf_r idf = min(tf_h, tf_r) tf_r idf^2``; the tests check the
-    replicates against ``CiderScorer`` run on the resampled lists."""
+    replicates against ``CiderScorer`` run on the resampled lists. Also returns each study's
+    CIDEr (with the document frequencies of all studies, as pycocoevalcap's per-study scores)."""
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.cider.cider_scorer import CiderScorer
 
-    point, _ = Cider().compute_score(gts, res)
+    point, per_study_point = Cider().compute_score(gts, res)
     cooked = CiderScorer(n=4, sigma=6.0)
     for i in ids:
         cooked += (res[i][0], gts[i])
@@ -195,7 +202,6 @@ def _cider(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str],
     study = np.asarray(pair_study)
     penalty = np.exp(-(np.asarray(delta, dtype=np.float64) ** 2) / (2 * cooked.sigma ** 2))
     n_refs = np.bincount(study, minlength=n).astype(np.float64)
-    weights = _weights(resamples, n)
     samples = []
     for start in range(0, len(weights), chunk):
         w = weights[start:start + chunk]
@@ -212,27 +218,30 @@ def _cider(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str],
         per_study = 10.0 * np.asarray(sparse.csr_matrix(
             (np.ones(n_pairs), (study, np.arange(n_pairs))), shape=(n, n_pairs)) @ pair_score) / n_refs[:, None]
         samples.extend((w * per_study.T).sum(axis=1) / w.sum(axis=1))
-    return float(point), np.asarray(samples, dtype=np.float64)
+    return float(point), np.asarray(samples, dtype=np.float64), np.asarray(per_study_point, dtype=np.float64)
 
 
-def _rouge(gts: dict[str, list[str]], res: dict[str, list[str]],
-           resamples: Sequence[np.ndarray]) -> tuple[float, np.ndarray]:
+def _rouge(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str],
+           weights: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """Mean ROUGE-L (pycocoevalcap ``Rouge``); replicates resample the per-study scores."""
     from pycocoevalcap.rouge.rouge import Rouge
 
-    point, per_study = Rouge().compute_score(gts, res)
+    point, per_study = Rouge().compute_score(gts, {i: res[i] for i in ids})
     per_study = np.asarray(per_study, dtype=np.float64)
-    samples = [per_study[row].mean() for row in resamples]
-    return float(point), np.asarray(samples, dtype=np.float64)
+    samples = weights @ per_study / np.maximum(weights.sum(axis=1), 1.0)
+    return float(point), np.asarray(samples, dtype=np.float64), per_study
 
 
-def _meteor_eval(scorer: Any, stats: list[str]) -> float:
-    """The jar's corpus METEOR of per-study statistics lines (as ``Meteor.compute_score``)."""
+def _meteor_eval(scorer: Any, stats: list[str], segments: list[float] | None = None) -> float:
+    """The jar's corpus METEOR of per-study statistics lines (as ``Meteor.compute_score``);
+    the per-study scores are appended to ``segments`` when given."""
     process = scorer.meteor_p
     process.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
     process.stdin.flush()
     for _ in stats:
-        process.stdout.readline()
+        line = process.stdout.readline()
+        if segments is not None:
+            segments.append(float(line.strip()))
     return float(process.stdout.readline().strip())
 
 
@@ -246,7 +255,7 @@ def _meteor_sum(stats: np.ndarray, weights: np.ndarray) -> str:
 
 
 def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str],
-            resamples: Sequence[np.ndarray], scorer: Any = None) -> tuple[float, np.ndarray]:
+            weights: np.ndarray, scorer: Any = None) -> tuple[float, np.ndarray, np.ndarray]:
     """Corpus METEOR (pycocoevalcap ``Meteor``: alignment statistics per study, then the
     jar's ``EVAL``) and its replicates (the jar's ``EVAL`` of each replicate's summed line).
     A given ``scorer`` (a running ``Meteor``) is used and left running."""
@@ -257,11 +266,12 @@ def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str]
     try:
         with scorer.lock:
             lines = [scorer._stat(res[i][0], gts[i]) for i in ids]
-            point = _meteor_eval(scorer, lines)
+            segments: list[float] = []
+            point = _meteor_eval(scorer, lines, segments)
             stats = np.array([[float(x) for x in line.split()] for line in lines])
             matched = (stats[:, 4:20:2].sum(axis=1) == stats[:, 0]) & (stats[:, 5:20:2].sum(axis=1) == stats[:, 1])
             stats[matched & (stats[:, 20] == 1), 20] = 0.0
-            samples = [_meteor_eval(scorer, [_meteor_sum(stats, w)]) for w in _weights(resamples, len(ids))]
+            samples = [_meteor_eval(scorer, [_meteor_sum(stats, w)]) for w in weights]
     except (OSError, ValueError, IndexError) as exc:
         process = scorer.meteor_p
         process.kill()
@@ -272,7 +282,7 @@ def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str]
             scorer.meteor_p.stdin.close()
             scorer.meteor_p.kill()
             scorer.meteor_p.wait()
-    return point, np.asarray(samples, dtype=np.float64)
+    return point, np.asarray(samples, dtype=np.float64), np.asarray(segments, dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -321,16 +331,21 @@ def language_scores(
     be equal. Returns ``{metric: {"value", "low", "high"}}`` for :data:`LANGUAGE_KEYS`
     (``meteor`` None when it could not run), ``n_studies``, ``n_boot``, ``seed``,
     ``normalisation`` and ``notes`` (why METEOR is missing, ...). ``n_boot=0`` skips the
-    intervals.
+    intervals. Also ``_samples`` (metric -> its bootstrap replicates, for paired differences)
+    and ``_per_study`` (metric -> each study's score: sentence BLEU-4, METEOR, ROUGE-L, CIDEr),
+    in the order of ``generated``; neither goes into scores.json.
     """
     ids = _check_ids(generated, references)
     gts, res = _prepared(generated, references, ids, normalise, style)
-    resamples = [row for chunk in resample_indices(len(ids), n_boot, seed) for row in chunk]
+    weights = replicate_weights(len(ids), n_boot, seed)
     out: dict[str, Any] = {}
     notes: list[str] = []
-    bleu, bleu_samples = _bleu(gts, res, ids, resamples)
+    samples: dict[str, np.ndarray] = {}
+    per_study: dict[str, np.ndarray] = {}
+    bleu, bleu_samples, per_study["bleu_4"] = _bleu(gts, res, ids, weights)
     for k in range(4):
         out[f"bleu_{k + 1}"] = estimate(bleu[k], bleu_samples[:, k])
+        samples[f"bleu_{k + 1}"] = bleu_samples[:, k]
     out["meteor"] = None
     if not meteor:
         notes.append("METEOR not computed (switched off)")
@@ -340,24 +355,27 @@ def language_scores(
                      "METEOR not computed: pycocoevalcap's meteor-1.5.jar is missing")
     else:
         try:
-            out["meteor"] = estimate(*_meteor(gts, res, ids, resamples))
+            value, samples["meteor"], per_study["meteor"] = _meteor(gts, res, ids, weights)
+            out["meteor"] = estimate(value, samples["meteor"])
         except (OSError, RuntimeError) as exc:
             notes.append(f"METEOR not computed: the METEOR jar failed ({exc})")
-    out["rouge_l"] = estimate(*_rouge(gts, res, resamples))
-    out["cider"] = estimate(*_cider(gts, res, ids, resamples))
+    for key, scorer in (("rouge_l", _rouge), ("cider", _cider)):
+        value, samples[key], per_study[key] = scorer(gts, res, ids, weights)
+        out[key] = estimate(value, samples[key])
     out.update(
         n_studies=len(ids), n_boot=n_boot, seed=seed,
         normalisation=f"R2Gen clean_report_{style}" if normalise else "whitespace only",
-        notes=notes,
+        notes=notes, _samples=samples, _per_study=per_study,
     )
     return out
 
-
 __all__ = [
     "LANGUAGE_KEYS",
+    "NORMALISATIONS",
     "STYLES",
     "java_available",
     "language_scores",
     "meteor_jar",
+    "normalisation_style",
     "normalise_report",
 ]

@@ -11,18 +11,28 @@ language metrics (:mod:`cxrfuse.generation.language`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cxrfuse.data.manifest import label_slug
+from cxrfuse.files import atomic_path
 from cxrfuse.generation.baselines import plain_report
 from cxrfuse.generation.labeler import CHEXPERT_LABELS, Labeler, RuleLabeler
-from cxrfuse.generation.scoring import score_reports
-from cxrfuse.generation.table import CLINICAL_ROWS, LANGUAGE_ROWS, format_estimate, scores_table
+from cxrfuse.generation.scoring import paired_comparison, private_keys, score_reports
+from cxrfuse.generation.table import (
+    CLINICAL_ROWS,
+    LANGUAGE_ROWS,
+    format_estimate,
+    paired_table,
+    provenance_lines,
+    scores_table,
+    verdict_sentences,
+)
 from cxrfuse.problems import DataError
-from cxrfuse.rundir import GenerationDir
+from cxrfuse.rundir import GenerationDir, layout
 
 
 def with_labels(frame: pd.DataFrame, labeler: Labeler) -> pd.DataFrame:
@@ -52,10 +62,18 @@ def score_generation(
     n_boot_language: int = 200,
     seed: int = 0,
     meteor: bool = True,
+    normalise: str | None = None,
+    others: Mapping[str, Mapping[str, str]] | None = None,
+    generator: str = "generator",
+    extra_metrics: Any = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """(scores.json payload, per-study labels) of ``frame`` (``study_id``, ``generated``,
     ``reference``), with each baseline's scores under ``baselines``, on the studies that have a
-    reference report."""
+    reference report. ``others`` (name -> study id -> report) are more systems scored on the
+    same studies (under ``systems``); ``paired`` holds each other system minus the generator,
+    ``versus_baselines`` each system minus each baseline (paired bootstrap differences), and
+    ``verdicts`` a sentence per system and baseline. The in-memory ``_per_study`` table is
+    what :func:`study_scores` writes."""
     scored = frame[frame["reference"].fillna("").str.strip() != ""]
     if scored.empty:
         raise DataError("no generated study has a reference report (findings/impression) to "
@@ -63,22 +81,49 @@ def score_generation(
     refs = {s: [plain_report(r)] for s, r in zip(scored["study_id"], scored["reference"])}
     labeler = labeler or RuleLabeler()
     options = {"labeler": labeler, "n_boot": n_boot, "n_boot_language": n_boot_language,
-               "seed": seed, "meteor": meteor}  # fmt: skip
+               "seed": seed, "meteor": meteor, "normalise": normalise,
+               "extra_metrics": extra_metrics}  # fmt: skip
     gen = {s: plain_report(t) for s, t in zip(scored["study_id"], scored["generated"])}
     payload = score_reports(gen, refs, **options)
     labels = _study_labels(payload)
     payload["n_without_reference"] = int(len(frame) - len(scored))
+    systems = {generator: payload}
+    payload["systems"] = {}
+    for name, reports in (others or {}).items():
+        result = score_reports({s: plain_report(reports[s]) for s in refs}, refs, **options)
+        result.pop("study_labels")
+        payload["systems"][name] = systems[name] = result
     payload["baselines"] = {}
     for name, reports in (baselines or {}).items():
         result = score_reports({s: plain_report(reports[s]) for s in refs}, refs, **options)
         result.pop("study_labels")
         payload["baselines"][name] = result
+    payload["paired"] = {f"{name} - {generator}": paired_comparison(result, payload)
+                         for name, result in payload["systems"].items()}  # fmt: skip
+    payload["versus_baselines"] = {
+        name: {b: paired_comparison(result, base) for b, base in payload["baselines"].items()}
+        for name, result in systems.items()}
+    payload["verdicts"] = [sentence for name, result in systems.items()
+                           for sentence in verdict_sentences(name, payload["versus_baselines"][name],
+                                                             meteor=result.get("meteor") is not None)]
+    payload["_per_study"] = study_scores({**systems, **payload["baselines"]})
     return payload, labels
+
+
+def study_scores(systems: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per study and system: its per-study scores (``_per_study`` of each payload)."""
+    frames = []
+    for name, result in systems.items():
+        frame = pd.DataFrame({k: np.asarray(v) for k, v in result["_per_study"].items()})
+        frame.insert(0, "system", name)
+        frame.insert(0, "study_id", list(result["_ids"]))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def comparison_table(payload: Mapping[str, Any], generator: str = "generator") -> pd.DataFrame:
     """Metrics (rows) of the generator and each baseline (columns): value [95 % CI]."""
-    systems = {generator: payload, **payload.get("baselines", {})}
+    systems = {generator: payload, **payload.get("systems", {}), **payload.get("baselines", {})}
     rows = []
     for title, key in LANGUAGE_ROWS:
         rows.append({"metric": title, **{n: " ".join(format_estimate(s.get(key))).strip()
@@ -86,6 +131,9 @@ def comparison_table(payload: Mapping[str, Any], generator: str = "generator") -
     for title, key in CLINICAL_ROWS:
         rows.append({"metric": title, **{n: " ".join(format_estimate(
             (s.get("clinical") or {}).get(key))).strip() for n, s in systems.items()}})  # fmt: skip
+    for key in (payload.get("extra") or {}):
+        rows.append({"metric": key, **{n: " ".join(format_estimate(
+            (s.get("extra") or {}).get(key))).strip() for n, s in systems.items()}})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -100,7 +148,15 @@ def scores_markdown(payload: Mapping[str, Any], generator: str = "generator",
               "intervals. Language metrics reward the normal template: read them beside the "
               "baselines and the clinical F1."), "",
               comparison_table(payload, generator).to_markdown(index=False), "",
-              f"### {generator}", "", scores_table(dict(payload)), ""]  # fmt: skip
+              *provenance_lines(payload, settings), ""]  # fmt: skip
+    if payload.get("verdicts"):
+        lines += [("**Against the baselines** (paired bootstrap of the difference on the same "
+                  "studies; 'beats' = the 95 % interval is above 0):"), "",
+                  *(f"- {v}" for v in payload["verdicts"]), ""]
+    for title, diffs in (payload.get("paired") or {}).items():
+        lines += [f"**{title}** (paired bootstrap, same studies):", "",
+                  paired_table(diffs).to_markdown(index=False), ""]
+    lines += [f"### {generator}", "", scores_table(private_keys(payload)), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -115,18 +171,30 @@ def write_generation(
     n_boot_language: int = 200,
     seed: int = 0,
     meteor: bool = True,
+    normalise: str | None = None,
+    others: Mapping[str, Mapping[str, str]] | None = None,
+    extra_metrics: Any = None,
 ) -> dict[str, Any]:
-    """Label, write and score a generator's reports into ``out``; returns the scores."""
+    """Label, write and score a generator's reports (and ``others``) into ``out``; returns the
+    scores (with the in-memory ``_samples`` / ``_per_study`` keys; scores.json has neither,
+    the per-study scores go to ``study_scores.parquet``)."""
     missing = [c for c in ("study_id", "split", "generated", "reference") if c not in frame]
     if missing:
         raise DataError(f"generated reports lack column(s) {missing}")
     labeler = labeler or RuleLabeler()
     out.write_generated(with_labels(frame, labeler), settings)
+    generator = str(settings.get("generator", out.name))
     payload, labels = score_generation(frame, baselines, labeler=labeler, n_boot=n_boot,
                                        n_boot_language=n_boot_language, seed=seed,
-                                       meteor=meteor)  # fmt: skip
-    payload["generator"] = str(settings.get("generator", out.name))
-    out.write_scores(payload, scores_markdown(payload, payload["generator"], settings), labels)
+                                       meteor=meteor, normalise=normalise, others=others,
+                                       generator=generator, extra_metrics=extra_metrics)  # fmt: skip
+    payload["generator"] = generator
+    for key in ("split", "baselines_split"):
+        if settings.get(key):
+            payload.setdefault("versions", {})[key] = settings[key]
+    with atomic_path(out.path / layout.STUDY_SCORES) as tmp:
+        payload["_per_study"].to_parquet(tmp, index=False)
+    out.write_scores(private_keys(payload), scores_markdown(payload, generator, settings), labels)
     return payload
 
 
@@ -143,3 +211,39 @@ def differing_findings(row: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         elif r_pos and not g_pos:
             only_ref.append(name)
     return only_gen, only_ref
+
+
+def export_rexrank(gen: GenerationDir, out: str | Path, template: str | Path | None = None) -> Path:
+    """The generated reports of ``gen`` in ReXrank's prediction layout:
+    ``{study_id: {..., "model_prediction": text}}``. With ``template`` (ReXrank's test JSON)
+    each study's record is copied and ``model_prediction`` added; a study of the template
+    without a generated report, or a generated one not in it, is a DataError. Without it,
+    each record holds the reference as ``report``."""
+    import json
+
+    from cxrfuse.files import write_text
+
+    frame = gen.generated()
+    texts = {str(s): str(t) for s, t in zip(frame["study_id"], frame["generated"].fillna(""))}
+    if template is not None:
+        path = Path(template)
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: not a readable ReXrank JSON ({exc})") from exc
+        if not isinstance(records, dict) or not all(isinstance(v, dict) for v in records.values()):
+            raise DataError(f"{path}: expected ReXrank's {{study_id: {{...}}}} records")
+        missing = sorted(set(records) - set(texts))
+        extra = sorted(set(texts) - set(records))
+        if missing or extra:
+            raise DataError(f"{path}: {len(missing)} template studies without a generated report "
+                            f"(e.g. {missing[:1]}), {len(extra)} generated studies not in it "
+                            f"(e.g. {extra[:1]})")
+        payload = {k: {**v, "model_prediction": texts[k]} for k, v in records.items()}
+    else:
+        refs = dict(zip(frame["study_id"].astype(str), frame["reference"].fillna("")))
+        payload = {k: {"report": refs[k], "model_prediction": v} for k, v in texts.items()}
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text(target, json.dumps(payload, indent=2) + "\n")
+    return target

@@ -66,4 +66,69 @@ def scores_table(payload: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["format_estimate", "scores_table"]
+VERDICT_CLINICAL = (("CE micro-F1 (14)", "micro_f1_14"), ("CE macro-F1 (5)", "macro_f1_5"))
+"""The clinical metrics a verdict sentence states the difference of."""
+
+
+def _diff(entry: dict[str, Any] | None, digits: int = 3) -> str:
+    if not entry or entry.get("diff") is None:
+        return "n/a"
+    text = f"{entry['diff']:+.{digits}f}"
+    if entry.get("low") is not None:
+        text += f" [{entry['low']:+.{digits}f}, {entry['high']:+.{digits}f}]"
+    if entry.get("p") is not None:
+        text += f", p = {entry['p']:.3g}"
+    return text
+
+
+def verdict_sentences(system: str, versus: dict[str, dict[str, Any]], meteor: bool = True) -> list[str]:
+    """One sentence per baseline: on how many language metrics ``system`` beats it (the
+    paired 95 % interval of the difference above 0) and loses (below 0), and its CE
+    micro-F1 (14) and macro-F1 (5) differences with intervals."""
+    out = []
+    language = [(t, k) for t, k in LANGUAGE_ROWS if meteor or k != "meteor"]
+    for baseline, diffs in versus.items():
+        wins = [t for t, k in language if (diffs.get(k) or {}).get("low") is not None and diffs[k]["low"] > 0]
+        losses = [t for t, k in language if (diffs.get(k) or {}).get("high") is not None and diffs[k]["high"] < 0]
+        sentence = (f"{system} beats the {baseline} on {len(wins)} of {len(language)} language metrics"
+                    + (f" ({', '.join(wins)})" if wins else ""))
+        if losses:
+            sentence += f" and is below it on {len(losses)} ({', '.join(losses)})"
+        clinical = "; ".join(f"{t} {_diff(diffs.get(k))}" for t, k in VERDICT_CLINICAL if diffs.get(k))
+        out.append(sentence + (f"; difference {clinical}" if clinical else "") + ".")
+    return out
+
+
+def paired_table(diffs: dict[str, Any]):
+    """Metric, difference [95 % CI], p of a :func:`~cxrfuse.generation.scoring.paired_comparison`."""
+    import pandas as pd
+
+    titles = {k: t for t, k in (*LANGUAGE_ROWS, *CLINICAL_ROWS)}
+    return pd.DataFrame([{"metric": titles.get(k, k), "difference [95 % CI], p": _diff(v)}
+                         for k, v in diffs.items()])
+
+
+def provenance_lines(payload: dict[str, Any], settings: dict[str, Any] | None = None) -> list[str]:
+    """What the figures depend on, in words: split name and size, normalisation, labeler,
+    pycocoevalcap version, Java (METEOR)."""
+    versions = payload.get("versions") or {}
+    split = versions.get("split") or (settings or {}).get("split")
+    if isinstance(split, dict):
+        split_text = (f"split {split.get('name') or '(whole file)'} of {split.get('file', '?')}, "
+                      f"{payload.get('n_studies')} studies scored")
+    else:
+        split_text = f"split {split or '-'}, {payload.get('n_studies')} studies scored"
+    train = versions.get("baselines_split")
+    if isinstance(train, dict):
+        split_text += (f"; baselines from split {train.get('name') or '(whole file)'} of "
+                       f"{train.get('file', '?')} ({train.get('n', '?')} reports)")
+        if train.get("validation"):
+            split_text += f", template chosen on {train['validation']}"
+    java = versions.get("java")
+    return [f"Scored on: {split_text}.",
+            (f"Metric versions: text normalisation {versions.get('normalisation', payload.get('normalisation', '?'))}; "
+            f"labeler {versions.get('labeler', payload.get('labeler', '?'))}; pycocoevalcap "
+            f"{versions.get('pycocoevalcap', '?')}; Java {'present' if java else 'absent (no METEOR)'}.")]
+
+
+__all__ = ["format_estimate", "paired_table", "provenance_lines", "scores_table", "verdict_sentences"]

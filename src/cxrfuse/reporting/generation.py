@@ -10,6 +10,7 @@ import pandas as pd
 
 from cxrfuse.evaluation import format_value
 from cxrfuse.generation.outputs import comparison_table, differing_findings
+from cxrfuse.generation.table import paired_table, provenance_lines
 from cxrfuse.reporting.document import Section
 from cxrfuse.rundir import GenerationDir
 
@@ -72,12 +73,24 @@ def generation_sections(gens: Sequence[GenerationDir], title: str = "Report gene
                     f"{payload.get('n_studies')} studies ({settings.get('split', '-')} split"
                     f"{bank}); generator and baselines on the same studies, 95 % bootstrap "
                     "intervals")  # fmt: skip
+        for line in provenance_lines(payload, settings):
+            section.add("note", line)
+        for verdict in payload.get("verdicts", []):
+            section.add("text", verdict)
+        for pair, diffs in (payload.get("paired") or {}).items():
+            section.add("table", paired_table(diffs), f"{pair}: paired bootstrap difference on the "
+                                                      "same studies, 95 % interval and p")  # fmt: skip
         for note in payload.get("notes", []):
             section.add("note", note)
         constant = (settings.get("baselines") or {}).get("best_constant")
         if constant:
             section.add("note", f"Best constant report (chosen on the training split by "
                                 f"BLEU-4): \"{constant[:300]}\"")  # fmt: skip
+        template = (settings.get("baselines") or {}).get("sentence_consensus")
+        if template:
+            section.add("note", f"Sentence-consensus template (frequent training sentences, "
+                                f"chosen by BLEU-4 on {settings['baselines'].get('sentence_consensus_validation')}): "
+                                f"\"{template[:400]}\"")  # fmt: skip
         section.add("table", per_label_table(payload),
                     "Clinical efficacy per CheXpert observation (positive = label 1)")
         examples = examples_table(gen)

@@ -189,3 +189,33 @@ def decode_resized_bytes(data: bytes, size: int) -> np.ndarray:
     if sniff_format(data) == "dicom":
         return resize_square(Image.fromarray(dicom_gray8(data), "L"), size)
     return decode_resized(io.BytesIO(data), size)  # type: ignore[arg-type]
+
+
+def decode_native(path: str | Path) -> np.ndarray:
+    """The full-size gray pixels of an image file at their own depth: uint8, or uint16 for a
+    16-bit file (colour converted to 8-bit gray). :data:`MAX_PIXELS` is checked before any pixel
+    is read, as in :func:`decode_resized`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path}: image too large to decode ({err}); the limit is "
+                        f"{MAX_PIXELS:,} pixels") from err
+    with opened as img:
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise DataError(f"{path}: image of {width} x {height} = {width * height:,} pixels is "
+                            f"over the limit of {MAX_PIXELS:,} pixels (data.images.MAX_PIXELS)")
+        img.load()
+        if img.mode in _SIXTEEN_BIT_MODES:
+            return np.asarray(img).astype(np.int64).clip(0, 65535).astype(np.uint16)
+        return np.array(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
+
+
+def native_gray8(pixels: np.ndarray) -> Image.Image:
+    """:func:`decode_native`'s array as an 8-bit gray image (16 bits scaled by 1/257 as in
+    :func:`gray8`)."""
+    if pixels.dtype == np.uint8:
+        return Image.fromarray(pixels, mode="L")
+    return Image.fromarray(((pixels.astype(np.int64) + 128) // 257).astype(np.uint8), mode="L")

@@ -10,7 +10,9 @@ study_id            string, unique                              the source's stu
 patient_id          string                                      used for patient-level splits
 views               list<struct<image_id, path, view>>          one entry per image; ``path`` is null when
                                                                 the pixels are not on disk; ``view`` is one
-                                                                of :data:`VIEW_POSITIONS`
+                                                                of :data:`VIEW_POSITIONS`; ``content_hash``,
+                                                                ``phash``: image hashes, null until computed
+                                                                (:mod:`~cxrfuse.data.image_hashes`)
 comparison, indication, findings, impression
                     string, nullable                            report sections
 report              string, nullable                            the raw report text
@@ -55,7 +57,8 @@ METADATA_KEY = b"cxrfuse.manifest"
 LABEL_PREFIX = "label_"
 
 VIEW_TYPE = pa.struct(
-    [("image_id", pa.string()), ("path", pa.string()), ("view", pa.string())]
+    [("image_id", pa.string()), ("path", pa.string()), ("view", pa.string()),
+     ("content_hash", pa.string()), ("phash", pa.string())]  # hashes: data.image_hashes
 )
 BASE_SCHEMA = pa.schema(
     [
@@ -146,7 +149,8 @@ class Manifest:
             row["dataset"] = rec.get("dataset", dataset)
             row["views"] = [
                 {"image_id": str(v["image_id"]), "path": _none_if_missing(v.get("path")),
-                 "view": normalise_view(v.get("view"))}
+                 "view": normalise_view(v.get("view")),
+                 "content_hash": v.get("content_hash"), "phash": v.get("phash")}
                 for v in rec.get("views") or []
             ]
             row["source_labels"] = list(rec.get("source_labels") or [])

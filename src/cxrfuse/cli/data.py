@@ -24,7 +24,7 @@ def _report_ingest(manifest: Any, problems: ProblemLog, out: Path) -> None:
     if 0 < todo <= HASH_AT_INGEST_MAX:
         manifest, unreadable = add_image_hashes(manifest, progress=True)
         for item in unreadable:
-            problems.add("image_unreadable", item["path"], f"cannot hash: {item['error']}")
+            problems.add("unreadable-image", item["path"], f"cannot hash: {item['error']}")
     elif todo:
         console.print(f"{todo} images: hashes left for `cxrfuse split` / `stats` to compute "
                       f"(more than {HASH_AT_INGEST_MAX:,})")

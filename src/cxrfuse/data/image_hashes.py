@@ -33,10 +33,9 @@ import numpy as np
 from PIL import Image
 
 from cxrfuse.data.images import decode_native, native_gray8
-from cxrfuse.data.manifest import Manifest
+from cxrfuse.data.manifest import HASH_FIELDS, Manifest
 from cxrfuse.problems import DataError
 
-HASH_FIELDS = ("content_hash", "phash")
 PHASH_SIDE = 32  # the image is resized to PHASH_SIDE x PHASH_SIDE before the DCT
 PHASH_LOW = 16  # the PHASH_LOW x PHASH_LOW lowest frequencies make the 256 bits
 PHASH_WORDS = PHASH_LOW * PHASH_LOW // 64
@@ -111,7 +110,8 @@ def add_image_hashes(manifest: Manifest, *, recompute: bool = False,
         try:
             view.update(hash_file(view["path"]))
         except (OSError, ValueError, DataError, Image.DecompressionBombError) as err:
-            view.update(content_hash=None, phash=None)
+            for key in HASH_FIELDS:
+                view.pop(key, None)
             problems.append({"study_id": str(df["study_id"].iat[i]), "image_id": str(view["image_id"]),
                              "path": str(view["path"]), "error": str(err).splitlines()[0]})  # fmt: skip
     return manifest.replace(df=df), problems

@@ -58,7 +58,7 @@ LABEL_PREFIX = "label_"
 
 VIEW_TYPE = pa.struct(
     [("image_id", pa.string()), ("path", pa.string()), ("view", pa.string()),
-     ("content_hash", pa.string()), ("phash", pa.string())]  # hashes: data.image_hashes
+     ("content_hash", pa.string()), ("phash", pa.string())]  # HASH_FIELDS: data.image_hashes
 )
 BASE_SCHEMA = pa.schema(
     [
@@ -76,6 +76,8 @@ BASE_SCHEMA = pa.schema(
     ]
 )
 BASE_COLUMNS = tuple(BASE_SCHEMA.names)
+HASH_FIELDS = ("content_hash", "phash")
+"""Optional view fields (image hashes): absent from a view's dict until computed."""
 
 
 def label_column(name: str) -> str:
@@ -150,7 +152,7 @@ class Manifest:
             row["views"] = [
                 {"image_id": str(v["image_id"]), "path": _none_if_missing(v.get("path")),
                  "view": normalise_view(v.get("view")),
-                 "content_hash": v.get("content_hash"), "phash": v.get("phash")}
+                 **{k: v[k] for k in HASH_FIELDS if v.get(k)}}
                 for v in rec.get("views") or []
             ]
             row["source_labels"] = list(rec.get("source_labels") or [])
@@ -287,7 +289,7 @@ def read_manifest(path: str | Path) -> Manifest:
         )
     df = table.to_pandas()
     source = str(path)
-    df["views"] = df["views"].map(lambda vs: [dict(v) for v in vs] if vs is not None else [])
+    df["views"] = df["views"].map(lambda vs: [_view_dict(v) for v in vs] if vs is not None else [])
     df["source_labels"] = df["source_labels"].map(lambda xs: list(xs) if xs is not None else [])
     labels = list(meta.get("labels", []))
     manifest = Manifest(
@@ -301,6 +303,11 @@ def read_manifest(path: str | Path) -> Manifest:
     )
     manifest.validate(source=str(path))
     return manifest
+
+
+def _view_dict(view: Any) -> dict[str, Any]:
+    """A stored view as a dict, without the hash fields it has no value for."""
+    return {k: x for k, x in dict(view).items() if x is not None or k not in HASH_FIELDS}
 
 
 def _none_if_missing(value: Any) -> Any:

@@ -221,16 +221,23 @@ def test_external_set_made_of_training_images_is_flagged(world: dict[str, Path],
     df["study_id"] = "copy-" + df["study_id"].astype(str)  # another site's ids, the same pixels
     df["split"] = None
     same = trained.replace(df=df, dataset="copied-site").save(tmp_path / "same.parquet")
-    result = runner.invoke(app, ["evaluate", str(world["run"]), "--on", str(same), "--out",
-                                 str(tmp_path / "ext"), "--n-boot", "0"], terminal_width=250)  # fmt: skip
+    result = runner.invoke(app, ["evaluate", str(world["run"]), "--on", str(same), "--n-boot", "0"],
+                           terminal_width=250)  # fmt: skip
     assert result.exit_code == 0, result.output
-    overlap = ExternalDir(tmp_path / "ext").result()["image_overlap"]
+    ext = RunDir(world["run"]).external_dir("same")  # RUN/external/same, shown in the run's report
+    overlap = ext.result()["image_overlap"]
     n = _images(read_manifest(same))
     assert overlap["exact"] == n == overlap["total"] and overlap["near"] == 0 and overlap["found"]
     assert overlap["by_split"]["train"]["exact"] + overlap["by_split"]["val"]["exact"] == n
     assert overlap["by_split"]["test"]["exact"] == 0
     assert f"IMAGE OVERLAP: {n} exact and 0 near-duplicate images of the {n}" in result.output
-    assert "IMAGE OVERLAP" in (tmp_path / "ext" / "external.md").read_text()
+    assert "IMAGE OVERLAP" in ext.markdown_path.read_text()
+    from cxrfuse.reporting import write_report
+
+    html_path, _ = write_report(world["run"])
+    html = html_path.read_text()
+    banner = html[html.index("IMAGE OVERLAP") - 300 : html.index("IMAGE OVERLAP")]
+    assert 'class="warning"' in banner
     # the disjoint site (other phantoms): no exact copy (synthetic phantoms may look alike, so
     # the near count is checked on real radiographs below)
     disjoint = evaluate_external(world["run"], world["site"], tmp_path / "site", n_boot=0)

@@ -217,5 +217,5 @@ def native_gray8(pixels: np.ndarray) -> Image.Image:
     """:func:`decode_native`'s array as an 8-bit gray image (16 bits scaled by 1/257 as in
     :func:`gray8`)."""
     if pixels.dtype == np.uint8:
-        return Image.fromarray(pixels, mode="L")
-    return Image.fromarray(((pixels.astype(np.int64) + 128) // 257).astype(np.uint8), mode="L")
+        return Image.fromarray(pixels)
+    return Image.fromarray(((pixels.astype(np.int64) + 128) // 257).astype(np.uint8))

@@ -181,3 +181,30 @@ def test_real_nih_split_has_no_overlap_but_a_copy_is_caught(tmp_path: Path) -> N
     df.at[test, "views"] = [{**df.at[test, "views"][0], "path": str(jpeg)}]
     report = manifest_overlap(add_image_hashes(nih.replace(df=df))[0])
     assert report["across_splits"]["exact"] == 0 and report["across_splits"]["near"] == 1
+
+
+def test_hashes_computed_on_demand_are_cached_by_file_stamp(phantoms: Manifest, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from cxrfuse.data import image_hashes
+
+    df = phantoms.df.copy()  # the first image copied, so that changing it leaves the fixture alone
+    changed = tmp_path / "first.png"
+    shutil.copyfile(df.at[0, "views"][0]["path"], changed)
+    df.at[0, "views"] = [{**df.at[0, "views"][0], "path": str(changed)}, *df.at[0, "views"][1:]]
+    phantoms = phantoms.replace(df=df)
+    first, _ = add_image_hashes(phantoms, cache_dir=tmp_path)
+    cache = json.loads((tmp_path / image_hashes.CACHE_NAME).read_text())
+    assert len(cache) == _n_images(phantoms)
+    calls: list[str] = []
+    real = image_hashes.hash_file
+    monkeypatch.setattr(image_hashes, "hash_file", lambda p: calls.append(str(p)) or real(p))
+    again, _ = add_image_hashes(phantoms, cache_dir=tmp_path)
+    assert calls == [] and again.df["views"].tolist() == first.df["views"].tolist()
+    Image.open(changed).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed)  # new pixels, new stamp
+    third, _ = add_image_hashes(phantoms, cache_dir=tmp_path)
+    assert calls == [str(changed)]  # only the changed file is decoded again
+    assert third.df["views"].iat[0][0]["content_hash"] != first.df["views"].iat[0][0]["content_hash"]
+
+
+def _n_images(manifest: Manifest) -> int:
+    return int(manifest.df["views"].map(lambda vs: sum(bool(v["path"]) for v in vs)).sum())

@@ -44,6 +44,9 @@ NEAR_THRESHOLD = 48
 MAX_NEAR_PAIRS = 2_000_000_000
 """Most image pairs compared for near duplicates (beyond it, exact matches only)."""
 EXAMPLES = 5
+HASH_VERSION = 1  # bump when either hash changes (cached hashes of another version are redone)
+CACHE_NAME = "image-hashes.json"
+"""File name of the on-demand hash cache in a folder (evaluate: the embedding store)."""
 HASH_AT_INGEST_MAX = 50_000
 """Ingest hashes the images of manifests up to this size (about 6 ms per 512-px PNG)."""
 
@@ -91,30 +94,65 @@ def missing_hashes(manifest: Manifest) -> int:
                if v.get("path") and not (v.get("content_hash") and v.get("phash")))
 
 
-def add_image_hashes(manifest: Manifest, *, recompute: bool = False,
-                     progress: bool = False) -> tuple[Manifest, list[dict[str, str]]]:  # fmt: skip
+def add_image_hashes(manifest: Manifest, *, recompute: bool = False, progress: bool = False,
+                     cache_dir: str | Path | None = None) -> tuple[Manifest, list[dict[str, str]]]:  # fmt: skip
     """A copy of ``manifest`` with both hashes in every view whose image is on disk (only the
     missing ones unless ``recompute``), and one problem ``{study_id, image_id, path, error}``
-    per image that could not be read (its hashes stay empty; nothing else stops)."""
+    per image that could not be read (its hashes stay empty; nothing else stops).
+
+    With ``cache_dir``, hashes computed here are kept in ``cache_dir/image-hashes.json`` keyed
+    by the file's absolute path, size and modification time, so a manifest that does not store
+    them is decoded once, not at every call."""
     from tqdm.auto import tqdm
+
+    from cxrfuse.files import file_stamp, write_json
 
     problems: list[dict[str, str]] = []
     todo = [(i, j) for i, views in enumerate(manifest.df["views"]) for j, v in enumerate(views)
             if v.get("path") and (recompute or not (v.get("content_hash") and v.get("phash")))]
     if not todo:
         return manifest, problems
+    cache_path = Path(cache_dir) / CACHE_NAME if cache_dir is not None else None
+    cache = _read_cache(cache_path) if cache_path is not None and not recompute else {}
+    fresh = 0
     df = manifest.df.copy()
     df["views"] = [[dict(v) for v in views] for views in df["views"]]
     for i, j in tqdm(todo, desc="hash images", unit="img", disable=not progress):
         view = df["views"].iat[i][j]
+        key, stamp = str(Path(view["path"]).resolve()), list(file_stamp(view["path"]))
+        entry = cache.get(key)
+        if entry and entry[:3] == [*stamp, HASH_VERSION]:
+            view.update(content_hash=entry[3], phash=entry[4])
+            continue
         try:
-            view.update(hash_file(view["path"]))
+            hashes = hash_file(view["path"])
         except (OSError, ValueError, DataError, Image.DecompressionBombError) as err:
-            for key in HASH_FIELDS:
-                view.pop(key, None)
+            for name in HASH_FIELDS:
+                view.pop(name, None)
             problems.append({"study_id": str(df["study_id"].iat[i]), "image_id": str(view["image_id"]),
                              "path": str(view["path"]), "error": str(err).splitlines()[0]})  # fmt: skip
+            continue
+        view.update(hashes)
+        cache[key] = [*stamp, HASH_VERSION, hashes["content_hash"], hashes["phash"]]
+        fresh += 1
+    if cache_path is not None and fresh:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(cache_path, cache)
+        except OSError:
+            pass  # a cache that cannot be written only costs time
     return manifest.replace(df=df), problems
+
+
+def _read_cache(path: Path) -> dict[str, list[Any]]:
+    """The hash cache at ``path``; empty when it is missing or unreadable (it is only a cache)."""
+    import json
+
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 @dataclass(frozen=True)

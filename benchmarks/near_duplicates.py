@@ -7,7 +7,7 @@ The false-match rate is the share of the ~48k pairs of distinct originals within
 threshold. Distinct originals of one patient are reported apart (the sample has none when
 every patient appears once). Time: decoding plus both hashes per original file.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/near_duplicates.py [--data ../shared/data/nih-cxr14-sample]
+    PYTHONPATH=src .venv/bin/python benchmarks/near_duplicates.py [--data ../shared/data/nih-cxr14-sample] [--limit N]
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
                         / "nih-cxr14-sample")
+    parser.add_argument("--limit", type=int, default=None, help="Only the first N images (a quick check).")
     args = parser.parse_args()
-    labels = pd.read_csv(args.data / "labels.csv")
+    labels = pd.read_csv(args.data / "labels.csv").head(args.limit)
     paths = [args.data / "images" / name for name in labels["Image Index"]]
     start = time.perf_counter()
     hashes = [hash_file(p) for p in paths]

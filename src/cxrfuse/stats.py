@@ -49,6 +49,8 @@ def render_overlap(report: dict[str, Any]) -> list[Any]:
     """:func:`~cxrfuse.data.image_hashes.manifest_overlap` as a table, and a red line per finding."""
     from rich.text import Text
 
+    if not report["images"]:
+        return []  # no image on disk: nothing to compare
     table = Table(title=f"images shared between studies ({report['hashed']} of {report['images']} "
                         f"images hashed; near: perceptual-hash distance <= {report['threshold']})")
     for col in ("pairs", "exact", "near", "images", "examples"):

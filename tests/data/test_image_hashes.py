@@ -208,3 +208,13 @@ def test_hashes_computed_on_demand_are_cached_by_file_stamp(phantoms: Manifest, 
 
 def _n_images(manifest: Manifest) -> int:
     return int(manifest.df["views"].map(lambda vs: sum(bool(v["path"]) for v in vs)).sum())
+
+
+def test_a_damaged_stored_hash_is_computed_again(phantoms: Manifest) -> None:
+    hashed, _ = add_image_hashes(phantoms)
+    df = hashed.df.copy()
+    good = dict(df.at[0, "views"][0])
+    df.at[0, "views"] = [{**good, "phash": "not-hex"}, *df.at[0, "views"][1:]]
+    damaged = hashed.replace(df=df)
+    assert missing_hashes(damaged) == 1 and manifest_overlap(damaged)["hashed"] == _n_images(phantoms) - 1
+    assert add_image_hashes(damaged)[0].df["views"].iat[0][0]["phash"] == good["phash"]

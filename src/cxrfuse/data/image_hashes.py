@@ -88,10 +88,20 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- manifests
+_HEX = frozenset("0123456789abcdef")
+
+
+def has_hashes(view: dict[str, Any]) -> bool:
+    """Whether a view holds both hashes in this version's form (32 and 64 hex digits); any
+    other value (an older version, a hand edit) counts as missing and is computed again."""
+    content, phash = view.get("content_hash"), view.get("phash")
+    return (isinstance(content, str) and len(content) == 32 and set(content) <= _HEX
+            and isinstance(phash, str) and len(phash) == PHASH_WORDS * 16 and set(phash) <= _HEX)
+
+
 def missing_hashes(manifest: Manifest) -> int:
-    """Images with a path on disk whose view has no stored hash."""
-    return sum(1 for views in manifest.df["views"] for v in views
-               if v.get("path") and not (v.get("content_hash") and v.get("phash")))
+    """Images with a path on disk whose view has no valid stored hash."""
+    return sum(1 for views in manifest.df["views"] for v in views if v.get("path") and not has_hashes(v))
 
 
 def add_image_hashes(manifest: Manifest, *, recompute: bool = False, progress: bool = False,
@@ -109,7 +119,7 @@ def add_image_hashes(manifest: Manifest, *, recompute: bool = False, progress: b
 
     problems: list[dict[str, str]] = []
     todo = [(i, j) for i, views in enumerate(manifest.df["views"]) for j, v in enumerate(views)
-            if v.get("path") and (recompute or not (v.get("content_hash") and v.get("phash")))]
+            if v.get("path") and (recompute or not has_hashes(v))]
     if not todo:
         return manifest, problems
     cache_path = Path(cache_dir) / CACHE_NAME if cache_dir is not None else None
@@ -180,7 +190,7 @@ def image_refs(manifest: Manifest, splits: Iterable[str] | None = None) -> list[
         if keep is not None and rec.split not in keep:
             continue
         for v in rec.views:
-            if v.get("content_hash") and v.get("phash"):
+            if has_hashes(v):
                 refs.append(ImageRef(str(rec.study_id), str(rec.patient_id), rec.split,
                                      str(v["image_id"]), v.get("path"), v["content_hash"],
                                      int(v["phash"], 16)))  # fmt: skip

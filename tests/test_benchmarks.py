@@ -63,3 +63,27 @@ def test_embed_throughput_writes_images_per_s(tmp_path: Path) -> None:
     assert {"a_bare_forward", "b_store_from_png", "c_naive_loop", "d_store_from_cache",
             "e_decode_ceiling", "b1_store_one_lane", "f_bare_forward_lanes"} <= set(figures)
     assert all(v > 0 for v in figures.values())
+
+
+def test_near_duplicates_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/near_duplicates.py on six smooth synthetic images in the NIH layout."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["Image Index,Finding Labels,Patient ID,View Position"]
+    yy, xx = np.mgrid[0:96, 0:80] / 96.0
+    for i in range(6):
+        a, b, c = rng.uniform(-3, 3, size=3)
+        pixels = 127 + 100 * np.sin(a * xx * 6 + b * yy * 6 + c) * np.cos(c * yy * 4)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        rows.append(f"{i}.png,No Finding,{i // 2},PA")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "near_duplicates.py"), "--data",
+                           str(tmp_path)], capture_output=True, text=True, env=_env(), timeout=300,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| byte-identical copy " in proc.stdout and "6/6" in proc.stdout
+    same = next(line for line in proc.stdout.splitlines() if line.startswith("| same patient"))
+    assert same.split("|")[2].strip() == "3"  # patients 0, 1, 2 have two images each

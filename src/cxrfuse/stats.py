@@ -45,8 +45,39 @@ def manifest_summary(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def render_summary(manifest: Manifest) -> Group:
-    """The summary as rich tables for the terminal."""
+def render_overlap(report: dict[str, Any]) -> list[Any]:
+    """:func:`~cxrfuse.data.image_hashes.manifest_overlap` as a table, and a red line per finding."""
+    from rich.text import Text
+
+    if not report["images"]:
+        return []  # no image on disk: nothing to compare
+    table = Table(title=f"images shared between studies ({report['hashed']} of {report['images']} "
+                        f"images hashed; near: perceptual-hash distance <= {report['threshold']})")
+    for col in ("pairs", "exact", "near", "images", "examples"):
+        table.add_column(col, justify="right" if col in ("exact", "near", "images") else "left")
+    names = {"across_splits": "across splits", "across_patients": "across patients",
+             "same_patient": "same patient, other study"}
+    for kind, name in names.items():
+        block = report[kind]
+        examples = "; ".join(f"{e['a']['image_id']} ({e['a']['split'] or '-'}) ~ {e['b']['image_id']} "
+                             f"({e['b']['split'] or '-'}): {e['match']}" for e in block["examples"][:3])
+        table.add_row(name, str(block["exact"]), str(block["near"]), str(block["images"]), examples or "-")
+    parts: list[Any] = [table]
+    if not report["near_searched"]:
+        parts.append(Text("too many images for the pairwise near-duplicate search: exact copies only"))
+    if report["unhashed"]:
+        parts.append(Text(f"{report['unhashed']} image(s) could not be read and were not compared"))
+    for kind in ("across_splits", "across_patients"):
+        block = report[kind]
+        if block["exact"] or block["near"]:
+            parts.append(Text(f"WARNING: {block['exact']} exact and {block['near']} near-duplicate image "
+                              f"pair(s) {names[kind]}: the same radiograph may be in two places",
+                              style="bold red"))
+    return parts
+
+
+def render_summary(manifest: Manifest, overlap: dict[str, Any] | None = None) -> Group:
+    """The summary as rich tables for the terminal (with the image overlap report, if given)."""
     s = manifest_summary(manifest)
     overview = Table(title=f"{s['dataset']} manifest", show_header=False)
     for key in ("studies", "patients", "images_listed", "images_on_disk", "studies_with_images",
@@ -75,4 +106,6 @@ def render_summary(manifest: Manifest) -> Group:
         for idx, row in table.iterrows():
             splits.add_row(str(idx), *[str(v) for v in row])
         parts.append(splits)
+    if overlap is not None:
+        parts += render_overlap(overlap)
     return Group(*parts)

@@ -212,3 +212,77 @@ def test_real_nih_sample_as_an_image_only_external_set(world: dict[str, Path], t
         if ci.get("low") is not None:
             assert (label in chance) == (ci["low"] <= 0.5 <= ci["high"]), label
     assert "(external set)" in (tmp_path / "out" / "external.md").read_text() or not external["verdicts"]
+
+
+# ------------------------------------------------------------------------------ image overlap
+SHARED_PAIRS = SHARED_NIH.parent / "iu-nih-pairs"
+
+
+def _images(manifest: Manifest) -> int:
+    return int(manifest.df["views"].map(lambda vs: sum(bool(v["path"]) for v in vs)).sum())
+
+
+def test_external_set_made_of_training_images_is_flagged(world: dict[str, Path], tmp_path: Path) -> None:
+    trained = read_manifest(world["root"] / "phantoms" / "manifest.parquet")
+    seen = trained.df["split"].isin(["train", "val"])
+    df = trained.df[seen].reset_index(drop=True)
+    df["study_id"] = "copy-" + df["study_id"].astype(str)  # another site's ids, the same pixels
+    df["split"] = None
+    same = trained.replace(df=df, dataset="copied-site").save(tmp_path / "same.parquet")
+    result = runner.invoke(app, ["evaluate", str(world["run"]), "--on", str(same), "--n-boot", "0"],
+                           terminal_width=250)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ext = RunDir(world["run"]).external_dir("same")  # RUN/external/same, shown in the run's report
+    overlap = ext.result()["image_overlap"]
+    n = _images(read_manifest(same))
+    assert overlap["exact"] == n == overlap["total"] and overlap["near"] == 0 and overlap["found"]
+    assert overlap["by_split"]["train"]["exact"] + overlap["by_split"]["val"]["exact"] == n
+    assert overlap["by_split"]["test"]["exact"] == 0
+    assert f"IMAGE OVERLAP: {n} exact and 0 near-duplicate images of the {n}" in result.output
+    assert "IMAGE OVERLAP" in ext.markdown_path.read_text()
+    from cxrfuse.reporting import write_report
+
+    html_path, _ = write_report(world["run"])
+    html = html_path.read_text()
+    banner = html[html.index("IMAGE OVERLAP") - 300 : html.index("IMAGE OVERLAP")]
+    assert 'class="warning"' in banner
+    # the disjoint site (other phantoms): no exact copy (synthetic phantoms may look alike, so
+    # the near count is checked on real radiographs below)
+    disjoint = evaluate_external(world["run"], world["site"], tmp_path / "site", n_boot=0)
+    assert disjoint["image_overlap"]["exact"] == 0
+    assert disjoint["image_overlap"]["total"] == _images(read_manifest(world["site"]))
+
+
+@pytest.mark.skipif(not (SHARED_PAIRS / "pairing.csv").is_file() or not (SHARED_NIH / "labels.csv").is_file(),
+                    reason="iu-nih-pairs / NIH sample not present")
+def test_run_on_real_pairs_flags_the_nih_manifest_of_the_same_images(tmp_path: Path) -> None:
+    from cxrfuse.config import RunConfig
+    from cxrfuse.data.iu_xray import ingest_iu_xray
+    from cxrfuse.data.nih import ingest_nih
+    from cxrfuse.data.splits import assign_splits
+    from cxrfuse.training import train_run
+
+    pairs, _ = ingest_iu_xray(SHARED_PAIRS, layout="kaggle")
+    pairs = assign_splits(pairs, (0.7, 0.1, 0.2), seed=0, task="abnormal")
+    config = RunConfig(
+        name="real-image", runs_dir=str(tmp_path / "runs"),
+        data={"manifest": str(pairs.save(tmp_path / "pairs.parquet")), "task": "abnormal",
+              "store": str(tmp_path / "store")},
+        model={"modalities": ["image"]},
+        image={"encoder": "efficientnet-lite0", "weights": "none", "input_size": 64},
+        training={"max_epochs": 2}, evaluation={"n_boot": 0},
+    )  # fmt: skip
+    run = train_run(config, progress=False)
+    nih, _ = ingest_nih(SHARED_NIH / "labels.csv", SHARED_NIH / "images")
+    result = evaluate_external(run, nih.save(tmp_path / "nih.parquet"), tmp_path / "ext", n_boot=0)
+    overlap = result["image_overlap"]
+    seen = _images(pairs.replace(df=pairs.df[pairs.df["split"].isin(["train", "val"])]))
+    assert overlap["exact"] == seen and overlap["near"] == 0 and overlap["total"] == 310
+    assert overlap["by_split"]["test"]["exact"] == 310 - seen
+    # the NIH images the run never saw (its test split) as their own manifest: nothing shared
+    test_files = {Path(v["path"]).read_bytes().__hash__() for vs in pairs.df.loc[pairs.df["split"] == "test", "views"]
+                  for v in vs}  # fmt: skip
+    unseen = nih.df["views"].map(lambda vs: Path(vs[0]["path"]).read_bytes().__hash__() in test_files)
+    clean = evaluate_external(run, nih.replace(df=nih.df[unseen].reset_index(drop=True)).save(tmp_path / "unseen.parquet"),
+                              tmp_path / "ext2", n_boot=0)["image_overlap"]  # fmt: skip
+    assert clean["exact"] == 0 and clean["near"] == 0 and clean["total"] == 310 - seen

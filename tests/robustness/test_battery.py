@@ -338,7 +338,13 @@ CASES = [
     Case("ingest nih", "empty finding labels",
          lambda c: (_nih(*c.nih(NIH_ROWS + "00000003_000.png,,0,3,40,M,PA\n"), c), ""),
          counted="malformed-row", out="out.parquet"),
+    Case("ingest nih", "image unreadable while hashing",
+         lambda c: (_nih(*_nih_broken(c), c), "00000002_000.png"),
+         counted="unreadable-image", out="out.parquet"),
     # ------------------------------------------------------------------ manifests
+    Case("manifest", "image unreadable for the overlap check",
+         lambda c: (_stats(_broken_image_manifest(c)), "1 image(s) could not be read"),
+         counted="not compared", out="broken.parquet"),
     Case("manifest", "file missing", lambda c: (_stats(c.tmp / "no.parquet"), "no.parquet")),
     Case("manifest", "not Parquet", lambda c: (_stats(_with(c.tmp / "m.parquet", "a,b\n")), "m.parquet")),
     Case("manifest", "Parquet without cxrfuse metadata",
@@ -459,6 +465,22 @@ def _r2gen(root: Path) -> list[str]:
 
 def _nih(csv: Path, images: Path, c: Ctx) -> list[str]:
     return ["ingest", "nih", "--csv", str(csv), "--images", str(images), "--out", str(c.tmp / "out.parquet")]
+
+
+def _nih_broken(c: Ctx) -> tuple[Path, Path]:
+    """The NIH inputs with one PNG cut short (a header, no pixels)."""
+    csv, images = c.nih()
+    path = images / "00000002_000.png"
+    path.write_bytes(path.read_bytes()[:40])
+    return csv, images
+
+
+def _broken_image_manifest(c: Ctx) -> Path:
+    """The phantom manifest with its first image replaced by a file that is no image."""
+    manifest = read_manifest(c.phantoms)
+    df = manifest.df.copy()
+    df.at[0, "views"] = [{**df.at[0, "views"][0], "path": str(_with(c.tmp / "broken.png", b"\x89PNG\r\n\x1a\nno"))}]
+    return manifest.replace(df=df).save(c.tmp / "broken.parquet")
 
 
 def _replace(path: Path, old: str, new: str, count: int) -> None:

@@ -18,6 +18,16 @@ _csv = csv_list
 
 
 def _report_ingest(manifest: Any, problems: ProblemLog, out: Path) -> None:
+    from cxrfuse.data.image_hashes import HASH_AT_INGEST_MAX, add_image_hashes, missing_hashes
+
+    todo = missing_hashes(manifest)
+    if 0 < todo <= HASH_AT_INGEST_MAX:
+        manifest, unreadable = add_image_hashes(manifest, progress=True)
+        for item in unreadable:
+            problems.add("unreadable-image", item["path"], f"cannot hash: {item['error']}")
+    elif todo:
+        console.print(f"{todo} images: hashes left for `cxrfuse split` / `stats` to compute "
+                      f"(more than {HASH_AT_INGEST_MAX:,})")
     path = manifest.save(out)
     console.print(f"wrote {len(manifest)} studies to [bold]{path}[/]")
     if len(problems):
@@ -169,6 +179,7 @@ def split_cmd(
     task: Annotated[str | None, typer.Option(help="Task or label to stratify on (default: all labels).")] = None,
     folds: Annotated[int, typer.Option(help="Also assign k-fold indices over train+val (0 = none).")] = 0,
     keep_existing: Annotated[bool, typer.Option(help="Keep a split the source already has (MIMIC, R2Gen).")] = False,
+    overlap: Annotated[bool, typer.Option(help="Hash the images (stored in the manifest) and report copies and near duplicates shared across splits and patients.")] = True,
 ) -> None:
     """Patient-level, stratified, seeded train/val/test split (and optional k folds), stored in the manifest.
 
@@ -185,8 +196,14 @@ def split_cmd(
     check_patient_leakage(manifest)
     if folds:
         manifest = assign_folds(manifest, folds, seed=seed, task=task)
+    report = None
+    if overlap:
+        from cxrfuse.data.image_hashes import add_image_hashes, manifest_overlap
+
+        manifest, _ = add_image_hashes(manifest, progress=True)
+        report = manifest_overlap(manifest)
     path = manifest.save(out or manifest_path)
-    console.print(render_summary(manifest))
+    console.print(render_summary(manifest, overlap=report))
     console.print(f"wrote [bold]{path}[/] (no patient is in two splits)")
 
 
@@ -222,6 +239,7 @@ def stats_cmd(
     sections: Annotated[str, typer.Option(help="Report sections the text models would read.")] = "findings,impression",
     mask: Annotated[bool, typer.Option(help="Audit the text after label-mention masking.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    overlap: Annotated[bool, typer.Option(help="Report images shared across splits and patients (hashes the images the manifest has no hashes for; not saved).")] = True,
 ) -> None:
     """Summarise a manifest: studies, views, sections, label prevalence, splits, problems, and the text leakage audit.
 
@@ -237,13 +255,19 @@ def stats_cmd(
     tasks = [task] if task else list(manifest.tasks)
     audits = {t: audit_leakage(manifest, config, task=t) for t in tasks} if manifest.has_report().any() else {}
     environment = environment_info()
+    report = None
+    if overlap:
+        from cxrfuse.data.image_hashes import add_image_hashes, manifest_overlap
+
+        report = manifest_overlap(add_image_hashes(manifest, progress=not as_json)[0])
     if as_json:
         summary = manifest_summary(manifest)
+        summary["image_overlap"] = report
         summary["leakage_audit"] = {t: a.to_dict() for t, a in audits.items()}
         summary["environment"] = environment
         console.print_json(json.dumps(summary, default=str))
         return
-    console.print(render_summary(manifest))
+    console.print(render_summary(manifest, overlap=report))
     for audit in audits.values():
         console.print(audit.render())
     packages = ", ".join(f"{k} {v}" for k, v in environment["packages"].items() if v)

@@ -167,6 +167,11 @@ def _evaluate_external(path: Path, on: Path, out: Path | None, n_boot: int | Non
     unmatched = result["alignment"]["unmatched_run"] + result["alignment"]["unmatched_target"]
     if unmatched:
         console.print(f"not scored (no counterpart): {', '.join(unmatched)}")
+    from cxrfuse.evaluation.external import overlap_message
+
+    overlap = overlap_message(result["image_overlap"])
+    console.print(f"[bold red]{overlap}[/]" if result["image_overlap"].get("found") else overlap,
+                  highlight=False)
     console.print(f"wrote [bold]{result['out']}[/] (external.json, external.md, plots)")
 
 

@@ -118,22 +118,29 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
     return np.array(out, dtype=np.uint8)  # a writable copy
 
 
+def open_checked(path: str | Path) -> Image.Image:
+    """An image file opened lazily (no pixel decoded yet), refused with a :class:`DataError`
+    naming the file when it is over :data:`MAX_PIXELS`."""
+    try:
+        with warnings.catch_warnings():  # the size is checked below, against MAX_PIXELS
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path}: image too large to decode ({err}); the limit is "
+                        f"{MAX_PIXELS:,} pixels") from err
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise DataError(f"{path}: image of {width} x {height} = {width * height:,} pixels is "
+                        f"over the limit of {MAX_PIXELS:,} pixels (data.images.MAX_PIXELS)")
+    return img
+
+
 def decode_resized(path: str | Path, size: int, fit: str = LEGACY_FIT) -> np.ndarray:
     """Decode an image file to a (size, size) uint8 gray array (fitted by ``fit``, resized).
 
     An image over :data:`MAX_PIXELS` raises :class:`DataError` naming the file and its size."""
-    try:
-        with warnings.catch_warnings():  # the size is checked below, against MAX_PIXELS
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
-    except Image.DecompressionBombError as err:
-        raise DataError(f"{path}: image too large to decode ({err}); the limit is "
-                        f"{MAX_PIXELS:,} pixels") from err
-    with opened as img:
-        width, height = img.size
-        if width * height > MAX_PIXELS:
-            raise DataError(f"{path}: image of {width} x {height} = {width * height:,} pixels is "
-                            f"over the limit of {MAX_PIXELS:,} pixels (data.images.MAX_PIXELS)")
+    with open_checked(path) as img:
         if img.format == "JPEG":
             img.draft("L", (size, size))  # decode at the smallest DCT scale still >= size
         img.load()
@@ -256,3 +263,22 @@ def decode_resized_bytes(data: bytes, size: int, fit: str = LEGACY_FIT) -> np.nd
     if sniff_format(data) == "dicom":
         return fit_square(Image.fromarray(dicom_gray8(data), "L"), size, fit)
     return decode_resized(io.BytesIO(data), size, fit)  # type: ignore[arg-type]
+
+
+def decode_native(path: str | Path) -> np.ndarray:
+    """The full-size gray pixels of an image file at their own depth: uint8, or uint16 for a
+    16-bit file (colour converted to 8-bit gray). :data:`MAX_PIXELS` is checked before any pixel
+    is read, as in :func:`decode_resized`."""
+    with open_checked(path) as img:
+        img.load()
+        if img.mode in _SIXTEEN_BIT_MODES:
+            return np.asarray(img).astype(np.int64).clip(0, 65535).astype(np.uint16)
+        return np.array(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
+
+
+def native_gray8(pixels: np.ndarray) -> Image.Image:
+    """:func:`decode_native`'s array as an 8-bit gray image (16 bits scaled by 1/257 as in
+    :func:`gray8`)."""
+    if pixels.dtype == np.uint8:
+        return Image.fromarray(pixels)
+    return Image.fromarray(((pixels.astype(np.int64) + 128) // 257).astype(np.uint8))

@@ -10,7 +10,9 @@ study_id            string, unique                              the source's stu
 patient_id          string                                      used for patient-level splits
 views               list<struct<image_id, path, view>>          one entry per image; ``path`` is null when
                                                                 the pixels are not on disk; ``view`` is one
-                                                                of :data:`VIEW_POSITIONS`
+                                                                of :data:`VIEW_POSITIONS`; ``content_hash``,
+                                                                ``phash``: image hashes, null until computed
+                                                                (:mod:`~cxrfuse.data.image_hashes`)
 comparison, indication, findings, impression
                     string, nullable                            report sections
 report              string, nullable                            the raw report text
@@ -63,7 +65,8 @@ METADATA_KEY = b"cxrfuse.manifest"
 LABEL_PREFIX = "label_"
 
 VIEW_TYPE = pa.struct(
-    [("image_id", pa.string()), ("path", pa.string()), ("view", pa.string())]
+    [("image_id", pa.string()), ("path", pa.string()), ("view", pa.string()),
+     ("content_hash", pa.string()), ("phash", pa.string())]  # HASH_FIELDS: data.image_hashes
 )
 BASE_SCHEMA = pa.schema(
     [
@@ -81,6 +84,8 @@ BASE_SCHEMA = pa.schema(
     ]
 )
 BASE_COLUMNS = tuple(BASE_SCHEMA.names)
+HASH_FIELDS = ("content_hash", "phash")
+"""Optional view fields (image hashes): absent from a view's dict until computed."""
 
 
 def label_column(name: str) -> str:
@@ -154,7 +159,8 @@ class Manifest:
             row["dataset"] = rec.get("dataset", dataset)
             row["views"] = [
                 {"image_id": str(v["image_id"]), "path": _none_if_missing(v.get("path")),
-                 "view": normalise_view(v.get("view"))}
+                 "view": normalise_view(v.get("view")),
+                 **{k: v[k] for k in HASH_FIELDS if v.get(k)}}
                 for v in rec.get("views") or []
             ]
             row["source_labels"] = list(rec.get("source_labels") or [])
@@ -291,7 +297,7 @@ def read_manifest(path: str | Path) -> Manifest:
         )
     df = table.to_pandas()
     source = str(path)
-    df["views"] = df["views"].map(lambda vs: [dict(v) for v in vs] if vs is not None else [])
+    df["views"] = df["views"].map(lambda vs: [_view_dict(v) for v in vs] if vs is not None else [])
     df["source_labels"] = df["source_labels"].map(lambda xs: list(xs) if xs is not None else [])
     labels = list(meta.get("labels", []))
     manifest = Manifest(
@@ -305,6 +311,11 @@ def read_manifest(path: str | Path) -> Manifest:
     )
     manifest.validate(source=str(path))
     return manifest
+
+
+def _view_dict(view: Any) -> dict[str, Any]:
+    """A stored view as a dict, without the hash fields it has no value for."""
+    return {k: x for k, x in dict(view).items() if x is not None or k not in HASH_FIELDS}
 
 
 def _none_if_missing(value: Any) -> Any:

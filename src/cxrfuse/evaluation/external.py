@@ -220,7 +220,8 @@ def evaluate_external(
         "threshold_method": internal.get("threshold_method"), "n_boot": n_boot, "bootstrap_seed": seed,
         "external": metrics, "ci": ci, "internal": _internal_block(internal, labels),
         "side_by_side": side_by_side(internal, metrics, ci, labels),
-        "subgroups": subgroups, "evaluated": now_iso(), "environment": environment_info(),
+        "subgroups": subgroups, "image_overlap": image_overlap(loaded, other, store_dir or loaded.config.data.store),
+        "evaluated": now_iso(), "environment": environment_info(),
     }  # fmt: skip
     if recalibration is not None:
         result["recalibration"] = _recalibration(y, p, thresholds, patients, labels, recalibration,
@@ -231,6 +232,45 @@ def evaluate_external(
     target.write(result, external_markdown(result), frame)
     result["out"] = str(target.path)
     return result
+
+
+def image_overlap(loaded: LoadedRun, other: Manifest, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """How many images of ``other`` occur in the run's training data (train + val of its
+    manifest): ``{exact, near, total, found, by_split, examples, ...}``
+    (:func:`~cxrfuse.data.image_hashes.cross_overlap`); hashes a manifest lacks are computed
+    now (kept in ``cache_dir``, the store, when given). ``skipped`` (with null counts) when the training manifest is gone or has no images."""
+    from cxrfuse.data.image_hashes import add_image_hashes, cross_overlap
+
+    path = Path(loaded.config.data.manifest)
+    empty = {"exact": None, "near": None, "total": None, "found": False}
+    if loaded.sidecar.image is None:
+        return {**empty, "skipped": "the run reads no images"}
+    try:
+        training = read_manifest(path)
+    except DataError as err:
+        return {**empty, "skipped": f"the run's training manifest cannot be read ({err})"}
+    if not training.has_images().any() or not other.has_images().any():
+        return {**empty, "skipped": "no images on disk in the run's training manifest or the external one"}
+    training, _ = add_image_hashes(training, cache_dir=cache_dir)
+    other, _ = add_image_hashes(other, cache_dir=cache_dir)
+    result = cross_overlap(other, training)
+    result["training_manifest"] = str(path)
+    result["found"] = bool(result["exact"] or result["near"])
+    return result
+
+
+def overlap_message(overlap: Mapping[str, Any]) -> str:
+    """One sentence on the external images found in the run's training data."""
+    if overlap.get("skipped"):
+        return f"Image overlap with the training data not checked: {overlap['skipped']}."
+    splits = " + ".join(overlap["training_splits"])
+    by = ", ".join(f"{s} {b['exact']} exact / {b['near']} near" for s, b in overlap["by_split"].items())
+    head = (f"{overlap['exact']} exact and {overlap['near']} near-duplicate images of the "
+            f"{overlap['total']} external images occur in the run's training data ({splits}; by split: {by})")
+    if not overlap["found"]:
+        return f"Image overlap: none: {head}."
+    return (f"IMAGE OVERLAP: {head}: these studies are not external; the external metrics "
+            "overstate how the model does on unseen images.")
 
 
 def _internal_block(internal: Mapping[str, Any], labels: Sequence[str]) -> dict[str, Any]:
@@ -318,8 +358,11 @@ def recalibration_frame(block: Mapping[str, Any]) -> pd.DataFrame:
 def external_markdown(result: Mapping[str, Any]) -> str:
     """``external.md``: alignment, internal vs external, subgroups, recalibration."""
     s = result["studies"]
+    overlap = result.get("image_overlap")
     lines = [
         f"# External validation of {result['run']} on {result['dataset']}", "",
+        *([f"**{overlap_message(overlap)}**" if overlap.get("found") else overlap_message(overlap), ""]
+          if overlap else []),
         (f"Manifest `{result['manifest']}` ({result['images']} images): {s['in_manifest']} studies, "
         f"{s['scored']} scored ({s['without_input']} without an input the run reads, "
         f"{s['without_aligned_label']} without a known aligned label). Thresholds: the run's, chosen "

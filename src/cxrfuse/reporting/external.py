@@ -9,6 +9,7 @@ from typing import Any
 
 from cxrfuse.evaluation.external import (
     alignment_frame,
+    overlap_message,
     recalibration_frame,
     side_by_side_frame,
     subgroup_intro,
@@ -61,6 +62,9 @@ def external_section(run_dir: Path) -> Section:
         section.add("text", f"**{result['dataset']}** (`{result['manifest']}`, {result['images']} "
                     f"images): {s['scored']} of {s['in_manifest']} studies scored, at the run's "
                     f"val-chosen thresholds; {result['n_boot']} bootstrap resamples.")  # fmt: skip
+        overlap = result.get("image_overlap")
+        if overlap:
+            section.add("warning" if overlap.get("found") else "note", overlap_message(overlap))
         if result.get("embedding", {}).get("warning"):
             section.add("warning", result["embedding"]["warning"])
         for v in result["external"].get("verdicts", []):

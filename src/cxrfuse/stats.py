@@ -64,7 +64,8 @@ def render_overlap(report: dict[str, Any]) -> list[Any]:
         table.add_row(name, str(block["exact"]), str(block["near"]), str(block["images"]), examples or "-")
     parts: list[Any] = [table]
     if not report["near_searched"]:
-        parts.append(Text("too many images for the pairwise near-duplicate search: exact copies only"))
+        parts.append(Text(report.get("near_skipped") or "near duplicates not searched: exact "
+                          "copies only"))
     if report["unhashed"]:
         parts.append(Text(f"{report['unhashed']} image(s) could not be read and were not compared"))
     for kind in ("across_splits", "across_patients"):

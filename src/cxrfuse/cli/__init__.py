@@ -19,8 +19,33 @@ from cxrfuse.problems import CxrfuseError
 
 console = Console()
 err_console = Console(stderr=True)
+
+PIPELINE: dict[str, tuple[str, ...]] = {
+    "1. Data": ("ingest", "split", "phantoms", "stats"),
+    "2. Embeddings": ("embed", "encoders"),
+    "3. Training": ("train", "experiment"),
+    "4. Evaluation and explanations": ("evaluate", "report", "explain", "attribute"),
+    "5. Using a run": ("predict", "serve"),
+    "6. CLIP and report generation": ("clip", "generate"),
+    "7. End to end": ("demo",),
+}
+"""``cxrfuse --help``: the verbs' panels and order, in pipeline order (a verb not named here is
+listed first, in Typer's default panel)."""
+_ORDER = [verb for verbs in PIPELINE.values() for verb in verbs]
+
+
+class _PipelineGroup(typer.core.TyperGroup):
+    """Lists the verbs in :data:`PIPELINE` order (Typer lists commands before groups)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {verb: i for i, verb in enumerate(_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, -1), names.index(n)))
+
+
 app = typer.Typer(
     name="cxrfuse",
+    cls=_PipelineGroup,
     help="Multimodal chest X-ray classification: fuse image and radiology-report embeddings.",
     no_args_is_help=True,
     rich_markup_mode="markdown",
@@ -98,3 +123,14 @@ def main() -> None:  # pragma: no cover - entry point
 
 # verb modules register themselves on ``app`` when imported (keep this list in pipeline order)
 from cxrfuse.cli import data, embed, train, evaluate, explain, clip, generate, serve, demo  # noqa: F401, I001
+
+
+def _set_panels() -> None:
+    """Put every verb and verb group in its :data:`PIPELINE` panel (unless it names one)."""
+    panel_of = {verb: panel for panel, verbs in PIPELINE.items() for verb in verbs}
+    for info in [*app.registered_commands, *app.registered_groups]:
+        if info.name in panel_of and not isinstance(info.rich_help_panel, str):
+            info.rich_help_panel = panel_of[info.name]
+
+
+_set_panels()

@@ -10,7 +10,6 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
 
 from cxrfuse.data.phantoms._cases import (
     LAT_CX,
@@ -339,6 +338,8 @@ def _noise(size: int, rng: np.random.Generator) -> Array:
 
 def _expose(scene: _Scene, p: _Patient, rng: np.random.Generator, size: int) -> Array:
     """Densities -> film: exponential attenuation, window, gamma, blur, upsampling, noise."""
+    from scipy.ndimage import gaussian_filter
+
     density = scene.tissue + scene.bone + scene.markings + scene.extra - 0.30 * scene.air
     img = 1.0 - np.exp(-p.k * np.maximum(density, 0.0))
     img = np.clip((img - 0.05) * (p.contrast / 0.8) + p.bright, 0.0, 1.0) ** p.gamma

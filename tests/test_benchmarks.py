@@ -52,19 +52,6 @@ def test_gpu_suite_dry_run_runs_every_step(tmp_path: Path) -> None:
     assert "nvidia-smi" in (out / "header.txt").read_text()
 
 
-def test_embed_throughput_writes_images_per_s(tmp_path: Path) -> None:
-    path = tmp_path / "embed.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "embed_throughput.py"),
-                           "--n", "4", "--image-size", "64", "--naive-n", "2", "--weights", "none",
-                           "--json", str(path)], capture_output=True, text=True, env=_env(),
-                          timeout=300, check=False)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    figures = json.loads(path.read_text())["images_per_s"]
-    assert {"a_bare_forward", "b_store_from_png", "c_naive_loop", "d_store_from_cache",
-            "e_decode_ceiling", "b1_store_one_lane", "f_bare_forward_lanes"} <= set(figures)
-    assert all(v > 0 for v in figures.values())
-
-
 def test_startup_times_a_verb_beside_the_torch_import(tmp_path: Path) -> None:
     path = tmp_path / "startup.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--verbs",
@@ -78,3 +65,16 @@ def test_startup_times_a_verb_beside_the_torch_import(tmp_path: Path) -> None:
     assert all(r["help_cpu_s"] > 0 and r["startup_cpu_s"] > 0 for r in rows.values())
     assert "lightning" not in rows["predict"]["heavy_modules"]  # predict must not load training
     assert "| `predict` |" in proc.stdout
+
+
+def test_embed_throughput_writes_images_per_s(tmp_path: Path) -> None:
+    path = tmp_path / "embed.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "embed_throughput.py"),
+                           "--n", "4", "--image-size", "64", "--naive-n", "2", "--weights", "none",
+                           "--json", str(path)], capture_output=True, text=True, env=_env(),
+                          timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(path.read_text())["images_per_s"]
+    assert {"a_bare_forward", "b_store_from_png", "c_naive_loop", "d_store_from_cache",
+            "e_decode_ceiling", "b1_store_one_lane", "f_bare_forward_lanes"} <= set(figures)
+    assert all(v > 0 for v in figures.values())

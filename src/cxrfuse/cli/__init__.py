@@ -23,14 +23,14 @@ err_console = Console(stderr=True)
 PIPELINE: dict[str, tuple[str, ...]] = {
     "1. Data": ("ingest", "split", "phantoms", "stats"),
     "2. Embeddings": ("embed", "encoders"),
-    "3. Training": ("train", "experiment"),
+    "3. Training": ("train", "experiment", "sweep"),
     "4. Evaluation and explanations": ("evaluate", "report", "explain", "attribute"),
-    "5. Using a run": ("predict", "serve"),
+    "5. Using a run": ("predict", "serve", "export"),
     "6. CLIP and report generation": ("clip", "generate"),
     "7. End to end": ("demo",),
 }
 """``cxrfuse --help``: the verbs' panels and order, in pipeline order (a verb not named here is
-listed first, in Typer's default panel)."""
+listed first, in Typer's default panel; ``sweep`` and ``export`` come from another branch)."""
 _ORDER = [verb for verbs in PIPELINE.values() for verb in verbs]
 
 

@@ -35,7 +35,15 @@ _ORDER = [verb for verbs in PIPELINE.values() for verb in verbs]
 
 
 class _PipelineGroup(typer.core.TyperGroup):
-    """Lists the verbs in :data:`PIPELINE` order (Typer lists commands before groups)."""
+    """Lists the verbs in :data:`PIPELINE` order (Typer lists commands before groups), each in
+    its panel unless its decorator names one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        panel_of = {verb: panel for panel, verbs in PIPELINE.items() for verb in verbs}
+        for name, command in self.commands.items():
+            if name in panel_of and not isinstance(getattr(command, "rich_help_panel", None), str):
+                command.rich_help_panel = panel_of[name]  # type: ignore[attr-defined]
 
     def list_commands(self, ctx: Any) -> list[str]:
         names = super().list_commands(ctx)
@@ -123,14 +131,3 @@ def main() -> None:  # pragma: no cover - entry point
 
 # verb modules register themselves on ``app`` when imported (keep this list in pipeline order)
 from cxrfuse.cli import data, embed, train, evaluate, explain, clip, generate, serve, demo  # noqa: F401, I001
-
-
-def _set_panels() -> None:
-    """Put every verb and verb group in its :data:`PIPELINE` panel (unless it names one)."""
-    panel_of = {verb: panel for panel, verbs in PIPELINE.items() for verb in verbs}
-    for info in [*app.registered_commands, *app.registered_groups]:
-        if info.name in panel_of and not isinstance(info.rich_help_panel, str):
-            info.rich_help_panel = panel_of[info.name]
-
-
-_set_panels()

@@ -27,8 +27,7 @@ from pathlib import Path
 
 def make_data(folder: Path, n_images: int, size: int) -> Path:
     """A phantom manifest with ``n_images`` images (two views per study)."""
-    from cxrfuse.data.manifest import Manifest
-    from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
+    from _common import phantom_manifest
 
     path = folder / "manifest.parquet"
     if path.is_file():
@@ -43,8 +42,7 @@ def make_data(folder: Path, n_images: int, size: int) -> Path:
         }
         for i in range(-(-n_images // 2))
     ]
-    manifest = Manifest.from_records(records, dataset="iu-xray", labels=["abnormal"])
-    make_phantoms(manifest, folder, PhantomConfig(size=size), workers=os.cpu_count() or 1)
+    phantom_manifest(folder, records, ["abnormal"], size=size, progress=True)
     return path
 
 

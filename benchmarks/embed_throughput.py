@@ -33,29 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import image_paths, phantom_manifest, sync
 
 
 def make_data(folder: Path, n_images: int, size: int) -> tuple[Any, list[str]]:
     """A manifest of ``n_images`` phantom PNGs (two views per study) and their paths."""
-    from cxrfuse.data.manifest import Manifest
-    from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
-
     records = [
         {"study_id": f"S{i:05d}", "patient_id": f"P{i:05d}", "split": "train",
          "labels": {"abnormal": i % 2}}
         for i in range(-(-n_images // 2))
     ]  # fmt: skip
-    manifest = Manifest.from_records(records, dataset="iu-xray", labels=["abnormal"])
-    manifest = make_phantoms(
-        manifest, folder, PhantomConfig(size=size), progress=False, workers=os.cpu_count() or 1
-    )
-    paths = [v["path"] for views in manifest.df["views"] for v in views]
-    return manifest, paths
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    manifest = phantom_manifest(folder, records, ["abnormal"], size=size)
+    return manifest, image_paths(manifest)
 
 
 def bare_forward(model: Any, encoder: Any, paths: list[str], args: Any, device: torch.device) -> float:

@@ -21,8 +21,7 @@ import torch
 
 def make_manifest(folder: Path, studies: int, image_size: int) -> Path:
     """``studies`` one-patient studies (PA + lateral phantoms), 60/20/20 train/val/test."""
-    from cxrfuse.data.manifest import Manifest
-    from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
+    from _common import phantom_manifest
 
     splits = ["train", "train", "train", "val", "test"]
     records = [
@@ -31,9 +30,7 @@ def make_manifest(folder: Path, studies: int, image_size: int) -> Path:
          "views": [{"image_id": f"i{i}", "path": None, "view": "PA"}]}
         for i in range(studies)
     ]  # fmt: skip
-    manifest = Manifest.from_records(records, dataset="test", labels=["Cardiomegaly"])
-    make_phantoms(manifest, folder, PhantomConfig(size=image_size), progress=False,
-                  workers=os.cpu_count() or 1)  # fmt: skip
+    phantom_manifest(folder, records, ["Cardiomegaly"], size=image_size, dataset="test")
     return folder / "manifest.parquet"
 
 

@@ -45,10 +45,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import image_paths, sync
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))  # the sibling benchmark scripts, reused below
 
 TOTAL_BUDGET_S = 450  # all steps together (the 8 minutes, less install and header)
 
@@ -118,11 +118,6 @@ def record(figures: dict[str, Any]) -> None:
         Path(path).write_text(json.dumps(partial, indent=2, default=str))
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def peak_memory_gib(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -163,7 +158,7 @@ def phantoms(work: Path, n: int, size: int) -> tuple[Any, list[str]]:
     folder = work / f"phantoms-{n}-{size}px"
     if (folder / "manifest.parquet").is_file():
         manifest = read_manifest(folder / "manifest.parquet")
-        return manifest, [v["path"] for views in manifest.df["views"] for v in views]
+        return manifest, image_paths(manifest)
     return make_data(folder, n, size)
 
 

@@ -52,6 +52,21 @@ def test_gpu_suite_dry_run_runs_every_step(tmp_path: Path) -> None:
     assert "nvidia-smi" in (out / "header.txt").read_text()
 
 
+def test_startup_times_a_verb_beside_the_torch_import(tmp_path: Path) -> None:
+    path = tmp_path / "startup.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--verbs",
+                           "ingest iu-xray,predict", "--repeats", "1", "--json", str(path)],
+                          capture_output=True, text=True, env=_env(), timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(path.read_text())
+    assert result["import_torch_cpu_s"] > 0 and "cores" in result["machine"]
+    rows = {r["verb"]: r for r in result["rows"]}
+    assert set(rows) == {"ingest iu-xray", "predict"}
+    assert all(r["help_cpu_s"] > 0 and r["startup_cpu_s"] > 0 for r in rows.values())
+    assert "lightning" not in rows["predict"]["heavy_modules"]  # predict must not load training
+    assert "| `predict` |" in proc.stdout
+
+
 def test_embed_throughput_writes_images_per_s(tmp_path: Path) -> None:
     path = tmp_path / "embed.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "embed_throughput.py"),

@@ -49,3 +49,19 @@ def test_bad_input_gives_one_line_error_and_exit_code_2(tmp_path):
     result = runner.invoke(app, ["ingest", "iu-xray", "--layout", "kaggle", "--images", str(tmp_path),
                                  "--out", str(tmp_path / "x.parquet")])
     assert result.exit_code == 2 and "indiana_reports.csv: file not found" in result.output
+
+
+def test_help_lists_the_verbs_in_pipeline_order_in_panels():
+    from cxrfuse.cli import PIPELINE
+
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    text = result.output
+    registered = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    verbs = [v for group in PIPELINE.values() for v in group if v in registered]
+    positions = [text.index(f"│ {verb} ") for verb in verbs]
+    assert positions == sorted(positions), "verbs out of pipeline order"
+    assert verbs[0] == "ingest" and text.index("│ ingest ") < text.index("│ demo ")
+    panels = [text.index(f"─ {panel} ") for panel in PIPELINE]
+    assert panels == sorted(panels)
+    assert registered == set(verbs), "a verb without a panel: add it to cli.PIPELINE"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -88,6 +89,27 @@ def test_render_is_deterministic_per_seed_and_study() -> None:
     assert not np.array_equal(a, other)
     assert not np.array_equal(a, reseeded)
 
+
+PINNED_PIXELS = "7992f396b3b1e0c16492b6d956ed4ced5af0c631515beea98858b5ecf9c3d844"
+"""sha256 over the PNG bytes and masks below, as drawn by cxrfuse at e5e557c (before the module
+was split): the demo's store, runs and predictions depend on these exact pixels. Change it only
+for a deliberate change of the phantoms (and say so: cached phantoms go stale)."""
+
+
+def test_pixels_are_pinned() -> None:
+    names = ["abnormal", "Cardiomegaly", "Pleural Effusion", "Nodule", "Calcified Granuloma",
+             "Opacity", "Pneumothorax", "Atelectasis", "Calcinosis", "Mass"]  # fmt: skip
+    digest = hashlib.sha256()
+    for size, seed in [(256, 0), (128, 3), (100, 1)]:  # half-res, stored, odd-size paths
+        config = PhantomConfig(size=size, seed=seed)
+        for i in range(4):
+            labels = {n: float((i + j) % 3 == 0) for j, n in enumerate(names)}
+            for view in ("frontal", "lateral"):
+                image, masks = _render(labels, f"CXR{i}", view, config)
+                digest.update(encode_png(image, 1))
+                for name in sorted(masks):
+                    digest.update(name.encode() + np.packbits(masks[name]).tobytes())
+    assert digest.hexdigest() == PINNED_PIXELS
 
 @pytest.mark.parametrize("level", [0, 1, 9])
 def test_encode_png_round_trips(level: int) -> None:

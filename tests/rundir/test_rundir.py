@@ -4,6 +4,7 @@ sidecar names kept inside the run directory, legacy run.json read by kind infere
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from cxrfuse.inference import build_head_from
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import (
     ExperimentDir,
+    ExternalDir,
+    GenerationDir,
     HeadSidecar,
     HeadSpec,
     RunDir,
@@ -142,3 +145,13 @@ def test_experiment_finds_its_runs(tmp_path: Path) -> None:
         exp.run(name).write_info(RunInfo(name=name, kind="head", status="finished"))
     assert [r.name for r in exp.run_dirs()] == ["a", "b"]
     assert exp.run("a").info_path == tmp_path / layout.RUNS / "a" / layout.RUN_INFO
+
+
+@pytest.mark.parametrize("cls", [RunDir, ExperimentDir, GenerationDir, ExternalDir])
+def test_every_directory_class_shares_the_base(cls: type, tmp_path: Path) -> None:
+    folder = cls(str(tmp_path / "some name"))
+    assert folder.path == tmp_path / "some name" and folder.name == "some name"
+    assert repr(folder) == f"{cls.__name__}({str(tmp_path / 'some name')!r})"
+    assert os.fspath(folder) == str(tmp_path / "some name")
+    assert folder.subgroup_plot("age group").parent == folder.plots_dir
+    assert folder.subgroup_plot("age group").name.count(" ") == 0

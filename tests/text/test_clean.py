@@ -60,6 +60,12 @@ def test_negations_survive_stop_word_removal() -> None:
     assert {"the", "is", "and", "there"} <= STOP_WORDS
 
 
+def test_stop_words_are_scikit_learns_minus_the_negations() -> None:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    assert STOP_WORDS == frozenset(ENGLISH_STOP_WORDS) - NEGATIONS
+
+
 def test_stop_words_keep_compounds_and_contractions() -> None:
     assert clean_text("Well-expanded lungs. It isn't enlarged.", remove_stopwords=True) == (
         "Well-expanded lungs. isn't enlarged."

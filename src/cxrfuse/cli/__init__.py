@@ -19,8 +19,41 @@ from cxrfuse.problems import CxrfuseError
 
 console = Console()
 err_console = Console(stderr=True)
+
+PIPELINE: dict[str, tuple[str, ...]] = {
+    "1. Data": ("ingest", "split", "phantoms", "stats"),
+    "2. Embeddings": ("embed", "encoders"),
+    "3. Training": ("train", "experiment", "sweep"),
+    "4. Evaluation and explanations": ("evaluate", "report", "explain", "attribute"),
+    "5. Using a run": ("predict", "serve", "export"),
+    "6. CLIP and report generation": ("clip", "generate"),
+    "7. End to end": ("demo",),
+}
+"""``cxrfuse --help``: the verbs' panels and order, in pipeline order (a verb not named here is
+listed first, in Typer's default panel; ``sweep`` and ``export`` come from another branch)."""
+_ORDER = [verb for verbs in PIPELINE.values() for verb in verbs]
+
+
+class _PipelineGroup(typer.core.TyperGroup):
+    """Lists the verbs in :data:`PIPELINE` order (Typer lists commands before groups), each in
+    its panel unless its decorator names one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        panel_of = {verb: panel for panel, verbs in PIPELINE.items() for verb in verbs}
+        for name, command in self.commands.items():
+            if name in panel_of and not isinstance(getattr(command, "rich_help_panel", None), str):
+                command.rich_help_panel = panel_of[name]  # type: ignore[attr-defined]
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {verb: i for i, verb in enumerate(_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, -1), names.index(n)))
+
+
 app = typer.Typer(
     name="cxrfuse",
+    cls=_PipelineGroup,
     help="Multimodal chest X-ray classification: fuse image and radiology-report embeddings.",
     no_args_is_help=True,
     rich_markup_mode="markdown",

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_model, save_model
-from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from cxrfuse.clip.model import ClipModel, Temperature
 from cxrfuse.encoders import create_image_encoder
@@ -46,14 +45,11 @@ def save_clip_model(model: ClipModel, tokenizer: Any, run: RunDir, sidecar: dict
     return run.weights_path
 
 
-def is_clip_run(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a `cxrfuse clip train` run (False when run.json is unreadable)."""
-    return RunDir(run_dir).kind() == "clip"
-
-
 def load_clip_model(run_dir: str | Path | RunDir, device: str = "cpu"
                     ) -> tuple[ClipModel, Any, dict]:  # fmt: skip
     """(model in eval mode, tokenizer, sidecar) of a CLIP run directory."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     sidecar = run.clip_sidecar().model_dump()
     image = create_image_encoder(

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
-from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.problems import DataError
@@ -35,6 +33,9 @@ def _strata(y: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def _shuffle_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+    from sklearn.model_selection import StratifiedShuffleSplit
+
     targets, multilabel = _strata(y)
     if multilabel:
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
@@ -95,6 +96,9 @@ def assign_folds(
     patients, y = _patient_table(sub, task)
     if len(patients) < k:
         raise DataError(f"{len(patients)} patient(s) are too few for {k} folds")
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+    from sklearn.model_selection import StratifiedKFold
+
     targets, multilabel = _strata(y)
     if multilabel:
         splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)

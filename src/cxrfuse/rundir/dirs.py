@@ -81,14 +81,15 @@ def _validated(model: type[M], raw: Any, path: Path) -> M:
         raise DataError(f"{path}: field {field!r}: {first['msg']}") from None
 
 
-class RunDir:
-    """One run directory (``runs/<name>/``); see :mod:`cxrfuse.rundir.layout` for its files."""
+class _Dir:
+    """What every directory class shares: its path, name, ``repr``, ``os.fspath`` and the
+    files that several of them hold (plots, report)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -96,6 +97,27 @@ class RunDir:
     @property
     def name(self) -> str:
         return self.path.name
+
+    plots_dir = property(lambda self: self.path / layout.PLOTS)
+    report_html = property(lambda self: self.path / layout.REPORT_HTML)
+    report_md = property(lambda self: self.path / layout.REPORT_MD)
+
+    def subgroup_plot(self, attribute: str) -> Path:
+        """The plot of one subgroup attribute under ``plots/``."""
+        return self.plots_dir / layout.SUBGROUP_PLOT.format(attribute=attribute.replace(" ", "_"))
+
+    def _write_table(self, path: Path, frame: pd.DataFrame, *, csv: bool = False) -> Path:
+        """``frame`` as Parquet (or CSV, without the index), atomically."""
+        with atomic_path(path) as tmp:
+            if csv:
+                frame.to_csv(tmp, index=False)
+            else:
+                frame.to_parquet(tmp, index=False)
+        return path
+
+
+class RunDir(_Dir):
+    """One run directory (``runs/<name>/``); see :mod:`cxrfuse.rundir.layout` for its files."""
 
     # ------------------------------------------------------------------ locations
     config_path = property(lambda self: self.path / layout.CONFIG)
@@ -107,12 +129,9 @@ class RunDir:
     epochs_path = property(lambda self: self.path / layout.EPOCHS)
     metrics_path = property(lambda self: self.path / layout.METRICS)
     ablation_path = property(lambda self: self.path / layout.ABLATION)
-    plots_dir = property(lambda self: self.path / layout.PLOTS)
     checkpoints_dir = property(lambda self: self.path / layout.CHECKPOINTS)
     text_model_dir = property(lambda self: self.path / layout.TEXT_MODEL)
     attribution_dir = property(lambda self: self.path / layout.ATTRIBUTION)
-    report_html = property(lambda self: self.path / layout.REPORT_HTML)
-    report_md = property(lambda self: self.path / layout.REPORT_MD)
     training_curves = property(lambda self: self.plots_dir / layout.TRAINING_CURVES)
     clip_curves = property(lambda self: self.plots_dir / layout.CURVES)
 
@@ -131,9 +150,6 @@ class RunDir:
 
     def external_dir(self, name: str) -> ExternalDir:
         return ExternalDir(self.path / layout.EXTERNAL / name)
-
-    def subgroup_plot(self, attribute: str) -> Path:
-        return self.plots_dir / layout.SUBGROUP_PLOT.format(attribute=attribute.replace(" ", "_"))
 
     def explain_dir(self, method: str) -> Path:
         """Where ``cxrfuse explain --method METHOD`` writes its overlays."""
@@ -314,9 +330,7 @@ class RunDir:
 
     # ------------------------------------------------------------------ tables
     def write_predictions(self, frame: pd.DataFrame) -> Path:
-        with atomic_path(self.predictions_path) as tmp:
-            frame.to_parquet(tmp, index=False)
-        return self.predictions_path
+        return self._write_table(self.predictions_path, frame)
 
     def predictions(self, labels: Sequence[str], splits: Iterable[str] = ("val", "test")
                     ) -> pd.DataFrame:  # fmt: skip
@@ -336,9 +350,7 @@ class RunDir:
         return frame
 
     def write_epochs(self, frame: pd.DataFrame) -> Path:
-        with atomic_path(self.epochs_path) as tmp:
-            frame.to_csv(tmp, index=False)
-        return self.epochs_path
+        return self._write_table(self.epochs_path, frame, csv=True)
 
     def epochs(self) -> pd.DataFrame | None:
         return pd.read_csv(self.epochs_path) if self.epochs_path.is_file() else None
@@ -386,27 +398,14 @@ class RunDir:
         return _read_json(path, name) if path.is_file() else None
 
 
-class ExperimentDir:
+class ExperimentDir(_Dir):
     """A grid of runs: ``experiment.yaml``, ``runs/<name>/`` and the tables across them."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"ExperimentDir({str(self.path)!r})"
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     config_path = property(lambda self: self.path / layout.EXPERIMENT_CONFIG)
     runs_path = property(lambda self: self.path / layout.RUNS)
     summary_csv = property(lambda self: self.path / layout.SUMMARY_CSV)
     summary_md = property(lambda self: self.path / layout.SUMMARY_MD)
     evaluation_path = property(lambda self: self.path / layout.EVALUATION)
-    plots_dir = property(lambda self: self.path / layout.PLOTS)
-    report_html = property(lambda self: self.path / layout.REPORT_HTML)
-    report_md = property(lambda self: self.path / layout.REPORT_MD)
     backbones_csv = property(lambda self: self.path / f"{layout.BACKBONES}.csv")
     backbones_md = property(lambda self: self.path / f"{layout.BACKBONES}.md")
 
@@ -436,8 +435,7 @@ class ExperimentDir:
                                                            sort_keys=False))  # fmt: skip
 
     def write_summary(self, table: pd.DataFrame, markdown: str) -> None:
-        with atomic_path(self.summary_csv) as tmp:
-            table.to_csv(tmp, index=False)
+        self._write_table(self.summary_csv, table, csv=True)
         write_text(self.summary_md, markdown)
 
     def summary(self) -> pd.DataFrame | None:
@@ -453,18 +451,8 @@ class ExperimentDir:
         return _read_json(self.evaluation_path, f"run `cxrfuse evaluate {self.path}` first")
 
 
-class GenerationDir:
+class GenerationDir(_Dir):
     """Generated reports of one generator, their scores and, for a LoRA run, its adapter."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"GenerationDir({str(self.path)!r})"
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     generated_path = property(lambda self: self.path / layout.GENERATED)
     settings_path = property(lambda self: self.path / layout.GENERATION_SETTINGS)
@@ -476,8 +464,6 @@ class GenerationDir:
     lora_info_path = property(lambda self: self.path / layout.LORA_INFO)
     epochs_path = property(lambda self: self.path / layout.EPOCHS)
     curves_path = property(lambda self: self.path / layout.CURVES)
-    report_html = property(lambda self: self.path / layout.REPORT_HTML)
-    report_md = property(lambda self: self.path / layout.REPORT_MD)
 
     def exists(self) -> bool:
         return self.generated_path.is_file()
@@ -487,8 +473,7 @@ class GenerationDir:
         self.path.mkdir(parents=True, exist_ok=True)
         table = frame.copy()
         table.attrs = {}
-        with atomic_path(self.generated_path) as tmp:
-            table.to_parquet(tmp, index=False)
+        self._write_table(self.generated_path, table)
         write_json(self.settings_path, dict(settings), indent=2)
         return self.generated_path
 
@@ -510,8 +495,7 @@ class GenerationDir:
         """``scores.json`` + ``scores.md`` (and ``study_labels.csv``)."""
         self.path.mkdir(parents=True, exist_ok=True)
         if study_labels is not None:
-            with atomic_path(self.study_labels_path) as tmp:
-                study_labels.to_csv(tmp, index=False)
+            self._write_table(self.study_labels_path, study_labels, csv=True)
         write_text(self.scores_md, markdown)
         return write_json(self.scores_path, dict(payload), indent=2)
 
@@ -522,30 +506,16 @@ class GenerationDir:
         return _read_json(self.scores_path, f"run `cxrfuse generate score` on {self.path}")
 
 
-class ExternalDir:
+class ExternalDir(_Dir):
     """One external validation of a run: results, predictions, plots."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"ExternalDir({str(self.path)!r})"
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     result_path = property(lambda self: self.path / layout.EXTERNAL_RESULT)
     markdown_path = property(lambda self: (self.path / layout.EXTERNAL_RESULT).with_suffix(".md"))
     predictions_path = property(lambda self: self.path / layout.EXTERNAL_PREDICTIONS)
-    plots_dir = property(lambda self: self.path / layout.PLOTS)
 
     def plot(self, index: int) -> Path:
         """Plot ``index`` of :data:`layout.EXTERNAL_PLOTS` (ROC, reliability before, after)."""
         return self.plots_dir / layout.EXTERNAL_PLOTS[index]
-
-    def subgroup_plot(self, attribute: str) -> Path:
-        return self.plots_dir / layout.SUBGROUP_PLOT.format(attribute=attribute.replace(" ", "_"))
 
     def exists(self) -> bool:
         return self.result_path.is_file()
@@ -553,8 +523,7 @@ class ExternalDir:
     def write(self, result: Mapping[str, Any], markdown: str, predictions: pd.DataFrame) -> Path:
         """``external_predictions.parquet``, ``external.md`` and ``external.json`` (last)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.predictions_path) as tmp:
-            predictions.to_parquet(tmp, index=False)
+        self._write_table(self.predictions_path, predictions)
         write_text(self.markdown_path, markdown)
         return write_json(self.result_path, dict(result), indent=2)
 

@@ -84,6 +84,12 @@ def _seen_mask(shape: tuple[int, int], region: SquareRegion) -> np.ndarray:
     return mask
 
 
+MIN_PANEL_SIDE = 192
+"""Views smaller than this (pixels, longer side) are enlarged for drawing."""
+CHAR_WIDTH = 7
+"""Pixels a caption character may take in PIL's default font (wrapping never cuts a line)."""
+
+
 def colour(values: np.ndarray) -> np.ndarray:
     """RGB float in [0, 1] of values in [0, 1] (the jet colour map, as pytorch-grad-cam)."""
     index = np.uint8(np.round(255 * np.clip(values, 0.0, 1.0)))
@@ -131,10 +137,12 @@ def overlay_panel(
     original = np.asarray(original, dtype=np.float32)
     full_h, full_w = original.shape[:2]
     region = square_region(full_w, full_h, drawing.fit)
-    scale = min(1.0, max_side / max(original.shape))
-    if scale < 1.0:
+    # large views shrink to max_side; small ones (phantoms, thumbnails) grow to MIN_PANEL_SIDE
+    # so that the caption under them fits and stays legible
+    scale = min(max(1.0, MIN_PANEL_SIDE / max(original.shape)), max_side / max(original.shape))
+    if scale != 1.0:
         size = (round(original.shape[1] * scale), round(original.shape[0] * scale))
-        original = cv2.resize(original, size, interpolation=cv2.INTER_AREA)
+        original = cv2.resize(original, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     original = np.clip(original, 0.0, 1.0)  # resampling overshoots 1.0 by an ulp near white
     height, width = original.shape[:2]
     k = width / full_w
@@ -169,7 +177,7 @@ def overlay_panel(
         lines.append("green outline: the central square the model saw (crop fit); the rest "
                      "was cut off before the model")  # fmt: skip
     wrapped = [w for line in lines if line for w in textwrap.wrap(line, max(
-        24, panel.shape[1] // 6))]  # fmt: skip
+        24, (panel.shape[1] - 8) // CHAR_WIDTH))]  # fmt: skip
     if wrapped:
         strip = Image.new("RGB", (panel.shape[1], LINE_HEIGHT * len(wrapped) + 5), "white")
         draw = ImageDraw.Draw(strip)

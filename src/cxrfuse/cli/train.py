@@ -55,7 +55,12 @@ def _evaluate(run_dir: Path) -> None:
 def after_evaluation(run_dir: Path) -> None:
     """The model card, then the tracker run's test metrics, verdicts and artifacts."""
     from cxrfuse.training import log_evaluation
+    from cxrfuse.training.modelcard import write_model_card
 
+    try:
+        write_model_card(run_dir)
+    except CxrfuseError as err:
+        err_console.print(f"[yellow]model card of {run_dir} not written:[/] {err}")
     try:
         logged = log_evaluation(run_dir)
     except Exception as err:  # noqa: BLE001 - a tracker problem must not lose the run

@@ -50,6 +50,8 @@ LOGS = "logs"
 """Folder: the ``tensorboard`` (event files) and ``csv`` (``metrics.csv``) logger output."""
 MODEL_CARD = "README.md"
 """The model card: YAML front matter in the Hugging Face model-card format, then Markdown."""
+EXPORT_INFO = "export.json"
+"""``cxrfuse export``: the source run and the sha256 of every exported file."""
 RUN_PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png")
 """The evaluation plots of one run, in report order (under :data:`PLOTS`)."""
 

@@ -13,6 +13,7 @@ stored embeddings and for end-to-end fine-tuning (the two differ only in their
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from cxrfuse.store import StudyArrays
 from cxrfuse.training.fit import fit_module
 from cxrfuse.training.inputs import InputSource, make_source
 from cxrfuse.training.losses import build_loss
+from cxrfuse.training.modelcard import write_model_card
 from cxrfuse.training.module import METRICS
 from cxrfuse.training.sampling import (
     balanced_class_weights,
@@ -52,6 +54,7 @@ from cxrfuse.training.sampling import (
 )
 from cxrfuse.training.tracking import make_logger
 
+log = logging.getLogger(__name__)
 CURVE_METRICS = ("loss", "auroc", "f1", "accuracy", "precision", "recall")
 
 
@@ -192,6 +195,11 @@ def train_run(config: RunConfig, *, progress: bool = True, source: InputSource |
     info.finished, info.timing_s = now_iso(), round(time.perf_counter() - start, 3)
     info.status = "finished"
     run.write_info(info)
+    if run.sidecar_path.is_file():  # the model card (evaluation refreshes it)
+        try:
+            write_model_card(run.path)
+        except CxrfuseError as err:  # a card problem must not fail a trained run
+            log.warning("model card of %s not written: %s", run.path, err)
     return run.path
 
 

@@ -126,20 +126,20 @@ def card_markdown(run: RunDir, meta: Mapping[str, Any]) -> str:
               "nothing about real patients)" if block["synthetic_images"]
               else f"images of kind `{block['images']}`")  # fmt: skip
     lines = [f"# {block['run']}", "",
-             f"A cxrfuse {block['kind']} model for the task **{block['task']}** "
+             (f"A cxrfuse {block['kind']} model for the task **{block['task']}** "
              f"(labels: {', '.join(block['labels']) or '-'}) from "
-             f"{' + '.join(block['modalities'])}, trained on {meta['datasets'][0]} with {images}.",
+             f"{' + '.join(block['modalities'])}, trained on {meta['datasets'][0]} with {images}."),
              "", "## Intended use", "", INTENDED_USE, "",
              "## Training data", "",
              f"Manifest `{block['manifest']}`; studies per split (patient-level splits): "
              + ", ".join(f"{k} {v}" for k, v in block["n"].items()) + f"; seed {block['seed']}.", "",
              "## Evaluation", ""]  # fmt: skip
     if not block["evaluated"]:
-        lines += [f"Not evaluated yet: run `cxrfuse evaluate {run.path}` (this card is then "
-                  "rewritten with the test metrics).", ""]
+        lines += [(f"Not evaluated yet: run `cxrfuse evaluate {run.path}` (this card is then "
+                  "rewritten with the test metrics)."), ""]
     else:
-        lines += [f"Test split ({block.get('n_test')} studies), thresholds chosen on validation "
-                  f"({block.get('threshold_method')}), 95 % bootstrap intervals.", "",
+        lines += [(f"Test split ({block.get('n_test')} studies), thresholds chosen on validation "
+                  f"({block.get('threshold_method')}), 95 % bootstrap intervals."), "",
                   "| metric | value | 95 % CI |", "|---|---|---|"]
         for name, row in block["test"].items():
             ci = row["ci95"]
@@ -153,23 +153,28 @@ def card_markdown(run: RunDir, meta: Mapping[str, Any]) -> str:
         if probe:
             paired = probe.get("paired") or {}
             lines += ["### Leakage probe", "",
-                      f"AUROC gap between the chosen report sections and the indication alone: "
-                      f"{probe.get('gap')}" + (f" (paired 95 % CI {paired.get('low')} to "
-                                               f"{paired.get('high')}, p {paired.get('p')})"
-                                               if paired else "") + ".", ""]  # fmt: skip
+                      "AUROC gap between the chosen report sections and the indication alone: "
+                      f"{_num(probe.get('gap'))}"
+                      + (f" (paired 95 % CI {_num(paired.get('low'))} to "
+                         f"{_num(paired.get('high'))}, p {_num(paired.get('p'))})" if paired else "")
+                      + ".", ""]  # fmt: skip
     lines += ["## Limitations", "",
               "- Small test sets give wide intervals; read the interval, not the point value.",
-              "- Report text written after reading the image (findings, impression) can leak the "
-              "label; the leakage probe above measures this on the test split.",
-              "- Trained on one dataset; performance on other hospitals, scanners or populations "
-              "is unknown until externally validated (`cxrfuse evaluate RUN --on OTHER.parquet`).",
+              ("- Report text written after reading the image (findings, impression) can leak the "
+              "label; the leakage probe above measures this on the test split."),
+              ("- Trained on one dataset; performance on other hospitals, scanners or populations "
+              "is unknown until externally validated (`cxrfuse evaluate RUN --on OTHER.parquet`)."),
               ]  # fmt: skip
     if block["synthetic_images"]:
         lines.append("- The images are synthetic phantoms: this model demonstrates the pipeline "
                      "only.")
-    lines += ["", "Written by cxrfuse; the YAML front matter follows the Hugging Face model-card "
-              "format.", ""]
+    lines += ["", ("Written by cxrfuse; the YAML front matter follows the Hugging Face model-card "
+              "format."), ""]
     return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
 def write_model_card(run_dir: str | Path) -> Path:

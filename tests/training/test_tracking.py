@@ -108,3 +108,25 @@ def test_flattening_intervals_and_verdicts() -> None:
     assert verdict_tags(metrics) == {"verdict.beats_trivial": "no"}
     assert verdict_tags({"test": {}}) == {}
     assert TrackingConfig().kind == "none"
+
+
+def test_experiment_level_tracking_section_reaches_every_run(tiny_phantoms: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrfuse.config import load_experiment_config
+    from cxrfuse.problems import ConfigError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = tiny_config(tmp_path, tiny_phantoms)
+    experiment = {"name": "grid", "runs_dir": str(tmp_path / "runs"), "base": base,
+                  "tracking": {"kind": "mlflow", "tags": {"owner": "me"}},
+                  "grid": {"training.lr": [0.001, 0.01]}}
+    path = write_config(tmp_path / "grid.yaml", experiment)
+    runs = load_experiment_config(path).expand()
+    assert [r.tracking.kind for r in runs] == ["mlflow", "mlflow"]
+    assert {r.tracking.experiment for r in runs} == {"grid"}
+    assert runs[0].tracking.uri == f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert runs[0].tracking.tags == {"owner": "me", "experiment": "grid", "seed": "0",
+                                     "training.lr": "lr0.001"}
+    experiment["tracking"] = {"kind": "neptune"}
+    with pytest.raises(ConfigError, match="base.tracking.kind"):
+        load_experiment_config(write_config(tmp_path / "bad.yaml", experiment))

@@ -473,6 +473,8 @@ def load_config(
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base: expected a run config mapping or a path to one")
     raw["base"] = base
+    if isinstance(raw.get("tracking"), dict):  # an experiment's tracking: is its runs' tracking
+        base["tracking"] = {**(base.get("tracking") or {}), **raw.pop("tracking")}
     for key, value in parsed:
         top = key.split(".", 1)[0]
         if top in EXPERIMENT_KEYS | {"name", "runs_dir"}:

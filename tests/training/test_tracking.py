@@ -130,3 +130,25 @@ def test_experiment_level_tracking_section_reaches_every_run(tiny_phantoms: Path
     experiment["tracking"] = {"kind": "neptune"}
     with pytest.raises(ConfigError, match="base.tracking.kind"):
         load_experiment_config(write_config(tmp_path / "bad.yaml", experiment))
+
+
+def test_evaluate_and_report_verbs_refresh_the_card_and_the_tracker_run(
+    tiny_phantoms: Path, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(tmp_path, tiny_phantoms))
+    store = tmp_path / "store.db"
+    trained = runner.invoke(app, ["train", str(config), "--offline", "--no-progress", "--no-evaluate",
+                                  "--tracking", "mlflow", "--set", f"tracking.uri=sqlite:///{store}"])
+    assert trained.exit_code == 0, trained.output
+    run_dir = tmp_path / "runs" / "tiny"
+    card = (run_dir / "README.md").read_text()
+    assert "evaluated: false" in card and "Not evaluated yet" in card
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    assert "test/macro/auroc" not in mlflow.get_run(run_id).data.metrics
+    assert runner.invoke(app, ["evaluate", str(run_dir), "--n-boot", "20"]).exit_code == 0
+    assert "evaluated: true" in (run_dir / "README.md").read_text()
+    assert "test/macro/auroc" in mlflow.get_run(run_id).data.metrics
+    assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id)}
+    assert {"report.html", "README.md", "metrics.json"} <= artifacts

@@ -53,9 +53,18 @@ def _evaluate(run_dir: Path) -> None:
 
 
 def after_evaluation(run_dir: Path) -> None:
-    """The model card, then the tracker run's test metrics, verdicts and artifacts."""
+    """The model card, then the tracker run's test metrics, verdicts and artifacts (head and
+    fine-tune runs with metrics.json; anything else is left alone)."""
+    from cxrfuse.rundir import RunDir
     from cxrfuse.training import log_evaluation
     from cxrfuse.training.modelcard import write_model_card
+
+    run = RunDir(run_dir)
+    try:
+        if run.info().kind not in ("head", "finetune") or not run.has_metrics():
+            return
+    except CxrfuseError:
+        return
 
     try:
         write_model_card(run_dir)

@@ -102,7 +102,7 @@ def test_space_errors_name_the_key(tiny_phantoms: Path, tmp_path: Path) -> None:
         load_space(path, config)
     for mode, space in DEFAULT_SPACES.items():  # the shipped copies of the default spaces
         name = "head" if mode == "embeddings" else mode
-        assert yaml.safe_load((CONFIGS / f"sweep-space-{name}.yaml").read_text()) == space
+        assert yaml.safe_load((CONFIGS / "sweep" / f"{name}.yaml").read_text()) == space
 
 
 def test_sweep_killed_after_trials_resumes_to_n_trials_and_one_test_evaluation(
@@ -147,6 +147,8 @@ def test_sweep_killed_after_trials_resumes_to_n_trials_and_one_test_evaluation(
     assert f"resuming: {before} of 5" in result.output
     s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study}")
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in s.trials) == 5
+    done = [tuple(sorted(t.params.items())) for t in s.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(set(done)) == 5  # the resumed sampler did not redraw the points already tried
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
     assert sweep["best"]["number"] == s.best_trial.number
     best = sweep_dir / "best"

@@ -25,7 +25,7 @@ from cxrfuse.cli.train import (
 def sweep_cmd(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config (YAML) the search starts from.")],
     trials: Annotated[int, typer.Option("--trials", min=1, help="Trials that must finish (complete or pruned); a rerun resumes.")] = 8,
-    space: Annotated[Path | None, typer.Option("--space", metavar="SPACE.yaml", help="Search space: dotted key -> {type, low, high, log, choices}; default: the training mode's (configs/sweep-space-*.yaml).")] = None,
+    space: Annotated[Path | None, typer.Option("--space", metavar="SPACE.yaml", help="Search space: dotted key -> {type, low, high, log, choices}; default: the training mode's (configs/sweep/*.yaml).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Sweep folder (default: <runs_dir>/<name>-sweep).")] = None,
     set_: SetOption = None,
     offline: OfflineOption = False,
@@ -39,7 +39,7 @@ def sweep_cmd(
     trial's config is retrained as SWEEP/best, evaluated once on test, and SWEEP/report.html
     shows the search beside that one test figure.
 
-    Example: `cxrfuse sweep configs/iu-binary-views-mean-indication.yaml --offline --trials 8 --space configs/sweep-space-head.yaml`
+    Example: `cxrfuse sweep configs/iu-binary-views-mean-indication.yaml --offline --trials 8 --space configs/sweep/head.yaml`
     """
     from cxrfuse.config import apply_offline, load_run_config
     from cxrfuse.reporting.sweep import write_sweep_report

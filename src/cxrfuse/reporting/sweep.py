@@ -37,7 +37,7 @@ def sweep_sections(sweep_dir: Path) -> tuple[str, list[Section]]:
     top.add("table", trials.round(5).astype(object).where(trials.notna(), "-"),
             "Every trial: the best epoch's validation loss (pruned trials stopped early).")
     for name, caption in zip(layout.SWEEP_PLOTS, ("Optimisation history (validation loss)",
-                                                  "Parameter importance (fANOVA)")):
+                                                  "Parameter importance (fANOVA over the complete trials; with few trials it is a rough guide)")):
         if (sweep_dir / name).is_file():
             top.add("image", sweep_dir / name, caption)
     sections = [top]

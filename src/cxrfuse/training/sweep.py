@@ -16,7 +16,7 @@
 
 A search space (YAML) maps dotted config keys to ``{type: float|int|categorical, low, high,
 log, step, choices}``; :data:`DEFAULT_SPACES` are the defaults per training mode
-(``configs/sweep-space-*.yaml`` are copies).
+(``configs/sweep/*.yaml`` are copies).
 """
 
 from __future__ import annotations
@@ -186,11 +186,14 @@ def _study(sweep_dir: Path, name: str, seed: int) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(sweep_dir / layout.SWEEP_STUDY).resolve()}"
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name, storage=storage, load_if_exists=True, direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     )  # fmt: skip
+    # seeded, and offset by the trials already stored: a resumed sweep does not redraw the
+    # random start-up points it has already tried
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    return study
 
 
 def finished_trials(study: Any) -> list[Any]:
@@ -294,7 +297,7 @@ def summarise(study: Any, config: RunConfig, space: SearchSpace, sweep_dir: Path
     counts = table["state"].value_counts().to_dict()
     return {
         "name": config.name, "objective": "best-epoch validation loss (minimised)",
-        "sampler": f"TPE (seed {config.seed})", "pruner": "median on val loss per epoch",
+        "sampler": f"TPE (seed {config.seed}, + the trials stored when a sweep resumes)", "pruner": "median on val loss per epoch",
         "trials_requested": len(finished_trials(study)), "states": counts,
         "test_split_read_by_trials": False,
         "best": {"number": best.number, "val_loss": best.value, "params": best.params},
@@ -317,18 +320,26 @@ def param_importances(study: Any) -> dict[str, float]:
 
 
 def plot_history(table: pd.DataFrame, path: Path) -> Path:
-    """Each complete trial's validation loss and the best so far."""
+    """Each complete trial's validation loss, the best so far, and pruned trials at the loss
+    of the last epoch they reported."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = new_figure(figsize=(7, 4))
     ax = fig.subplots()
     done = table[table["state"] == "COMPLETE"].sort_values("trial")
-    ax.plot(done["trial"], done["val_loss"], "o", label="trial")
-    ax.step(done["trial"], done["val_loss"].cummin(), where="post", label="best so far")
-    pruned = table[table["state"] == "PRUNED"]
+    ax.plot(done["trial"], done["val_loss"], "o", label="trial (best epoch)")
+    if not done.empty:
+        last = int(table["trial"].max())
+        xs = [*done["trial"], last]
+        ax.step(xs, [*done["val_loss"].cummin(), done["val_loss"].min()], where="post",
+                label="best so far")  # fmt: skip
+    pruned = table[(table["state"] == "PRUNED") & table["val_loss"].notna()]
     if not pruned.empty:
-        ax.plot(pruned["trial"], [done["val_loss"].max()] * len(pruned) if not done.empty
-                else [0] * len(pruned), "x", color="grey", label="pruned")  # fmt: skip
+        ax.plot(pruned["trial"], pruned["val_loss"], "x", color="grey",
+                label="pruned (last epoch reported)")  # fmt: skip
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
-    ax.set_ylabel("best-epoch validation loss")
+    ax.set_ylabel("validation loss")
     ax.set_title("Optimisation history (validation only)")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -22,7 +22,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from cxrfuse.config import RunConfig, default_mlflow_uri
+from cxrfuse.config import ClipConfig, RunConfig, default_mlflow_uri
 from cxrfuse.files import write_json
 from cxrfuse.problems import ConfigError, CxrfuseError
 from cxrfuse.rundir import RunDir, layout
@@ -44,7 +44,7 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def mlflow_uri(config: RunConfig) -> str:
+def mlflow_uri(config: RunConfig | ClipConfig) -> str:
     """The MLflow tracking URI of a run (see :class:`~cxrfuse.config.TrackingConfig`)."""
     return config.tracking.uri or default_mlflow_uri(config.runs_dir)
 
@@ -70,7 +70,7 @@ def _mlflow_logger(uri: str, experiment: str, run_name: str | None, run_id: str 
                           "(pip install mlflow-skinny)") from err
 
 
-def make_logger(config: RunConfig, run: RunDir) -> Any:
+def make_logger(config: RunConfig | ClipConfig, run: RunDir) -> Any:
     """The Lightning logger of ``config.tracking`` (``None`` for ``none``), with the config
     logged as parameters; ``tracking.json`` records where it writes."""
     tracking = config.tracking

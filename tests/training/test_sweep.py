@@ -164,3 +164,47 @@ def test_sweep_killed_after_trials_resumes_to_n_trials_and_one_test_evaluation(
     assert "one look at the test split after a search of 5 trial(s)" in report
     assert (sweep_dir / "optimisation_history.png").is_file()
     assert (sweep_dir / "param_importance.png").is_file()
+
+
+SHARED_NIH = Path(__file__).resolve().parents[3] / "shared" / "data" / "nih-cxr14-sample"
+
+
+@pytest.mark.skipif(not (SHARED_NIH / "labels.csv").is_file(), reason="NIH sample not present")
+def test_sweep_on_real_radiographs_decodes_no_test_image(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real NIH radiographs (image-only, normal vs abnormal): the trials decode train and val
+    images only; the retrained best run then reads the test images once."""
+    import cxrfuse.store.images as store_images
+    from cxrfuse.data.nih import ingest_nih
+    from cxrfuse.data.splits import assign_splits
+
+    nih, _ = ingest_nih(SHARED_NIH / "labels.csv", SHARED_NIH / "images")
+    nih = assign_splits(nih.replace(df=nih.df.head(80)), (0.6, 0.2, 0.2), seed=0, task="normal-abnormal")
+    manifest = nih.save(tmp_path / "nih.parquet")
+    test_paths = {str(v["path"]) for views in nih.df.loc[nih.df["split"] == "test", "views"] for v in views}
+    assert test_paths
+    decoded: list[str] = []
+    original = store_images.decode_resized
+
+    def decode(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        decoded.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_images, "decode_resized", decode)
+    raw = tiny_config(tmp_path, manifest, **{"model.modalities": ["image"]})
+    raw["data"]["store"] = str(tmp_path / "store")
+    raw["training"]["max_epochs"] = 2
+    from cxrfuse.config import apply_offline
+
+    config = apply_offline(validate_run(raw))
+    space = load_space(SPACE, config)
+    run_sweep(config, space, 2, tmp_path / "sweep", say=lambda _: None, retrain_best=False)
+    searched = set(decoded)
+    assert searched and not searched & test_paths  # the search: train and val images only
+    said: list[str] = []
+    result = run_sweep(config, space, 2, tmp_path / "sweep", say=said.append)  # resume: retrain best
+    assert any("2 of 2 trial(s) finished before" in line for line in said)
+    assert test_paths <= set(decoded)  # the best run is the one that reads the test images
+    best = Path(result["best_run"])
+    assert json.loads((best / "run.json").read_text())["images"] == "real"
+    assert set(pd.read_parquet(best / "predictions.parquet")["split"]) == {"val", "test"}

@@ -4,6 +4,8 @@ MLflow SQLite store (``mlflow.search_runs``) and from real TensorBoard event fil
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -80,6 +82,11 @@ def test_train_tensorboard_event_files_hold_every_epoch_and_the_test_metrics(
             "test/macro/auroc/low"} <= scalars
     epochs = pd.read_csv(tmp_path / "runs" / "tiny" / "epochs.csv")
     assert len(events.Scalars("val/loss")) == int((epochs["split"] == "val").sum())
+    cli = Path(sys.executable).parent / "tensorboard"
+    if cli.is_file():  # what `tensorboard --inspect` lists
+        listed = subprocess.run([str(cli), "--inspect", "--logdir", str(log_dir)], capture_output=True,
+                                text=True, timeout=120).stdout  # fmt: skip
+        assert "val/loss" in listed and "test/macro/auroc/low" in listed
 
 
 def test_train_csv_logger_and_bad_tracker_name(tiny_phantoms: Path, tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ def test_train_tensorboard_event_files_hold_every_epoch_and_the_test_metrics(
     cli = Path(sys.executable).parent / "tensorboard"
     if cli.is_file():  # what `tensorboard --inspect` lists
         listed = subprocess.run([str(cli), "--inspect", "--logdir", str(log_dir)], capture_output=True,
-                                text=True, timeout=120).stdout  # fmt: skip
+                                text=True, timeout=120, check=True).stdout  # fmt: skip
         assert "val/loss" in listed and "test/macro/auroc/low" in listed
 
 

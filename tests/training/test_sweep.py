@@ -205,6 +205,9 @@ def test_sweep_on_real_radiographs_decodes_no_test_image(tmp_path: Path,
     result = run_sweep(config, space, 2, tmp_path / "sweep", say=said.append)  # resume: retrain best
     assert any("2 of 2 trial(s) finished before" in line for line in said)
     assert test_paths <= set(decoded)  # the best run is the one that reads the test images
+    other = load_space({"training.lr": {"type": "float", "low": 0.01, "high": 0.1}}, config)
+    with pytest.raises(ConfigError, match="another space"):
+        run_sweep(config, other, 2, tmp_path / "sweep", say=said.append)
     best = Path(result["best_run"])
     assert json.loads((best / "run.json").read_text())["images"] == "real"
     assert set(pd.read_parquet(best / "predictions.parquet")["split"]) == {"val", "test"}

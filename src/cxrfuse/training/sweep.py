@@ -35,7 +35,7 @@ from pydantic import Field, ValidationError, model_validator
 from cxrfuse.config import RunConfig, Strict, format_validation_error, set_dotted
 from cxrfuse.config.run import validate_run
 from cxrfuse.data import read_manifest
-from cxrfuse.files import write_json, write_text
+from cxrfuse.files import sha256_json, write_json, write_text
 from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import ConfigError, CxrfuseError
 from cxrfuse.rundir import RunDir, layout
@@ -204,6 +204,22 @@ def finished_trials(study: Any) -> list[Any]:
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]  # fmt: skip
 
 
+def _same_search(study: Any, config: RunConfig, space: SearchSpace, sweep_dir: Path) -> None:
+    """A resumed study must search the same space from the same config (tracking aside)."""
+    base = config.model_dump(mode="json")
+    base.pop("tracking", None)
+    stamp = {"config": sha256_json(base), "space": sha256_json(space.model_dump(mode="json"))}
+    stored = {k: study.user_attrs.get(k) for k in stamp}
+    if all(v is None for v in stored.values()):
+        for key, value in stamp.items():
+            study.set_user_attr(key, value)
+        return
+    changed = [k for k in stamp if stored[k] != stamp[k]]
+    if changed:
+        raise ConfigError(f"{sweep_dir / layout.SWEEP_STUDY}: this sweep searched another "
+                          f"{' and '.join(changed)}; resume it unchanged or give a new --out")
+
+
 def _recover_interrupted(study: Any) -> int:
     """Trials left ``RUNNING`` by a killed sweep: marked failed, their parameters queued."""
     from optuna.trial import TrialState
@@ -227,6 +243,7 @@ def run_sweep(config: RunConfig, space: SearchSpace, trials: int, sweep_dir: str
         raise ConfigError("--trials: give at least 1")
     sweep_dir = Path(sweep_dir)
     study = _study(sweep_dir, config.name, config.seed)
+    _same_search(study, config, space, sweep_dir)
     write_text(sweep_dir / layout.SWEEP_SPACE, _yaml(space.model_dump(mode="json")))
     manifest = str(search_manifest(config, sweep_dir))
     if n := _recover_interrupted(study):

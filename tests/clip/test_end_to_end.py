@@ -142,9 +142,12 @@ def test_train_from_the_cli_with_overrides(phantom_manifest_path: Path, tmp_path
     config_path = tmp_path / "clip.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     result = runner.invoke(app, ["clip", "train", str(config_path), "--offline", "--no-progress",
-                                 "--set", "name=cli-run", "--set", "text.freeze_blocks=7"])
+                                 "--set", "name=cli-run", "--set", "text.freeze_blocks=7",
+                                 "--tracking", "csv"])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "cli-run"
+    logged = (run_dir / "logs" / "csv" / "metrics.csv").read_text().splitlines()
+    assert "val/loss" in logged[0] and "train/loss" in logged[0] and len(logged) >= 3
     assert json.loads((run_dir / "run.json").read_text())["n"]["train"] == 24
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["offline"] is True
 

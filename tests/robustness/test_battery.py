@@ -426,6 +426,14 @@ CASES = [
     Case("report", "metrics.json verdict of unknown kind", lambda c: (["report", str(_verdict(c.run_copy(), "bad luck"))], "metrics.json")),
     Case("explain", "study id unknown", lambda c: (["explain", str(c.run), "--study", "NOPE"], "NOPE")),
     Case("explain", "label unknown", lambda c: (["explain", str(c.run), "--label", "dragons", "--limit", "1"], "dragons")),
+    # ------------------------------------------------------------------ tracking / sweep / export
+    Case("train", "unknown tracker", lambda c: (["train", str(c.config()), "--offline", "--tracking", "wandb"], "tracking.kind")),
+    Case("sweep", "search space file missing", lambda c: (["sweep", str(c.config()), "--offline", "--space", str(c.tmp / "no-space.yaml")], "no-space.yaml")),
+    Case("sweep", "search space not YAML", lambda c: (["sweep", str(c.config()), "--offline", "--space", str(_with(c.tmp / "space.yaml", "a: [b"))], "space.yaml")),
+    Case("sweep", "search space names an unknown key", lambda c: (["sweep", str(c.config()), "--offline", "--space", str(_with(c.tmp / "space.yaml", "training.nope: {type: float, low: 0, high: 1}"))], "params.training.nope")),
+    Case("sweep", "search space range empty", lambda c: (["sweep", str(c.config()), "--offline", "--space", str(_with(c.tmp / "space.yaml", "training.lr: {type: float, low: 1, high: 0.1}"))], "params.training.lr")),
+    Case("export", "not a run directory", lambda c: (["export", str(c.tmp), "--to", str(c.tmp / "out")], str(c.tmp.name))),
+    Case("export", "destination not empty", lambda c: (["export", str(c.run), "--to", str(_with(c.tmp / "full.txt", "x").parent)], str(c.tmp.name))),
     # ------------------------------------------------------------------ generate score
     Case("generate", "generated file missing",
          lambda c: (["generate", "score", "--generated", str(c.tmp / "no.json"), "--reference", str(_with(c.tmp / "ref.json", "{}"))], "no.json")),

@@ -130,4 +130,4 @@ def main() -> None:  # pragma: no cover - entry point
 
 
 # verb modules register themselves on ``app`` when imported (keep this list in pipeline order)
-from cxrfuse.cli import data, embed, train, evaluate, explain, clip, generate, serve, demo  # noqa: F401, I001
+from cxrfuse.cli import data, embed, train, sweep, evaluate, explain, clip, generate, serve, share, demo  # noqa: F401, I001

@@ -31,6 +31,9 @@ def clip_train_cmd(
     offline: Annotated[bool, typer.Option(
         "--offline", help="Use image.offline_encoder and text.offline_encoder.")] = False,
     progress: Progress = True,
+    tracking: Annotated[str | None, typer.Option(
+        "--tracking", metavar="mlflow|tensorboard|csv|none",
+        help="Log params and every epoch's metrics to this tracker (sets tracking.kind).")] = None,
 ) -> None:
     """Train the image and text towers with symmetric InfoNCE and write runs/NAME/
     (config.yaml, run.json, epochs.csv, plots/curves.png, model.safetensors + model.json).
@@ -45,6 +48,8 @@ def clip_train_cmd(
         overrides.append("offline=true")
     if not progress:
         overrides.append("training.progress=false")
+    if tracking is not None:
+        overrides.append(f"tracking.kind={tracking}")
     config = load_clip_config(config_path, overrides)
     run_dir = train_clip(config)
     from cxrfuse.rundir import RunDir

@@ -116,6 +116,9 @@ def evaluate_cmd(
             console.print(f"leakage probe: {leak['note']}", markup=False)
         _print_verdicts(result["test"]["verdicts"])
         console.print(f"wrote [bold]{run.metrics_path}[/] and plots in {run.plots_dir}")
+        from cxrfuse.cli.train import after_evaluation  # model card + tracker run
+
+        after_evaluation(path)
         return
     result = evaluate_experiment(path, threshold, n_boot, seed, leakage=leakage)
     import pandas as pd
@@ -216,3 +219,6 @@ def report_cmd(
 
     html_path, md_path = write_report(path)
     console.print(f"wrote [bold]{html_path}[/] and {md_path}")
+    from cxrfuse.cli.train import after_evaluation  # model card + tracker run (report.html)
+
+    after_evaluation(path)

@@ -23,6 +23,17 @@ EvaluateOption = Annotated[
     bool, typer.Option("--evaluate/--no-evaluate", help="Write metrics.json (cxrfuse evaluate) after each run.")
 ]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+TrackingOption = Annotated[
+    str | None,
+    typer.Option("--tracking", metavar="mlflow|tensorboard|csv|none",
+                 help="Log params, per-epoch metrics, test metrics and artifacts to this tracker "
+                 "(sets tracking.kind; MLflow: $MLFLOW_TRACKING_URI or mlruns.db beside the runs dir)."),
+]
+
+
+def tracking_override(tracking: str | None) -> list[str]:
+    """``--tracking KIND`` as a ``--set`` override (validated with the config, naming the key)."""
+    return [] if tracking is None else [f"tracking.kind={tracking}"]
 
 
 def _evaluate(run_dir: Path) -> None:
@@ -38,6 +49,36 @@ def _evaluate(run_dir: Path) -> None:
         err_console.print(f"[yellow]evaluation of {run_dir} failed:[/] {err}")
         return
     console.print(f"  metrics: [bold]{run.metrics_path}[/]")
+    after_evaluation(run_dir)
+
+
+def after_evaluation(run_dir: Path) -> None:
+    """The model card, then the tracker run's test metrics, verdicts and artifacts (head and
+    fine-tune runs with metrics.json; anything else is left alone)."""
+    from cxrfuse.rundir import RunDir
+    from cxrfuse.training import log_evaluation
+    from cxrfuse.training.modelcard import write_model_card
+
+    run = RunDir(run_dir)
+    try:
+        if run.info().kind not in ("head", "finetune") or not run.has_metrics():
+            return
+    except CxrfuseError:
+        return
+
+    try:
+        write_model_card(run_dir)
+    except CxrfuseError as err:
+        err_console.print(f"[yellow]model card of {run_dir} not written:[/] {err}")
+    try:
+        logged = log_evaluation(run_dir)
+    except Exception as err:  # noqa: BLE001 - a tracker problem must not lose the run
+        err_console.print(f"[yellow]tracking of {run_dir}'s evaluation failed:[/] "
+                          f"{type(err).__name__}: {err}")
+        return
+    if logged:
+        console.print(f"  tracked ({logged['kind']}): {logged['metrics']} test metric(s), "
+                      f"{logged['verdicts']} verdict(s), {len(logged['artifacts'])} artifact(s)")
 
 
 @app.command("train")
@@ -49,6 +90,7 @@ def train_cmd(
     runs_dir: RunsDirOption = None,
     evaluate: EvaluateOption = True,
     progress: ProgressOption = True,
+    tracking: TrackingOption = None,
 ) -> None:
     """Train one fusion head on cached embeddings (embedding what the store lacks) and write
     runs/NAME/: config.yaml, run.json, epochs.csv, plots/, predictions.parquet, model.safetensors
@@ -60,7 +102,7 @@ def train_cmd(
     from cxrfuse.rundir import RunDir
     from cxrfuse.training import train_run
 
-    config = load_run_config(config_path, set_ or [])
+    config = load_run_config(config_path, [*(set_ or []), *tracking_override(tracking)])
     if offline:
         config = apply_offline(config)
     if runs_dir is not None:
@@ -93,6 +135,7 @@ def experiment_cmd(
     runs_dir: RunsDirOption = None,
     evaluate: EvaluateOption = True,
     progress: ProgressOption = True,
+    tracking: TrackingOption = None,
 ) -> None:
     """Run every grid point x seed of an experiment (finished runs are skipped, a failed run is
     recorded and the grid goes on) and write summary.csv / summary.md (mean ± sd over seeds).
@@ -103,7 +146,8 @@ def experiment_cmd(
     from cxrfuse.rundir import ExperimentDir, RunDir
     from cxrfuse.training import train_experiment
 
-    experiment = load_experiment_config(config_path, set_ or [])
+    overrides = [*(set_ or []), *(f"base.{o}" for o in tracking_override(tracking))]
+    experiment = load_experiment_config(config_path, overrides)
     if offline:
         experiment = apply_offline_experiment(experiment)
     if runs_dir is not None:

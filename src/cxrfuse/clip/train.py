@@ -42,6 +42,7 @@ from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import CLIP_TASK, ClipFacts, Environment, RunDir, RunInfo
 from cxrfuse.runtime import environment_info, now_iso, quiet_lightning, seed_everything
+from cxrfuse.training.tracking import HistoryLogging, make_logger
 
 EPOCH_COLUMNS = ["epoch", "split", "loss", "r1_image_to_text", "r1_text_to_image",
                  "r5_image_to_text", "r5_text_to_image", "n", "lr", "temperature"]  # fmt: skip
@@ -287,9 +288,12 @@ def _fit(config: ClipConfig, run: RunDir, info: RunInfo) -> ClipModule:
     )  # fmt: skip
     with quiet_lightning(), warnings.catch_warnings():  # frozen blocks: eval mode on purpose
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        logger = make_logger(config, run)  # --tracking: params and every epoch's metrics
         trainer = L.Trainer(
             max_epochs=cfg.max_epochs, accelerator=accelerator, devices=cfg.devices,
-            precision=precision, gradient_clip_val=cfg.gradient_clip, logger=False,
+            precision=precision, gradient_clip_val=cfg.gradient_clip,
+            logger=logger if logger is not None else False,
+            callbacks=[HistoryLogging()] if logger is not None else [],
             enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
             num_sanity_val_steps=0, deterministic=False,
         )  # fmt: skip

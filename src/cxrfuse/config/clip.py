@@ -23,6 +23,7 @@ from cxrfuse.config.common import (
     set_dotted,
     validate_config,
 )
+from cxrfuse.config.run import TrackingConfig
 from cxrfuse.text import TextConfig
 from cxrfuse.vocab import IMAGE_DESCRIBING_SECTIONS, Section
 
@@ -210,6 +211,7 @@ class ClipConfig(Strict):
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     zero_shot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -233,6 +233,26 @@ class EvaluationConfig(Strict):
         return value
 
 
+TRACKERS = ("none", "mlflow", "tensorboard", "csv")
+"""The experiment trackers of ``tracking.kind`` / ``--tracking`` (Lightning's own loggers)."""
+
+
+class TrackingConfig(Strict):
+    """Where a run's parameters, per-epoch metrics, test metrics and artifacts are logged.
+
+    ``mlflow`` writes to ``uri`` (default: ``$MLFLOW_TRACKING_URI``, else a SQLite file
+    ``mlruns.db`` beside the runs dir), into the MLflow experiment ``experiment`` (default
+    ``cxrfuse``; an experiment grid uses its own name) with ``tags``. ``tensorboard`` and ``csv``
+    write under the run directory's ``logs/`` folder. Not part of what a run depends on: a
+    finished run is not retrained because only its tracking changed.
+    """
+
+    kind: Literal["none", "mlflow", "tensorboard", "csv"] = "none"
+    uri: str | None = None
+    experiment: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
 class RunConfig(Strict):
     """One trained model; the run directory is ``<runs_dir>/<name>``."""
 
@@ -246,6 +266,7 @@ class RunConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("name")
     @classmethod
@@ -330,6 +351,14 @@ class ExperimentConfig(Strict):
                 raw["seed"] = seed
                 raw["name"] = run_name(point, seed) if point else f"{self.base.name}-seed{seed}"
                 raw["runs_dir"] = str(self.experiment_dir / EXPERIMENT_RUNS_FOLDER)
+                tracking = raw.setdefault("tracking", {})
+                if tracking.get("kind", "none") != "none":  # one tracker experiment per grid
+                    tracking["experiment"] = tracking.get("experiment") or self.name
+                    if tracking.get("uri") is None and tracking["kind"] == "mlflow":
+                        tracking["uri"] = default_mlflow_uri(self.runs_dir)
+                    tracking["tags"] = {**(tracking.get("tags") or {}), "experiment": self.name,
+                                        "seed": str(seed), **{k: value_slug(k, v)
+                                                              for k, v in point.items()}}
                 config = validate_run(raw, source)
                 if self.offline:
                     config = apply_offline(config)
@@ -343,6 +372,16 @@ class ExperimentConfig(Strict):
         """The grid key values of one expanded run (for summary tables)."""
         raw = config.model_dump(mode="json")
         return {key: get_dotted(raw, key) for key in self.grid}
+
+
+def default_mlflow_uri(runs_dir: str | Path) -> str:
+    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///<folder holding runs_dir>/mlruns.db``."""
+    import os
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return "sqlite:///" + str(Path(runs_dir).resolve().parent / "mlruns.db")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -438,6 +477,8 @@ def load_config(
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base: expected a run config mapping or a path to one")
     raw["base"] = base
+    if isinstance(raw.get("tracking"), dict):  # an experiment's tracking: is its runs' tracking
+        base["tracking"] = {**(base.get("tracking") or {}), **raw.pop("tracking")}
     for key, value in parsed:
         top = key.split(".", 1)[0]
         if top in EXPERIMENT_KEYS | {"name", "runs_dir"}:

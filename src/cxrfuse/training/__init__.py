@@ -12,6 +12,7 @@ from cxrfuse.training.experiment import train_experiment, write_summary
 from cxrfuse.training.inputs import ImageFinetuning, InputSource, StoredEmbeddings, make_source
 from cxrfuse.training.module import FusionModule
 from cxrfuse.training.runner import train_run
+from cxrfuse.training.tracking import log_evaluation
 
 __all__ = [
     "FusionClassifier",
@@ -19,6 +20,7 @@ __all__ = [
     "ImageFinetuning",
     "InputSource",
     "StoredEmbeddings",
+    "log_evaluation",
     "make_source",
     "train_experiment",
     "train_run",

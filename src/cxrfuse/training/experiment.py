@@ -40,7 +40,7 @@ def train_experiment(
     for i, config in enumerate(runs, 1):
         prefix = f"[{i}/{len(runs)}] {config.name}"
         run = RunDir(config.run_dir)
-        if run.status() == "finished" and run.same_config(config):
+        if run.status() == "finished" and same_except_tracking(run, config):
             if after_run is not None and not run.metrics_path.is_file():
                 say(f"{prefix}: finished before without metrics (killed during evaluation?); "
                     "evaluating")  # fmt: skip
@@ -58,6 +58,19 @@ def train_experiment(
             after_run(config.run_dir)
     write_summary(experiment, runs)
     return exp.path
+
+
+def same_except_tracking(run: RunDir, config: RunConfig) -> bool:
+    """Whether config.yaml holds ``config`` up to its ``tracking`` section (where a run is
+    logged does not change the model, so it is no reason to retrain)."""
+    try:
+        stored = dict(run.config_mapping())
+    except CxrfuseError:
+        return False
+    current = config.model_dump(mode="json")
+    stored.pop("tracking", None)
+    current.pop("tracking", None)
+    return stored == current
 
 
 def test_metrics(run: RunDir) -> dict[str, float]:

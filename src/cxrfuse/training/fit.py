@@ -5,6 +5,7 @@ the best epoch's weights from a checkpoint that is deleted afterwards (no pickle
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProg
 from cxrfuse.config import TrainingConfig
 from cxrfuse.runtime import quiet_lightning
 from cxrfuse.training.module import FusionModule
+from cxrfuse.training.tracking import HistoryLogging
 
 
 def resolve_precision(training: TrainingConfig) -> str:
@@ -31,13 +33,19 @@ def build_trainer(
     checkpoint_dir: Path,
     progress: bool = True,
     max_epochs: int | None = None,
+    logger: Any = None,
+    callbacks: Sequence[Any] = (),
 ) -> tuple[Any, Any]:
-    """A ``Trainer`` (CPU by default, DDP when ``devices > 1``) and its checkpoint callback."""
+    """A ``Trainer`` (CPU by default, DDP when ``devices > 1``) and its checkpoint callback;
+    ``logger`` (a Lightning logger, see :mod:`cxrfuse.training.tracking`) gets every epoch's
+    metrics, ``callbacks`` are added (e.g. a sweep's pruning)."""
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
         save_weights_only=True, enable_version_counter=False,
     )
-    callbacks: list[Any] = [checkpoint]
+    callbacks = [checkpoint, *callbacks]
+    if logger is not None:
+        callbacks.append(HistoryLogging())
     if training.early_stopping is not None:
         es = training.early_stopping
         callbacks.append(EarlyStopping(monitor=es.monitor, patience=es.patience,
@@ -57,7 +65,7 @@ def build_trainer(
         deterministic=training.deterministic,
         gradient_clip_val=training.gradient_clip_val,
         callbacks=callbacks,
-        logger=False,
+        logger=logger if logger is not None else False,
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -75,12 +83,15 @@ def fit_module(
     checkpoint_dir: Path,
     *,
     progress: bool = True,
+    logger: Any = None,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Fit, then load the best epoch's weights (lowest validation loss); return fit facts."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     with quiet_lightning():
         trainer, checkpoint = build_trainer(training, checkpoint_dir=checkpoint_dir,
-                                            progress=progress)
+                                            progress=progress, logger=logger,
+                                            callbacks=callbacks)
         trainer.fit(module, train_loader, val_loader)
     best = checkpoint.best_model_path
     if best:

@@ -13,8 +13,10 @@ stored embeddings and for end-to-end fine-tuning (the two differ only in their
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from cxrfuse.store import StudyArrays
 from cxrfuse.training.fit import fit_module
 from cxrfuse.training.inputs import InputSource, make_source
 from cxrfuse.training.losses import build_loss
+from cxrfuse.training.modelcard import write_model_card
 from cxrfuse.training.module import METRICS
 from cxrfuse.training.sampling import (
     balanced_class_weights,
@@ -51,7 +54,9 @@ from cxrfuse.training.sampling import (
     subsample_indices,
     weighted_sampler,
 )
+from cxrfuse.training.tracking import make_logger
 
+log = logging.getLogger(__name__)
 CURVE_METRICS = ("loss", "auroc", "f1", "accuracy", "precision", "recall")
 
 
@@ -186,16 +191,17 @@ def _started_info(config: RunConfig) -> RunInfo:
 
 
 def train_run(config: RunConfig, *, progress: bool = True, source: InputSource | None = None,
-              run_dir: str | Path | None = None) -> Path:  # fmt: skip
+              run_dir: str | Path | None = None, callbacks: Sequence[Any] = ()) -> Path:  # fmt: skip
     """Train one run and write ``<runs_dir>/<name>/`` (or ``run_dir``); see the module
     docstring. ``source`` replaces the config's input source (e.g. ``StoredEmbeddings(config,
-    arrays=...)`` on arrays the caller built)."""
+    arrays=...)`` on arrays the caller built); ``callbacks`` go to the Lightning ``Trainer``.
+    ``config.tracking`` picks the logger (:mod:`cxrfuse.training.tracking`)."""
     run = RunDir(run_dir or config.run_dir)
     run.write_config(config)
     info, start = _started_info(config), time.perf_counter()
     run.write_info(info)
     try:
-        _train(config, run, info, progress, source)
+        _train(config, run, info, progress, source, callbacks)
     except BaseException as err:
         info.status, info.error = "failed", f"{type(err).__name__}: {err}"
         info.traceback = traceback.format_exc(limit=20)
@@ -205,11 +211,16 @@ def train_run(config: RunConfig, *, progress: bool = True, source: InputSource |
     info.finished, info.timing_s = now_iso(), round(time.perf_counter() - start, 3)
     info.status = "finished"
     run.write_info(info)
+    if run.sidecar_path.is_file():  # the model card (evaluation refreshes it)
+        try:
+            write_model_card(run.path)
+        except CxrfuseError as err:  # a card problem must not fail a trained run
+            log.warning("model card of %s not written: %s", run.path, err)
     return run.path
 
 
 def _train(config: RunConfig, run: RunDir, info: RunInfo, progress: bool,
-           source: InputSource | None) -> None:  # fmt: skip
+           source: InputSource | None, callbacks: Sequence[Any] = ()) -> None:  # fmt: skip
     source = source or make_source(config, progress=progress)
     arrays = source.arrays
     seed_everything(config.seed)
@@ -222,8 +233,9 @@ def _train(config: RunConfig, run: RunDir, info: RunInfo, progress: bool,
                if config.data.sampler == "weighted" else None)  # fmt: skip
     train_loader, val_loader = source.loaders(train_rows, val_rows, sampler)
     module = source.module(model, make_loss(config, arrays.y[train_rows]))
+    logger = make_logger(config, run)
     fit = fit_module(module, train_loader, val_loader, config.training, run.checkpoints_dir,
-                     progress=progress)  # fmt: skip
+                     progress=progress, logger=logger, callbacks=callbacks)  # fmt: skip
     eval_rows = np.concatenate([val_rows, test_rows])
     probs = source.predict(module, eval_rows, progress)
     if not fit.pop("is_global_zero"):

@@ -1,0 +1,237 @@
+"""Experiment tracking through Lightning's own loggers (MLflow, TensorBoard, CSV).
+
+While a run trains, :func:`make_logger` gives the ``Trainer`` its logger: the resolved config
+(flattened) as parameters, and :class:`HistoryLogging` logs every epoch's train and val
+metrics (``train/loss``, ``val/auroc``, ... at step = epoch). Where the run was logged is
+kept in ``tracking.json``, so that :func:`log_evaluation` (after ``metrics.json`` is
+written) adds the test metrics with their intervals, the verdicts when the evaluation wrote
+any, and the artifacts (report.html, the model card, plots) to the same tracker run.
+
+MLflow writes to a local SQLite store (``mlruns.db`` beside the runs dir, no server) unless
+``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` names another; artifacts go to ``mlartifacts/``
+beside a SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from cxrfuse.config import ClipConfig, RunConfig, default_mlflow_uri
+from cxrfuse.files import write_json
+from cxrfuse.problems import ConfigError, CxrfuseError
+from cxrfuse.rundir import RunDir, layout
+
+DEFAULT_EXPERIMENT = "cxrfuse"
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and ``None`` become strings."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value)
+    return out
+
+
+def mlflow_uri(config: RunConfig | ClipConfig) -> str:
+    """The MLflow tracking URI of a run (see :class:`~cxrfuse.config.TrackingConfig`)."""
+    return config.tracking.uri or default_mlflow_uri(config.runs_dir)
+
+
+def _artifact_location(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def _mlflow_logger(uri: str, experiment: str, run_name: str | None, run_id: str | None,
+                   tags: Mapping[str, str] | None = None) -> Any:  # fmt: skip
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=uri,
+                            tags=dict(tags or {}) or None, run_id=run_id,
+                            artifact_location=_artifact_location(uri))  # fmt: skip
+    except ModuleNotFoundError as err:
+        raise ConfigError("tracking.kind 'mlflow' needs the mlflow package "
+                          "(pip install mlflow-skinny)") from err
+
+
+def make_logger(config: RunConfig | ClipConfig, run: RunDir) -> Any:
+    """The Lightning logger of ``config.tracking`` (``None`` for ``none``), with the config
+    logged as parameters; ``tracking.json`` records where it writes."""
+    tracking = config.tracking
+    if tracking.kind == "none":
+        return None
+    params = flatten(config.model_dump(mode="json"))
+    if tracking.kind == "mlflow":
+        uri = mlflow_uri(config)
+        experiment = tracking.experiment or DEFAULT_EXPERIMENT
+        logger = _mlflow_logger(uri, experiment, config.name, None,
+                                {**tracking.tags, "cxrfuse.run_dir": str(run.path.resolve())})
+        record = {"kind": "mlflow", "uri": uri, "experiment": experiment,
+                  "run_id": logger.run_id}  # fmt: skip
+    elif tracking.kind == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(save_dir=str(run.path), name=layout.LOGS, version="tensorboard",
+                                   default_hp_metric=False)  # fmt: skip
+        record = {"kind": "tensorboard", "log_dir": logger.log_dir}
+    else:
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger = CSVLogger(save_dir=str(run.path), name=layout.LOGS, version="csv")
+        record = {"kind": "csv", "log_dir": logger.log_dir}
+    logger.log_hyperparams(params)
+    write_json(run.path / layout.TRACKING, record, indent=2)
+    return logger
+
+
+class HistoryLogging(pl.Callback):
+    """Logs each epoch's rows of ``module.history`` (train and val, every metric) to the
+    trainer's loggers at step = epoch, as ``<split>/<metric>``."""
+
+    def __init__(self) -> None:
+        self._done = 0
+
+    def _flush(self, trainer: Any, module: Any) -> None:
+        history = getattr(module, "history", [])
+        for row in history[self._done:]:
+            metrics = {f"{row['split']}/{k}": float(v) for k, v in row.items()
+                       if k not in ("epoch", "split") and _finite(v)}  # fmt: skip
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=int(row["epoch"]))
+        self._done = len(history)
+
+    def on_validation_end(self, trainer: Any, module: Any) -> None:
+        self._flush(trainer, module)
+
+    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+        self._flush(trainer, module)
+
+    def on_fit_end(self, trainer: Any, module: Any) -> None:
+        self._flush(trainer, module)
+        for logger in trainer.loggers:
+            logger.save()
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(float(value))
+
+
+def evaluation_metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``metrics.json`` as flat tracker metrics: ``test/macro/auroc`` with ``.../low`` and
+    ``.../high`` (the bootstrap interval), per label, and the val-chosen thresholds."""
+    out: dict[str, float] = {}
+    test = metrics.get("test", {})
+    for name, value in (test.get("macro") or {}).items():
+        if _finite(value):
+            out[f"test/macro/{name}"] = float(value)
+    for label, row in (test.get("per_label") or {}).items():
+        for name, value in row.items():
+            if name in ("n", "positives", "threshold") or not _finite(value):
+                continue
+            out[f"test/{label}/{name}"] = float(value)
+    for key, interval in (metrics.get("ci") or {}).items():
+        key = key.removeprefix("label/")
+        for end in ("low", "high"):
+            if isinstance(interval, Mapping) and _finite(interval.get(end)):
+                out[f"test/{key}/{end}"] = float(interval[end])
+    for label, value in (metrics.get("thresholds") or {}).items():
+        if _finite(value):
+            out[f"threshold/{label}"] = float(value)
+    leakage = metrics.get("leakage") or {}
+    gap = leakage.get("gap") if isinstance(leakage, Mapping) else None
+    if _finite(gap):
+        out["leakage/gap"] = float(gap)
+    return {k.replace(" ", "_"): v for k, v in out.items()}
+
+
+def verdict_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """``test.verdicts`` of ``metrics.json`` (when the evaluation wrote any) as tags."""
+    verdicts = (metrics.get("test") or {}).get("verdicts")
+    if not verdicts:
+        return {}
+    if isinstance(verdicts, Mapping):
+        items: Iterator[tuple[str, Any]] = iter(verdicts.items())
+    else:
+        items = ((str(v.get("name", i)) if isinstance(v, Mapping) else str(i), v)
+                 for i, v in enumerate(verdicts))  # fmt: skip
+    out = {}
+    for name, value in items:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        out[f"verdict.{name}"] = text[:5000]
+    return out
+
+
+def run_artifacts(run: RunDir) -> list[Path]:
+    """The files a tracker run gets: report.html, the model card, metrics.json, the plots."""
+    files = [run.report_html, run.path / layout.MODEL_CARD, run.metrics_path]
+    files += sorted(run.plots_dir.glob("*.png")) if run.plots_dir.is_dir() else []
+    return [p for p in files if p.is_file()]
+
+
+def read_record(run: RunDir) -> dict[str, Any] | None:
+    """``tracking.json`` of a run, or ``None`` when it was not tracked."""
+    path = run.path / layout.TRACKING
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CxrfuseError(f"{path}: unreadable tracking record ({err})") from err
+
+
+def log_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
+    """Add a run's evaluation (test metrics + intervals, verdicts, artifacts) to the tracker
+    run it trained in; ``None`` when the run was not tracked or has no ``metrics.json``."""
+    run = RunDir(run_dir)
+    record = read_record(run)
+    if record is None or not run.metrics_path.is_file():
+        return None
+    metrics = json.loads(run.metrics_path.read_text(encoding="utf-8"))
+    values = evaluation_metric_values(metrics)
+    tags = verdict_tags(metrics)
+    artifacts = run_artifacts(run)
+    if record["kind"] == "mlflow":
+        logger = _mlflow_logger(record["uri"], record["experiment"], None, record["run_id"])
+        logger.log_metrics(values)
+        client = logger.experiment
+        for key, value in tags.items():
+            client.set_tag(record["run_id"], key, value)
+        for path in artifacts:
+            folder = "plots" if path.parent == run.plots_dir else None
+            client.log_artifact(record["run_id"], str(path), folder)
+        logger.finalize("success")
+    else:
+        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+        if record["kind"] == "tensorboard":
+            logger = TensorBoardLogger(save_dir=str(run.path), name=layout.LOGS,
+                                       version="tensorboard", default_hp_metric=False)  # fmt: skip
+            if tags:
+                for key, text in tags.items():
+                    logger.experiment.add_text(key, text)
+        else:
+            logger = CSVLogger(save_dir=str(run.path), name=layout.LOGS,
+                               version="csv-evaluation")  # a reopened CSV logger would overwrite
+            if tags:
+                logger.log_hyperparams(tags)
+        logger.log_metrics(values, step=0)
+        logger.finalize("success")
+        artifacts = []  # the run directory itself holds them
+    return {"kind": record["kind"], "metrics": len(values), "verdicts": len(tags),
+            "artifacts": [p.name for p in artifacts]}  # fmt: skip

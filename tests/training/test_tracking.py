@@ -1,0 +1,161 @@
+"""`--tracking mlflow|tensorboard|csv` on `cxrfuse train` / `experiment`, read back from a real
+MLflow SQLite store (``mlflow.search_runs``) and from real TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_train_cli import tiny_config, write_config
+from typer.testing import CliRunner
+
+from cxrfuse.cli import app
+from cxrfuse.config import TrackingConfig
+from cxrfuse.training.tracking import evaluation_metric_values, flatten, verdict_tags
+
+mlflow = pytest.importorskip("mlflow")
+runner = CliRunner()
+
+
+def test_experiment_grid_is_one_mlflow_experiment_with_one_run_per_point(
+    tiny_phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = tiny_config(tmp_path, tiny_phantoms)
+    base["training"]["max_epochs"] = 2
+    experiment = {"name": "tracked", "runs_dir": str(tmp_path / "runs"), "base": base,
+                  "grid": {"model.modalities": [["image", "text"], ["text"]]}, "seeds": [0]}
+    path = write_config(tmp_path / "grid.yaml", experiment)
+    result = runner.invoke(app, ["experiment", str(path), "--offline", "--no-progress",
+                                 "--tracking", "mlflow"])
+    assert result.exit_code == 0, result.output
+    store = tmp_path / "mlruns.db"  # beside the runs dir
+    assert store.is_file()
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    runs = mlflow.search_runs(experiment_names=["tracked"])
+    assert len(runs) == 2
+    assert set(runs["tags.model.modalities"]) == {"multimodal", "text"}
+    assert set(runs["status"]) == {"FINISHED"}
+    for row in runs.to_dict("records"):
+        run_id = row["run_id"]
+        run_dir = Path(row["tags.cxrfuse.run_dir"])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        logged = mlflow.get_run(run_id).data
+        assert logged.metrics["test/macro/auroc"] == pytest.approx(metrics["test"]["macro"]["auroc"])
+        ci = metrics["ci"]["macro/auroc"]
+        assert logged.metrics["test/macro/auroc/low"] == pytest.approx(ci["low"])
+        assert logged.metrics["test/macro/auroc/high"] == pytest.approx(ci["high"])
+        assert logged.params["training.lr"] == "0.003"
+        history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "val/loss")
+        epochs = pd.read_csv(run_dir / "epochs.csv")
+        val = epochs[epochs["split"] == "val"]
+        assert [m.step for m in history] == val["epoch"].tolist()
+        assert [m.value for m in history] == pytest.approx(val["loss"].tolist())
+        artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id)}
+        assert "metrics.json" in artifacts and "plots" in artifacts
+    # a rerun with finished runs trains nothing and adds no tracker run
+    again = runner.invoke(app, ["experiment", str(path), "--offline", "--no-progress",
+                                "--tracking", "mlflow"])
+    assert again.exit_code == 0, again.output
+    assert len(mlflow.search_runs(experiment_names=["tracked"])) == 2
+
+
+def test_train_tensorboard_event_files_hold_every_epoch_and_the_test_metrics(
+    tiny_phantoms: Path, tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(tmp_path, tiny_phantoms))
+    result = runner.invoke(app, ["train", str(config), "--offline", "--no-progress",
+                                 "--tracking", "tensorboard"])
+    assert result.exit_code == 0, result.output
+    log_dir = tmp_path / "runs" / "tiny" / "logs" / "tensorboard"
+    assert list(log_dir.glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/auroc", "test/macro/auroc",
+            "test/macro/auroc/low"} <= scalars
+    epochs = pd.read_csv(tmp_path / "runs" / "tiny" / "epochs.csv")
+    assert len(events.Scalars("val/loss")) == int((epochs["split"] == "val").sum())
+    cli = Path(sys.executable).parent / "tensorboard"
+    if cli.is_file():  # what `tensorboard --inspect` lists
+        listed = subprocess.run([str(cli), "--inspect", "--logdir", str(log_dir)], capture_output=True,
+                                text=True, timeout=120, check=True).stdout  # fmt: skip
+        assert "val/loss" in listed and "test/macro/auroc/low" in listed
+
+
+def test_train_csv_logger_and_bad_tracker_name(tiny_phantoms: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(tmp_path, tiny_phantoms))
+    bad = runner.invoke(app, ["train", str(config), "--offline", "--no-progress",
+                              "--tracking", "wandb"])
+    assert bad.exit_code == 2
+    assert "tracking.kind" in bad.output
+    result = runner.invoke(app, ["train", str(config), "--offline", "--no-progress",
+                                 "--tracking", "csv", "--no-evaluate"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(tmp_path / "runs" / "tiny" / "logs" / "csv" / "metrics.csv")
+    assert frame["val/loss"].notna().sum() == 3
+
+
+def test_flattening_intervals_and_verdicts() -> None:
+    flat = flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}})
+    assert flat == {"a.b": 1, "a.c": "[1, 2]", "d": "null", "e": "{}"}
+    metrics = {"test": {"macro": {"auroc": 0.7, "brier": float("nan")},
+                        "per_label": {"x y": {"n": 3, "auroc": 0.6}},
+                        "verdicts": {"beats_trivial": "no"}},
+               "ci": {"macro/auroc": {"low": 0.5, "high": 0.9}}, "thresholds": {"x y": 0.4}}
+    assert evaluation_metric_values(metrics) == {
+        "test/macro/auroc": 0.7, "test/x_y/auroc": 0.6, "test/macro/auroc/low": 0.5,
+        "test/macro/auroc/high": 0.9, "threshold/x_y": 0.4}
+    assert verdict_tags(metrics) == {"verdict.beats_trivial": "no"}
+    assert verdict_tags({"test": {}}) == {}
+    assert TrackingConfig().kind == "none"
+
+
+def test_experiment_level_tracking_section_reaches_every_run(tiny_phantoms: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrfuse.config import load_experiment_config
+    from cxrfuse.problems import ConfigError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = tiny_config(tmp_path, tiny_phantoms)
+    experiment = {"name": "grid", "runs_dir": str(tmp_path / "runs"), "base": base,
+                  "tracking": {"kind": "mlflow", "tags": {"owner": "me"}},
+                  "grid": {"training.lr": [0.001, 0.01]}}
+    path = write_config(tmp_path / "grid.yaml", experiment)
+    runs = load_experiment_config(path).expand()
+    assert [r.tracking.kind for r in runs] == ["mlflow", "mlflow"]
+    assert {r.tracking.experiment for r in runs} == {"grid"}
+    assert runs[0].tracking.uri == f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert runs[0].tracking.tags == {"owner": "me", "experiment": "grid", "seed": "0",
+                                     "training.lr": "lr0.001"}
+    experiment["tracking"] = {"kind": "neptune"}
+    with pytest.raises(ConfigError, match="base.tracking.kind"):
+        load_experiment_config(write_config(tmp_path / "bad.yaml", experiment))
+
+
+def test_evaluate_and_report_verbs_refresh_the_card_and_the_tracker_run(
+    tiny_phantoms: Path, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(tmp_path, tiny_phantoms))
+    store = tmp_path / "store.db"
+    trained = runner.invoke(app, ["train", str(config), "--offline", "--no-progress", "--no-evaluate",
+                                  "--tracking", "mlflow", "--set", f"tracking.uri=sqlite:///{store}"])
+    assert trained.exit_code == 0, trained.output
+    run_dir = tmp_path / "runs" / "tiny"
+    card = (run_dir / "README.md").read_text()
+    assert "evaluated: false" in card and "Not evaluated yet" in card
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    assert "test/macro/auroc" not in mlflow.get_run(run_id).data.metrics
+    assert runner.invoke(app, ["evaluate", str(run_dir), "--n-boot", "20"]).exit_code == 0
+    assert "evaluated: true" in (run_dir / "README.md").read_text()
+    assert "test/macro/auroc" in mlflow.get_run(run_id).data.metrics
+    assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id)}
+    assert {"report.html", "README.md", "metrics.json"} <= artifacts

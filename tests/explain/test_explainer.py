@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 from cxrfuse.data import Manifest
 from cxrfuse.explain import Explainer
 from cxrfuse.explain.explainer import select_studies, view_slots
-from cxrfuse.explain.overlay import cam_to_original, overlay_panel
+from cxrfuse.explain.overlay import MIN_PANEL_SIDE, cam_to_original, overlay_panel
 from cxrfuse.fusion import build_head
 from cxrfuse.problems import CxrfuseError, DataError
 
@@ -50,8 +51,11 @@ def test_split_overlays_and_index(phantoms_two_views: Manifest, tmp_path, view_f
     assert set(index["label"]) == {"Nodule"} and set(index["method"]) == {"gradcam++"}
     for r in out:
         panel = np.asarray(Image.open(r.overlay))
-        assert panel.shape[0] > 64 and panel.shape[1] > 2 * 64 + 4  # view | map | bar, caption
-        np.testing.assert_array_equal(panel[:64, :64, 0], np.asarray(Image.open(r.path)))
+        side = MIN_PANEL_SIDE  # a 64-px view is enlarged for drawing
+        assert panel.shape[0] > side and panel.shape[1] > 2 * side + 4  # view | map | bar, caption
+        view = np.asarray(Image.open(r.path), dtype=np.float32) / 255
+        drawn = np.round(cv2.resize(view, (side, side), interpolation=cv2.INTER_LINEAR) * 255)
+        np.testing.assert_allclose(panel[:side, :side, 0], drawn, atol=1)
         assert 0.0 <= r.probability <= 1.0 and r.cam.shape == (64, 64)
         assert r.raw is not None and r.raw.shape == (64, 64) and r.raw.min() >= 0
         assert {"raw_max", "scale", "shown", "note"} <= set(index.columns)

@@ -19,7 +19,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 CALLER_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 """Variables a caller's shell may set (clusters without internet) that change cxrfuse's paths."""
-KEPT_CXRFUSE_VARS = frozenset({"CXRFUSE_ONLINE"})  # the opt-in for @pytest.mark.network tests
+KEPT_CXRFUSE_VARS = frozenset({"CXRFUSE_ONLINE",  # the opt-in for @pytest.mark.network tests
+                               "CXRFUSE_SCREENSHOT"})  # where test_browser keeps its screenshot
 
 
 @pytest.fixture(autouse=True)

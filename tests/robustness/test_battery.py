@@ -204,6 +204,23 @@ def _label_as(value: str, row: int = 3) -> Callable[[pd.DataFrame], pd.DataFrame
     return change
 
 
+def _two_splits(df: pd.DataFrame) -> pd.DataFrame:
+    """A test study given the patient of a train study (one patient in two splits)."""
+    df = df.copy()
+    train, test = df.index[df["split"] == "train"][0], df.index[df["split"] == "test"][0]
+    df.loc[test, "patient_id"] = "P-TWICE"
+    df.loc[train, "patient_id"] = "P-TWICE"
+    return df
+
+
+def _run_on(c: Ctx, manifest: Path) -> Path:
+    run = c.run_copy()
+    info = json.loads((run / "run.json").read_text())
+    info["manifest"] = str(manifest)
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
 def _stats(path: Path) -> list[str]:
     return ["stats", str(path)]
 
@@ -365,6 +382,10 @@ CASES = [
     Case("config", "experiment seeds repeated", lambda c: (["experiment", str(c.experiment(lambda p: p.update(seeds=[1, 1])))], "seeds")),
     Case("config", "experiment whose every run fails",
          lambda c: (["experiment", str(c.experiment(lambda p: p["base"]["data"].update(task="dragons"))), "--offline", "--no-progress"], "all 2 run(s) failed")),
+    Case("config", "a patient in two splits (train)",
+         lambda c: (["train", str(c.config(lambda p: p["data"].update(manifest=str(c.manifest_with(_two_splits))))), "--offline", "--no-progress"], "P-TWICE (test+train)")),
+    Case("config", "a patient in two splits (experiment)",
+         lambda c: (["experiment", str(c.experiment(lambda p: p["base"]["data"].update(manifest=str(c.manifest_with(_two_splits))))), "--offline", "--no-progress"], "P-TWICE (test+train)")),
     # ------------------------------------------------------------------ embed
     Case("embed", "unknown image encoder", lambda c: (_embed(c, c.phantoms, "--image-encoder", "dragon-net"), "dragon-net")),
     Case("embed", "unknown text encoder", lambda c: (_embed(c, c.phantoms, "--text-encoder", "dragon"), "dragon")),
@@ -407,6 +428,8 @@ CASES = [
     Case("predict", "no image given", lambda c: (["predict", str(c.run), "--report", str(c.report())], "at least one image")),
     # ------------------------------------------------------------------ evaluate / report / explain
     Case("evaluate", "predictions.parquet corrupt", lambda c: (["evaluate", str(_break(c.run_copy(), "predictions.parquet", "x")), "--n-boot", "5"], "predictions.parquet")),
+    Case("evaluate", "a patient in two splits",
+         lambda c: (["evaluate", str(_run_on(c, c.manifest_with(_two_splits))), "--n-boot", "5"], "P-TWICE (test+train)")),
     Case("evaluate", "not a run directory", lambda c: (["evaluate", str(c.tmp)], str(c.tmp.name))),
     Case("report", "not a run directory", lambda c: (["report", str(c.tmp)], str(c.tmp.name))),
     Case("report", "metrics.json not JSON", lambda c: (["report", str(_break(c.run_copy(), "metrics.json", "{"))], "metrics.json")),

@@ -13,6 +13,8 @@ import pandas as pd
 import yaml
 
 from cxrfuse.config import ExperimentConfig, RunConfig, value_slug
+from cxrfuse.data.manifest import read_manifest
+from cxrfuse.data.splits import check_patient_leakage
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import ExperimentDir, RunDir, p_column, y_column
 from cxrfuse.training.module import epoch_metrics
@@ -37,6 +39,9 @@ def train_experiment(
     exp.write_config(experiment)
     say = console.print if console is not None else log.info
     runs = experiment.expand()
+    for manifest in sorted({str(config.data.manifest) for config in runs}):
+        if Path(manifest).is_file():  # a missing one fails each run, named
+            check_patient_leakage(read_manifest(manifest), manifest)
     for i, config in enumerate(runs, 1):
         prefix = f"[{i}/{len(runs)}] {config.name}"
         run = RunDir(config.run_dir)

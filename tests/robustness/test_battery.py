@@ -251,6 +251,52 @@ def _embed(c: Ctx, manifest: Path, *extra: str) -> list[str]:
     return ["embed", str(manifest), "--store", str(c.tmp / "store"), "--no-progress", *extra]
 
 
+def _store_embed(c: Ctx, store: Path) -> list[str]:
+    return ["embed", str(c.phantoms), "--store", str(store), "--image-encoder", "efficientnet-lite0",
+            "--input-size", "32", "--shard-size", "16", "--text-encoder", "tfidf", "--svd-dim", "4",
+            "--no-progress"]  # fmt: skip
+
+
+def _damaged_store(c: Ctx, name: str, damage: Callable[[Path], None]) -> tuple[list[str], str]:
+    """A finished store (4 image shards, a text array) with one file damaged; embed again."""
+    argv = _store_embed(c, c.tmp / "store")
+    assert runner.invoke(app, argv).exit_code == 0
+    damage(next((c.tmp / "store").glob(f"*/{name}")))
+    return argv, name
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _nan_shard(path: Path) -> None:
+    """A NaN written into a shard with every digest updated (a store written before NaN
+    vectors were refused, or by another tool)."""
+    from cxrfuse.store.integrity import digest_file
+
+    array = np.load(path)
+    array[1, 0] = np.nan
+    np.save(path, array)
+    ids_path = path.with_name(path.name.replace(".npy", ".ids.json"))
+    ids = json.loads(ids_path.read_text())
+    ids["npy_digest"] = digest_file(path)
+    ids_path.write_text(json.dumps(ids))
+    meta = json.loads((path.parent / "meta.json").read_text())
+    meta["digests"].update({path.name: digest_file(path), ids_path.name: digest_file(ids_path)})
+    (path.parent / "meta.json").write_text(json.dumps(meta))
+
+
+def _train_on_damaged_store(c: Ctx) -> tuple[list[str], str]:
+    store = c.tmp / "own-store"
+    shutil.copytree(Path(c.run).parents[1] / "store", store)
+    shard = min(store.glob("*/images-00000.npy"))
+    _flip_byte(shard)
+    config = c.config(lambda p: p["data"].update(store=str(store)))
+    return ["train", str(config), "--offline", "--no-progress"], "images-00000.npy"
+
+
 def _huge_png(path: Path) -> None:
     Image.new("L", (8000, 7000)).save(path)  # 56 MP, over data.images.MAX_PIXELS
 
@@ -397,6 +443,15 @@ CASES = [
     Case("embed", "image over the pixel limit",
          lambda c: (_embed(c, _image_manifest(c, _huge_png), "--image-encoder", "efficientnet-lite0", "--input-size", "32"), ""),
          counted="over the limit", out="store"),
+    Case("embed", "image shard with a flipped byte", lambda c: _damaged_store(c, "images-00001.npy", _flip_byte)),
+    Case("embed", "image shard truncated", lambda c: _damaged_store(c, "images-00002.npy", lambda p: p.write_bytes(p.read_bytes()[:-64]))),
+    Case("embed", "shard ids JSON cut short", lambda c: _damaged_store(c, "images-00003.ids.json", lambda p: p.write_text(p.read_text()[:-9]))),
+    Case("embed", "text array with a flipped byte", lambda c: _damaged_store(c, "texts.npy", _flip_byte)),
+    Case("embed", "store meta.json not JSON", lambda c: _damaged_store(c, "meta.json", lambda p: p.write_text("{"))),
+    Case("embed", "NaN vector in a shard", lambda c: (_damaged_store(c, "images-00001.npy", _nan_shard)[0], "NaN or infinity")),
+    Case("embed", "--verify on a damaged store",
+         lambda c: (["embed", "--verify", str(c.tmp / "store")], _damaged_store(c, "images-00000.npy", _flip_byte)[1])),
+    Case("config", "store shard damaged (train)", _train_on_damaged_store),
     # ------------------------------------------------------------------ predict
     Case("predict", "not a run directory", lambda c: (c.predict(c.tmp), "not a finished run")),
     Case("predict", "run.json not JSON", lambda c: (c.predict(_break(c.run_copy(), "run.json", "{")), "run.json")),

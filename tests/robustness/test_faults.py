@@ -4,6 +4,7 @@ case cannot (what ``stats`` says, what a rerun recomputes, concurrent processes)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,3 +34,55 @@ def test_stats_names_a_patient_in_two_splits(battery_phantoms: Path, tmp_path: P
     text = result.output.replace("\n", " ")
     assert "1 patient(s) in two splits" in " ".join(text.split()), result.output
     assert "P-TWICE" in text
+
+
+def _embed(manifest: Path, store: Path, *extra: str) -> list[str]:
+    return ["embed", str(manifest), "--store", str(store), "--image-encoder", "efficientnet-lite0",
+            "--input-size", "32", "--shard-size", "16", "--text-encoder", "tfidf", "--svd-dim", "4",
+            "--sections", "findings", "--no-progress", "--json", *extra]  # fmt: skip
+
+
+def _flip(path: Path, offset: int = -7) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _arrays(store: Path) -> dict[str, bytes]:
+    return {f"{p.parent.name[:6]}/{p.name}": p.read_bytes() for p in sorted(store.glob("*/*.npy"))}
+
+
+def test_a_flipped_byte_is_named_and_only_its_shard_recomputed(battery_phantoms: Path,
+                                                              tmp_path: Path) -> None:  # fmt: skip
+    clean, store = tmp_path / "clean", tmp_path / "store"
+    assert runner.invoke(app, _embed(battery_phantoms, clean)).exit_code == 0
+    first = runner.invoke(app, _embed(battery_phantoms, store))
+    assert first.exit_code == 0, first.output
+    assert _arrays(store) == _arrays(clean)
+    for damage, name, computed in ((_flip, "images-00001.npy", 16),
+                                   (_flip, "texts.npy", 0),
+                                   (_truncate, "images-00002.npy", 16),
+                                   (_break_json, "images-00003.ids.json", 16)):  # fmt: skip
+        damage(next(store.glob(f"*/{name}")))
+        damaged = runner.invoke(app, _embed(battery_phantoms, store))
+        assert damaged.exit_code == 2, damaged.output
+        errors = [line for line in damaged.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "damaged store file" in errors[0], damaged.output
+        assert name in damaged.output.replace("\n", ""), damaged.output
+        rerun = runner.invoke(app, _embed(battery_phantoms, store))
+        assert rerun.exit_code == 0, rerun.output
+        assert json.loads(rerun.output)["images"]["computed_this_run"] == computed  # only it
+        assert _arrays(store) == _arrays(clean)
+    verified = runner.invoke(app, ["embed", "--verify", str(store)])
+    assert verified.exit_code == 0 and "match their digests" in verified.output, verified.output
+    _flip(next(store.glob("*/images-00000.npy")))
+    verified = runner.invoke(app, ["embed", "--verify", str(store)])
+    assert verified.exit_code == 2 and "images-00000.npy" in verified.output, verified.output
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _break_json(path: Path) -> None:
+    path.write_text(path.read_text()[:-20])

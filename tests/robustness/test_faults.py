@@ -5,15 +5,23 @@ case cannot (what ``stats`` says, what a rerun recomputes, concurrent processes)
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
+from battery_inputs import tiny_run_config
 from typer.testing import CliRunner
 
 from cxrfuse.cli import app
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _leaky(phantoms: Path, out: Path) -> Path:
@@ -86,3 +94,63 @@ def _truncate(path: Path) -> None:
 
 def _break_json(path: Path) -> None:
     path.write_text(path.read_text()[:-20])
+
+
+def _cli(*argv: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "cxrfuse.cli", *argv], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+def _both(first: list[str], second: list[str]) -> list[tuple[int, str]]:
+    procs = [_cli(*first)]
+    time.sleep(0.5)  # either may take the lock first; the other waits
+    procs.append(_cli(*second))
+    return [(p.wait(timeout=600), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+
+
+def test_two_concurrent_embeds_leave_the_store_of_one(battery_phantoms: Path, tmp_path: Path) -> None:
+    single, store = tmp_path / "single", tmp_path / "store"
+    assert runner.invoke(app, _embed(battery_phantoms, single)).exit_code == 0
+    results = _both(_embed(battery_phantoms, store), _embed(battery_phantoms, store))
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert any("waiting for the lock held by pid" in err for _, err in results), results
+    assert _arrays(store) == _arrays(single)
+    names = {p.relative_to(store) for p in store.rglob("*") if "tmp-" in p.name}
+    assert not names  # no temp file left
+
+
+def test_two_trains_of_one_config_both_finish(battery_phantoms: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_run_config(tmp_path, battery_phantoms)))
+    argv = ["train", str(config), "--offline", "--no-progress", "--no-evaluate"]
+    results = _both(argv, argv)
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert any("waiting for the lock held by pid" in err for _, err in results), results
+    run = tmp_path / "runs" / "tiny"
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    predict = runner.invoke(app, ["evaluate", str(run), "--n-boot", "5"])
+    assert predict.exit_code == 0, predict.output
+
+
+def test_no_wait_names_the_holder_and_a_killed_holder_is_taken_over(
+        battery_phantoms: Path, tmp_path: Path) -> None:  # fmt: skip
+    from cxrfuse.files import LOCK_NAME, folder_lock
+
+    store = tmp_path / "store"
+    first = runner.invoke(app, _embed(battery_phantoms, store))
+    assert first.exit_code == 0
+    folder = next(store.glob("*/images-00000.npy")).parent
+    (folder / "meta.json").unlink()  # unfinished: a writer is needed
+    with folder_lock(folder, "test"):
+        result = runner.invoke(app, _embed(battery_phantoms, store, "--no-wait"))
+    assert result.exit_code == 2, result.output
+    assert f"pid {os.getpid()} on" in result.output.replace("\n", "")
+    # a writer killed while holding the lock leaves its lock file; the kernel freed the lock
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])  # an ended process's pid
+    killed.wait()
+    (folder / LOCK_NAME).write_text(json.dumps({"pid": killed.pid, "host": socket.gethostname(),
+                                                "since": "earlier"}))  # fmt: skip
+    taken = runner.invoke(app, _embed(battery_phantoms, store, "--no-wait"))
+    assert taken.exit_code == 0, taken.output
+    assert (folder / "meta.json").is_file() and (folder / LOCK_NAME).read_text() == ""

@@ -60,6 +60,7 @@ def embed_cmd(
     svd_dim: Annotated[int | None, typer.Option(min=1, help="tfidf only: SVD dimension (default 256).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="If another process is writing the same store folder, stop (exit 2, the holder named) instead of waiting for it.")] = False,
     verify: Annotated[Path | None, typer.Option(help="Only check every file of the store STORE against the digests recorded when it was written (a damaged shard is named and removed, so the next embed recomputes it).", metavar="STORE")] = None,
 ) -> None:
     """Embed a manifest's images and reports into the embedding store (resumable, keyed).
@@ -70,9 +71,11 @@ def embed_cmd(
 
     Example: `cxrfuse embed iu.parquet --image-encoder efficientnet-lite0 --text-encoder minilm --store store/ --cache cache/`
     """
+    from cxrfuse.files import set_lock_wait
     from cxrfuse.store import embed
     from cxrfuse.store.pipeline import verify_store
 
+    set_lock_wait(not no_wait)
     if verify is not None:
         counts = verify_store(verify)
         console.print(f"{verify}: {counts['folders']} store folder(s), {counts['files']} file(s) "

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from cxrfuse.data.images import decode_resized
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.encoders.image import to_model_input
-from cxrfuse.files import clean_temp_files, file_stamp, write_json
+from cxrfuse.files import clean_temp_files, file_stamp, folder_lock, write_json
 from cxrfuse.problems import DataError, ProblemLog
 from cxrfuse.runtime import environment_info, resolve_device
 from cxrfuse.store.cache import DecodedImageCache
@@ -276,6 +276,23 @@ def embed_images(
     if (folder / "meta.json").is_file():
         return replace(load_image_embeddings(folder), reused=True)
     ctx = current_context()
+    with folder_lock(folder, "the image store") if ctx.is_main else contextlib.nullcontext():
+        if ctx.world_size == 1 and (folder / "meta.json").is_file():  # written while we waited
+            return replace(load_image_embeddings(folder), reused=True)
+        return _embed_into(folder, key, inputs, records, stamps, manifest, encoder, run_device,
+                           ctx, batch_size=batch_size, num_workers=num_workers,
+                           shard_size=shard_size, dtype=dtype, progress=progress,
+                           precision=precision, cache_dir=cache_dir, compile=compile,
+                           channels_last=channels_last, lanes=lanes)  # fmt: skip
+
+
+def _embed_into(folder: Path, key: str, inputs: dict[str, Any], records: list[ImageRecord],
+                stamps: list[tuple[int | None, int | None]], manifest: Manifest,
+                encoder: ImageEncoder, run_device: torch.device, ctx: Any, *, batch_size: int,
+                num_workers: int, shard_size: int, dtype: str, progress: bool, precision: str,
+                cache_dir: str | Path | None, compile: bool, channels_last: bool | None,
+                lanes: int) -> ImageEmbeddings:  # fmt: skip
+    """The body of :func:`embed_images` once this process may write ``folder``."""
     bounds = [(s, min(s + shard_size, len(records))) for s in range(0, len(records), shard_size)]
     cache = None
     if ctx.is_main:

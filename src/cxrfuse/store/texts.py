@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cxrfuse.data.manifest import Manifest
-from cxrfuse.files import atomic_path, clean_temp_files, write_json
+from cxrfuse.files import atomic_path, clean_temp_files, folder_lock, write_json
 from cxrfuse.problems import DataError
 from cxrfuse.runtime import environment_info
 from cxrfuse.store.integrity import (
@@ -94,7 +94,15 @@ def embed_texts(
     folder = Path(store_dir) / key
     if (folder / "meta.json").is_file():
         return replace(load_text_embeddings(folder), reused=True)
-    folder.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder, "the text store"):
+        if (folder / "meta.json").is_file():  # written while we waited
+            return replace(load_text_embeddings(folder), reused=True)
+        return _embed_into(folder, key, inputs, text_encoder, texts, study_ids, nonempty)
+
+
+def _embed_into(folder: Path, key: str, inputs: dict[str, Any], text_encoder: TextEncoder,
+                texts: list[str], study_ids: list[str], nonempty: np.ndarray) -> TextEmbeddings:
+    """The body of :func:`embed_texts` once this process may write ``folder``."""
     clean_temp_files(folder)
     start = time.perf_counter()
     dim = int(text_encoder.dim)

@@ -15,6 +15,7 @@ import yaml
 from cxrfuse.config import ExperimentConfig, RunConfig, value_slug
 from cxrfuse.data.manifest import read_manifest
 from cxrfuse.data.splits import check_patient_leakage
+from cxrfuse.files import folder_lock
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import ExperimentDir, RunDir, p_column, y_column
 from cxrfuse.training.module import epoch_metrics
@@ -36,6 +37,12 @@ def train_experiment(
     raises is recorded as failed and the grid goes on.
     """
     exp = ExperimentDir(experiment.experiment_dir)
+    with folder_lock(exp.path, "the experiment directory"):
+        return _train_locked(experiment, exp, progress, after_run, console)
+
+
+def _train_locked(experiment: ExperimentConfig, exp: ExperimentDir, progress: bool,
+                  after_run: Callable[[Path], None] | None, console: Any) -> Path:  # fmt: skip
     exp.write_config(experiment)
     say = console.print if console is not None else log.info
     runs = experiment.expand()

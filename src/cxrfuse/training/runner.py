@@ -13,6 +13,7 @@ stored embeddings and for end-to-end fine-tuning (the two differ only in their
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from pathlib import Path
@@ -26,6 +27,7 @@ from cxrfuse.config import RunConfig
 from cxrfuse.data.manifest import read_manifest
 from cxrfuse.data.views import read_view_counts
 from cxrfuse.encoders.text import TfidfEncoder
+from cxrfuse.files import first_rank, folder_lock
 from cxrfuse.fusion import FusionHead, build_head
 from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import CxrfuseError
@@ -191,6 +193,13 @@ def train_run(config: RunConfig, *, progress: bool = True, source: InputSource |
     docstring. ``source`` replaces the config's input source (e.g. ``StoredEmbeddings(config,
     arrays=...)`` on arrays the caller built)."""
     run = RunDir(run_dir or config.run_dir)
+    lock = folder_lock(run.path, "the run directory") if first_rank() else contextlib.nullcontext()
+    with lock:
+        return _train_locked(config, run, progress, source)
+
+
+def _train_locked(config: RunConfig, run: RunDir, progress: bool,
+                  source: InputSource | None) -> Path:  # fmt: skip
     run.write_config(config)
     info, start = _started_info(config), time.perf_counter()
     run.write_info(info)

@@ -33,12 +33,9 @@ def _temp_path(path: Path) -> Path:
 
 def write_json(path: Path, payload: Any, *, indent: int | None = None) -> Path:
     """Write strict JSON atomically (temp file, fsync, rename); see :func:`json_safe`."""
-    tmp = _temp_path(path)
-    with open(tmp, "w") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
         json.dump(json_safe(payload), fh, indent=indent, default=str)
         fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return path
 
 
@@ -60,8 +57,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # a full disk or a killed block leaves no temp file
 
 
 def json_safe(value: Any) -> Any:
@@ -79,12 +80,9 @@ def json_safe(value: Any) -> Any:
 
 def write_npy(path: Path, array: np.ndarray) -> None:
     """Write an .npy file atomically (temp file, fsync, rename)."""
-    tmp = _temp_path(path)
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array)
         fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def clean_temp_files(folder: Path) -> None:

@@ -10,10 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from battery_inputs import tiny_run_config
 from typer.testing import CliRunner
@@ -154,3 +158,96 @@ def test_no_wait_names_the_holder_and_a_killed_holder_is_taken_over(
     taken = runner.invoke(app, _embed(battery_phantoms, store, "--no-wait"))
     assert taken.exit_code == 0, taken.output
     assert (folder / "meta.json").is_file() and (folder / LOCK_NAME).read_text() == ""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 20 MB tmpfs (skipped where mounting is not allowed)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)],
+                             capture_output=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A filler file leaving ``leave`` bytes free on ``disk``."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    with open(filler, "wb") as fh:
+        fh.truncate(0)
+        fh.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def _full_disk_error(result: Any, disk: Path) -> None:
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    text = result.output.replace("\n", "")
+    assert "no space left on device (ENOSPC)" in text and str(disk) in text, result.output
+    assert not list(disk.rglob("*.tmp-*"))  # no temporary file left behind
+
+
+def test_a_full_disk_is_named_and_a_rerun_gives_identical_results(
+        small_disk: Path, battery_phantoms: Path, tmp_path: Path) -> None:  # fmt: skip
+    clean = tmp_path / "clean-store"
+    assert runner.invoke(app, _embed(battery_phantoms, clean)).exit_code == 0
+    # embed: the store on a full disk
+    filler = _fill(small_disk, 100_000)
+    _full_disk_error(runner.invoke(app, _embed(battery_phantoms, small_disk / "store")), small_disk)
+    filler.unlink()
+    rerun = runner.invoke(app, _embed(battery_phantoms, small_disk / "store"))
+    assert rerun.exit_code == 0, rerun.output
+    assert _arrays(small_disk / "store") == _arrays(clean)
+    # train: the runs on a full disk (the store elsewhere), then evaluate
+    config = tiny_run_config(tmp_path, battery_phantoms)
+    config["data"]["store"] = str(clean)
+    (tmp_path / "ref.yaml").write_text(yaml.safe_dump(config))
+    config["runs_dir"] = str(small_disk / "runs")
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump(config))
+    train = ["train", "--offline", "--no-progress", "--no-evaluate"]
+    assert runner.invoke(app, [*train[:1], str(tmp_path / "ref.yaml"), *train[1:]]).exit_code == 0
+    filler = _fill(small_disk, 20_000)
+    _full_disk_error(runner.invoke(app, [*train[:1], str(tmp_path / "full.yaml"), *train[1:]]),
+                     small_disk)  # fmt: skip
+    filler.unlink()
+    again = runner.invoke(app, [*train[:1], str(tmp_path / "full.yaml"), *train[1:]])
+    assert again.exit_code == 0, again.output
+    run = small_disk / "runs" / "tiny"
+    reference = pd.read_parquet(tmp_path / "runs" / "tiny" / "predictions.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "predictions.parquet"), reference)
+    filler = _fill(small_disk, 5_000)
+    _full_disk_error(runner.invoke(app, ["evaluate", str(run), "--n-boot", "5"]), small_disk)
+    filler.unlink()
+    assert runner.invoke(app, ["evaluate", str(run), "--n-boot", "5"]).exit_code == 0
+
+
+def test_a_read_only_store_is_named(small_disk: Path, battery_phantoms: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    result = runner.invoke(app, _embed(battery_phantoms, small_disk / "store"))
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "read-only file system (EROFS)" in text and str(small_disk) in text.replace(" ", ""), text
+
+
+def test_os_faults_are_described_with_path_cause_and_fix() -> None:
+    import errno
+
+    from cxrfuse.problems import describe_os_fault, os_fault
+
+    for code, words in ((errno.EMFILE, "ulimit -n"), (errno.EACCES, "writable"),
+                        (errno.ENOSPC, "free space")):  # fmt: skip
+        wrapped = RuntimeError("run failed")
+        wrapped.__cause__ = OSError(code, os.strerror(code), "/data/x.npy")
+        fault = os_fault(wrapped)
+        assert fault is not None
+        text = describe_os_fault(fault)
+        assert text.startswith("/data/x.npy: ") and words in text
+        assert errno.errorcode[code] in text
+    assert os_fault(FileNotFoundError(errno.ENOENT, "missing", "x")) is None  # a bad input

@@ -16,7 +16,7 @@ from cxrfuse.config import ExperimentConfig, RunConfig, value_slug
 from cxrfuse.data.manifest import read_manifest
 from cxrfuse.data.splits import check_patient_leakage
 from cxrfuse.files import folder_lock
-from cxrfuse.problems import CxrfuseError
+from cxrfuse.problems import CxrfuseError, os_fault
 from cxrfuse.rundir import ExperimentDir, RunDir, p_column, y_column
 from cxrfuse.training.module import epoch_metrics
 from cxrfuse.training.runner import train_run
@@ -62,7 +62,9 @@ def _train_locked(experiment: ExperimentConfig, exp: ExperimentDir, progress: bo
             continue
         try:
             train_run(config, progress=progress)
-        except Exception as err:  # noqa: BLE001 - a failed run must not stop the grid
+        except Exception as err:  # a failed run must not stop the grid
+            if os_fault(err) is not None:
+                raise  # a full disk or a read-only folder would fail every run after it
             say(f"{prefix}: FAILED ({type(err).__name__}: {err})")
             continue
         say(f"{prefix}: finished")

@@ -137,6 +137,7 @@ KAGGLE_REPORTS = ("uid,MeSH,Problems,image,indication,comparison,findings,impres
 KAGGLE_PROJECTIONS = ("uid,filename,projection\n1,1_IM-0001-4001.dcm.png,Frontal\n"
                       "2,2_IM-0652-1001.dcm.png,Frontal\n3,3_IM-1384-1001.dcm.png,Lateral\n")  # fmt: skip
 R2GEN_ENTRY = {"id": "CXR1_1_IM-0001", "report": "The lungs are clear.", "image_path": ["CXR1_1_IM-0001/0.png"]}
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
 NIH_HEADER = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
 NIH_ROWS = "00000001_000.png,Cardiomegaly,0,1,58,M,PA\n00000002_000.png,No Finding,0,2,81,F,AP\n"
 
@@ -428,6 +429,13 @@ CASES = [
     Case("config", "experiment seeds repeated", lambda c: (["experiment", str(c.experiment(lambda p: p.update(seeds=[1, 1])))], "seeds")),
     Case("config", "experiment whose every run fails",
          lambda c: (["experiment", str(c.experiment(lambda p: p["base"]["data"].update(task="dragons"))), "--offline", "--no-progress"], "all 2 run(s) failed")),
+    Case("config", "YAML alias bomb", lambda c: (["train", str(c.config(lambda p: ALIAS_BOMB))], "aliases")),
+    Case("config", "experiment name leaves runs_dir", lambda c: (["experiment", str(c.experiment(lambda p: p.update(name="../../x")))], "experiment name")),
+    Case("config", "CLIP run name leaves runs_dir", lambda c: (["clip", "train", str(_with(c.tmp / "clip.yaml", "name: ../../x\n"))], "CLIP run name")),
+    Case("config", "--set max_epochs=true (a boolean as a number)", lambda c: (["train", str(c.config()), "--set", "training.max_epochs=true"], "training.max_epochs")),
+    Case("config", "--set seed=-1", lambda c: (["train", str(c.config()), "--set", "seed=-1"], "seed")),
+    Case("config", "--set lr=.inf", lambda c: (["train", str(c.config()), "--set", "training.lr=.inf"], "training.lr")),
+    Case("config", "experiment seed out of range", lambda c: (["experiment", str(c.experiment(lambda p: p.update(seeds=[0, 2**40])))], "seeds")),
     Case("config", "a patient in two splits (train)",
          lambda c: (["train", str(c.config(lambda p: p["data"].update(manifest=str(c.manifest_with(_two_splits))))), "--offline", "--no-progress"], "P-TWICE (test+train)")),
     Case("config", "a patient in two splits (experiment)",

@@ -298,6 +298,24 @@ def _train_on_damaged_store(c: Ctx) -> tuple[list[str], str]:
     return ["train", str(config), "--offline", "--no-progress"], "images-00000.npy"
 
 
+def _fifo(path: Path) -> Path:
+    import os
+
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def _pickled_weights(c: Ctx) -> Path:
+    import argparse
+
+    import torch
+
+    path = c.tmp / "w.pt"
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)}, path)
+    return path
+
+
 def _huge_png(path: Path) -> None:
     Image.new("L", (8000, 7000)).save(path)  # 56 MP, over data.images.MAX_PIXELS
 
@@ -445,6 +463,11 @@ CASES = [
     Case("embed", "unknown text encoder", lambda c: (_embed(c, c.phantoms, "--text-encoder", "dragon"), "dragon")),
     Case("embed", "hub id offline", lambda c: (_embed(c, c.phantoms, "--text-encoder", "nobody/no-such-model"), "nobody/no-such-model")),
     Case("embed", "image weights file missing", lambda c: (_embed(c, c.phantoms, "--image-encoder", "efficientnet-lite0", "--image-weights", str(c.tmp / "w.pt")), "w.pt")),
+    Case("embed", "tfidf svd_dim above the training texts", lambda c: (_embed(c, c.phantoms, "--text-encoder", "tfidf"), "give a smaller svd_dim")),
+    Case("embed", "image weights with pickled objects", lambda c: (_embed(c, c.phantoms, "--image-encoder", "efficientnet-lite0", "--image-weights", str(_pickled_weights(c))), "pickled Python objects")),
+    Case("embed", "a FIFO as an image path",
+         lambda c: (_embed(c, _image_manifest(c, _fifo), "--image-encoder", "efficientnet-lite0", "--input-size", "32"), "a FIFO"),
+         counted="unreadable", out="store"),
     Case("embed", "truncated image file",
          lambda c: (_embed(c, _image_manifest(c, lambda p: p.write_bytes(p.read_bytes()[:60])), "--image-encoder", "efficientnet-lite0", "--input-size", "32"), ""),
          counted="unreadable", out="store"),
@@ -481,6 +504,7 @@ CASES = [
          lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["text"].update(state=None, encoder=str(c.tmp)))), "text.encoder")),
     Case("predict", "image file missing", lambda c: (c.predict(c.run, image=c.tmp / "no.png"), "no.png")),
     Case("predict", "image not an image", lambda c: (c.predict(c.run, image=_with(c.tmp / "x.png", "text")), "x.png")),
+    Case("predict", "image path is a FIFO", lambda c: (c.predict(c.run, image=_fifo(c.tmp / "fifo.png")), "fifo.png: a FIFO")),
     Case("predict", "image over the pixel limit", lambda c: (c.predict(c.run, image=_huge(c)), "huge.png")),
     Case("predict", "report missing", lambda c: (c.predict(c.run, report=c.tmp / "no.txt"), "no.txt")),
     Case("predict", "report not UTF-8", lambda c: (c.predict(c.run, report=_with(c.tmp / "r.txt", b"FINDINGS: \xff\xfe\n")), "r.txt")),

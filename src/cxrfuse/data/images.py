@@ -9,6 +9,8 @@ are scaled to 8 bits (PIL's own conversion would clip them).
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +53,24 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
     return np.array(out, dtype=np.uint8)  # a writable copy
 
 
+def require_regular_file(path: str | Path) -> None:
+    """Refuse a FIFO, socket, device or folder given as an image before opening it (reading a
+    FIFO blocks forever); a missing file is left to the opener to name."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")  # fmt: skip
+        raise DataError(f"{path}: {kind}, not an image file")
+
+
 def decode_resized(path: str | Path, size: int) -> np.ndarray:
     """Decode an image file to a (size, size) uint8 gray array (central square, resized).
 
     An image over :data:`MAX_PIXELS` raises :class:`DataError` naming the file and its size."""
+    require_regular_file(path)
     try:
         with warnings.catch_warnings():  # the size is checked below, against MAX_PIXELS
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

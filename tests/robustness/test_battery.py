@@ -502,6 +502,8 @@ CASES = [
          lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["image"].update(weights=str(c.run / "model.safetensors")))), "image.weights")),
     Case("predict", "text.encoder names a folder outside the run",
          lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["text"].update(state=None, encoder=str(c.tmp)))), "text.encoder")),
+    Case("predict", "fitted text state edited after training", lambda c: (c.predict(_break(c.run_copy(), "text_encoder.json", (c.run / "text_encoder.json").read_text() + "\n")), "text_encoder.json: its bytes differ")),
+    Case("predict", "model.safetensors with a flipped byte", lambda c: (c.predict(_flipped(c.run_copy(), "model.safetensors")), "model.safetensors: its bytes differ")),
     Case("predict", "image file missing", lambda c: (c.predict(c.run, image=c.tmp / "no.png"), "no.png")),
     Case("predict", "image not an image", lambda c: (c.predict(c.run, image=_with(c.tmp / "x.png", "text")), "x.png")),
     Case("predict", "image path is a FIFO", lambda c: (c.predict(c.run, image=_fifo(c.tmp / "fifo.png")), "fifo.png: a FIFO")),
@@ -571,6 +573,11 @@ def _plain_parquet(c: Ctx) -> Path:
 
 def _break(run: Path, name: str, data: bytes | str) -> Path:
     _with(run / name, data)
+    return run
+
+
+def _flipped(run: Path, name: str) -> Path:
+    _flip_byte(run / name)
     return run
 
 

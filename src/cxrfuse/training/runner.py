@@ -43,6 +43,7 @@ from cxrfuse.rundir import (
 )
 from cxrfuse.runtime import environment_info, now_iso, seed_everything
 from cxrfuse.store import StudyArrays
+from cxrfuse.store.integrity import digest_file
 from cxrfuse.training.fit import fit_module
 from cxrfuse.training.inputs import InputSource, make_source
 from cxrfuse.training.losses import build_loss
@@ -179,6 +180,14 @@ def text_side(run: RunDir, arrays: StudyArrays) -> TextSide | None:
     return TextSide(**text, state=state)
 
 
+def run_file_digests(run: RunDir) -> dict[str, str]:
+    """SHA-256 of the run's weights (``*.safetensors``) and fitted-state JSON files: not
+    ``run.json`` (which holds them) nor ``model.json`` (``evaluate`` adds its thresholds)."""
+    return {p.name: digest_file(p) for p in sorted(run.path.iterdir())
+            if p.is_file() and p.suffix in (".safetensors", ".json")
+            and p not in (run.info_path, run.sidecar_path) and not p.name.startswith(".")}  # fmt: skip
+
+
 def _started_info(config: RunConfig) -> RunInfo:
     return RunInfo(name=config.name, kind="finetune" if config.training.mode == "finetune"
                    else "head", status="running", started=now_iso(), seed=config.seed,
@@ -249,6 +258,7 @@ def _train(config: RunConfig, run: RunDir, info: RunInfo, progress: bool,
         labels=list(arrays.labels), task=config.data.task, output=config.model.output,
         image=image.side, text=text_side(run, arrays),
     ))  # fmt: skip
+    info.digests = run_file_digests(run)
     info.labels, info.images = list(arrays.labels), arrays.images_kind
     info.manifest = arrays.info.get("manifest", info.manifest)
     info.stores = {"image": image.store, "text": arrays.info.get("stores", {}).get("text")}

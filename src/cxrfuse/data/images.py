@@ -53,9 +53,12 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
     return np.array(out, dtype=np.uint8)  # a writable copy
 
 
-def require_regular_file(path: str | Path) -> None:
+def require_regular_file(path: object) -> None:
     """Refuse a FIFO, socket, device or folder given as an image before opening it (reading a
-    FIFO blocks forever); a missing file is left to the opener to name."""
+    FIFO blocks forever); a missing file is left to the opener to name (and a file object
+    to the reader)."""
+    if not isinstance(path, str | os.PathLike):
+        return
     try:
         mode = os.stat(path).st_mode
     except OSError:

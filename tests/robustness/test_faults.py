@@ -106,17 +106,22 @@ def _cli(*argv: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
 
-def _both(first: list[str], second: list[str]) -> list[tuple[int, str]]:
-    procs = [_cli(*first)]
-    time.sleep(0.5)  # either may take the lock first; the other waits
-    procs.append(_cli(*second))
+def _both(argv: list[str], folder: Path) -> list[tuple[int, str]]:
+    """Two processes of ``argv`` started while this test holds ``folder``'s lock for a few
+    seconds: both wait, then one writes while the other waits for it."""
+    from cxrfuse.files import folder_lock
+
+    with folder_lock(folder, "test"):
+        procs = [_cli(*argv), _cli(*argv)]
+        time.sleep(4)
     return [(p.wait(timeout=600), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
 
 
 def test_two_concurrent_embeds_leave_the_store_of_one(battery_phantoms: Path, tmp_path: Path) -> None:
     single, store = tmp_path / "single", tmp_path / "store"
     assert runner.invoke(app, _embed(battery_phantoms, single)).exit_code == 0
-    results = _both(_embed(battery_phantoms, store), _embed(battery_phantoms, store))
+    key = next(single.glob("*/images-00000.npy")).parent.name  # the same key folder
+    results = _both(_embed(battery_phantoms, store), store / key)
     assert [rc for rc, _ in results] == [0, 0], results
     assert any("waiting for the lock held by pid" in err for _, err in results), results
     assert _arrays(store) == _arrays(single)
@@ -128,7 +133,7 @@ def test_two_trains_of_one_config_both_finish(battery_phantoms: Path, tmp_path: 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_run_config(tmp_path, battery_phantoms)))
     argv = ["train", str(config), "--offline", "--no-progress", "--no-evaluate"]
-    results = _both(argv, argv)
+    results = _both(argv, tmp_path / "runs" / "tiny")
     assert [rc for rc, _ in results] == [0, 0], results
     assert any("waiting for the lock held by pid" in err for _, err in results), results
     run = tmp_path / "runs" / "tiny"

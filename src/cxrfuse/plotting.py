@@ -5,6 +5,7 @@ user's matplotlib backend, and drawing never opens a window).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,20 @@ def new_figure(**kwargs: Any) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110, tight: bool = True) -> Path:
-    """Write ``fig`` to ``path`` (PNG unless the suffix says otherwise), creating folders."""
+    """Write ``fig`` to ``path`` atomically (PNG unless the suffix says otherwise), creating
+    folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # (files is the same layer)
+    try:  # a full disk leaves no half-written picture, and the error names it
+        fig.savefig(tmp, dpi=dpi, format=path.suffix[1:].lower() or "png")
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

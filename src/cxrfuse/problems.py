@@ -7,6 +7,7 @@ first problem into an exception, for users who prefer to stop early.
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -21,6 +22,46 @@ class DataError(CxrfuseError):
 
 class ConfigError(CxrfuseError):
     """A config file or ``--set`` override is invalid; names the file, key path, allowed values."""
+
+
+_FULL = "free space (or write elsewhere) and rerun: finished work is kept, temporary files removed"
+_DENIED = "make it writable or choose another folder"
+_FILES = "raise the open-file limit (`ulimit -n`) or use fewer workers"
+OS_FAULTS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on device", _FULL),
+    errno.EDQUOT: ("disk quota exceeded", _FULL),
+    errno.EFBIG: ("file too large for the file system", _FULL),
+    errno.EACCES: ("permission denied", _DENIED),
+    errno.EPERM: ("operation not permitted", _DENIED),
+    errno.EROFS: ("read-only file system", _DENIED),
+    errno.EMFILE: ("too many open files in this process", _FILES),
+    errno.ENFILE: ("too many open files on the system", _FILES),
+    errno.EIO: ("input/output error", "check the disk and rerun"),
+}
+"""The OS errors a lab meets (a full disk, a read-only mount, a file limit): one ``error:``
+line naming the path and cause (exit code 2) rather than "unexpected"."""
+
+
+def os_fault(exc: BaseException) -> OSError | None:
+    """The first OS fault (:data:`OS_FAULTS`, or a short write) in ``exc`` and its causes."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and (
+            current.errno in OS_FAULTS or (current.errno is None and "written" in str(current))
+        ):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def describe_os_fault(err: OSError) -> str:
+    """"PATH: no space left on device (ENOSPC); free space ..." for one OS fault."""
+    cause, advice = OS_FAULTS.get(err.errno or 0, (f"short write ({err})", _FULL))
+    code = f" ({errno.errorcode.get(err.errno, err.errno)})" if err.errno else ""
+    where = f"{err.filename}: " if err.filename else "while writing (the file was not named): "
+    return f"{where}{cause}{code}; {advice}"
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from cxrfuse.data.manifest import Manifest
-from cxrfuse.data.splits import split_summary
+from cxrfuse.data.splits import patients_in_two_splits, split_summary
 from cxrfuse.vocab import REPORT_SECTIONS
 
 
@@ -42,6 +43,7 @@ def manifest_summary(manifest: Manifest) -> dict[str, Any]:
         "tasks": manifest.tasks,
         "splits": {str(k): int(v) for k, v in df["split"].fillna("(none)").value_counts().items()},
         "problems": manifest.problems.get("counts", {}),
+        "patients_in_two_splits": patients_in_two_splits(manifest),
     }
 
 
@@ -89,7 +91,13 @@ def render_summary(manifest: Manifest, overlap: dict[str, Any] | None = None) ->
     overview.add_row("views", ", ".join(f"{k} {v}" for k, v in s["views"].items()) or "-")
     overview.add_row("views per study", ", ".join(f"{k}: {v}" for k, v in s["views_per_study"].items()))
     overview.add_row("sections with text", ", ".join(f"{k} {v}" for k, v in s["sections"].items()))
-    overview.add_row("problems", ", ".join(f"{k} {v}" for k, v in s["problems"].items()) or "none")
+    problems = [f"{k} {v}" for k, v in s["problems"].items()]
+    if s["patients_in_two_splits"]:
+        leaking = s["patients_in_two_splits"]
+        examples = escape(", ".join(f"{p} ({'+'.join(v)})" for p, v in list(leaking.items())[:3]))
+        problems.insert(0, f"[bold red]{len(leaking)} patient(s) in two splits[/] (e.g. {examples}): "
+                           "train/experiment/evaluate refuse this manifest")
+    overview.add_row("problems", ", ".join(problems) or "none")
     labels = Table(title="labels")
     for col in ("label", "positive", "known", "prevalence", "tasks"):
         labels.add_column(col, justify="right" if col in ("positive", "known", "prevalence") else "left")

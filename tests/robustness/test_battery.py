@@ -137,6 +137,7 @@ KAGGLE_REPORTS = ("uid,MeSH,Problems,image,indication,comparison,findings,impres
 KAGGLE_PROJECTIONS = ("uid,filename,projection\n1,1_IM-0001-4001.dcm.png,Frontal\n"
                       "2,2_IM-0652-1001.dcm.png,Frontal\n3,3_IM-1384-1001.dcm.png,Lateral\n")  # fmt: skip
 R2GEN_ENTRY = {"id": "CXR1_1_IM-0001", "report": "The lungs are clear.", "image_path": ["CXR1_1_IM-0001/0.png"]}
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
 NIH_HEADER = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
 NIH_ROWS = "00000001_000.png,Cardiomegaly,0,1,58,M,PA\n00000002_000.png,No Finding,0,2,81,F,AP\n"
 
@@ -204,6 +205,23 @@ def _label_as(value: str, row: int = 3) -> Callable[[pd.DataFrame], pd.DataFrame
     return change
 
 
+def _two_splits(df: pd.DataFrame) -> pd.DataFrame:
+    """A test study given the patient of a train study (one patient in two splits)."""
+    df = df.copy()
+    train, test = df.index[df["split"] == "train"][0], df.index[df["split"] == "test"][0]
+    df.loc[test, "patient_id"] = "P-TWICE"
+    df.loc[train, "patient_id"] = "P-TWICE"
+    return df
+
+
+def _run_on(c: Ctx, manifest: Path) -> Path:
+    run = c.run_copy()
+    info = json.loads((run / "run.json").read_text())
+    info["manifest"] = str(manifest)
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
 def _stats(path: Path) -> list[str]:
     return ["stats", str(path)]
 
@@ -236,6 +254,70 @@ def _image_manifest(c: Ctx, bad: Callable[[Path], None]) -> Path:
 
 def _embed(c: Ctx, manifest: Path, *extra: str) -> list[str]:
     return ["embed", str(manifest), "--store", str(c.tmp / "store"), "--no-progress", *extra]
+
+
+def _store_embed(c: Ctx, store: Path) -> list[str]:
+    return ["embed", str(c.phantoms), "--store", str(store), "--image-encoder", "efficientnet-lite0",
+            "--input-size", "32", "--shard-size", "16", "--text-encoder", "tfidf", "--svd-dim", "4",
+            "--no-progress"]  # fmt: skip
+
+
+def _damaged_store(c: Ctx, name: str, damage: Callable[[Path], None]) -> tuple[list[str], str]:
+    """A finished store (4 image shards, a text array) with one file damaged; embed again."""
+    argv = _store_embed(c, c.tmp / "store")
+    assert runner.invoke(app, argv).exit_code == 0
+    damage(next((c.tmp / "store").glob(f"*/{name}")))
+    return argv, name
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _nan_shard(path: Path) -> None:
+    """A NaN written into a shard with every digest updated (a store written before NaN
+    vectors were refused, or by another tool)."""
+    from cxrfuse.store.integrity import digest_file
+
+    array = np.load(path)
+    array[1, 0] = np.nan
+    np.save(path, array)
+    ids_path = path.with_name(path.name.replace(".npy", ".ids.json"))
+    ids = json.loads(ids_path.read_text())
+    ids["npy_digest"] = digest_file(path)
+    ids_path.write_text(json.dumps(ids))
+    meta = json.loads((path.parent / "meta.json").read_text())
+    meta["digests"].update({path.name: digest_file(path), ids_path.name: digest_file(ids_path)})
+    (path.parent / "meta.json").write_text(json.dumps(meta))
+
+
+def _train_on_damaged_store(c: Ctx) -> tuple[list[str], str]:
+    store = c.tmp / "own-store"
+    shutil.copytree(Path(c.run).parents[1] / "store", store)
+    shard = min(store.glob("*/images-00000.npy"))
+    _flip_byte(shard)
+    config = c.config(lambda p: p["data"].update(store=str(store)))
+    return ["train", str(config), "--offline", "--no-progress"], "images-00000.npy"
+
+
+def _fifo(path: Path) -> Path:
+    import os
+
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def _pickled_weights(c: Ctx) -> Path:
+    import argparse
+
+    import torch
+
+    path = c.tmp / "w.pt"
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)}, path)
+    return path
 
 
 def _huge_png(path: Path) -> None:
@@ -376,18 +458,43 @@ CASES = [
     Case("config", "experiment seeds repeated", lambda c: (["experiment", str(c.experiment(lambda p: p.update(seeds=[1, 1])))], "seeds")),
     Case("config", "experiment whose every run fails",
          lambda c: (["experiment", str(c.experiment(lambda p: p["base"]["data"].update(task="dragons"))), "--offline", "--no-progress"], "all 2 run(s) failed")),
+    Case("config", "YAML alias bomb", lambda c: (["train", str(c.config(lambda p: ALIAS_BOMB))], "aliases")),
+    Case("config", "experiment name leaves runs_dir", lambda c: (["experiment", str(c.experiment(lambda p: p.update(name="../../x")))], "experiment name")),
+    Case("config", "CLIP run name leaves runs_dir", lambda c: (["clip", "train", str(_with(c.tmp / "clip.yaml", "name: ../../x\n"))], "CLIP run name")),
+    Case("config", "--set max_epochs=true (a boolean as a number)", lambda c: (["train", str(c.config()), "--set", "training.max_epochs=true"], "training.max_epochs")),
+    Case("config", "--set seed=-1", lambda c: (["train", str(c.config()), "--set", "seed=-1"], "seed")),
+    Case("config", "--set lr=.inf", lambda c: (["train", str(c.config()), "--set", "training.lr=.inf"], "training.lr")),
+    Case("config", "experiment seed out of range", lambda c: (["experiment", str(c.experiment(lambda p: p.update(seeds=[0, 2**40])))], "seeds")),
+    Case("config", "a patient in two splits (train)",
+         lambda c: (["train", str(c.config(lambda p: p["data"].update(manifest=str(c.manifest_with(_two_splits))))), "--offline", "--no-progress"], "P-TWICE (test+train)")),
+    Case("config", "a patient in two splits (experiment)",
+         lambda c: (["experiment", str(c.experiment(lambda p: p["base"]["data"].update(manifest=str(c.manifest_with(_two_splits))))), "--offline", "--no-progress"], "P-TWICE (test+train)")),
     # ------------------------------------------------------------------ embed
     Case("embed", "unknown image encoder", lambda c: (_embed(c, c.phantoms, "--image-encoder", "dragon-net"), "dragon-net")),
     Case("embed", "--fit neither pad nor crop", lambda c: (_embed(c, c.phantoms, "--image-encoder", "efficientnet-lite0", "--fit", "squash"), "squash")),
     Case("embed", "unknown text encoder", lambda c: (_embed(c, c.phantoms, "--text-encoder", "dragon"), "dragon")),
     Case("embed", "hub id offline", lambda c: (_embed(c, c.phantoms, "--text-encoder", "nobody/no-such-model"), "nobody/no-such-model")),
     Case("embed", "image weights file missing", lambda c: (_embed(c, c.phantoms, "--image-encoder", "efficientnet-lite0", "--image-weights", str(c.tmp / "w.pt")), "w.pt")),
+    Case("embed", "tfidf svd_dim above the training texts", lambda c: (_embed(c, c.phantoms, "--text-encoder", "tfidf"), "give a smaller svd_dim")),
+    Case("embed", "image weights with pickled objects", lambda c: (_embed(c, c.phantoms, "--image-encoder", "efficientnet-lite0", "--image-weights", str(_pickled_weights(c))), "pickled Python objects")),
+    Case("embed", "a FIFO as an image path",
+         lambda c: (_embed(c, _image_manifest(c, _fifo), "--image-encoder", "efficientnet-lite0", "--input-size", "32"), "a FIFO"),
+         counted="unreadable", out="store"),
     Case("embed", "truncated image file",
          lambda c: (_embed(c, _image_manifest(c, lambda p: p.write_bytes(p.read_bytes()[:60])), "--image-encoder", "efficientnet-lite0", "--input-size", "32"), ""),
          counted="unreadable", out="store"),
     Case("embed", "image over the pixel limit",
          lambda c: (_embed(c, _image_manifest(c, _huge_png), "--image-encoder", "efficientnet-lite0", "--input-size", "32"), ""),
          counted="over the limit", out="store"),
+    Case("embed", "image shard with a flipped byte", lambda c: _damaged_store(c, "images-00001.npy", _flip_byte)),
+    Case("embed", "image shard truncated", lambda c: _damaged_store(c, "images-00002.npy", lambda p: p.write_bytes(p.read_bytes()[:-64]))),
+    Case("embed", "shard ids JSON cut short", lambda c: _damaged_store(c, "images-00003.ids.json", lambda p: p.write_text(p.read_text()[:-9]))),
+    Case("embed", "text array with a flipped byte", lambda c: _damaged_store(c, "texts.npy", _flip_byte)),
+    Case("embed", "store meta.json not JSON", lambda c: _damaged_store(c, "meta.json", lambda p: p.write_text("{"))),
+    Case("embed", "NaN vector in a shard", lambda c: (_damaged_store(c, "images-00001.npy", _nan_shard)[0], "NaN or infinity")),
+    Case("embed", "--verify on a damaged store",
+         lambda c: (["embed", "--verify", str(c.tmp / "store")], _damaged_store(c, "images-00000.npy", _flip_byte)[1])),
+    Case("config", "store shard damaged (train)", _train_on_damaged_store),
     # ------------------------------------------------------------------ predict
     Case("predict", "not a run directory", lambda c: (c.predict(c.tmp), "not a finished run")),
     Case("predict", "run.json not JSON", lambda c: (c.predict(_break(c.run_copy(), "run.json", "{")), "run.json")),
@@ -408,8 +515,11 @@ CASES = [
     Case("predict", "text.encoder names a folder outside the run",
          lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["text"].update(state=None, encoder=str(c.tmp)))), "text.encoder")),
     Case("predict", "image.fit neither pad nor crop", lambda c: (c.predict(c.sidecar(c.run_copy(), lambda j: j["image"].update(fit="squash"))), "image.fit")),
+    Case("predict", "fitted text state edited after training", lambda c: (c.predict(_break(c.run_copy(), "text_encoder.json", (c.run / "text_encoder.json").read_text() + "\n")), "text_encoder.json: its bytes differ")),
+    Case("predict", "model.safetensors with a flipped byte", lambda c: (c.predict(_flipped(c.run_copy(), "model.safetensors")), "model.safetensors: its bytes differ")),
     Case("predict", "image file missing", lambda c: (c.predict(c.run, image=c.tmp / "no.png"), "no.png")),
     Case("predict", "image not an image", lambda c: (c.predict(c.run, image=_with(c.tmp / "x.png", "text")), "x.png")),
+    Case("predict", "image path is a FIFO", lambda c: (c.predict(c.run, image=_fifo(c.tmp / "fifo.png")), "fifo.png: a FIFO")),
     Case("predict", "image over the pixel limit", lambda c: (c.predict(c.run, image=_huge(c)), "huge.png")),
     Case("predict", "report missing", lambda c: (c.predict(c.run, report=c.tmp / "no.txt"), "no.txt")),
     Case("predict", "report not UTF-8", lambda c: (c.predict(c.run, report=_with(c.tmp / "r.txt", b"FINDINGS: \xff\xfe\n")), "r.txt")),
@@ -420,6 +530,8 @@ CASES = [
     Case("predict", "no image given", lambda c: (["predict", str(c.run), "--report", str(c.report())], "at least one image")),
     # ------------------------------------------------------------------ evaluate / report / explain
     Case("evaluate", "predictions.parquet corrupt", lambda c: (["evaluate", str(_break(c.run_copy(), "predictions.parquet", "x")), "--n-boot", "5"], "predictions.parquet")),
+    Case("evaluate", "a patient in two splits",
+         lambda c: (["evaluate", str(_run_on(c, c.manifest_with(_two_splits))), "--n-boot", "5"], "P-TWICE (test+train)")),
     Case("evaluate", "not a run directory", lambda c: (["evaluate", str(c.tmp)], str(c.tmp.name))),
     Case("report", "not a run directory", lambda c: (["report", str(c.tmp)], str(c.tmp.name))),
     Case("report", "metrics.json not JSON", lambda c: (["report", str(_break(c.run_copy(), "metrics.json", "{"))], "metrics.json")),
@@ -513,6 +625,11 @@ def _verdict(run: Path, kind: str) -> Path:
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["test"]["verdicts"] = [{"label": "abnormal", "kind": kind, "message": "edited"}]
     (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def _flipped(run: Path, name: str) -> Path:
+    _flip_byte(run / name)
     return run
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from cxrfuse.problems import CxrfuseError
+from cxrfuse.problems import CxrfuseError, describe_os_fault, os_fault
 
 console = Console()
 err_console = Console(stderr=True)
@@ -88,7 +88,8 @@ def print_error(message: str) -> None:
 
 
 def friendly_errors(func: F) -> F:
-    """The CLI's one error path: a cxrfuse error (bad input, missing files, bad config) is one
+    """The CLI's one error path: a cxrfuse error (bad input, missing files, bad config) or an
+    OS fault (full disk, permission, read-only, file limit: the path and cause named) is one
     ``error:`` line and exit code 2; any other exception one ``error:`` line naming its type and
     exit code 1; ``--debug`` shows the traceback instead."""
 
@@ -98,14 +99,17 @@ def friendly_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
-        except CxrfuseError as exc:
+        except Exception as exc:
             if debug_enabled():
                 raise
-            print_error(_escape(str(exc)))
-            raise typer.Exit(2) from exc
-        except Exception as exc:  # a bug or an unforeseen input: still one line without --debug
-            if debug_enabled():
-                raise
+            fault = os_fault(exc)
+            if fault is not None:  # a full disk, a read-only folder, a file limit
+                print_error(_escape(describe_os_fault(fault)))
+                raise typer.Exit(2) from exc
+            if isinstance(exc, CxrfuseError):
+                print_error(_escape(str(exc)))
+                raise typer.Exit(2) from exc
+            # a bug or an unforeseen input: still one line without --debug
             print_error(_escape(f"unexpected {type(exc).__name__}: {exc} "
                                 "(rerun with `cxrfuse --debug ...` for the traceback)"))
             raise typer.Exit(1) from exc

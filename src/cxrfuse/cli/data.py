@@ -193,7 +193,7 @@ def split_cmd(
     if not (keep_existing and manifest.df["split"].notna().all()):
         parts = [float(x) for x in _csv(fractions) or []]
         manifest = assign_splits(manifest, tuple(parts), seed=seed, task=task)  # type: ignore[arg-type]
-    check_patient_leakage(manifest)
+    check_patient_leakage(manifest, manifest_path)
     if folds:
         manifest = assign_folds(manifest, folds, seed=seed, task=task)
     report = None

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cxrfuse.cli import app, console, csv_list, friendly_errors
+from cxrfuse.problems import CxrfuseError
 
 MAX_FAILURES_SHOWN = 20
 
@@ -37,8 +38,8 @@ class Device(str, Enum):
 @app.command("embed")
 @friendly_errors
 def embed_cmd(
-    manifest_path: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Study manifest (.parquet).")],
-    store: Annotated[Path, typer.Option(help="Embedding store folder (one sub-folder per key).")],
+    manifest_path: Annotated[Path | None, typer.Argument(metavar="MANIFEST", help="Study manifest (.parquet).")] = None,
+    store: Annotated[Path | None, typer.Option(help="Embedding store folder (one sub-folder per key).")] = None,
     image_encoder: Annotated[str | None, typer.Option(help="Image encoder name (see `cxrfuse encoders`).")] = None,
     text_encoder: Annotated[str | None, typer.Option(help="Report encoder name (see `cxrfuse encoders`).")] = None,
     image_weights: Annotated[str, typer.Option(help="'default', a registry weights name, a local state_dict file, or 'none' (random).")] = "default",
@@ -60,6 +61,8 @@ def embed_cmd(
     svd_dim: Annotated[int | None, typer.Option(min=1, help="tfidf only: SVD dimension (default 256).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="If another process is writing the same store folder, stop (exit 2, the holder named) instead of waiting for it.")] = False,
+    verify: Annotated[Path | None, typer.Option(help="Only check every file of the store STORE against the digests recorded when it was written (a damaged shard is named and removed, so the next embed recomputes it).", metavar="STORE")] = None,
 ) -> None:
     """Embed a manifest's images and reports into the embedding store (resumable, keyed).
 
@@ -69,8 +72,20 @@ def embed_cmd(
 
     Example: `cxrfuse embed iu.parquet --image-encoder efficientnet-lite0 --text-encoder minilm --store store/ --cache cache/`
     """
+    from cxrfuse.files import set_lock_wait
     from cxrfuse.store import embed
+    from cxrfuse.store.pipeline import verify_store
 
+    set_lock_wait(not no_wait)
+    if verify is not None:
+        counts = verify_store(verify)
+        console.print(f"{verify}: {counts['folders']} store folder(s), {counts['files']} file(s) "
+                      f"match their digests, every vector finite"
+                      + (f" ({counts['unverified']} folder(s) written before digests were "
+                         "recorded: vectors checked only)" if counts["unverified"] else ""))
+        return
+    if manifest_path is None or store is None:
+        raise CxrfuseError("embed needs a MANIFEST and --store (or --verify STORE)")
     text_options = {"svd_dim": svd_dim} if svd_dim else None
     summary = embed(
         manifest_path, image_encoder, text_encoder, store,

@@ -34,6 +34,7 @@ TrackingOption = Annotated[
 def tracking_override(tracking: str | None) -> list[str]:
     """``--tracking KIND`` as a ``--set`` override (validated with the config, naming the key)."""
     return [] if tracking is None else [f"tracking.kind={tracking}"]
+NoWaitOption = Annotated[bool, typer.Option("--no-wait", help="If another process is writing the run (or experiment) directory or the store, stop (exit 2, the holder named) instead of waiting for it.")]
 
 
 def _evaluate(run_dir: Path) -> None:
@@ -91,6 +92,7 @@ def train_cmd(
     evaluate: EvaluateOption = True,
     progress: ProgressOption = True,
     tracking: TrackingOption = None,
+    no_wait: NoWaitOption = False,
 ) -> None:
     """Train one fusion head on cached embeddings (embedding what the store lacks) and write
     runs/NAME/: config.yaml, run.json, epochs.csv, plots/, predictions.parquet, model.safetensors
@@ -99,9 +101,11 @@ def train_cmd(
     Example: `cxrfuse train configs/iu-binary-views-mean-indication.yaml --offline --set training.max_epochs=10`
     """
     from cxrfuse.config import apply_offline, load_run_config
+    from cxrfuse.files import set_lock_wait
     from cxrfuse.rundir import RunDir
     from cxrfuse.training import train_run
 
+    set_lock_wait(not no_wait)
     config = load_run_config(config_path, [*(set_ or []), *tracking_override(tracking)])
     if offline:
         config = apply_offline(config)
@@ -136,6 +140,7 @@ def experiment_cmd(
     evaluate: EvaluateOption = True,
     progress: ProgressOption = True,
     tracking: TrackingOption = None,
+    no_wait: NoWaitOption = False,
 ) -> None:
     """Run every grid point x seed of an experiment (finished runs are skipped, a failed run is
     recorded and the grid goes on) and write summary.csv / summary.md (mean ± sd over seeds).
@@ -143,9 +148,11 @@ def experiment_cmd(
     Example: `cxrfuse experiment configs/mimic-pneumonia-grid.yaml --offline --set seeds=[0,1,2]`
     """
     from cxrfuse.config import apply_offline_experiment, load_experiment_config
+    from cxrfuse.files import set_lock_wait
     from cxrfuse.rundir import ExperimentDir, RunDir
     from cxrfuse.training import train_experiment
 
+    set_lock_wait(not no_wait)
     overrides = [*(set_ or []), *(f"base.{o}" for o in tracking_override(tracking))]
     experiment = load_experiment_config(config_path, overrides)
     if offline:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ from cxrfuse.clip.model import (
 from cxrfuse.clip.retrieval import recall_at_k
 from cxrfuse.config.clip import ClipConfig
 from cxrfuse.data.manifest import read_manifest
+from cxrfuse.data.splits import check_patient_leakage
 from cxrfuse.encoders import create_image_encoder
+from cxrfuse.files import first_rank, folder_lock
 from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import CLIP_TASK, ClipFacts, Environment, RunDir, RunInfo
@@ -222,6 +225,13 @@ def train_clip(config: ClipConfig, run_dir: Path | None = None) -> Path:
     error, and keeps the epochs written so far.
     """
     run = RunDir(run_dir or config.run_dir)
+    lock = folder_lock(run.path, "the CLIP run directory") if first_rank() else nullcontext()
+    with lock:
+        return _train_locked(config, run)
+
+
+def _train_locked(config: ClipConfig, run: RunDir) -> Path:
+    """The body of :func:`train_clip` once this process may write ``run``."""
     run.write_config(config)
     t0 = time.perf_counter()
     info = RunInfo(name=config.name, kind="clip", status="running", task=CLIP_TASK,
@@ -247,6 +257,7 @@ def _fit(config: ClipConfig, run: RunDir, info: RunInfo) -> ClipModule:
     """Train; fills ``info`` (counts, facts, environment) and saves the model into ``run``."""
     seed_everything(config.seed)
     manifest = read_manifest(config.data.manifest)
+    check_patient_leakage(manifest, config.data.manifest)
     model, tokenizer, sidecar = build_clip_model(config)
     progress = config.training.progress
     train_set, truncated = pair_dataset(config, manifest, "train", model, tokenizer, progress)

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cxrfuse.config.common import (
+    MAX_SEED,
     Strict,
+    check_folder_name,
     parse_override,
     read_yaml_config,
     set_dotted,
@@ -201,7 +203,7 @@ class ClipConfig(Strict):
 
     name: str = "iu-clip"
     runs_dir: Path = Path("runs")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     offline: bool = Field(False, description="use image/text offline_encoder substitutes")
     data: ClipDataConfig = Field(default_factory=ClipDataConfig)
     image: ClipImageConfig = Field(default_factory=ClipImageConfig)
@@ -212,6 +214,11 @@ class ClipConfig(Strict):
     zero_shot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_folder_name(value, "CLIP run")
 
     @property
     def run_dir(self) -> Path:

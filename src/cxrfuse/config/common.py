@@ -11,15 +11,54 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from cxrfuse.problems import ConfigError
 
 
 class Strict(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated,
+    NaN/infinity refused, and ``true``/``false`` are not numbers."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            kinds = _unwrap(cls.model_fields[info.field_name].annotation)
+            if bool not in kinds and (int in kinds or float in kinds):
+                raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
+
+
+MAX_SEED = 2**32 - 1
+"""Random seeds lie in 0 .. 2**32 - 1 (what numpy takes)."""
+
+
+def check_folder_name(value: str, what: str = "run") -> str:
+    """A name that becomes one folder under ``runs_dir`` (no ``/``, no ``..``)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+-]*", value):
+        raise ValueError(f"a {what} name is letters, digits and . _ = + - (it names a folder "
+                         f"under runs_dir), got {value!r}")
+    return value
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: a 1 KB alias bomb would expand without bound."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in cxrfuse configs: write the "
+                "values out", event.start_mark)  # fmt: skip
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as :func:`yaml.safe_load` reads it, aliases refused."""
+    return yaml.load(text, Loader=_NoAliasLoader)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -54,7 +93,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
         raise ConfigError(f"--set {text!r}: expected key.path=value, e.g. training.lr=0.001")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = load_yaml(value) if value.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from err
     return key, parsed
@@ -136,7 +175,7 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     if raw is None:

@@ -32,7 +32,9 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxrfuse.config.common import (
+    MAX_SEED,
     Strict,
+    check_folder_name,
     format_validation_error,
     get_dotted,
     parse_override,
@@ -63,7 +65,7 @@ class SubsampleConfig(Strict):
     """
 
     positive_fraction: float = Field(gt=0.0, lt=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
 
 
 class DataConfig(Strict):
@@ -258,7 +260,7 @@ class RunConfig(Strict):
 
     name: str = "run"
     runs_dir: str = "runs"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     data: DataConfig = Field(default_factory=DataConfig)
     image: ImageSideConfig = Field(default_factory=ImageSideConfig)
     text: TextSideConfig = Field(default_factory=TextSideConfig)
@@ -271,12 +273,7 @@ class RunConfig(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+-]*", value):
-            raise ValueError(
-                "a run name is letters, digits and . _ = + - (it names a folder), "
-                f"got {value!r}"
-            )
-        return value
+        return check_folder_name(value, "run")
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -327,7 +324,14 @@ class ExperimentConfig(Strict):
     def _seeds(cls, value: list[int]) -> list[int]:
         if not value or len(set(value)) != len(value):
             raise ValueError("give at least one seed, each once")
+        if any(isinstance(s, bool) or not 0 <= s <= MAX_SEED for s in value):
+            raise ValueError(f"seeds are integers in 0 .. {MAX_SEED}, got {value}")
         return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_folder_name(value, "experiment")
 
     @property
     def experiment_dir(self) -> Path:

@@ -15,6 +15,8 @@ are scaled to 8 bits (PIL's own conversion would clip them).
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,9 +120,27 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
     return np.array(out, dtype=np.uint8)  # a writable copy
 
 
+def require_regular_file(path: object) -> None:
+    """Refuse a FIFO, socket, device or folder given as an image before opening it (reading a
+    FIFO blocks forever); a missing file is left to the opener to name (and a file object
+    to the reader)."""
+    if not isinstance(path, str | os.PathLike):
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")  # fmt: skip
+        raise DataError(f"{path}: {kind}, not an image file")
+
+
+
 def open_checked(path: str | Path) -> Image.Image:
     """An image file opened lazily (no pixel decoded yet), refused with a :class:`DataError`
     naming the file when it is over :data:`MAX_PIXELS`."""
+    require_regular_file(path)
     try:
         with warnings.catch_warnings():  # the size is checked below, against MAX_PIXELS
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -9,6 +9,8 @@ as their own stratum (binary) or as negative (multilabel).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -118,14 +120,23 @@ def assign_folds(
     return manifest.replace(df=df, info=info)
 
 
-def check_patient_leakage(manifest: Manifest) -> None:
-    """Raise :class:`DataError` when a patient has studies in more than one split."""
+def patients_in_two_splits(manifest: Manifest) -> dict[str, list[str]]:
+    """Patients whose studies lie in more than one split, with those splits (sorted)."""
     df = manifest.df[manifest.df["split"].notna()]
-    n_splits = df.groupby("patient_id")["split"].nunique()
-    leaking = n_splits[n_splits > 1]
-    if len(leaking):
-        examples = ", ".join(map(str, leaking.index[:5]))
-        raise DataError(f"{len(leaking)} patient(s) appear in more than one split, e.g. {examples}")
+    splits = df.groupby("patient_id")["split"].agg(lambda s: sorted(set(map(str, s))))
+    return {str(p): list(s) for p, s in splits.items() if len(s) > 1}
+
+
+def check_patient_leakage(manifest: Manifest, source: str | Path = "manifest") -> None:
+    """Raise :class:`DataError` naming the patients that have studies in more than one split
+    (the one check every reader of a manifest for training or evaluation calls)."""
+    leaking = patients_in_two_splits(manifest)
+    if leaking:
+        examples = ", ".join(f"{p} ({'+'.join(s)})" for p, s in list(leaking.items())[:5])
+        more = f" and {len(leaking) - 5} more" if len(leaking) > 5 else ""
+        raise DataError(f"{source}: {len(leaking)} patient(s) appear in more than one split: "
+                        f"{examples}{more}; a patient's studies must share one split (fix the "
+                        "split column or rerun `cxrfuse split`)")
 
 
 def split_summary(manifest: Manifest, task: str | list[str] | None = None) -> pd.DataFrame:

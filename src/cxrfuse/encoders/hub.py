@@ -108,7 +108,13 @@ def read_state_dict(encoder: str, path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = f"{path} is not a readable state_dict ({type(err).__name__}: {err})"
+        if "weights_only" in str(err) or type(err).__name__ == "UnpicklingError":
+            reason = (f"{path} holds pickled Python objects besides tensors, which cxrfuse "
+                      "never loads (they can run code); save the state_dict alone "
+                      "(torch.save(model.state_dict(), path)) or as .safetensors")
+        else:  # torch's messages run over several lines: the first says what went wrong
+            first = (str(err).strip().splitlines() or [""])[0]
+            reason = f"{path} is not a readable state_dict ({type(err).__name__}: {first})"
         raise WeightsUnavailableError(encoder, str(path), reason) from err
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):

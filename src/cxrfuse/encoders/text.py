@@ -22,7 +22,7 @@ import torch
 
 from cxrfuse.encoders.hub import WeightsUnavailableError, check_can_download
 from cxrfuse.encoders.registry import TextEncoderSpec, register_text_encoder
-from cxrfuse.problems import CxrfuseError
+from cxrfuse.problems import CxrfuseError, DataError
 
 Pooling = Literal["cls", "mean"]
 HF_HOST = "https://huggingface.co"
@@ -389,9 +389,11 @@ class TfidfEncoder(TextEncoder):
         svd = None
         if self.svd_dim is not None:
             if self.svd_dim >= min(matrix.shape):
-                raise ValueError(
-                    f"svd_dim={self.svd_dim} needs more than {self.svd_dim} training texts and "
-                    f"terms (got {matrix.shape[0]} texts, {matrix.shape[1]} terms)"
+                raise DataError(
+                    f"tfidf svd_dim={self.svd_dim} needs more than {self.svd_dim} training texts "
+                    f"and terms (got {matrix.shape[0]} texts, {matrix.shape[1]} terms): give a "
+                    f"smaller svd_dim (below {min(matrix.shape)}; `--svd-dim` for embed, "
+                    "text.offline_options.svd_dim in a config) or use minilm"
                 )
             svd = TruncatedSVD(self.svd_dim, random_state=self.random_state).fit(matrix)
         self.vectorizer, self.svd = vectorizer, svd

@@ -20,6 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrfuse.data.manifest import read_manifest
+from cxrfuse.data.splits import check_patient_leakage
 from cxrfuse.evaluation.ablation import (
     complementarity,
     format_table,
@@ -166,6 +167,9 @@ def evaluate_run(
     if shuffle:  # fail before the work, not after it
         check_shuffle(info, run, shuffle)
     info = run.require(EVALUATED_KINDS, action="`cxrfuse evaluate`")
+    if info.manifest and resolve_manifest(info.manifest, run.path).is_file():
+        path = resolve_manifest(info.manifest, run.path)
+        check_patient_leakage(read_manifest(path), path)
     labels = list(info.labels)
     if not labels or not info.modalities:
         raise DataError(f"{run.info_path}: fields 'labels' and 'modalities' must not be empty")

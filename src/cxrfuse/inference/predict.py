@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrfuse.data.images import MAX_PIXELS, ImageHeader, decode_resized_bytes, read_header
+from cxrfuse.data.images import (
+    MAX_PIXELS,
+    ImageHeader,
+    decode_resized_bytes,
+    read_header,
+    require_regular_file,
+)
 from cxrfuse.data.manifest import normalise_view, view_kind
 from cxrfuse.data.mimic_cxr import parse_report_sections
 from cxrfuse.encoders.image import ImageEncoder
@@ -62,6 +68,7 @@ class StudyImage:
     @classmethod
     def from_path(cls, path: str | Path, view: str | None = None) -> StudyImage:
         path = Path(path)
+        require_regular_file(path)
         try:
             return cls(str(path), path.read_bytes(), view)
         except OSError as err:

@@ -25,6 +25,7 @@ from cxrfuse.fusion import INPUT_KEYS, FusionHead, build_head, head_probabilitie
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import HeadSidecar, RunDir, RunInfo
 from cxrfuse.store import StudyArrays, assemble, load_image_embeddings, load_text_embeddings
+from cxrfuse.store.integrity import digest_file
 
 HEAD_KINDS = ("head", "finetune")
 
@@ -181,9 +182,24 @@ class LoadedRun:
         return encoder
 
 
+def verify_run_files(run: RunDir, info: RunInfo) -> None:
+    """Check the weights and sidecars against the digests ``run.json`` recorded when the run
+    was trained (runs of earlier versions record none)."""
+    for name, expected in info.digests.items():
+        path = run.path / Path(name).name  # a bare file name: nothing outside the run
+        if not path.is_file():
+            raise DataError(f"{path}: missing (run.json records its digest); restore it or "
+                            "train the run again")  # fmt: skip
+        if digest_file(path) != expected:
+            raise DataError(f"{path}: its bytes differ from the digest run.json recorded when "
+                            "the run was trained (damaged or replaced); restore it or train "
+                            "the run again")  # fmt: skip
+
+
 def load_run(run_dir: str | Path | RunDir) -> LoadedRun:
     """A finished head or fine-tune run directory's head, sidecar, config and run.json."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     info = run.require(HEAD_KINDS, action="loading the trained head")
+    verify_run_files(run, info)
     sidecar = run.sidecar()
     return LoadedRun(run, build_head_from(sidecar, run), sidecar, run.run_config(), info)

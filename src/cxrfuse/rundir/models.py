@@ -118,6 +118,9 @@ class RunInfo(_Model):
     fit: FitFacts | None = None
     finetune: FinetuneFacts | None = None
     clip: ClipFacts | None = None
+    digests: dict[str, str] = Field(default_factory=dict)
+    """SHA-256 of the weights and fitted text state ``predict`` reads (file name -> digest),
+    recorded when training ends and checked when the run is loaded; empty for earlier runs."""
     environment: Environment = Field(default_factory=Environment)
     timing_s: float | None = None
     error: str | None = None

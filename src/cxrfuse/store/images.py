@@ -17,7 +17,6 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import threading
 import time
@@ -33,11 +32,20 @@ from tqdm.auto import tqdm
 from cxrfuse.data.images import decode_resized
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.encoders.image import to_model_input
-from cxrfuse.files import clean_temp_files, file_stamp, write_json, write_npy
+from cxrfuse.files import clean_temp_files, file_stamp, folder_lock, write_json
 from cxrfuse.problems import DataError, ProblemLog
 from cxrfuse.runtime import environment_info, resolve_device
 from cxrfuse.store.cache import DecodedImageCache
 from cxrfuse.store.distributed import current_context
+from cxrfuse.store.integrity import (
+    DamagedStore,
+    digest_file,
+    nonfinite_rows,
+    open_array,
+    read_json,
+    verify_file,
+    write_npy_digest,
+)
 from cxrfuse.store.keys import STORE_VERSION, ImageRecord, image_key, image_records
 from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS
 
@@ -270,12 +278,30 @@ def embed_images(
     if (folder / "meta.json").is_file():
         return replace(load_image_embeddings(folder), reused=True)
     ctx = current_context()
+    with folder_lock(folder, "the image store") if ctx.is_main else contextlib.nullcontext():
+        if ctx.world_size == 1 and (folder / "meta.json").is_file():  # written while we waited
+            return replace(load_image_embeddings(folder), reused=True)
+        return _embed_into(folder, key, inputs, records, stamps, manifest, encoder, run_device,
+                           ctx, batch_size=batch_size, num_workers=num_workers,
+                           shard_size=shard_size, dtype=dtype, progress=progress,
+                           precision=precision, cache_dir=cache_dir, compile=compile,
+                           channels_last=channels_last, lanes=lanes)  # fmt: skip
+
+
+def _embed_into(folder: Path, key: str, inputs: dict[str, Any], records: list[ImageRecord],
+                stamps: list[tuple[int | None, int | None]], manifest: Manifest,
+                encoder: ImageEncoder, run_device: torch.device, ctx: Any, *, batch_size: int,
+                num_workers: int, shard_size: int, dtype: str, progress: bool, precision: str,
+                cache_dir: str | Path | None, compile: bool, channels_last: bool | None,
+                lanes: int) -> ImageEmbeddings:  # fmt: skip
+    """The body of :func:`embed_images` once this process may write ``folder``."""
     bounds = [(s, min(s + shard_size, len(records))) for s in range(0, len(records), shard_size)]
     cache = None
     if ctx.is_main:
         folder.mkdir(parents=True, exist_ok=True)
         clean_temp_files(folder)
         cache = _open_cache(cache_dir, records, stamps, encoder, shard_size, create=True)
+        _drop_damaged_shards(folder, len(bounds))
         todo = [i for i in range(len(bounds)) if not _shard_ids(folder, i).is_file()]
     ctx.barrier()  # rank 0 has cleaned up after a killed run before anyone writes
     if not ctx.is_main:
@@ -486,9 +512,13 @@ def _finish_image_store(
     missing = [i for i in range(len(bounds)) if not _shard_ids(folder, i).is_file()]
     if missing:
         raise DataError(f"{folder}: shard(s) {missing[:5]} missing after embedding; rerun")
+    digests: dict[str, str] = {}
     for i in range(len(bounds)):
-        for fail in json.loads(_shard_ids(folder, i).read_text())["failed"]:
+        ids = read_json(_shard_ids(folder, i), remove=_shard_files(folder, i))
+        for fail in ids["failed"]:
             problems.add("unreadable-image", fail["path"], fail["error"])
+        digests[_shard_npy(folder, i).name] = ids.get("npy_digest", "")
+        digests[_shard_ids(folder, i).name] = digest_file(_shard_ids(folder, i))
     n_embedded = len(records) - len(problems)
     meta = {
         "store_version": STORE_VERSION,
@@ -508,6 +538,7 @@ def _finish_image_store(
         **run,
         "problems": problems.to_records(limit=10_000),
         "problem_counts": problems.counts(),
+        "digests": digests,  # checked when the store is first opened in a process
     }
     write_json(folder / "meta.json", meta)
 
@@ -518,6 +549,24 @@ def _shard_npy(folder: Path, i: int) -> Path:
 
 def _shard_ids(folder: Path, i: int) -> Path:
     return folder / f"images-{i:05d}.ids.json"
+
+
+def _shard_files(folder: Path, i: int) -> list[Path]:
+    """What is removed when shard ``i`` is damaged: its files and the store's meta.json."""
+    return [_shard_ids(folder, i), _shard_npy(folder, i), folder / "meta.json"]
+
+
+def _drop_damaged_shards(folder: Path, n_shards: int) -> None:
+    """Remove the finished shards of an unfinished store whose ids file does not parse or
+    whose vectors do not match the digest in it, so that they are computed again."""
+    for i in range(n_shards):
+        if not _shard_ids(folder, i).is_file():
+            continue
+        try:
+            ids = read_json(_shard_ids(folder, i), remove=_shard_files(folder, i))
+            verify_file(_shard_npy(folder, i), ids.get("npy_digest"), remove=_shard_files(folder, i))
+        except DamagedStore:
+            continue  # removed: computed again in this run
 
 
 def _flush_shards(
@@ -534,13 +583,19 @@ def _flush_shards(
         lo, hi = bounds[i]
         if not all(k in out for k in range(lo, hi)):
             continue
+        for k in range(lo, hi):  # a NaN/inf vector is refused like an unreadable image
+            vector = out[k][0]
+            if vector is not None and len(nonfinite_rows(np.asarray(vector)[None])):
+                out[k] = (None, "the encoder gave a vector with NaN or infinity")
         good = [k for k in range(lo, hi) if out[k][0] is not None]
         vectors = (
             np.stack([out[k][0] for k in good]).astype(dtype)
             if good
             else np.zeros((0, dim), dtype=dtype)
         )
+        digest = write_npy_digest(_shard_npy(folder, i), vectors)
         ids = {
+            "npy_digest": digest,
             "image_ids": [records[k].image_id for k in good],
             "study_ids": [records[k].study_id for k in good],
             "views": [records[k].view for k in good],
@@ -550,7 +605,6 @@ def _flush_shards(
                 if out[k][0] is None
             ],
         }
-        write_npy(_shard_npy(folder, i), vectors)
         write_json(_shard_ids(folder, i), ids)  # the shard counts as done once this exists
         pending.remove(i)
         for k in range(lo, hi):
@@ -563,12 +617,16 @@ def load_image_embeddings(path: str | Path, *, require_meta: bool = True) -> Ima
     meta_path = folder / "meta.json"
     if require_meta and not meta_path.is_file():
         raise DataError(f"{folder}: no meta.json; not a finished image embedding store")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_json(meta_path, remove=[meta_path]) if meta_path.is_file() else {}
+    digests = meta.get("digests", {})
     shards, image_ids, study_ids, views = [], [], [], []
     i = 0
     while _shard_ids(folder, i).is_file():
-        ids = json.loads(_shard_ids(folder, i).read_text())
-        array = np.load(_shard_npy(folder, i), mmap_mode="r")
+        files = _shard_files(folder, i)
+        verify_file(files[0], digests.get(files[0].name), remove=files)
+        ids = read_json(files[0], remove=files)
+        expected = digests.get(files[1].name) or ids.get("npy_digest")
+        array = open_array(files[1], expected, ids["image_ids"], remove=files)
         if array.shape[0] != len(ids["image_ids"]):
             raise DataError(
                 f"{_shard_npy(folder, i)}: {array.shape[0]} rows, ids list "

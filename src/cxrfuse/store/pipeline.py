@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from cxrfuse.data.manifest import Manifest, read_manifest
 from cxrfuse.encoders import create_image_encoder, create_text_encoder
-from cxrfuse.problems import CxrfuseError
+from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.runtime import resolve_device
 from cxrfuse.store import distributed
 from cxrfuse.store.images import (
@@ -24,8 +24,9 @@ from cxrfuse.store.images import (
     load_image_embeddings,
     resolve_precision,
 )
+from cxrfuse.store.integrity import read_json
 from cxrfuse.store.keys import image_store_key
-from cxrfuse.store.texts import embed_texts
+from cxrfuse.store.texts import embed_texts, load_text_embeddings
 from cxrfuse.text import TextConfig
 from cxrfuse.vocab import PRE_READ_SECTIONS
 
@@ -223,3 +224,26 @@ def _image_summary(images: ImageEmbeddings) -> dict[str, Any]:
         "problems": meta.get("problems", []),
         "reused": reused,
     }
+
+
+def verify_store(store: str | Path) -> dict[str, Any]:
+    """Verify every finished store folder under ``store`` (or ``store`` itself): each file
+    against its digest, each vector finite. Returns counts; raises at the first damage."""
+    root = Path(store)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such store folder")
+    folders = [root] if (root / "meta.json").is_file() else sorted(
+        p.parent for p in root.glob("*/meta.json"))  # fmt: skip
+    if not folders:
+        raise DataError(f"{root}: no finished store folder (no meta.json) in it")
+    counts = {"folders": 0, "files": 0, "unverified": 0}
+    for folder in folders:
+        meta = read_json(folder / "meta.json")
+        if meta.get("kind") == "texts":
+            load_text_embeddings(folder)
+        else:
+            load_image_embeddings(folder)
+        counts["folders"] += 1
+        counts["files"] += len(meta.get("digests", {}))
+        counts["unverified"] += 0 if meta.get("digests") else 1
+    return counts

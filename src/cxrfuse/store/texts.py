@@ -4,7 +4,6 @@ texts, the text configuration, the task and the encoder fingerprint (``texts.npy
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,9 +13,18 @@ import numpy as np
 import pandas as pd
 
 from cxrfuse.data.manifest import Manifest
-from cxrfuse.files import atomic_path, clean_temp_files, write_json, write_npy
+from cxrfuse.files import atomic_path, clean_temp_files, folder_lock, write_json
 from cxrfuse.problems import DataError
 from cxrfuse.runtime import environment_info
+from cxrfuse.store.integrity import (
+    damaged,
+    digest_file,
+    nonfinite_rows,
+    open_array,
+    read_json,
+    verify_file,
+    write_npy_digest,
+)
 from cxrfuse.store.keys import text_key
 from cxrfuse.text import TextConfig, prepare_texts
 
@@ -86,7 +94,15 @@ def embed_texts(
     folder = Path(store_dir) / key
     if (folder / "meta.json").is_file():
         return replace(load_text_embeddings(folder), reused=True)
-    folder.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder, "the text store"):
+        if (folder / "meta.json").is_file():  # written while we waited
+            return replace(load_text_embeddings(folder), reused=True)
+        return _embed_into(folder, key, inputs, text_encoder, texts, study_ids, nonempty)
+
+
+def _embed_into(folder: Path, key: str, inputs: dict[str, Any], text_encoder: TextEncoder,
+                texts: list[str], study_ids: list[str], nonempty: np.ndarray) -> TextEmbeddings:
+    """The body of :func:`embed_texts` once this process may write ``folder``."""
     clean_temp_files(folder)
     start = time.perf_counter()
     dim = int(text_encoder.dim)
@@ -95,11 +111,18 @@ def embed_texts(
         encoded = text_encoder.encode([t for t, ok in zip(texts, nonempty) if ok])
         vectors[nonempty] = np.asarray(encoded, dtype=np.float32)
     elapsed = time.perf_counter() - start
-    write_npy(folder / "texts.npy", vectors)
+    bad = nonfinite_rows(vectors)
+    if len(bad):
+        raise DataError(f"text encoder {inputs['encoder']!r} gave {len(bad)} vector(s) with NaN "
+                        f"or infinity (studies {', '.join(study_ids[r] for r in bad[:5])}); "
+                        "nothing was stored")
+    digests = {"texts.npy": write_npy_digest(folder / "texts.npy", vectors)}
     write_json(folder / "texts.ids.json", {"study_ids": study_ids, "mask": nonempty.tolist()})
     table = pd.DataFrame({"study_id": study_ids, "text": texts, "mask": nonempty})
     with atomic_path(folder / "texts.parquet") as tmp:
         table.to_parquet(tmp, index=False)
+    for name in ("texts.ids.json", "texts.parquet"):
+        digests[name] = digest_file(folder / name)
     meta = {
         "store_version": inputs["store_version"],
         "kind": "texts",
@@ -112,6 +135,7 @@ def embed_texts(
         "n_empty": int((~nonempty).sum()),
         "texts_per_s": int(nonempty.sum()) / elapsed if elapsed > 0 else None,
         "environment": environment_info(),  # torch version and CPU threads (said, not keyed)
+        "digests": digests,  # checked when the store is first opened in a process
     }
     write_json(folder / "meta.json", meta)
     return TextEmbeddings(folder, vectors, study_ids, nonempty, texts, meta)
@@ -126,9 +150,18 @@ def load_text_embeddings(path: str | Path) -> TextEmbeddings:
     folder = Path(path)
     if not (folder / "meta.json").is_file():
         raise DataError(f"{folder}: no meta.json; not a finished text embedding store")
-    meta = json.loads((folder / "meta.json").read_text())
-    ids = json.loads((folder / "texts.ids.json").read_text())
-    texts = pd.read_parquet(folder / "texts.parquet")["text"].tolist()
-    vectors = np.load(folder / "texts.npy", mmap_mode="r")
+    meta_path = folder / "meta.json"
+    meta = read_json(meta_path, remove=[meta_path])
+    digests = meta.get("digests", {})
+    ids_path, table_path = folder / "texts.ids.json", folder / "texts.parquet"
+    for file in (ids_path, table_path):  # a damaged file and meta.json go: the next run recomputes
+        verify_file(file, digests.get(file.name), remove=[file, meta_path])
+    ids = read_json(ids_path, remove=[ids_path, meta_path])
+    try:
+        texts = pd.read_parquet(table_path)["text"].tolist()
+    except (OSError, ValueError, KeyError) as err:
+        damaged(table_path, f"not a readable table: {err}", [table_path, meta_path])
+    vectors = open_array(folder / "texts.npy", digests.get("texts.npy"), list(ids["study_ids"]),
+                         remove=[folder / "texts.npy", meta_path])
     mask = np.asarray(ids["mask"], dtype=bool)
     return TextEmbeddings(folder, vectors, list(ids["study_ids"]), mask, texts, meta)

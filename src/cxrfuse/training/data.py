@@ -26,6 +26,7 @@ from torch.utils.data import (
 
 from cxrfuse.config import RunConfig
 from cxrfuse.data.manifest import read_manifest
+from cxrfuse.data.splits import check_patient_leakage
 from cxrfuse.encoders import create_image_encoder, create_text_encoder
 from cxrfuse.problems import DataError
 from cxrfuse.store import StudyArrays, assemble, embed_images, embed_texts
@@ -35,6 +36,7 @@ def build_study_arrays(config: RunConfig, *, progress: bool = True) -> StudyArra
     """Arrays for a run config, embedding what the store lacks (see the module docstring)."""
     manifest_path = Path(config.data.manifest)
     manifest = read_manifest(manifest_path)
+    check_patient_leakage(manifest, manifest_path)
     manifest.task_labels(config.data.task)  # fail early on an unknown task
     store = Path(config.data.store)
     info: dict[str, Any] = {"manifest": str(manifest_path), "stores": {"image": None, "text": None}}

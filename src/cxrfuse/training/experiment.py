@@ -13,7 +13,10 @@ import pandas as pd
 import yaml
 
 from cxrfuse.config import ExperimentConfig, RunConfig, value_slug
-from cxrfuse.problems import CxrfuseError
+from cxrfuse.data.manifest import read_manifest
+from cxrfuse.data.splits import check_patient_leakage
+from cxrfuse.files import folder_lock
+from cxrfuse.problems import CxrfuseError, os_fault
 from cxrfuse.rundir import ExperimentDir, RunDir, p_column, y_column
 from cxrfuse.training.module import epoch_metrics
 from cxrfuse.training.runner import train_run
@@ -34,9 +37,18 @@ def train_experiment(
     raises is recorded as failed and the grid goes on.
     """
     exp = ExperimentDir(experiment.experiment_dir)
+    with folder_lock(exp.path, "the experiment directory"):
+        return _train_locked(experiment, exp, progress, after_run, console)
+
+
+def _train_locked(experiment: ExperimentConfig, exp: ExperimentDir, progress: bool,
+                  after_run: Callable[[Path], None] | None, console: Any) -> Path:  # fmt: skip
     exp.write_config(experiment)
     say = console.print if console is not None else log.info
     runs = experiment.expand()
+    for manifest in sorted({str(config.data.manifest) for config in runs}):
+        if Path(manifest).is_file():  # a missing one fails each run, named
+            check_patient_leakage(read_manifest(manifest), manifest)
     for i, config in enumerate(runs, 1):
         prefix = f"[{i}/{len(runs)}] {config.name}"
         run = RunDir(config.run_dir)
@@ -50,7 +62,9 @@ def train_experiment(
             continue
         try:
             train_run(config, progress=progress)
-        except Exception as err:  # noqa: BLE001 - a failed run must not stop the grid
+        except Exception as err:  # a failed run must not stop the grid
+            if os_fault(err) is not None:
+                raise  # a full disk or a read-only folder would fail every run after it
             say(f"{prefix}: FAILED ({type(err).__name__}: {err})")
             continue
         say(f"{prefix}: finished")

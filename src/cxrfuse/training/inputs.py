@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from cxrfuse.config import RunConfig
 from cxrfuse.data.manifest import Manifest, read_manifest
+from cxrfuse.data.splits import check_patient_leakage
 from cxrfuse.fusion import FusionHead, head_probabilities
 from cxrfuse.problems import DataError
 from cxrfuse.rundir import FinetuneFacts, ImageSide, RunDir
@@ -239,6 +240,7 @@ def _module(cls: type[FusionModule], model: nn.Module, loss: nn.Module, config: 
 def study_arrays(config: RunConfig, *, progress: bool = True) -> tuple[StudyArrays, Manifest]:
     """Labels, splits and frozen text embeddings of the run's studies (manifest order)."""
     manifest = read_manifest(config.data.manifest)
+    check_patient_leakage(manifest, config.data.manifest)
     if "text" in config.model.modalities:
         text_only = config.model_copy(
             update={"model": config.model.model_copy(update={"modalities": ["text"]})}

@@ -13,6 +13,7 @@ stored embeddings and for end-to-end fine-tuning (the two differ only in their
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
@@ -28,6 +29,7 @@ from cxrfuse.config import RunConfig
 from cxrfuse.data.manifest import read_manifest
 from cxrfuse.data.views import read_view_counts
 from cxrfuse.encoders.text import TfidfEncoder
+from cxrfuse.files import first_rank, folder_lock
 from cxrfuse.fusion import FusionHead, build_head
 from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import CxrfuseError
@@ -43,6 +45,7 @@ from cxrfuse.rundir import (
 )
 from cxrfuse.runtime import environment_info, now_iso, seed_everything
 from cxrfuse.store import StudyArrays
+from cxrfuse.store.integrity import digest_file
 from cxrfuse.training.fit import fit_module
 from cxrfuse.training.inputs import InputSource, make_source
 from cxrfuse.training.losses import build_loss
@@ -182,6 +185,14 @@ def text_side(run: RunDir, arrays: StudyArrays) -> TextSide | None:
     return TextSide(**text, state=state)
 
 
+def run_file_digests(run: RunDir) -> dict[str, str]:
+    """SHA-256 of the run's weights (``*.safetensors``) and fitted-state JSON files: not
+    ``run.json`` (which holds them) nor ``model.json`` (``evaluate`` adds its thresholds)."""
+    return {p.name: digest_file(p) for p in sorted(run.path.iterdir())
+            if p.is_file() and p.suffix in (".safetensors", ".json")
+            and p not in (run.info_path, run.sidecar_path) and not p.name.startswith(".")}  # fmt: skip
+
+
 def _started_info(config: RunConfig) -> RunInfo:
     return RunInfo(name=config.name, kind="finetune" if config.training.mode == "finetune"
                    else "head", status="running", started=now_iso(), seed=config.seed,
@@ -197,6 +208,13 @@ def train_run(config: RunConfig, *, progress: bool = True, source: InputSource |
     arrays=...)`` on arrays the caller built); ``callbacks`` go to the Lightning ``Trainer``.
     ``config.tracking`` picks the logger (:mod:`cxrfuse.training.tracking`)."""
     run = RunDir(run_dir or config.run_dir)
+    lock = folder_lock(run.path, "the run directory") if first_rank() else contextlib.nullcontext()
+    with lock:
+        return _train_locked(config, run, progress, source, callbacks)
+
+
+def _train_locked(config: RunConfig, run: RunDir, progress: bool,
+                  source: InputSource | None, callbacks: Sequence[Any]) -> Path:  # fmt: skip
     run.write_config(config)
     info, start = _started_info(config), time.perf_counter()
     run.write_info(info)
@@ -252,6 +270,7 @@ def _train(config: RunConfig, run: RunDir, info: RunInfo, progress: bool,
         labels=list(arrays.labels), task=config.data.task, output=config.model.output,
         image=image.side, text=text_side(run, arrays),
     ))  # fmt: skip
+    info.digests = run_file_digests(run)
     info.labels, info.images = list(arrays.labels), arrays.images_kind
     info.manifest = arrays.info.get("manifest", info.manifest)
     info.stores = {"image": image.store, "text": arrays.info.get("stores", {}).get("text")}

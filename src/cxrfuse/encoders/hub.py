@@ -108,10 +108,12 @@ def read_state_dict(encoder: str, path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        if "weights_only" in str(err) or type(err).__name__ == "UnpicklingError":
+        if "global" in str(err).lower():  # torch refused a pickled object (not a broken file)
             reason = (f"{path} holds pickled Python objects besides tensors, which cxrfuse "
                       "never loads (they can run code); save the state_dict alone "
                       "(torch.save(model.state_dict(), path)) or as .safetensors")
+        elif type(err).__name__ == "UnpicklingError":  # its message repeats torch's advice
+            reason = f"{path} is not a readable state_dict (not a PyTorch or safetensors file)"
         else:  # torch's messages run over several lines: the first says what went wrong
             first = (str(err).strip().splitlines() or [""])[0]
             reason = f"{path} is not a readable state_dict ({type(err).__name__}: {first})"

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cxrfuse.cli import app
 from cxrfuse.data import read_manifest
-from cxrfuse.training.modelcard import read_card_metadata
+from cxrfuse.rundir.modelcard import read_card_metadata
 
 runner = CliRunner()
 

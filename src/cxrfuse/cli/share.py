@@ -23,7 +23,7 @@ def export_cmd(
 
     Example: `cxrfuse export runs/iu-binary-views-mean-indication --to shared/iu-model`
     """
-    from cxrfuse.training.modelcard import export_run
+    from cxrfuse.rundir.modelcard import export_run
 
     out = export_run(run_dir, to)
     files = sorted(p.name for p in out.iterdir())

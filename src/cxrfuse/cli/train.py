@@ -56,9 +56,8 @@ def _evaluate(run_dir: Path) -> None:
 def after_evaluation(run_dir: Path) -> None:
     """The model card, then the tracker run's test metrics, verdicts and artifacts (head and
     fine-tune runs with metrics.json; anything else is left alone)."""
-    from cxrfuse.rundir import RunDir
-    from cxrfuse.training import log_evaluation
-    from cxrfuse.training.modelcard import write_model_card
+    from cxrfuse.rundir import RunDir, layout
+    from cxrfuse.rundir.modelcard import write_model_card
 
     run = RunDir(run_dir)
     try:
@@ -71,6 +70,10 @@ def after_evaluation(run_dir: Path) -> None:
         write_model_card(run_dir)
     except CxrfuseError as err:
         err_console.print(f"[yellow]model card of {run_dir} not written:[/] {err}")
+    if not (run.path / layout.TRACKING).is_file():
+        return  # not tracked: no need to import training (Lightning) after an evaluation
+    from cxrfuse.training import log_evaluation
+
     try:
         logged = log_evaluation(run_dir)
     except Exception as err:  # noqa: BLE001 - a tracker problem must not lose the run

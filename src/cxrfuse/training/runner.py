@@ -43,13 +43,13 @@ from cxrfuse.rundir import (
     p_column,
     y_column,
 )
+from cxrfuse.rundir.modelcard import write_model_card
 from cxrfuse.runtime import environment_info, now_iso, seed_everything
 from cxrfuse.store import StudyArrays
 from cxrfuse.store.integrity import digest_file
 from cxrfuse.training.fit import fit_module
 from cxrfuse.training.inputs import InputSource, make_source
 from cxrfuse.training.losses import build_loss
-from cxrfuse.training.modelcard import write_model_card
 from cxrfuse.training.module import METRICS
 from cxrfuse.training.sampling import (
     balanced_class_weights,

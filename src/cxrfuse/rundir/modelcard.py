@@ -23,7 +23,8 @@ import yaml
 
 from cxrfuse.files import write_json, write_text
 from cxrfuse.problems import CxrfuseError, DataError
-from cxrfuse.rundir import RunDir, layout
+from cxrfuse.rundir import layout
+from cxrfuse.rundir.dirs import RunDir
 from cxrfuse.vocab import PHANTOM
 
 CARD_METRICS = ("auroc", "auprc", "f1", "accuracy", "precision", "recall")

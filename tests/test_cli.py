@@ -65,3 +65,33 @@ def test_help_lists_the_verbs_in_pipeline_order_in_panels():
     panels = [text.index(f"─ {panel} ") for panel in PIPELINE]
     assert panels == sorted(panels)
     assert registered == set(verbs), "a verb without a panel: add it to cli.PIPELINE"
+
+
+def test_progress_in_a_log_file_is_one_plain_line_per_update(tmp_path, monkeypatch) -> None:
+    """A job's log gets readable progress lines, not carriage-return redraws; a terminal does not."""
+    import io
+    import subprocess
+    import sys
+
+    from cxrfuse.cli import LOG_PROGRESS, log_friendly_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for name in LOG_PROGRESS:
+        monkeypatch.delenv(name, raising=False)
+    assert not log_friendly_progress(Terminal()) and "TQDM_ASCII" not in __import__("os").environ
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # a user's own setting wins
+    assert log_friendly_progress(io.StringIO())
+    import os
+
+    assert os.environ["TQDM_MININTERVAL"] == "0" and os.environ["TQDM_ASCII"] == LOG_PROGRESS["TQDM_ASCII"]
+    log = tmp_path / "job.log"
+    code = "from tqdm.auto import tqdm\nfor _ in tqdm(range(5), desc='work'): pass\n"
+    with log.open("w") as handle:
+        subprocess.run([sys.executable, "-c", code], stderr=handle, check=True,
+                       env={**os.environ, "TQDM_MININTERVAL": "0"})  # fmt: skip
+    lines = [line.strip("\r") for line in log.read_text().splitlines() if line.strip()]
+    assert lines[-1].startswith("work: 100%|####################| 5/5"), lines
+    assert all("\r" not in line for line in lines)

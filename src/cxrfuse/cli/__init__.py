@@ -8,6 +8,7 @@ register themselves on ``app``.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from functools import wraps
 from typing import Annotated, Any, TypeVar
@@ -79,6 +80,27 @@ def main_options(
 ) -> None:
     """Multimodal chest X-ray classification: fuse image and radiology-report embeddings."""
     _options["debug"] = debug  # set on every invocation (in-process runners reuse the app)
+    log_friendly_progress(sys.stderr)
+
+
+LOG_PROGRESS = {
+    "TQDM_MININTERVAL": "15",
+    "TQDM_ASCII": " 123456789#",  # plain characters (a string: tqdm reads the variable as one)
+    "TQDM_BAR_FORMAT": "{l_bar}{bar:20}{r_bar}\n",
+}
+"""tqdm defaults (its ``TQDM_*`` environment variables) when progress goes to a log file."""
+
+
+def log_friendly_progress(stream: Any) -> bool:
+    """Progress bars written to a file or a pipe (a job's log) become one plain line every 15
+    seconds instead of carriage-return redraws; a terminal keeps live bars, and ``TQDM_*``
+    variables a user set win. True when the log defaults were applied."""
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return False
+    for name, value in LOG_PROGRESS.items():
+        os.environ.setdefault(name, value)
+    return True
 
 
 def print_error(message: str) -> None:

@@ -249,6 +249,10 @@ class Service:
                 try:
                     drafter, note = self.drafter()
                     if drafter is not None and "image" in prediction.inputs:
+                        if not prediction.inputs["image_mask"].any():
+                            warnings.append("no draft report: the model read no view of this "
+                                            "study")  # fmt: skip
+                            return answer
                         answer["report_draft"] = drafter.draft(prediction.inputs["image"],
                                                                prediction.inputs["image_mask"])
                     elif note:

@@ -174,7 +174,7 @@ class ImageEmbeddings:
                      for v in views if str(v["image_id"]) in known]  # fmt: skip
             layout = view_slots([view for view, _ in items], mode)
             per_study.append([None if i is None else items[i][1] for i in layout])
-        width = max([len(slots) for slots in per_study] + [1])
+        width = max([len(slots) for slots in per_study] + [len(view_slots([], mode)), 1])
         X = np.zeros((len(per_study), width, dim), dtype=np.float32)
         mask = np.zeros((len(per_study), width), dtype=bool)
         for i, slots in enumerate(per_study):

@@ -106,7 +106,7 @@ def view_slots(manifest: Manifest, view_fusion: str) -> tuple[list[list[str | No
         items = [(str(v["view"]), str(v["path"])) for v in views if v.get("path")]
         layout = slot_layout([view for view, _ in items], view_fusion)
         per_study.append([None if i is None else items[i][1] for i in layout])
-    width = max([len(slots) for slots in per_study] + [1])
+    width = max([len(slots) for slots in per_study] + [len(slot_layout([], view_fusion)), 1])
     return [slots + [None] * (width - len(slots)) for slots in per_study], width
 
 

@@ -96,7 +96,7 @@ def test_dicom_view_reads_like_its_png_and_gives_its_view(client: TestClient, se
     body = client.post("/v1/predict", files=files_of(("lat.dcm", lateral), ("front.dcm", inverted)),
                        data={"indication": test_study["indication"]}).json()
     assert [(v["name"], v["view"], v["view_source"], v["slot"]) for v in body["views"]] == [
-        ("lat.dcm", "LL", "dicom header", 1), ("front.dcm", "PA", "dicom header", 0)]
+        ("lat.dcm", "LL", "dicom header", 0), ("front.dcm", "PA", "dicom header", 1)]
     assert body["probabilities"]["abnormal"] == pytest.approx(
         stored_probability(served_run, test_study["study_id"]), abs=1e-4)
 
@@ -282,11 +282,13 @@ def test_concat_slots_follow_the_view_positions(served_run: Path, test_study: di
             for n, v in (("a", "LATERAL"), ("b", "UNKNOWN"), ("c", "PA"))]
     predictor.run.sidecar.image.views = "concat"  # the slot rule of a concat head (2 slots)
     assert predictor.slots(read) == [(2, 0), (0, 1)]
-    assert predictor.slots(read[:2]) == [(1, 0), (0, 1)]  # the unknown view fills slot 0
+    # training's rule: no view of unknown position stands in for the missing frontal one
+    assert predictor.slots(read[:2]) == [(0, 1)]
+    assert predictor.empty_slots(read[:2]) == ["frontal"] and predictor.empty_slots(read) == []
     predictor.run.sidecar.image.views = "frontal"
-    assert predictor.slots(read) == [(2, 0)] and predictor.slots(read[:1]) == [(0, 0)]
-    predictor.run.sidecar.image.views = "mean"
-    assert predictor.slots(read) == [(2, 0), (0, 1), (1, 2)]
+    assert predictor.slots(read) == [(2, 0)] and predictor.slots(read[:1]) == []
+    predictor.run.sidecar.image.views = "mean"  # every view, in upload order (as training)
+    assert predictor.slots(read) == [(0, 0), (1, 1), (2, 2)]
 
 
 def test_jpeg_bytes_decode_as_the_store_decodes_a_jpeg_file(served_run: Path, test_study: dict,

@@ -162,10 +162,14 @@ def test_lateral_given_to_a_frontal_only_model_gets_no_map(
         monkeypatch.setattr(service.run.info, "views", frontal_only)
     lateral = Path(test_study["lateral"]).read_bytes()
     body = client.post("/v1/predict", files=[("images", ("l.png", lateral, "image/png"))],
-                       data={"views": ["LATERAL"], "explain": "true"}).json()
+                       data={"views": ["LATERAL"], "explain": "true", "draft": "true"}).json()
     assert body["overlays"] == [] and body["probabilities"]
-    assert any("trained on frontal views only" in w and w.startswith("l.png") for w in
-               body["warnings"])  # fmt: skip
+    assert body["report_draft"] is None
+    assert "no draft report: the model read no view of this study" in body["warnings"]
+    # the lateral is not read (training's rule): the frontal slot is empty, and said so
+    assert [v["slot"] for v in body["views"]] == [None]
+    assert any(w.startswith("no frontal view given") for w in body["warnings"])
+    assert any(w.startswith("l.png: not read") for w in body["warnings"])
 
 
 def test_old_sidecars_read_as_crop_and_new_runs_record_pad(served_run: Path) -> None:

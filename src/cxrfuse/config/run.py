@@ -42,6 +42,7 @@ from cxrfuse.config.common import (
     set_dotted,
     validate_config,
 )
+from cxrfuse.data.views import ViewMode
 from cxrfuse.problems import ConfigError
 from cxrfuse.text import TextConfig
 from cxrfuse.vocab import PRE_READ_SECTIONS, Section
@@ -89,7 +90,7 @@ class ImageSideConfig(Strict):
     offline_encoder: str = "efficientnet-lite0"
     weights: str = "default"
     input_size: int | None = Field(None, ge=16)
-    views: Literal["frontal", "mean", "concat", "attention"] = "mean"
+    views: ViewMode = "mean"
     fit: Literal["pad", "crop"] = Field(
         "pad", description="how a non-square image becomes the encoder's square input: pad "
         "(letterboxed, nothing dropped; new runs) or crop (central square, as runs and stores "

@@ -1,10 +1,13 @@
 """View positions you can trust: the view kinds a run read in training, and the plausibility of
 a study's view metadata at ingest.
 
-* :func:`read_view_counts`: the images a view fusion reads of each study (the same rule as the
-  embedding store and fine-tuning: ``frontal`` the first frontal view, ``concat`` the first
-  frontal and the first lateral, ``mean`` / ``attention`` every view with pixels), counted by
-  kind (frontal, lateral, unknown). Training records it in ``run.json`` (``views``); predict
+* :func:`view_slots`: THE slot layout of a head's view fusion (:data:`ViewMode`), the one rule
+  the embedding store, fine-tuning, explain and predict all use: ``frontal`` one slot, the
+  first frontal view; ``concat`` two slots, the first frontal and the first lateral view;
+  ``mean`` / ``attention`` every view, in the given order. A view of unknown position fills no
+  ``frontal`` / ``concat`` slot, and a missing kind leaves its slot empty (zeros, mask False).
+* :func:`read_view_counts`: the images a view fusion reads of each study, counted by kind
+  (frontal, lateral, unknown). Training records it in ``run.json`` (``views``); predict
   warns about a view kind the run never read.
 * :func:`implausible_views`: a study whose metadata says two or more frontal views of the same
   position and no lateral (a lateral marked PA, the common IU X-ray error), or whose image is
@@ -15,10 +18,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from cxrfuse.data.manifest import view_kind
-from cxrfuse.vocab import FRONTAL_VIEWS, VIEW_KINDS
+from cxrfuse.problems import ConfigError
+from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS, VIEW_KINDS
+
+ViewMode = Literal["frontal", "mean", "concat", "attention"]
+"""How a head fuses a study's views (``image.views`` of a run config)."""
+VIEW_MODES: tuple[str, ...] = ("frontal", "mean", "concat", "attention")
 
 LATERAL_NAME = re.compile(r"(?:^|[^a-z])(?:lat|lateral|ll|rl)(?:[^a-z]|$)", re.IGNORECASE)
 """A file name or image id that says lateral (``1_lateral.png``, ``cxr-LL.dcm``, ``lat``)."""
@@ -28,19 +36,32 @@ def empty_counts() -> dict[str, int]:
     return dict.fromkeys(VIEW_KINDS, 0)
 
 
+def view_slots(positions: Sequence[str | None], view_fusion: str) -> list[int | None]:
+    """Per head slot, the index into ``positions`` (a study's usable views, in order) of the
+    view the slot reads, None for an empty slot (zeros, mask False).
+
+    ``frontal``: ``[first frontal]``; ``concat``: ``[first frontal, first lateral]``; ``mean``
+    and ``attention``: every view in the given order (``len(positions)`` slots; a batch pads
+    them to its widest study). Views of unknown position fill no ``frontal`` / ``concat``
+    slot, and no other view stands in for a missing one: the rule the heads were trained on.
+    """
+
+    def first(kinds: frozenset[str]) -> int | None:
+        return next((i for i, p in enumerate(positions) if p in kinds), None)
+
+    if view_fusion == "frontal":
+        return [first(FRONTAL_VIEWS)]
+    if view_fusion == "concat":
+        return [first(FRONTAL_VIEWS), first(LATERAL_VIEWS)]
+    if view_fusion in ("mean", "attention"):
+        return list(range(len(positions)))
+    raise ConfigError(f"image.views: {view_fusion!r} unknown; choose one of {', '.join(VIEW_MODES)}")
+
+
 def read_views(views: Sequence[Mapping[str, Any]], view_fusion: str) -> list[str]:
     """The view positions a view fusion reads of one study's views (those with pixels)."""
     present = [str(v.get("view")) for v in views if v.get("path")]
-    kinds = [view_kind(v) for v in present]
-
-    def first(kind: str) -> list[str]:
-        return next(([v] for v, k in zip(present, kinds) if k == kind), [])
-
-    if view_fusion == "frontal":
-        return first("frontal")
-    if view_fusion == "concat":
-        return first("frontal") + first("lateral")
-    return present
+    return [present[i] for i in view_slots(present, view_fusion) if i is not None]
 
 
 def read_view_counts(studies: Iterable[Sequence[Mapping[str, Any]]], view_fusion: str) -> dict[str, int]:

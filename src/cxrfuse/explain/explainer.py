@@ -28,6 +28,7 @@ from tqdm import tqdm
 from cxrfuse.data.images import LEGACY_FIT, decode_resized, gray8
 from cxrfuse.data.manifest import Manifest, label_slug
 from cxrfuse.data.phantoms import file_stem
+from cxrfuse.data.views import view_slots as slot_layout
 from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.explain.gradcam import (
     FusedImageClassifier,
@@ -40,9 +41,7 @@ from cxrfuse.explain.overlay import MapDrawing, map_note, write_overlay
 from cxrfuse.fusion.heads import FusionHead
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import layout
-from cxrfuse.vocab import FRONTAL_VIEWS
 
-LATERAL_VIEWS = frozenset({"LATERAL", "LL"})
 INDEX_FILE = layout.EXPLAIN_INDEX
 
 
@@ -163,17 +162,11 @@ def caption_lines(exp: ViewExplanation, facts: CaptionFacts | None = None) -> li
 
 
 def view_slots(views: Sequence[Mapping[str, Any]], view_fusion: str) -> list[tuple[int, Mapping]]:
-    """The views a head reads, with their slots (only views whose file path is known)."""
+    """The views a head reads, with their slots (only views whose file path is known): the
+    layout of :func:`cxrfuse.data.views.view_slots`, empty slots left out."""
     usable = [v for v in views if v.get("path")]
-    if view_fusion in ("frontal", "concat"):
-        kinds = [FRONTAL_VIEWS] if view_fusion == "frontal" else [FRONTAL_VIEWS, LATERAL_VIEWS]
-        slots = []
-        for slot, wanted in enumerate(kinds):
-            found = next((v for v in usable if v.get("view") in wanted), None)
-            if found is not None:
-                slots.append((slot, found))
-        return slots
-    return list(enumerate(usable))
+    layout = slot_layout([str(v.get("view")) for v in usable], view_fusion)
+    return [(slot, usable[i]) for slot, i in enumerate(layout) if i is not None]
 
 
 @dataclass

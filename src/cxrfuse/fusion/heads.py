@@ -4,10 +4,9 @@ Every head takes the same inputs, so a fused model and its unimodal baselines co
 config and differ only in ``modalities``:
 
 * ``image``: (B, V, D) view embeddings and ``image_mask`` (B, V), True where a view exists.
-  The view layout depends on the view fusion: ``frontal`` and ``concat`` read fixed slots
-  (slot 0 frontal, slot 1 lateral: :meth:`ImageEmbeddings.study_matrix` modes ``frontal`` /
-  ``concat`` reshaped to (B, V, D)); ``mean`` and ``attention`` read any number of views
-  (mode ``stack``).
+  The view layout is :func:`cxrfuse.data.views.view_slots` (the one rule of store,
+  fine-tuning, explain and predict): ``frontal`` and ``concat`` read fixed slots (slot 0
+  frontal, slot 1 lateral); ``mean`` and ``attention`` read any number of views.
 * ``text``: (B, Dt) report embeddings and ``text_mask`` (B,), True where the study has text.
 
 Heads return logits (B, n_outputs): one per label for sigmoid outputs (binary or multilabel),
@@ -25,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrfuse.data.views import VIEW_MODES, ViewMode
+
 Modality = Literal["image", "text"]
-ViewMode = Literal["frontal", "mean", "concat", "attention"]
 HeadKind = Literal["concat-mlp", "late-fusion"]
-VIEW_MODES: tuple[str, ...] = ("frontal", "mean", "concat", "attention")
 
 
 class AttentionViewFusion(nn.Module):

@@ -32,6 +32,7 @@ from cxrfuse.data.images import (
 )
 from cxrfuse.data.manifest import normalise_view, view_kind
 from cxrfuse.data.mimic_cxr import parse_report_sections
+from cxrfuse.data.views import view_slots
 from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.encoders.text import TextEncoder
 from cxrfuse.inference.runs import LoadedRun, load_run
@@ -354,32 +355,24 @@ class Predictor:
         return upload_order_views(reads), headers
 
     def slots(self, reads: Sequence[ViewRead]) -> list[tuple[int, int]]:
-        """(index into ``reads``, head slot) of the views the head reads, in slot order.
-
-        ``mean`` / ``attention`` fusion reads every view (frontal ones first); ``frontal``
-        reads the first frontal view (else the first view); ``concat`` puts the first frontal
-        view in slot 0 and the first lateral in slot 1, views of unknown position filling the
-        free slots in upload order (so without any view position the upload order is the
-        slot order)."""
+        """(index into ``reads``, head slot) of the views the head reads, in slot order: the
+        layout training used (:func:`cxrfuse.data.views.view_slots` over the views' positions,
+        in upload order). ``frontal`` reads the first frontal view, ``concat`` the first
+        frontal and the first lateral, ``mean`` / ``attention`` every view; no view of another
+        position stands in for a missing one (its slot stays empty: zeros, mask False)."""
         spec = self.run.sidecar.image
         assert spec is not None
-        frontal = [i for i, r in enumerate(reads) if r.view in FRONTAL_VIEWS]
-        lateral = [i for i, r in enumerate(reads) if r.view in LATERAL_VIEWS]
-        unknown = [i for i in range(len(reads)) if i not in frontal and i not in lateral]
-        if spec.views == "frontal":
-            return [((frontal or list(range(len(reads))))[0], 0)] if reads else []
-        if spec.views == "concat":
-            placed = {0: frontal[0]} if frontal else {}
-            if lateral:
-                placed[1] = lateral[0]
-            rest = iter(unknown)
-            for slot in range(int(spec.n_views)):
-                if slot not in placed:
-                    index = next(rest, None)
-                    if index is not None:
-                        placed[slot] = index
-            return sorted(((i, slot) for slot, i in placed.items()), key=lambda p: p[1])
-        return [(index, slot) for slot, index in enumerate(frontal + lateral + unknown)]
+        layout = view_slots([r.view for r in reads], spec.views)
+        return [(index, slot) for slot, index in enumerate(layout) if index is not None]
+
+    def empty_slots(self, reads: Sequence[ViewRead]) -> list[str]:
+        """The view kinds whose fixed slot (``frontal`` / ``concat`` fusion) no view fills."""
+        spec = self.run.sidecar.image
+        assert spec is not None
+        if spec.views not in ("frontal", "concat"):
+            return []
+        layout = view_slots([r.view for r in reads], spec.views)
+        return [kind for kind, index in zip(("frontal", "lateral"), layout) if index is None]
 
     def image_inputs(self, images: Sequence[StudyImage], reads: list[ViewRead]
                      ) -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:  # fmt: skip
@@ -397,9 +390,12 @@ class Predictor:
                 pixels.append(decode_resized_bytes(images[index].data, size, spec.fit))
             except (OSError, ValueError) as err:
                 raise DataError(f"{images[index].name}: cannot read the image ({err})") from err
-        batch = torch.stack([self.image_encoder.preprocess(p) for p in pixels]).to(self.device)
-        with torch.inference_mode():
-            feats = self.image_encoder(batch).float().cpu()
+        if pixels:
+            batch = torch.stack([self.image_encoder.preprocess(p) for p in pixels])
+            with torch.inference_mode():
+                feats = self.image_encoder(batch.to(self.device)).float().cpu()
+        else:  # no view fills a slot: the head reads zeros, as training gave such a study
+            feats = torch.zeros((0, self.image_encoder.feature_dim))
         width = int(spec.n_views) if spec.views in ("frontal", "concat") else len(feats)
         views = torch.zeros((1, max(width, 1), feats.shape[1]))
         mask = torch.zeros(views.shape[:2], dtype=torch.bool)
@@ -453,9 +449,10 @@ class Predictor:
                          f"{r.view.lower()} from the upload order (frontal first, then lateral): "
                          "give the views to be sure" for r in reads if r.view_source == UPLOAD_ORDER]
             warnings += self._view_kind_warnings(reads)
-            read_views = {r.view for r in reads if r.slot is not None}
-            if self.run.sidecar.image.views == "frontal" and read_views <= LATERAL_VIEWS:
-                warnings.append("this model reads a frontal view, but only a lateral one was given")
+            for kind in self.empty_slots(reads):
+                warnings.append(f"no {kind} view given: the {kind} slot of this model "
+                                f"({self.run.sidecar.image.views} view fusion) is left empty "
+                                "(zeros), as training left it for a study without one")  # fmt: skip
         elif study:
             warnings.append("this model reads report text only: the images were ignored")
         text = study_text(report, indication, comparison)

@@ -248,7 +248,11 @@ class Service:
             if draft:
                 try:
                     drafter, note = self.drafter()
-                    if drafter is not None and "image" in prediction.inputs:
+                    read_none = ("image_mask" in prediction.inputs
+                                 and not prediction.inputs["image_mask"].any())  # fmt: skip
+                    if drafter is not None and read_none:
+                        warnings.append("no draft report: the model read no view of this study")
+                    elif drafter is not None and "image" in prediction.inputs:
                         answer["report_draft"] = drafter.draft(prediction.inputs["image"],
                                                                prediction.inputs["image_mask"])
                     elif note:

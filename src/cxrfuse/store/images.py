@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from cxrfuse.data.images import decode_resized
 from cxrfuse.data.manifest import Manifest
+from cxrfuse.data.views import ViewMode, view_slots
 from cxrfuse.encoders.image import to_model_input
 from cxrfuse.files import clean_temp_files, file_stamp, folder_lock, write_json
 from cxrfuse.problems import DataError, ProblemLog
@@ -47,7 +48,6 @@ from cxrfuse.store.integrity import (
     write_npy_digest,
 )
 from cxrfuse.store.keys import STORE_VERSION, ImageRecord, image_key, image_records
-from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS
 
 if TYPE_CHECKING:
     from cxrfuse.encoders.image import ImageEncoder
@@ -159,6 +159,30 @@ class ImageEmbeddings:
             rows.setdefault(sid, {})[iid] = i
         return rows
 
+    def study_slots(self, manifest: Manifest, mode: ViewMode) -> tuple[np.ndarray, np.ndarray]:
+        """(n, V, D) view embeddings and (n, V) mask in the slots of the head's view fusion
+        ``mode`` (:func:`cxrfuse.data.views.view_slots` over each study's embedded views, in
+        manifest order); ``mean`` / ``attention`` are padded to the widest study. Empty slots
+        are zeros with mask False."""
+        vectors = self.vectors
+        dim = vectors.shape[1] if vectors.ndim == 2 else self.dim
+        rows = self._rows_by_study()
+        per_study: list[list[int | None]] = []
+        for sid, views in zip(manifest.df["study_id"], manifest.df["views"]):
+            known = rows.get(str(sid), {})
+            items = [(str(v["view"]), known[str(v["image_id"])])
+                     for v in views if str(v["image_id"]) in known]  # fmt: skip
+            layout = view_slots([view for view, _ in items], mode)
+            per_study.append([None if i is None else items[i][1] for i in layout])
+        width = max([len(slots) for slots in per_study] + [len(view_slots([], mode)), 1])
+        X = np.zeros((len(per_study), width, dim), dtype=np.float32)
+        mask = np.zeros((len(per_study), width), dtype=bool)
+        for i, slots in enumerate(per_study):
+            for j, row in enumerate(slots):
+                if row is not None:
+                    X[i, j], mask[i, j] = vectors[row], True
+        return X, mask
+
     def study_matrix(
         self, manifest: Manifest, mode: StudyMode = "frontal"
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -167,55 +191,23 @@ class ImageEmbeddings:
         ``frontal``: the first frontal view, (n, D) and mask (n,). ``mean``: the mean of the
         embedded views, (n, D) and (n,). ``concat``: [frontal, lateral], (n, 2D) and a per-slot
         mask (n, 2). ``stack``: (n, max_views, D) and (n, max_views) for attention fusion.
-        Missing views are zeros with mask False.
+        Missing views are zeros with mask False. The slots are :meth:`study_slots`'.
         """
-        vectors = self.vectors
-        dim = vectors.shape[1] if vectors.ndim == 2 else self.dim
-        rows = self._rows_by_study()
-        per_study: list[list[tuple[str, int]]] = []
-        for sid, views in zip(manifest.df["study_id"], manifest.df["views"]):
-            known = rows.get(str(sid), {})
-            per_study.append(
-                [
-                    (v["view"], known[str(v["image_id"])])
-                    for v in views
-                    if str(v["image_id"]) in known
-                ]
-            )
-        n = len(per_study)
-
-        def first(items: list[tuple[str, int]], kinds: frozenset[str]) -> int | None:
-            return next((row for view, row in items if view in kinds), None)
-
-        if mode in ("frontal", "mean"):
-            X = np.zeros((n, dim), dtype=np.float32)
-            mask = np.zeros(n, dtype=bool)
-            for i, items in enumerate(per_study):
-                if mode == "frontal":
-                    row = first(items, FRONTAL_VIEWS)
-                    if row is not None:
-                        X[i], mask[i] = vectors[row], True
-                elif items:
-                    X[i] = np.asarray(vectors[[r for _, r in items]], dtype=np.float32).mean(0)
-                    mask[i] = True
-            return X, mask
+        if mode == "frontal":
+            X, mask = self.study_slots(manifest, "frontal")
+            return X[:, 0], mask[:, 0]
+        if mode == "mean":
+            X, mask = self.study_slots(manifest, "mean")
+            count = mask.sum(1)
+            means = np.zeros((len(X), X.shape[2]), dtype=np.float32)
+            for i in np.flatnonzero(count):
+                means[i] = X[i, mask[i]].mean(0)
+            return means, count > 0
         if mode == "concat":
-            X = np.zeros((n, 2 * dim), dtype=np.float32)
-            mask = np.zeros((n, 2), dtype=bool)
-            for i, items in enumerate(per_study):
-                for slot, kinds in enumerate((FRONTAL_VIEWS, LATERAL_VIEWS)):
-                    row = first(items, kinds)
-                    if row is not None:
-                        X[i, slot * dim : (slot + 1) * dim], mask[i, slot] = vectors[row], True
-            return X, mask
+            X, mask = self.study_slots(manifest, "concat")
+            return X.reshape(len(X), -1), mask
         if mode == "stack":
-            width = max([len(items) for items in per_study] + [1])
-            X = np.zeros((n, width, dim), dtype=np.float32)
-            mask = np.zeros((n, width), dtype=bool)
-            for i, items in enumerate(per_study):
-                for j, (_, row) in enumerate(items):
-                    X[i, j], mask[i, j] = vectors[row], True
-            return X, mask
+            return self.study_slots(manifest, "attention")
         raise ValueError(f"unknown mode {mode!r}; choose frontal, mean, concat or stack")
 
 

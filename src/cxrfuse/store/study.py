@@ -3,7 +3,7 @@ row per study, in the shapes the fusion heads read.
 
 :func:`assemble` builds a :class:`StudyArrays` for the studies with a split and at least one
 known label of a task: image view embeddings (n, V, D) with their view mask (n, V), in the
-slots of the head's view fusion (:data:`VIEW_SLOTS`), and report embeddings (n, Dt) with
+slots of the head's view fusion (:func:`cxrfuse.data.views.view_slots`), and report embeddings (n, Dt) with
 their text mask (n,).
 """
 
@@ -17,15 +17,9 @@ import torch
 
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.problems import DataError
-from cxrfuse.store.images import ImageEmbeddings, StudyMode
+from cxrfuse.store.images import ImageEmbeddings
 from cxrfuse.store.texts import TextEmbeddings
 from cxrfuse.vocab import SPLITS
-
-VIEW_SLOTS: dict[str, StudyMode] = {
-    "frontal": "frontal", "mean": "stack", "concat": "concat", "attention": "stack",
-}  # fmt: skip
-"""How each view fusion of the heads reads the store: the first frontal view, every view
-(mean and attention fuse them in the head, with the mask), or [frontal, lateral]."""
 
 INPUT_KEYS = ("image", "image_mask", "text", "text_mask")
 
@@ -92,11 +86,7 @@ def study_level_image(
     embeddings: ImageEmbeddings, manifest: Manifest, views: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n, V, D) view embeddings and (n, V) mask for a view fusion mode of the heads."""
-    X, mask = embeddings.study_matrix(manifest, VIEW_SLOTS[views])  # type: ignore[arg-type]
-    if X.ndim == 2 and mask.ndim == 2:  # concat: (n, V*D) with a per-slot mask
-        X = X.reshape(len(X), mask.shape[1], -1)
-    elif X.ndim == 2:  # frontal: one slot
-        X, mask = X[:, None, :], mask[:, None]
+    X, mask = embeddings.study_slots(manifest, views)  # type: ignore[arg-type]
     return np.ascontiguousarray(X, dtype=np.float32), mask.astype(bool)
 
 

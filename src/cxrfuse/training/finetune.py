@@ -27,15 +27,15 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from cxrfuse.config import RunConfig
 from cxrfuse.data.images import decode_resized
 from cxrfuse.data.manifest import Manifest
+from cxrfuse.data.views import view_slots as slot_layout
 from cxrfuse.encoders import create_image_encoder, to_model_input
 from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.encoders.surgery import adapt_to_grayscale, freeze_backbone
 from cxrfuse.fusion import FusionHead
-from cxrfuse.problems import ConfigError, DataError
+from cxrfuse.problems import DataError
 from cxrfuse.store import DecodedImageCache, StudyArrays
 from cxrfuse.training.augment import Augment
 from cxrfuse.training.module import FusionModule, make_optimizer, make_scheduler
-from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS
 
 
 class FinetuneModel(nn.Module):
@@ -98,28 +98,16 @@ class FinetuneModel(nn.Module):
 
 
 def view_slots(manifest: Manifest, view_fusion: str) -> tuple[list[list[str | None]], int]:
-    """Per study, the image paths in the slots the head's view fusion reads, and the width.
-
-    ``frontal``: one slot, the first frontal view. ``concat``: [frontal, lateral]. ``mean`` and
-    ``attention``: every view with a path, padded to the widest study. Empty slots are None.
-    The same layout as :meth:`ImageEmbeddings.study_matrix` modes frontal/concat/stack.
-    """
-    per_study = [
-        [(str(v["view"]), str(v["path"])) for v in views if v.get("path")]
-        for views in manifest.df["views"]
-    ]
-
-    def first(items: list[tuple[str, str]], kinds: frozenset[str]) -> str | None:
-        return next((p for view, p in items if view in kinds), None)
-
-    if view_fusion == "frontal":
-        return [[first(items, FRONTAL_VIEWS)] for items in per_study], 1
-    if view_fusion == "concat":
-        return [[first(i, FRONTAL_VIEWS), first(i, LATERAL_VIEWS)] for i in per_study], 2
-    if view_fusion in ("mean", "attention"):
-        width = max([len(items) for items in per_study] + [1])
-        return [[p for _, p in items] + [None] * (width - len(items)) for items in per_study], width
-    raise ConfigError(f"image.views: {view_fusion!r} unknown; choose frontal, mean, concat, attention")
+    """Per study, the image paths in the slots the head's view fusion reads, and the width:
+    :func:`cxrfuse.data.views.view_slots` over the views with a path (the store's layout),
+    ``mean`` / ``attention`` padded to the widest study. Empty slots are None."""
+    per_study = []
+    for views in manifest.df["views"]:
+        items = [(str(v["view"]), str(v["path"])) for v in views if v.get("path")]
+        layout = slot_layout([view for view, _ in items], view_fusion)
+        per_study.append([None if i is None else items[i][1] for i in layout])
+    width = max([len(slots) for slots in per_study] + [len(slot_layout([], view_fusion)), 1])
+    return [slots + [None] * (width - len(slots)) for slots in per_study], width
 
 
 class StudyImages(Dataset):

@@ -66,3 +66,23 @@ def test_backend_without_onnx_model_is_a_clear_error(served_run: Path) -> None:
 
     with pytest.raises(DataError, match="model.onnx"):
         Predictor(served_run, backend="onnxruntime")
+
+
+def test_served_onnxruntime_equals_stored_torch_prediction(onnx_export: Path, served_run: Path,
+                                                           test_study: dict) -> None:
+    import pandas as pd
+    from fastapi.testclient import TestClient
+
+    from cxrfuse.serve.app import create_app
+
+    client = TestClient(create_app(onnx_export, backend="onnxruntime"))
+    assert client.get("/v1/model").json()["backend"] == "onnxruntime"
+    frontal, lateral = (Path(test_study[k]).read_bytes() for k in ("frontal", "lateral"))
+    files = [("images", (n, d, "application/octet-stream")) for n, d in (("f.png", frontal),
+                                                                           ("l.png", lateral))]
+    answer = client.post("/v1/predict", files=files,
+                         data={"views": ["PA", "LATERAL"], "indication": test_study["indication"]})
+    assert answer.status_code == 200, answer.text
+    p = answer.json()["probabilities"]["abnormal"]
+    stored = pd.read_parquet(served_run / "predictions.parquet").set_index("study_id")
+    assert p == pytest.approx(float(stored.loc[test_study["study_id"], "p__abnormal"]), abs=1e-4)

@@ -17,7 +17,8 @@ BACKENDS = ("torch", "onnxruntime")
 
 
 class OnnxBackend:
-    """An onnxruntime session on a run's ``model.onnx`` (CPU, threads as onnxruntime picks)."""
+    """An onnxruntime session on a run's ``model.onnx`` (CPU; as many threads as torch uses,
+    e.g. ``OMP_NUM_THREADS``, unless ``threads`` says)."""
 
     def __init__(self, run_dir: str | Path, threads: int | None = None) -> None:
         try:
@@ -30,8 +31,8 @@ class OnnxBackend:
             raise DataError(f"{self.path}: no ONNX model; write it with `cxrfuse export "
                             f"{run_dir} --to DIR --format onnx` and serve DIR")  # fmt: skip
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or torch.get_num_threads()  # as torch would
+        options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(self.path), options,
                                             providers=["CPUExecutionProvider"])  # fmt: skip
         self.inputs = [i.name for i in self.session.get_inputs()]

@@ -86,3 +86,28 @@ def test_served_onnxruntime_equals_stored_torch_prediction(onnx_export: Path, se
     p = answer.json()["probabilities"]["abnormal"]
     stored = pd.read_parquet(served_run / "predictions.parquet").set_index("study_id")
     assert p == pytest.approx(float(stored.loc[test_study["study_id"], "p__abnormal"]), abs=1e-4)
+
+
+def test_real_radiographs_give_the_same_probabilities(onnx_export: Path) -> None:
+    """Real NIH films (skipped when ../shared/data is absent) through both backends."""
+    import io
+
+    from PIL import Image
+    from test_real_sizes import real_radiographs
+
+    from cxrfuse.inference import Predictor, StudyImage
+
+    films = real_radiographs()
+    if not films:
+        pytest.skip("../shared/data (real radiographs) is absent")
+    studies = []
+    for i, film in enumerate(films):
+        buffer = io.BytesIO()
+        Image.fromarray(film).save(buffer, format="PNG")
+        studies.append(StudyImage(f"real{i}.png", buffer.getvalue(), "PA"))
+    torch_predictor = Predictor(onnx_export)
+    onnx_predictor = Predictor(onnx_export, backend="onnxruntime")
+    for study in (studies, studies[:1]):
+        a = torch_predictor.predict(study, indication="Cough").probabilities
+        b = onnx_predictor.predict(study, indication="Cough").probabilities
+        assert max(abs(a[k] - b[k]) for k in a) <= 1e-4

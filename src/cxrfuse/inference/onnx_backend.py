@@ -33,9 +33,19 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()  # as torch would
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path), options,
-                                            providers=["CPUExecutionProvider"])  # fmt: skip
+        try:
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=["CPUExecutionProvider"])  # fmt: skip
+        except Exception as err:  # onnxruntime raises its own kinds (InvalidProtobuf, Fail, ...)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise DataError(f"{self.path}: onnxruntime cannot load it ({first}); export it again "
+                            "with `cxrfuse export RUN --to DIR --format onnx`") from err  # fmt: skip
+        wanted = {"pixels", "image_mask", "text", "text_mask"}
         self.inputs = [i.name for i in self.session.get_inputs()]
+        if not set(self.inputs) <= wanted or len(self.session.get_outputs()) != 2:
+            raise DataError(f"{self.path}: not a cxrfuse served-path graph (inputs "
+                            f"{', '.join(self.inputs)}); export it again with `cxrfuse export "
+                            "RUN --to DIR --format onnx`")  # fmt: skip
 
     def run(self, inputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (1, n_labels), view embeddings (1, W, F)) of one study's inputs."""

@@ -35,7 +35,7 @@ from cxrfuse.data.mimic_cxr import parse_report_sections
 from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.encoders.text import TextEncoder
 from cxrfuse.inference.runs import LoadedRun, load_run
-from cxrfuse.problems import CxrfuseError, DataError
+from cxrfuse.problems import ConfigError, CxrfuseError, DataError
 from cxrfuse.rundir import Metrics, RunDir, Verdict
 from cxrfuse.text import TextConfig, label_patterns, prepare_text
 from cxrfuse.vocab import (
@@ -195,7 +195,7 @@ class Predictor:
             from cxrfuse.inference.onnx_backend import BACKENDS, OnnxBackend
 
             if backend not in BACKENDS:
-                raise CxrfuseError(f"backend {backend!r}: give one of {', '.join(BACKENDS)}")
+                raise ConfigError(f"--backend {backend!r}: give one of {', '.join(BACKENDS)}")
             self.backend = OnnxBackend(self.run.run_dir)
         self.image_encoder: ImageEncoder | None = None
         self.text_encoder: TextEncoder | None = None

@@ -30,6 +30,8 @@ def test_parity_on_test_studies(onnx_export: Path) -> None:
     assert report["studies"] >= 3
     assert report["max_abs_diff"] <= 1e-4
     assert report["passed"]
+    files = json.loads((onnx_export / "export.json").read_text())["files"]
+    assert {"model.onnx", "onnx_parity.json", "model.safetensors"} <= set(files)
 
 
 def test_predict_backend_matches_torch(onnx_export: Path, test_study: dict) -> None:

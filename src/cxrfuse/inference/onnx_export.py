@@ -15,6 +15,7 @@ encoder (MiniLM or the fitted tf-idf), thresholds, decisions, warnings and Grad-
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from pathlib import Path
@@ -102,7 +103,8 @@ def test_studies(predictor: Any, split: str = "test") -> list[dict[str, Any]]:
     for _, row in df[df["split"] == split].iterrows():
         paths = [v["path"] for v in row["views"] if v["path"]]
         views = [v["view"] for v in row["views"] if v["path"]]
-        report = "\n".join(f"{s.upper()}: {row[s]}" for s in REPORT_SECTIONS if row.get(s))
+        report = "\n".join(f"{s.upper()}: {row[s]}" for s in REPORT_SECTIONS
+                           if isinstance(row.get(s), str) and row[s].strip())  # fmt: skip
         if paths or not predictor.reads_images:
             out.append({"study_id": str(row["study_id"]), "images": paths, "views": views,
                         "report": study_text(report or None)})  # fmt: skip
@@ -135,3 +137,27 @@ def parity(run_dir: str | Path, split: str = "test", limit: int | None = None) -
             "in_python": "file decoding, view placement, resizing and normalisation, report "
                          "sections, label masking, the text encoder, thresholds, warnings, "
                          "Grad-CAM"}  # fmt: skip
+
+
+def export_onnx_folder(run_dir: str | Path, dest: str | Path) -> dict[str, Any]:
+    """``cxrfuse export RUN --to DEST --format onnx``: the run's export folder plus
+    ``model.onnx``, its parity on the run's test studies (``onnx_parity.json``, also returned)
+    and both files' sha256 in ``export.json``. Parity above the tolerance raises (the files
+    stay, to be inspected)."""
+    from cxrfuse.files import write_json
+    from cxrfuse.rundir.modelcard import _sha256, export_run
+
+    out = export_run(run_dir, dest)
+    export_onnx(out, out)
+    check = parity(out)
+    write_json(out / layout.ONNX_PARITY, check, indent=2)
+    info_path = out / layout.EXPORT_INFO
+    info = json.loads(info_path.read_text())
+    for name in (layout.ONNX_MODEL, layout.ONNX_PARITY):
+        info["files"][name] = _sha256(out / name)
+    write_json(info_path, info, indent=2)
+    if not check["passed"]:
+        raise CxrfuseError(f"{out / layout.ONNX_MODEL}: differs from PyTorch by "
+                           f"{check['max_abs_diff']:.2e} > {check['tolerance']:.0e} on "
+                           f"study {check['worst_study']}")  # fmt: skip
+    return check

@@ -84,15 +84,17 @@ def build_run(tmp: Path) -> tuple[Path, Path]:
 
 
 def study_of(run_dir: Path) -> dict:
-    """A test study of the run's manifest: its two views (bytes) and indication."""
+    """A test study of the run's manifest: its PA and lateral views (bytes; the first view when
+    it has neither, e.g. frontal-only real data) and indication."""
     from cxrfuse.data import read_manifest
     from cxrfuse.rundir import RunDir
 
     df = read_manifest(RunDir(run_dir).info().manifest).df
     row = df[df["split"] == "test"].iloc[0]
-    views = {v["view"]: v["path"] for v in row["views"]}
-    return {"frontal": Path(views["PA"]).read_bytes(), "lateral": Path(views["LATERAL"]).read_bytes(),
-            "indication": str(row["indication"] or "")}  # fmt: skip
+    views = {v["view"]: v["path"] for v in row["views"] if v["path"]}
+    chosen = {k: views[k] for k in ("PA", "LATERAL") if k in views} or dict([next(iter(views.items()))])
+    return {"images": [(f"{k.lower()}.png", Path(v).read_bytes()) for k, v in chosen.items()],
+            "views": list(chosen), "indication": str(row["indication"] or "")}  # fmt: skip
 
 
 def free_port() -> int:
@@ -128,10 +130,9 @@ async def load(url: str, study: dict, clients: int, requests: int, time_limit: f
     errors: dict[str, int] = {}
     remaining = requests
     start = time.perf_counter()
-    data = {"views": ["PA", "LATERAL"], "indication": study["indication"],
+    data = {"views": study["views"], "indication": study["indication"],
             "explain": "true" if explain else "false"}  # fmt: skip
-    files = [("images", ("frontal.png", study["frontal"], "image/png")),
-             ("images", ("lateral.png", study["lateral"], "image/png"))]
+    files = [("images", (name, data, "image/png")) for name, data in study["images"]]
 
     async def client(http: httpx.AsyncClient) -> None:
         nonlocal remaining

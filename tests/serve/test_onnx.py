@@ -88,6 +88,11 @@ def test_served_onnxruntime_equals_stored_torch_prediction(onnx_export: Path, se
     p = answer.json()["probabilities"]["abnormal"]
     stored = pd.read_parquet(served_run / "predictions.parquet").set_index("study_id")
     assert p == pytest.approx(float(stored.loc[test_study["study_id"], "p__abnormal"]), abs=1e-4)
+    explained = client.post("/v1/predict", files=files,
+                            data={"views": ["PA", "LATERAL"], "indication": test_study["indication"],
+                                  "explain": "true"}).json()  # Grad-CAM: the PyTorch encoder
+    assert explained["probabilities"]["abnormal"] == pytest.approx(p, abs=1e-6)
+    assert explained["overlays"] and explained["attribution"]
 
 
 def test_real_radiographs_give_the_same_probabilities(onnx_export: Path) -> None:

@@ -13,6 +13,13 @@ evaluated (val-chosen thresholds), with a retrieval generator (k = 3, medoid).
 
     .venv/bin/python benchmarks/serve_load.py                       # about 3-5 min on 2 cores
     .venv/bin/python benchmarks/serve_load.py --run runs/x --requests 200 --memory-requests 1000
+    .venv/bin/python benchmarks/serve_load.py --backend torch,onnxruntime --clients 1,4 \
+        --memory-requests 0 --explain-requests 0     # PyTorch vs onnxruntime in one run
+
+``--backend onnxruntime`` serves the run with ``cxrfuse serve --backend onnxruntime``; the run's
+``model.onnx`` is written into the run directory first when it has none (and its parity with
+PyTorch on the run's test studies is printed). Backends are measured one after the other on the
+same run, study and machine.
 """
 
 from __future__ import annotations
@@ -77,15 +84,17 @@ def build_run(tmp: Path) -> tuple[Path, Path]:
 
 
 def study_of(run_dir: Path) -> dict:
-    """A test study of the run's manifest: its two views (bytes) and indication."""
+    """A test study of the run's manifest: its PA and lateral views (bytes; the first view when
+    it has neither, e.g. frontal-only real data) and indication."""
     from cxrfuse.data import read_manifest
     from cxrfuse.rundir import RunDir
 
     df = read_manifest(RunDir(run_dir).info().manifest).df
     row = df[df["split"] == "test"].iloc[0]
-    views = {v["view"]: v["path"] for v in row["views"]}
-    return {"frontal": Path(views["PA"]).read_bytes(), "lateral": Path(views["LATERAL"]).read_bytes(),
-            "indication": str(row["indication"] or "")}  # fmt: skip
+    views = {v["view"]: v["path"] for v in row["views"] if v["path"]}
+    chosen = {k: views[k] for k in ("PA", "LATERAL") if k in views} or dict([next(iter(views.items()))])
+    return {"images": [(f"{k.lower()}.png", Path(v).read_bytes()) for k, v in chosen.items()],
+            "views": list(chosen), "indication": str(row["indication"] or "")}  # fmt: skip
 
 
 def free_port() -> int:
@@ -94,12 +103,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(run_dir: Path, port: int, threads: int) -> subprocess.Popen:
+def start_server(run_dir: Path, port: int, threads: int, backend: str = "torch") -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     src = Path(__file__).resolve().parents[1] / "src"
     env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
     cmd = [sys.executable, "-c", "from cxrfuse.cli import main; main()", "serve", str(run_dir),
-           "--port", str(port)]
+           "--port", str(port), "--backend", backend]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -121,10 +130,9 @@ async def load(url: str, study: dict, clients: int, requests: int, time_limit: f
     errors: dict[str, int] = {}
     remaining = requests
     start = time.perf_counter()
-    data = {"views": ["PA", "LATERAL"], "indication": study["indication"],
+    data = {"views": study["views"], "indication": study["indication"],
             "explain": "true" if explain else "false"}  # fmt: skip
-    files = [("images", ("frontal.png", study["frontal"], "image/png")),
-             ("images", ("lateral.png", study["lateral"], "image/png"))]
+    files = [("images", (name, data, "image/png")) for name, data in study["images"]]
 
     async def client(http: httpx.AsyncClient) -> None:
         nonlocal remaining
@@ -159,6 +167,52 @@ def rss_mb(proc: psutil.Process) -> float:
     return proc.memory_info().rss / 2**20
 
 
+def ensure_onnx(run_dir: Path) -> dict:
+    """Write ``model.onnx`` into the run when it has none; its parity with PyTorch."""
+    from cxrfuse.inference.onnx_export import export_onnx, parity
+    from cxrfuse.rundir import layout
+
+    if not (run_dir / layout.ONNX_MODEL).is_file():
+        export_onnx(run_dir, run_dir)
+    return parity(run_dir)
+
+
+def measure(run_dir: Path, study: dict, backend: str, args: argparse.Namespace) -> dict:
+    """Warm-up, the concurrency levels, memory and explain phases against one server."""
+    port = free_port()
+    server = start_server(run_dir, port, args.threads, backend)
+    proc = psutil.Process(server.pid)
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    try:
+        warm = asyncio.run(load(url, study, 1, 10, 60))
+        levels = [asyncio.run(load(url, study, c, args.requests, args.time_limit))
+                  for c in args.clients]  # fmt: skip
+        before = rss_mb(proc)
+        samples = [before]
+        memory_errors: dict[str, int] = {}
+        done = 0
+        t_mem = time.perf_counter()
+        while done < args.memory_requests:
+            batch = min(100, args.memory_requests - done)
+            result = asyncio.run(load(url, study, 4, batch, 600))
+            done += result["requests"]
+            for k, v in result["errors"].items():
+                memory_errors[k] = memory_errors.get(k, 0) + v
+            samples.append(rss_mb(proc))
+        memory = {"requests": done, "clients": 4, "errors": memory_errors,
+                  "wall_s": round(time.perf_counter() - t_mem, 1),
+                  "rss_before_mb": round(before, 1), "rss_after_mb": round(samples[-1], 1),
+                  "rss_max_mb": round(max(samples), 1),
+                  "rss_every_100_mb": [round(s, 1) for s in samples]}  # fmt: skip
+        explain = (asyncio.run(load(url, study, 1, args.explain_requests, args.time_limit,
+                                    explain=True)) if args.explain_requests else None)  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {"backend": backend, "warmup": warm, "levels": levels, "memory": memory,
+            "explain": explain}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a finished run (default: train a small one)")
@@ -168,57 +222,40 @@ def main() -> None:
     parser.add_argument("--explain-requests", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--backend", default="torch",
+                        help="comma-separated: torch, onnxruntime (measured one after the other)")
+    parser.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
     args = parser.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",")]
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         run_dir = args.run or build_run(Path(tmp))[0]
         built = time.perf_counter() - t0
         study = study_of(run_dir)
-        port = free_port()
-        server = start_server(run_dir, port, args.threads)
-        proc = psutil.Process(server.pid)
-        url = f"http://127.0.0.1:{port}/v1/predict"
-        try:
-            warm = asyncio.run(load(url, study, 1, 10, 60))
-            levels = [asyncio.run(load(url, study, c, args.requests, args.time_limit))
-                      for c in (1, 4, 16)]  # fmt: skip
-            before = rss_mb(proc)
-            samples = [before]
-            memory_errors: dict[str, int] = {}
-            done = 0
-            t_mem = time.perf_counter()
-            while done < args.memory_requests:
-                batch = min(100, args.memory_requests - done)
-                result = asyncio.run(load(url, study, 4, batch, 600))
-                done += result["requests"]
-                for k, v in result["errors"].items():
-                    memory_errors[k] = memory_errors.get(k, 0) + v
-                samples.append(rss_mb(proc))
-            memory = {"requests": done, "clients": 4, "errors": memory_errors,
-                      "wall_s": round(time.perf_counter() - t_mem, 1),
-                      "rss_before_mb": round(before, 1), "rss_after_mb": round(samples[-1], 1),
-                      "rss_max_mb": round(max(samples), 1),
-                      "rss_every_100_mb": [round(s, 1) for s in samples]}  # fmt: skip
-            explain = asyncio.run(load(url, study, 1, args.explain_requests, args.time_limit,
-                                       explain=True))  # fmt: skip
-        finally:
-            server.terminate()
-            server.wait(30)
+        onnx = ensure_onnx(run_dir) if "onnxruntime" in backends else None
+        measured = [measure(run_dir, study, backend, args) for backend in backends]
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
                          f"{os.getloadavg()[0]:.1f}", "python": platform.python_version(),
               "run": "small phantom run (built)" if args.run is None else str(args.run),
               "build_s": round(built, 1), "server_torch_threads": args.threads,
-              "warmup": warm, "levels": levels, "memory": memory, "explain": explain,
+              "onnx_parity": onnx, "backends": measured,
               "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text)
     print(text)
-    print("\n| clients | requests | errors | requests/s | p50 ms | p95 ms |\n|---:|---:|---:|---:|---:|---:|")
-    for r in [*levels, explain]:
-        name = f"{r['clients']}{' (explain)' if r['explain'] else ''}"
-        print(f"| {name} | {r['requests']} | {sum(r['errors'].values())} | {r['requests_per_s']} "
-              f"| {r['p50_ms']} | {r['p95_ms']} |")
+    print("\n| backend | clients | requests | errors | requests/s | p50 ms | p95 ms |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for m in measured:
+        for r in [*m["levels"], *([m["explain"]] if m["explain"] else [])]:
+            name = f"{r['clients']}{' (explain)' if r['explain'] else ''}"
+            print(f"| {m['backend']} | {name} | {r['requests']} | {sum(r['errors'].values())} "
+                  f"| {r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} |")
+    if len(measured) == 2:
+        for a, b in zip(measured[0]["levels"], measured[1]["levels"]):
+            print(f"{b['clients']} client(s): {measured[1]['backend']} / {measured[0]['backend']}"
+                  f" = {b['requests_per_s'] / max(a['requests_per_s'], 1e-9):.2f}x requests/s")
 
 
 if __name__ == "__main__":

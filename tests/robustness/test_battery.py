@@ -496,6 +496,9 @@ CASES = [
          lambda c: (["embed", "--verify", str(c.tmp / "store")], _damaged_store(c, "images-00000.npy", _flip_byte)[1])),
     Case("config", "store shard damaged (train)", _train_on_damaged_store),
     # ------------------------------------------------------------------ predict
+    Case("predict", "onnxruntime backend without model.onnx", lambda c: (c.predict(c.run) + ["--backend", "onnxruntime"], "model.onnx")),
+    Case("predict", "model.onnx not ONNX", lambda c: (c.predict(_break(c.run_copy(), "model.onnx", "hello")) + ["--backend", "onnxruntime"], "model.onnx")),
+    Case("predict", "unknown backend", lambda c: (c.predict(c.run) + ["--backend", "tensorrt"], "--backend")),
     Case("predict", "not a run directory", lambda c: (c.predict(c.tmp), "not a finished run")),
     Case("predict", "run.json not JSON", lambda c: (c.predict(_break(c.run_copy(), "run.json", "{")), "run.json")),
     Case("predict", "model.json missing", lambda c: (c.predict(_remove(c.run_copy(), "model.json")), "model.json")),
@@ -544,6 +547,7 @@ CASES = [
     Case("sweep", "search space not YAML", lambda c: (["sweep", str(c.config()), "--offline", "--space", str(_with(c.tmp / "space.yaml", "a: [b"))], "space.yaml")),
     Case("sweep", "search space names an unknown key", lambda c: (["sweep", str(c.config()), "--offline", "--space", str(_with(c.tmp / "space.yaml", "training.nope: {type: float, low: 0, high: 1}"))], "params.training.nope")),
     Case("sweep", "search space range empty", lambda c: (["sweep", str(c.config()), "--offline", "--space", str(_with(c.tmp / "space.yaml", "training.lr: {type: float, low: 1, high: 0.1}"))], "params.training.lr")),
+    Case("export", "unknown --format", lambda c: (["export", str(c.run), "--to", str(c.tmp / "out"), "--format", "tflite"], "--format")),
     Case("export", "not a run directory", lambda c: (["export", str(c.tmp), "--to", str(c.tmp / "out")], str(c.tmp.name))),
     Case("export", "destination not empty", lambda c: (["export", str(c.run), "--to", str(_with(c.tmp / "full.txt", "x").parent)], str(c.tmp.name))),
     # ------------------------------------------------------------------ generate score

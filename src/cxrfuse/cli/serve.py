@@ -18,6 +18,7 @@ def serve_cmd(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (each loads the model once).")] = 1,
     device: Annotated[str, typer.Option(help="Torch device of the image encoder: cpu or cuda.")] = "cpu",
+    backend: Annotated[str, typer.Option(help="torch, or onnxruntime: the run's model.onnx (`cxrfuse export RUN --to DIR --format onnx`) runs image encoder + head.")] = "torch",
 ) -> None:
     """Serve a run: the web page at /, GET /health, GET /v1/model (model card) and
     POST /v1/predict (multipart: images = PNG/JPEG/DICOM views, views, indication, comparison,
@@ -28,5 +29,5 @@ def serve_cmd(
     """
     from cxrfuse.serve import serve
 
-    console.print(f"serving [bold]{run_dir}[/] on http://{host}:{port}/ ({workers} worker(s), {device})")
-    serve(run_dir, host=host, port=port, workers=workers, device=device)
+    console.print(f"serving [bold]{run_dir}[/] on http://{host}:{port}/ ({workers} worker(s), {device}, {backend})")
+    serve(run_dir, host=host, port=port, workers=workers, device=device, backend=backend)

@@ -188,6 +188,7 @@ def predict_cmd(
     report: Annotated[Path | None, typer.Option(help="Report text file with section headings (INDICATION:, FINDINGS:, ...).")] = None,
     indication: Annotated[str | None, typer.Option(help="The indication, instead of (or beside) --report.")] = None,
     image_weights: Annotated[Path | None, typer.Option(help="Image-encoder weights file, for a run trained with local weights (a model file never names one itself).")] = None,
+    backend: Annotated[str, typer.Option(help="torch, or onnxruntime: the run's model.onnx (`cxrfuse export RUN --to DIR --format onnx`) runs image encoder + head.")] = "torch",
     explain: Annotated[Path | None, typer.Option("--explain", help="Also write Grad-CAM overlays (one PNG per view and label, fixed colour scale) and the image vs report attribution into this folder; a failure of either is a warning, never a lost prediction.")] = None,
 ) -> None:
     """One study's probabilities, the run's val-chosen thresholds, the decisions at them and
@@ -208,7 +209,7 @@ def predict_cmd(
             raise DataError(f"{report}: not UTF-8 text (byte {err.start}: {err.reason}); "
                             "save the report as UTF-8") from err
     images = [StudyImage.from_path(p) for p in image or []]
-    predictor = Predictor(run_dir, image_weights=image_weights)
+    predictor = Predictor(run_dir, image_weights=image_weights, backend=backend)
     if explain is None:
         result = predictor.predict(images, report=text, indication=indication, views=view or None)
         typer.echo(json.dumps(result.to_dict(), indent=2))

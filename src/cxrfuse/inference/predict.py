@@ -36,7 +36,7 @@ from cxrfuse.data.views import view_slots
 from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.encoders.text import TextEncoder
 from cxrfuse.inference.runs import LoadedRun, load_run
-from cxrfuse.problems import CxrfuseError, DataError
+from cxrfuse.problems import ConfigError, CxrfuseError, DataError
 from cxrfuse.rundir import Metrics, RunDir, Verdict
 from cxrfuse.text import TextConfig, label_patterns, prepare_text
 from cxrfuse.vocab import (
@@ -185,11 +185,19 @@ class Predictor:
     """A run loaded once (head, encoders, thresholds) that predicts study after study."""
 
     def __init__(self, run_dir: str | Path | RunDir | LoadedRun, device: str = "cpu",
-                 image_weights: str | Path | None = None) -> None:  # fmt: skip
+                 image_weights: str | Path | None = None, backend: str = "torch") -> None:  # fmt: skip
         """``image_weights``: a local image-encoder weights file, for a run trained with one
-        (a run directory never makes cxrfuse read a file outside it)."""
+        (a run directory never makes cxrfuse read a file outside it). ``backend``: ``torch``
+        or ``onnxruntime`` (the run's ``model.onnx`` runs image encoder + head)."""
         self.run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
         self.device = device
+        self.backend = None
+        if backend != "torch":
+            from cxrfuse.inference.onnx_backend import BACKENDS, OnnxBackend
+
+            if backend not in BACKENDS:
+                raise ConfigError(f"--backend {backend!r}: give one of {', '.join(BACKENDS)}")
+            self.backend = OnnxBackend(self.run.run_dir)
         self.image_encoder: ImageEncoder | None = None
         self.text_encoder: TextEncoder | None = None
         if self.run.sidecar.image is not None:
@@ -390,13 +398,20 @@ class Predictor:
                 pixels.append(decode_resized_bytes(images[index].data, size, spec.fit))
             except (OSError, ValueError) as err:
                 raise DataError(f"{images[index].name}: cannot read the image ({err})") from err
+        width = int(spec.n_views) if spec.views in ("frontal", "concat") else len(pixels)
+        if self.backend is not None:  # image encoder + head run together in predict()
+            blank = self.image_encoder.preprocess(np.zeros((size, size), dtype=np.uint8))
+            slotted = torch.zeros((1, max(width, 1), *blank.shape))
+            mask = torch.zeros(slotted.shape[:2], dtype=torch.bool)
+            for (_, slot), image in zip(chosen, pixels):
+                slotted[0, slot], mask[0, slot] = self.image_encoder.preprocess(image), True
+            return {"pixels": slotted, "image_mask": mask}, pixels
         if pixels:
             batch = torch.stack([self.image_encoder.preprocess(p) for p in pixels])
             with torch.inference_mode():
                 feats = self.image_encoder(batch.to(self.device)).float().cpu()
         else:  # no view fills a slot: the head reads zeros, as training gave such a study
             feats = torch.zeros((0, self.image_encoder.feature_dim))
-        width = int(spec.n_views) if spec.views in ("frontal", "concat") else len(feats)
         views = torch.zeros((1, max(width, 1), feats.shape[1]))
         mask = torch.zeros(views.shape[:2], dtype=torch.bool)
         for (_, slot), vector in zip(chosen, feats):
@@ -464,7 +479,13 @@ class Predictor:
                                 "and the text given has none of it: give the report with "
                                 "section headings, or its sections")  # fmt: skip
             inputs |= self.text_inputs(sections)
-        probs = self.run.predict_proba(inputs)[0]
+        if self.backend is not None:
+            probs, views = self.backend.run(inputs)
+            probs = probs[0]
+            if inputs.pop("pixels", None) is not None:
+                inputs["image"] = torch.as_tensor(views)
+        else:
+            probs = self.run.predict_proba(inputs)[0]
         probabilities = {name: float(p) for name, p in zip(self.labels, probs)}
         decisions = {name: bool(probabilities[name] >= self.thresholds[name])
                      for name in self.labels}  # fmt: skip

@@ -52,6 +52,10 @@ MODEL_CARD = "README.md"
 """The model card: YAML front matter in the Hugging Face model-card format, then Markdown."""
 EXPORT_INFO = "export.json"
 """``cxrfuse export``: the source run and the sha256 of every exported file."""
+ONNX_MODEL = "model.onnx"
+"""``cxrfuse export --format onnx``: image encoder + head as one ONNX graph (pixels in)."""
+ONNX_PARITY = "onnx_parity.json"
+"""``cxrfuse export --format onnx``: max |Δp| of the ONNX graph vs PyTorch on the test studies."""
 RUN_PLOTS = ("roc.png", "pr.png", "confusion.png", "reliability.png")
 """The evaluation plots of one run, in report order (under :data:`PLOTS`)."""
 

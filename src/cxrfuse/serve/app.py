@@ -37,6 +37,7 @@ from cxrfuse.serve.service import Service
 log = logging.getLogger("cxrfuse.serve")
 RUN_ENV = "CXRFUSE_SERVE_RUN"
 DEVICE_ENV = "CXRFUSE_SERVE_DEVICE"
+BACKEND_ENV = "CXRFUSE_SERVE_BACKEND"
 
 
 @dataclass(frozen=True)
@@ -144,14 +145,15 @@ class BodyLimit:
 
 
 def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu",
-               limits: Limits | None = None, service: Service | None = None) -> FastAPI:  # fmt: skip
+               limits: Limits | None = None, service: Service | None = None,
+               backend: str = "torch") -> FastAPI:  # fmt: skip
     """The app serving one run (loaded once, here); ``run_dir`` defaults to $CXRFUSE_SERVE_RUN."""
     limits = limits or Limits()
     if service is None:
         target = run_dir or os.environ.get(RUN_ENV)
         if not target:
             raise CxrfuseError(f"no run directory to serve (give one, or set {RUN_ENV})")
-        service = Service(target, device=device)
+        service = Service(target, device=device, backend=backend)
     gate = asyncio.Semaphore(limits.max_concurrency)
     app = FastAPI(title="cxrfuse", version=service.card["cxrfuse_version"],
                   description=f"Predictions of the cxrfuse run {service.card['run']}.")  # fmt: skip
@@ -233,4 +235,5 @@ def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "
 
 def app_from_env() -> FastAPI:
     """The app factory uvicorn workers call (run directory and device from the environment)."""
-    return create_app(device=os.environ.get(DEVICE_ENV, "cpu"))
+    return create_app(device=os.environ.get(DEVICE_ENV, "cpu"),
+                      backend=os.environ.get(BACKEND_ENV, "torch"))  # fmt: skip

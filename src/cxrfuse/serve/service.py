@@ -62,9 +62,10 @@ class Service:
     """A run opened once for serving; :meth:`analyse` is thread-safe (one study at a time)."""
 
     def __init__(self, run_dir: str | Path, device: str = "cpu",
-                 predictor: Predictor | None = None) -> None:  # fmt: skip
-        """``predictor``: one already loaded (e.g. with user-given image weights)."""
-        self.predictor = predictor or Predictor(run_dir, device=device)
+                 predictor: Predictor | None = None, backend: str = "torch") -> None:  # fmt: skip
+        """``predictor``: one already loaded (e.g. with user-given image weights); ``backend``:
+        torch or onnxruntime (the run's model.onnx)."""
+        self.predictor = predictor or Predictor(run_dir, device=device, backend=backend)
         self.run = self.predictor.run
         self.device = device
         self._lock = threading.Lock()
@@ -77,6 +78,7 @@ class Service:
         self._scales_note: str | None = None
         self._facts: CaptionFacts | None = None
         self.card = model_card(self)
+        self.card["backend"] = "torch" if self.predictor.backend is None else "onnxruntime"
 
     @property
     def fused(self) -> bool:

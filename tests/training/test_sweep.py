@@ -3,9 +3,11 @@ its SQLite study after SIGKILL, with one test evaluation of the retrained best c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -124,13 +126,17 @@ def test_sweep_killed_after_trials_resumes_to_n_trials_and_one_test_evaluation(
     study = sweep_dir / "study.db"
 
     def finished() -> int:
+        """Finished trials, read-only: optuna.load_study here could create the schema while the
+        sweep creates it too (a race that kills the sweep with an IntegrityError)."""
         if not study.is_file():
             return 0
         try:
-            s = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study}")
-        except Exception:  # noqa: BLE001 - the study may not exist yet
+            with contextlib.closing(sqlite3.connect(f"file:{study}?mode=ro", uri=True)) as db:
+                row = db.execute("SELECT count(*) FROM trials WHERE state IN "
+                                 "('COMPLETE', 'PRUNED')").fetchone()
+        except sqlite3.Error:  # the schema is not there yet, or is being written
             return 0
-        return sum(t.state.name in ("COMPLETE", "PRUNED") for t in s.trials)
+        return int(row[0])
 
     deadline = time.monotonic() + 300
     while finished() < 2 and proc.poll() is None and time.monotonic() < deadline:

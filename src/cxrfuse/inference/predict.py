@@ -399,24 +399,17 @@ class Predictor:
             except (OSError, ValueError) as err:
                 raise DataError(f"{images[index].name}: cannot read the image ({err})") from err
         width = int(spec.n_views) if spec.views in ("frontal", "concat") else len(pixels)
+        slots = [slot for _, slot in chosen]
+        inputs = [self.image_encoder.preprocess(p) for p in pixels]  # each view once
         if self.backend is not None:  # image encoder + head run together in predict()
-            blank = self.image_encoder.preprocess(np.zeros((size, size), dtype=np.uint8))
-            slotted = torch.zeros((1, max(width, 1), *blank.shape))
-            mask = torch.zeros(slotted.shape[:2], dtype=torch.bool)
-            for (_, slot), image in zip(chosen, pixels):
-                slotted[0, slot], mask[0, slot] = self.image_encoder.preprocess(image), True
-            return {"pixels": slotted, "image_mask": mask}, pixels
-        if pixels:
-            batch = torch.stack([self.image_encoder.preprocess(p) for p in pixels])
+            shape = (inputs[0] if inputs else self.image_encoder.preprocess(
+                np.zeros((size, size), dtype=np.uint8))).shape  # fmt: skip
+            return _in_slots("pixels", slots, inputs, width, tuple(shape)), pixels
+        feats: Sequence[torch.Tensor] = []
+        if inputs:  # no view fills a slot: the head reads zeros, as training gave such a study
             with torch.inference_mode():
-                feats = self.image_encoder(batch.to(self.device)).float().cpu()
-        else:  # no view fills a slot: the head reads zeros, as training gave such a study
-            feats = torch.zeros((0, self.image_encoder.feature_dim))
-        views = torch.zeros((1, max(width, 1), feats.shape[1]))
-        mask = torch.zeros(views.shape[:2], dtype=torch.bool)
-        for (_, slot), vector in zip(chosen, feats):
-            views[0, slot], mask[0, slot] = vector, True
-        return {"image": views, "image_mask": mask}, pixels
+                feats = self.image_encoder(torch.stack(inputs).to(self.device)).float().cpu()
+        return _in_slots("image", slots, feats, width, (self.image_encoder.feature_dim,)), pixels
 
     def text_inputs(self, sections: Mapping[str, str | None]) -> dict[str, torch.Tensor]:
         """The report's embedding: the sections the run reads, masked as in training."""
@@ -501,3 +494,14 @@ def predict(run_dir: str | Path | RunDir, images: Sequence[str | Path | StudyIma
     """One study's :class:`Prediction` (loads the run each call: use :class:`Predictor` for
     many studies). ``kwargs``: ``indication``, ``comparison``, ``views``."""
     return Predictor(run_dir, image_weights=image_weights).predict(images, report=report, **kwargs)
+
+
+def _in_slots(name: str, slots: Sequence[int], items: Sequence[torch.Tensor], width: int,
+              shape: tuple[int, ...]) -> dict[str, torch.Tensor]:  # fmt: skip
+    """``{name: (1, width, *shape), "image_mask": (1, width)}``: each item in its slot, zeros
+    and mask False in a slot no view fills."""
+    values = torch.zeros((1, max(width, 1), *shape))
+    mask = torch.zeros(values.shape[:2], dtype=torch.bool)
+    for slot, item in zip(slots, items):
+        values[0, slot], mask[0, slot] = item, True
+    return {name: values, "image_mask": mask}

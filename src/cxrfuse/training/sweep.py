@@ -227,7 +227,9 @@ def _recover_interrupted(study: Any) -> int:
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for trial in stale:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(trial.params, skip_if_exists=True)
+        # not skip_if_exists: the failed trial itself has these parameters, so Optuna would
+        # skip every retry; each stale trial is queued once, when it is marked failed
+        study.enqueue_trial(trial.params)
     return len(stale)
 
 

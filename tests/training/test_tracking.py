@@ -159,3 +159,64 @@ def test_evaluate_and_report_verbs_refresh_the_card_and_the_tracker_run(
     assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id)}
     assert {"report.html", "README.md", "metrics.json"} <= artifacts
+
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_shipped_preset_experiment_with_mlflow_reads_back_params_epochs_and_artifacts(
+    tiny_phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shipped preset (design 000's honest grid) run as a user runs it, made tiny only by
+    `--set`: one MLflow run per grid point in mlruns.db beside the runs dir, holding the
+    preset's params, every epoch of epochs.csv, the test AUROC with its interval, the verdicts
+    and the artifacts (model card, metrics.json, plots) byte for byte."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    preset = PRESETS / "iu-multilabel-attention-indication.yaml"
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, [
+        "experiment", str(preset), "--offline", "--no-progress", "--tracking", "mlflow",
+        "--runs-dir", str(runs), "--set", f"base.data.manifest={tiny_phantoms}",
+        "--set", f"base.data.store={tmp_path / 'store'}", "--set", "base.data.task=normal-abnormal",
+        "--set", "base.image.input_size=64", "--set", "base.text.offline_encoder=tfidf",
+        "--set", "base.text.offline_options={svd_dim: 8}", "--set", "base.training.max_epochs=3",
+        "--set", "base.training.batch_size=8", "--set", "base.evaluation={n_boot: 20}"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    store = tmp_path / "mlruns.db"
+    assert store.is_file()
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    client = mlflow.tracking.MlflowClient()
+    found = mlflow.search_runs(experiment_names=["iu-multilabel-attention-indication"])
+    assert len(found) == 3 and set(found["status"]) == {"FINISHED"}
+    assert set(found["tags.model.modalities"]) == {"image", "text", "multimodal"}
+    for row in found.to_dict("records"):
+        run_dir = Path(row["tags.cxrfuse.run_dir"])
+        assert run_dir.parent.parent == runs / "iu-multilabel-attention-indication"
+        data = mlflow.get_run(row["run_id"]).data
+        # the preset's values, resolved (offline encoders swapped in) and flattened
+        assert data.params["image.views"] == "attention" and data.params["training.lr"] == "0.001"
+        assert data.params["model.hidden"] == "[256]" and data.params["model.dropout"] == "0.3"
+        assert data.params["text.sections"] == '["indication", "comparison"]'
+        assert data.params["image.encoder"] == "efficientnet-lite0"
+        assert data.params["data.manifest"] == str(tiny_phantoms)
+        epochs = pd.read_csv(run_dir / "epochs.csv")
+        for split in ("train", "val"):
+            history = client.get_metric_history(row["run_id"], f"{split}/loss")
+            rows = epochs[epochs["split"] == split]
+            assert [m.step for m in history] == rows["epoch"].tolist()
+            assert [m.value for m in history] == pytest.approx(rows["loss"].tolist())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        auroc, ci = metrics["test"]["macro"]["auroc"], metrics["ci"]["macro/auroc"]
+        assert data.metrics["test/macro/auroc"] == pytest.approx(auroc)
+        assert data.metrics["test/macro/auroc/low"] <= data.metrics["test/macro/auroc"] \
+            <= data.metrics["test/macro/auroc/high"]
+        assert data.metrics["test/macro/auroc/low"] == pytest.approx(ci["low"])
+        verdicts = metrics["test"].get("verdicts") or {}
+        assert len([t for t in data.tags if t.startswith("verdict.")]) == len(verdicts)
+        listed = {a.path for a in client.list_artifacts(row["run_id"])}
+        assert {"README.md", "metrics.json", "plots"} <= listed
+        plots = {Path(a.path).name for a in client.list_artifacts(row["run_id"], "plots")}
+        assert plots == {p.name for p in (run_dir / "plots").glob("*.png")} and plots
+        card = Path(client.download_artifacts(row["run_id"], "README.md", str(tmp_path)))
+        assert card.read_bytes() == (run_dir / "README.md").read_bytes()
+        assert "Research use only" in card.read_text()

@@ -113,6 +113,16 @@ def test_flattening_intervals_and_verdicts() -> None:
         "test/macro/auroc": 0.7, "test/x_y/auroc": 0.6, "test/macro/auroc/low": 0.5,
         "test/macro/auroc/high": 0.9, "threshold/x_y": 0.4}
     assert verdict_tags(metrics) == {"verdict.beats_trivial": "no"}
+    listed = {"test": {"verdicts": [  # what evaluation writes: one entry per label and kind
+        {"label": "Nodule", "kind": "chance", "message": "Nodule: AUROC 0.48 [0.32, 0.64]"},
+        {"label": "Pleural Effusion", "kind": "small_val", "message": "too few"},
+        {"label": "Pleural Effusion", "kind": "small_val", "message": "again"},
+        {"label": "a=b", "kind": None, "detail": 1}, 7]}}
+    assert verdict_tags(listed) == {
+        "verdict.Nodule.chance": "Nodule: AUROC 0.48 [0.32, 0.64]",
+        "verdict.Pleural Effusion.small_val": "too few",
+        "verdict.Pleural Effusion.small_val_": "again",
+        "verdict.a_b": '{"label": "a=b", "kind": null, "detail": 1}', "verdict.4": "7"}
     assert verdict_tags({"test": {}}) == {}
     assert TrackingConfig().kind == "none"
 
@@ -211,8 +221,12 @@ def test_shipped_preset_experiment_with_mlflow_reads_back_params_epochs_and_arti
         assert data.metrics["test/macro/auroc/low"] <= data.metrics["test/macro/auroc"] \
             <= data.metrics["test/macro/auroc/high"]
         assert data.metrics["test/macro/auroc/low"] == pytest.approx(ci["low"])
-        verdicts = metrics["test"].get("verdicts") or {}
-        assert len([t for t in data.tags if t.startswith("verdict.")]) == len(verdicts)
+        verdicts = metrics["test"].get("verdicts") or []
+        tags = {t: v for t, v in data.tags.items() if t.startswith("verdict.")}
+        assert len(tags) == len(verdicts)
+        for verdict in verdicts:  # named by label and kind (a run-wide one: kind), the message
+            name = ".".join(str(verdict[k]) for k in ("label", "kind") if verdict.get(k))
+            assert tags[f"verdict.{name}"] == verdict["message"]
         listed = {a.path for a in client.list_artifacts(row["run_id"])}
         assert {"README.md", "metrics.json", "plots"} <= listed
         plots = {Path(a.path).name for a in client.list_artifacts(row["run_id"], "plots")}

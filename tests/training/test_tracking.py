@@ -174,6 +174,17 @@ def test_evaluate_and_report_verbs_refresh_the_card_and_the_tracker_run(
 PRESETS = Path(__file__).resolve().parents[2] / "configs"
 
 
+def preset_experiment(manifest: Path, tmp_path: Path, tracking: str) -> list[str]:
+    """`cxrfuse experiment` of design 000's honest grid preset, made tiny by `--set` only."""
+    return ["experiment", str(PRESETS / "iu-multilabel-attention-indication.yaml"), "--offline",
+            "--no-progress", "--tracking", tracking, "--runs-dir", str(tmp_path / "runs"),
+            "--set", f"base.data.manifest={manifest}", "--set", f"base.data.store={tmp_path / 'store'}",
+            "--set", "base.data.task=normal-abnormal", "--set", "base.image.input_size=64",
+            "--set", "base.text.offline_encoder=tfidf", "--set", "base.text.offline_options={svd_dim: 8}",
+            "--set", "base.training.max_epochs=3", "--set", "base.training.batch_size=8",
+            "--set", "base.evaluation={n_boot: 20}"]  # fmt: skip
+
+
 def test_shipped_preset_experiment_with_mlflow_reads_back_params_epochs_and_artifacts(
     tiny_phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,15 +193,8 @@ def test_shipped_preset_experiment_with_mlflow_reads_back_params_epochs_and_arti
     preset's params, every epoch of epochs.csv, the test AUROC with its interval, the verdicts
     and the artifacts (model card, metrics.json, plots) byte for byte."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    preset = PRESETS / "iu-multilabel-attention-indication.yaml"
     runs = tmp_path / "runs"
-    result = runner.invoke(app, [
-        "experiment", str(preset), "--offline", "--no-progress", "--tracking", "mlflow",
-        "--runs-dir", str(runs), "--set", f"base.data.manifest={tiny_phantoms}",
-        "--set", f"base.data.store={tmp_path / 'store'}", "--set", "base.data.task=normal-abnormal",
-        "--set", "base.image.input_size=64", "--set", "base.text.offline_encoder=tfidf",
-        "--set", "base.text.offline_options={svd_dim: 8}", "--set", "base.training.max_epochs=3",
-        "--set", "base.training.batch_size=8", "--set", "base.evaluation={n_boot: 20}"])  # fmt: skip
+    result = runner.invoke(app, preset_experiment(tiny_phantoms, tmp_path, "mlflow"))
     assert result.exit_code == 0, result.output
     store = tmp_path / "mlruns.db"
     assert store.is_file()
@@ -234,3 +238,35 @@ def test_shipped_preset_experiment_with_mlflow_reads_back_params_epochs_and_arti
         card = Path(client.download_artifacts(row["run_id"], "README.md", str(tmp_path)))
         assert card.read_bytes() == (run_dir / "README.md").read_bytes()
         assert "Research use only" in card.read_text()
+
+
+def test_shipped_preset_experiment_with_tensorboard_is_listed_by_tensorboard_inspect(
+    tiny_phantoms: Path, tmp_path: Path
+) -> None:
+    """The same preset grid with `--tracking tensorboard`: every grid point leaves event files
+    whose scalars `tensorboard --inspect` lists (every epoch of val/loss, the test AUROC and
+    its interval)."""
+    cli = Path(sys.executable).parent / "tensorboard"
+    if not cli.is_file():
+        pytest.skip("the tensorboard command is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = runner.invoke(app, preset_experiment(tiny_phantoms, tmp_path, "tensorboard"))
+    assert result.exit_code == 0, result.output
+    grid = tmp_path / "runs" / "iu-multilabel-attention-indication" / "runs"
+    run_dirs = sorted(p for p in grid.iterdir() if (p / "run.json").is_file())
+    assert [p.name for p in run_dirs] == ["image-seed0", "multimodal-seed0", "text-seed0"]
+    for run_dir in run_dirs:
+        log_dir = run_dir / "logs" / "tensorboard"
+        listed = subprocess.run([str(cli), "--inspect", "--logdir", str(log_dir)], capture_output=True,
+                                text=True, timeout=120, check=True).stdout  # fmt: skip
+        epochs = int((pd.read_csv(run_dir / "epochs.csv")["split"] == "val").sum())
+        for tag in ("val/loss", "train/loss", "test/macro/auroc", "test/macro/auroc/low",
+                    "test/macro/auroc/high"):  # fmt: skip
+            assert tag in listed, (run_dir.name, tag)
+        events = EventAccumulator(str(log_dir))
+        events.Reload()
+        assert len(events.Scalars("val/loss")) == epochs  # every epoch
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert events.Scalars("test/macro/auroc")[0].value == pytest.approx(
+            metrics["test"]["macro"]["auroc"], abs=1e-6)

@@ -214,6 +214,7 @@ def test_sweep_of_8_killed_after_the_third_trial_resumes_to_8_and_one_test_evalu
     assert sweep["best"]["number"] == s.best_trial.number == best_trial.number
     assert sweep["best"]["val_loss"] == pytest.approx(best_trial.value)
     assert sweep["trials_requested"] == 8 and sweep["test_split_read_by_trials"] is False
+    assert [(look["trials"], look["best"]) for look in sweep["test_looks"]] == [(8, best_trial.number)]
     best = sweep_dir / "best"
     config_best = yaml.safe_load((best / "config.yaml").read_text())
     for key, value in best_trial.params.items():
@@ -244,6 +245,42 @@ def test_sweep_of_8_killed_after_the_third_trial_resumes_to_8_and_one_test_evalu
     assert test_ids <= by_best and test_paths <= by_best
     for path in (sweep_dir / "trials").glob("*/predictions.parquet"):
         assert set(pd.read_parquet(path)["split"]) == {"val"}
+
+
+def test_extending_a_finished_sweep_counts_its_test_looks(tiny_phantoms: Path, tmp_path: Path) -> None:
+    """`--trials 1`, then the same sweep with `--trials 2`: a new best is retrained and
+    evaluated afresh (its metrics.json is its own, never the old best's), sweep.json counts
+    each look at the test split and the report warns from the second."""
+    from sklearn.metrics import roc_auc_score
+    from typer.testing import CliRunner
+
+    from cxrfuse.cli import app
+
+    raw = tiny_config(tmp_path, tiny_phantoms)
+    raw["data"]["store"] = str(tmp_path / "store")
+    raw["seed"] = 1  # on the dev CPU this seed's best changes from trial 0 to trial 1
+    config = write_config(tmp_path / "tiny.yaml", raw)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    sweep_dir = tmp_path / "sweep"
+    args = ["sweep", str(config), "--offline", "--space", str(space), "--out", str(sweep_dir)]
+    looks = []
+    for trials in (1, 2):
+        result = CliRunner().invoke(app, [*args, "--trials", str(trials)])
+        assert result.exit_code == 0, result.output
+        sweep = json.loads((sweep_dir / "sweep.json").read_text())
+        looks.append(sweep["best"]["number"])
+        # the best run's test figure is computed from its own predictions
+        predictions = pd.read_parquet(sweep_dir / "best" / "predictions.parquet")
+        test = predictions[predictions["split"] == "test"]
+        metrics = json.loads((sweep_dir / "best" / "metrics.json").read_text())
+        assert metrics["test"]["macro"]["auroc"] == pytest.approx(
+            roc_auc_score(test["y__abnormal"], test["p__abnormal"]), abs=1e-6)
+    changed = looks[0] != looks[1]
+    assert [look["best"] for look in sweep["test_looks"]] == (looks if changed else looks[:1])
+    report = (sweep_dir / "report.md").read_text()
+    assert ("has been read 2 times" in report) == changed
+    assert ("read the test split 2 times" in result.output) == changed
 
 
 SHARED_NIH = Path(__file__).resolve().parents[3] / "shared" / "data" / "nih-cxr14-sample"

@@ -16,6 +16,15 @@ evaluated (val-chosen thresholds), with a retrieval generator (k = 3, medoid).
     .venv/bin/python benchmarks/serve_load.py --backend torch,onnxruntime --clients 1,4 \
         --memory-requests 0 --explain-requests 0     # PyTorch vs onnxruntime in one run
 
+``--real [DIR]`` trains the run on real radiographs instead: ``../shared/data/iu-nih-pairs``
+(310 real NIH frontal films at 512 px paired with real IU reports, Kaggle IU layout; never in
+the repository) ingested, split by patient, EfficientNet-Lite0 (ImageNet weights) at 224 px,
+mean of views, MiniLM indication, concat-MLP [32], 10 epochs, evaluated; no draft generator.
+Where the folder is absent the script says so and exits 0 without measuring.
+
+    .venv/bin/python benchmarks/serve_load.py --real --backend torch,onnxruntime --clients 1,4 \
+        --memory-requests 0 --explain-requests 0     # the RESULTS.md real-data row, ~6 min
+
 ``--backend onnxruntime`` serves the run with ``cxrfuse serve --backend onnxruntime``; the run's
 ``model.onnx`` is written into the run directory first when it has none (and its parity with
 PyTorch on the run's test studies is printed). Backends are measured one after the other on the
@@ -80,6 +89,37 @@ def build_run(tmp: Path) -> tuple[Path, Path]:
                        k=3, consensus="medoid",
                        score={"n_boot": 10, "n_boot_language": 5, "meteor": False},
                        progress=False)  # fmt: skip
+    return run_dir, path
+
+
+REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "iu-nih-pairs"
+
+
+def build_real_run(tmp: Path, data: Path) -> tuple[Path, Path]:
+    """A finished run on the real iu-nih-pairs radiographs (``--real``), as the module
+    docstring describes."""
+    from cxrfuse.config import validate_run
+    from cxrfuse.data.iu_xray import ingest_iu_xray
+    from cxrfuse.data.splits import assign_splits
+    from cxrfuse.evaluation import evaluate_run
+    from cxrfuse.runtime import quiet_lightning
+    from cxrfuse.training import train_run
+
+    manifest, _ = ingest_iu_xray(data, layout="kaggle")
+    manifest = assign_splits(manifest, seed=0, task="normal-abnormal")
+    path = manifest.save(tmp / "iu-nih-pairs.parquet")
+    config = validate_run({
+        "name": "load-real", "runs_dir": str(tmp / "runs"),
+        "data": {"manifest": str(path), "task": "normal-abnormal", "store": str(tmp / "store")},
+        "image": {"encoder": "efficientnet-lite0", "input_size": 224, "views": "mean"},
+        "text": {"encoder": "minilm", "sections": ["indication"]},
+        "model": {"kind": "concat-mlp", "modalities": ["image", "text"], "hidden": [32]},
+        "training": {"max_epochs": 10, "batch_size": 32},
+        "evaluation": {"n_boot": 200},
+    }, "serve_load --real")  # fmt: skip
+    with quiet_lightning():
+        run_dir = Path(train_run(config, progress=False))
+    evaluate_run(run_dir, "f1", 200, 0)
     return run_dir, path
 
 
@@ -213,6 +253,16 @@ def measure(run_dir: Path, study: dict, backend: str, args: argparse.Namespace) 
             "explain": explain}
 
 
+def _test_auroc(run_dir: Path) -> dict | None:
+    """The built run's test AUROC and its interval (what the served model is worth)."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return {"value": metrics["test"]["macro"]["auroc"], "ci": metrics["ci"].get("macro/auroc"),
+            "n": metrics["test"]["n"]}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a finished run (default: train a small one)")
@@ -225,19 +275,35 @@ def main() -> None:
     parser.add_argument("--backend", default="torch",
                         help="comma-separated: torch, onnxruntime (measured one after the other)")
     parser.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
+    parser.add_argument("--real", type=Path, nargs="?", const=REAL_DATA, default=None,
+                        metavar="DIR", help="train the run on real radiographs (default DIR: "
+                        "../shared/data/iu-nih-pairs) instead of phantoms")  # fmt: skip
     args = parser.parse_args()
+    if args.real is not None and args.run is not None:
+        parser.error("give --run or --real, not both")
+    if args.real is not None and not (args.real / "indiana_reports.csv").is_file():
+        print(f"skipped: {args.real.resolve()} is absent (the real iu-nih-pairs radiographs are "
+              "not in the repository); nothing measured")
+        return
     args.clients = [int(c) for c in args.clients.split(",")]
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        run_dir = args.run or build_run(Path(tmp))[0]
+        if args.real is not None:
+            run_dir = build_real_run(Path(tmp), args.real)[0]
+        else:
+            run_dir = args.run or build_run(Path(tmp))[0]
         built = time.perf_counter() - t0
         study = study_of(run_dir)
+        quality = _test_auroc(run_dir)
         onnx = ensure_onnx(run_dir) if "onnxruntime" in backends else None
         measured = [measure(run_dir, study, backend, args) for backend in backends]
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
                          f"{os.getloadavg()[0]:.1f}", "python": platform.python_version(),
-              "run": "small phantom run (built)" if args.run is None else str(args.run),
+              "run": (str(args.run) if args.run is not None else
+                      f"real radiographs ({args.real}, built)" if args.real is not None else
+                      "small phantom run (built)"),
+              "test_auroc": quality,
               "build_s": round(built, 1), "server_torch_threads": args.threads,
               "onnx_parity": onnx, "backends": measured,
               "date": time.strftime("%Y-%m-%d")}  # fmt: skip

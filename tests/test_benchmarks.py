@@ -102,3 +102,16 @@ def test_near_duplicates_benchmark_runs(tmp_path: Path) -> None:
     assert "| byte-identical copy " in proc.stdout and "6/6" in proc.stdout
     same = next(line for line in proc.stdout.splitlines() if line.startswith("| same patient"))
     assert same.split("|")[2].strip() == "3"  # patients 0, 1, 2 have two images each
+
+
+def test_serve_load_real_says_skipped_without_the_shared_data(tmp_path: Path) -> None:
+    """benchmarks/serve_load.py --real DIR (the RESULTS.md real-data ONNX row) where DIR is
+    absent: one "skipped" line naming it, exit 0, nothing trained or measured."""
+    missing = tmp_path / "iu-nih-pairs"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--real",
+                           str(missing), "--out", str(tmp_path / "out.json")], capture_output=True,
+                          text=True, env=_env(), timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (f"skipped: {missing} is absent (the real iu-nih-pairs "
+                                   "radiographs are not in the repository); nothing measured")
+    assert not (tmp_path / "out.json").exists()

@@ -120,6 +120,40 @@ def test_zero_shot_from_the_cli(trained_run: Path) -> None:
     assert "| Cardiomegaly |" in (trained_run / "zero_shot.md").read_text()
 
 
+def test_a_clip_run_has_a_model_card_refreshed_by_retrieve_and_zero_shot(trained_run: Path,
+                                                                          tmp_path: Path) -> None:
+    """Training writes README.md (Hugging Face front matter, research use only, synthetic
+    images said); `clip retrieve` and `clip zero-shot` rewrite it with their figures."""
+    from cxrfuse.rundir.modelcard import read_card_metadata
+
+    config = validate_clip_config(small_config(
+        Path(yaml.safe_load((trained_run / "config.yaml").read_text())["data"]["manifest"]),
+        tmp_path, **{"training.max_epochs": 1}))  # fmt: skip
+    fresh = train_clip(config)
+    meta = read_card_metadata(fresh / "README.md")
+    block = meta["cxrfuse"]
+    assert meta["library_name"] == "cxrfuse" and meta["pipeline_tag"] == "zero-shot-image-classification"
+    assert {"research-use-only", "synthetic-images", "clip"} <= set(meta["tags"])
+    assert block["kind"] == "clip" and block["evaluated"] is False and block["synthetic_images"]
+    assert block["intended_use"] == "research use only" and "model-index" not in meta
+    assert "cxrfuse clip retrieve" in (fresh / "README.md").read_text()
+    for verb in ("retrieve", "zero-shot"):
+        result = runner.invoke(app, ["clip", verb, str(fresh), "--no-progress"])
+        assert result.exit_code == 0, result.output
+    meta = read_card_metadata(fresh / "README.md")
+    retrieval = json.loads((fresh / "retrieval.json").read_text())
+    zero_shot = json.loads((fresh / "zero_shot.json").read_text())
+    assert meta["cxrfuse"]["evaluated"] is True
+    assert meta["cxrfuse"]["retrieval"]["image_to_text"] == retrieval["image_to_text"]
+    assert meta["cxrfuse"]["zero_shot"]["macro_auroc"] == pytest.approx(zero_shot["macro_auroc"])
+    metrics = meta["model-index"][0]["results"][0]["metrics"]
+    assert metrics[0] == {"type": "recall", "value": round(retrieval["image_to_text"]["1"], 4),
+                          "name": f"image-to-report Recall@1 (test; chance "
+                                  f"{retrieval['chance']['1']:.3f})"}  # fmt: skip
+    body = (fresh / "README.md").read_text()
+    assert "| chance (K/N) |" in body and "Research use only" in body and "synthetic phantoms" in body
+
+
 def test_probe_from_the_cli(trained_run: Path) -> None:
     result = runner.invoke(app, ["clip", "probe", str(trained_run), "--no-progress"])
     assert result.exit_code == 0, result.output

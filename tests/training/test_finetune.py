@@ -301,3 +301,39 @@ def test_default_freeze_list_fits_every_backbone(encoder: str, tmp_path: Path):
     assert frozen == []
     _, first_conv = find_input_conv(built.backbone)
     assert first_conv.weight.requires_grad
+
+
+def test_exported_finetune_run_predicts_alone(phantoms: Manifest, tmp_path: Path):
+    """A fine-tune run (its own encoder.safetensors, tf-idf indication) exported as a run and as
+    ONNX, the folders moved and the run deleted: predict from each gives the run's stored test
+    probabilities (both backends for the ONNX folder)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cxrfuse.cli import app
+    from cxrfuse.inference import Predictor
+
+    path = phantoms.save(tmp_path / "manifest.parquet")
+    run_dir = Path(train_run(_config(path, tmp_path, **{"training.max_epochs": 1}), progress=False))
+    stored = pd.read_parquet(run_dir / "predictions.parquet")
+    stored = stored[stored["split"] == "test"].set_index("study_id")["p__cardiomegaly"]
+    runner = CliRunner()
+    moved = {}
+    for fmt in ("run", "onnx"):
+        first = tmp_path / f"export-{fmt}"
+        result = runner.invoke(app, ["export", str(run_dir), "--to", str(first), "--format", fmt])
+        assert result.exit_code == 0, result.output
+        assert (first / "encoder.safetensors").is_file()
+        moved[fmt] = Path(shutil.copytree(first, tmp_path / "elsewhere" / fmt))
+        shutil.rmtree(first)
+    shutil.rmtree(run_dir)
+    df = phantoms.df.set_index("study_id")
+    for folder, backend in ((moved["run"], "torch"), (moved["onnx"], "torch"),
+                            (moved["onnx"], "onnxruntime")):  # fmt: skip
+        predictor = Predictor(folder, backend=backend)
+        for study_id in stored.index[:3]:
+            row = df.loc[study_id]
+            answer = predictor.predict([v["path"] for v in row["views"]], indication=row["indication"])
+            assert answer.probabilities["Cardiomegaly"] == pytest.approx(stored[study_id], abs=1e-4), \
+                (folder.name, backend, study_id)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from test_train_cli import tiny_config, write_config
 from typer.testing import CliRunner
 
@@ -72,3 +73,23 @@ def test_export_then_predict_gives_the_runs_own_predictions(evaluated: Path, tmp
         assert answer["probabilities"]["abnormal"] == pytest.approx(row["p__abnormal"], abs=1e-4)
         thresholds = json.loads((evaluated / "model.json").read_text())["thresholds"]
         assert answer["thresholds"] == pytest.approx(thresholds)
+
+
+def test_retraining_in_the_same_folder_drops_the_old_test_figures(evaluated: Path,
+                                                                  tmp_path: Path) -> None:
+    """`cxrfuse train --no-evaluate` over an evaluated run (another learning rate): the old
+    metrics.json no longer describes the weights, so it goes, and the card says "not
+    evaluated" instead of showing the old model's test figures."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    run = Path(shutil.copytree(evaluated, runs / "tiny"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (run / "metrics.json").is_file()
+    path = write_config(tmp_path / "again.yaml", config)
+    result = runner.invoke(app, ["train", str(path), "--no-progress", "--no-evaluate",
+                                 "--runs-dir", str(runs), "--set", "training.lr=0.01"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert not (run / "metrics.json").exists()
+    assert read_card_metadata(run / "README.md")["cxrfuse"]["evaluated"] is False

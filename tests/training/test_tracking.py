@@ -113,6 +113,16 @@ def test_flattening_intervals_and_verdicts() -> None:
         "test/macro/auroc": 0.7, "test/x_y/auroc": 0.6, "test/macro/auroc/low": 0.5,
         "test/macro/auroc/high": 0.9, "threshold/x_y": 0.4}
     assert verdict_tags(metrics) == {"verdict.beats_trivial": "no"}
+    listed = {"test": {"verdicts": [  # what evaluation writes: one entry per label and kind
+        {"label": "Nodule", "kind": "chance", "message": "Nodule: AUROC 0.48 [0.32, 0.64]"},
+        {"label": "Pleural Effusion", "kind": "small_val", "message": "too few"},
+        {"label": "Pleural Effusion", "kind": "small_val", "message": "again"},
+        {"label": "a=b", "kind": None, "detail": 1}, 7]}}
+    assert verdict_tags(listed) == {
+        "verdict.Nodule.chance": "Nodule: AUROC 0.48 [0.32, 0.64]",
+        "verdict.Pleural Effusion.small_val": "too few",
+        "verdict.Pleural Effusion.small_val_": "again",
+        "verdict.a_b": '{"label": "a=b", "kind": null, "detail": 1}', "verdict.4": "7"}
     assert verdict_tags({"test": {}}) == {}
     assert TrackingConfig().kind == "none"
 
@@ -159,3 +169,104 @@ def test_evaluate_and_report_verbs_refresh_the_card_and_the_tracker_run(
     assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id)}
     assert {"report.html", "README.md", "metrics.json"} <= artifacts
+
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def preset_experiment(manifest: Path, tmp_path: Path, tracking: str) -> list[str]:
+    """`cxrfuse experiment` of design 000's honest grid preset, made tiny by `--set` only."""
+    return ["experiment", str(PRESETS / "iu-multilabel-attention-indication.yaml"), "--offline",
+            "--no-progress", "--tracking", tracking, "--runs-dir", str(tmp_path / "runs"),
+            "--set", f"base.data.manifest={manifest}", "--set", f"base.data.store={tmp_path / 'store'}",
+            "--set", "base.data.task=normal-abnormal", "--set", "base.image.input_size=64",
+            "--set", "base.text.offline_encoder=tfidf", "--set", "base.text.offline_options={svd_dim: 8}",
+            "--set", "base.training.max_epochs=3", "--set", "base.training.batch_size=8",
+            "--set", "base.evaluation={n_boot: 20}"]  # fmt: skip
+
+
+def test_shipped_preset_experiment_with_mlflow_reads_back_params_epochs_and_artifacts(
+    tiny_phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shipped preset (design 000's honest grid) run as a user runs it, made tiny only by
+    `--set`: one MLflow run per grid point in mlruns.db beside the runs dir, holding the
+    preset's params, every epoch of epochs.csv, the test AUROC with its interval, the verdicts
+    and the artifacts (model card, metrics.json, plots) byte for byte."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, preset_experiment(tiny_phantoms, tmp_path, "mlflow"))
+    assert result.exit_code == 0, result.output
+    store = tmp_path / "mlruns.db"
+    assert store.is_file()
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    client = mlflow.tracking.MlflowClient()
+    found = mlflow.search_runs(experiment_names=["iu-multilabel-attention-indication"])
+    assert len(found) == 3 and set(found["status"]) == {"FINISHED"}
+    assert set(found["tags.model.modalities"]) == {"image", "text", "multimodal"}
+    for row in found.to_dict("records"):
+        run_dir = Path(row["tags.cxrfuse.run_dir"])
+        assert run_dir.parent.parent == runs / "iu-multilabel-attention-indication"
+        data = mlflow.get_run(row["run_id"]).data
+        # the preset's values, resolved (offline encoders swapped in) and flattened
+        assert data.params["image.views"] == "attention" and data.params["training.lr"] == "0.001"
+        assert data.params["model.hidden"] == "[256]" and data.params["model.dropout"] == "0.3"
+        assert data.params["text.sections"] == '["indication", "comparison"]'
+        assert data.params["image.encoder"] == "efficientnet-lite0"
+        assert data.params["data.manifest"] == str(tiny_phantoms)
+        epochs = pd.read_csv(run_dir / "epochs.csv")
+        for split in ("train", "val"):
+            history = client.get_metric_history(row["run_id"], f"{split}/loss")
+            rows = epochs[epochs["split"] == split]
+            assert [m.step for m in history] == rows["epoch"].tolist()
+            assert [m.value for m in history] == pytest.approx(rows["loss"].tolist())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        auroc, ci = metrics["test"]["macro"]["auroc"], metrics["ci"]["macro/auroc"]
+        assert data.metrics["test/macro/auroc"] == pytest.approx(auroc)
+        assert data.metrics["test/macro/auroc/low"] <= data.metrics["test/macro/auroc"] \
+            <= data.metrics["test/macro/auroc/high"]
+        assert data.metrics["test/macro/auroc/low"] == pytest.approx(ci["low"])
+        verdicts = metrics["test"].get("verdicts") or []
+        tags = {t: v for t, v in data.tags.items() if t.startswith("verdict.")}
+        assert len(tags) == len(verdicts)
+        for verdict in verdicts:  # named by label and kind (a run-wide one: kind), the message
+            name = ".".join(str(verdict[k]) for k in ("label", "kind") if verdict.get(k))
+            assert tags[f"verdict.{name}"] == verdict["message"]
+        listed = {a.path for a in client.list_artifacts(row["run_id"])}
+        assert {"README.md", "metrics.json", "plots"} <= listed
+        plots = {Path(a.path).name for a in client.list_artifacts(row["run_id"], "plots")}
+        assert plots == {p.name for p in (run_dir / "plots").glob("*.png")} and plots
+        card = Path(client.download_artifacts(row["run_id"], "README.md", str(tmp_path)))
+        assert card.read_bytes() == (run_dir / "README.md").read_bytes()
+        assert "Research use only" in card.read_text()
+
+
+def test_shipped_preset_experiment_with_tensorboard_is_listed_by_tensorboard_inspect(
+    tiny_phantoms: Path, tmp_path: Path
+) -> None:
+    """The same preset grid with `--tracking tensorboard`: every grid point leaves event files
+    whose scalars `tensorboard --inspect` lists (every epoch of val/loss, the test AUROC and
+    its interval)."""
+    cli = Path(sys.executable).parent / "tensorboard"
+    if not cli.is_file():
+        pytest.skip("the tensorboard command is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = runner.invoke(app, preset_experiment(tiny_phantoms, tmp_path, "tensorboard"))
+    assert result.exit_code == 0, result.output
+    grid = tmp_path / "runs" / "iu-multilabel-attention-indication" / "runs"
+    run_dirs = sorted(p for p in grid.iterdir() if (p / "run.json").is_file())
+    assert [p.name for p in run_dirs] == ["image-seed0", "multimodal-seed0", "text-seed0"]
+    for run_dir in run_dirs:
+        log_dir = run_dir / "logs" / "tensorboard"
+        listed = subprocess.run([str(cli), "--inspect", "--logdir", str(log_dir)], capture_output=True,
+                                text=True, timeout=120, check=True).stdout  # fmt: skip
+        epochs = int((pd.read_csv(run_dir / "epochs.csv")["split"] == "val").sum())
+        for tag in ("val/loss", "train/loss", "test/macro/auroc", "test/macro/auroc/low",
+                    "test/macro/auroc/high"):  # fmt: skip
+            assert tag in listed, (run_dir.name, tag)
+        events = EventAccumulator(str(log_dir))
+        events.Reload()
+        assert len(events.Scalars("val/loss")) == epochs  # every epoch
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert events.Scalars("test/macro/auroc")[0].value == pytest.approx(
+            metrics["test"]["macro"]["auroc"], abs=1e-6)

@@ -109,11 +109,16 @@ def print_error(message: str) -> None:
                       markup=True)
 
 
+SIGTERM_EXIT = 128 + 15
+"""Exit status of a verb stopped by SIGTERM while Lightning trained (the shell's convention)."""
+
+
 def friendly_errors(func: F) -> F:
     """The CLI's one error path: a cxrfuse error (bad input, missing files, bad config) or an
     OS fault (full disk, permission, read-only, file limit: the path and cause named) is one
     ``error:`` line and exit code 2; any other exception one ``error:`` line naming its type and
-    exit code 1; ``--debug`` shows the traceback instead."""
+    exit code 1; a SIGTERM caught by Lightning's trainer exit code 143; ``--debug`` shows the
+    traceback instead."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -121,6 +126,14 @@ def friendly_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except SystemExit as exc:
+            # Lightning turns a SIGTERM during training into SIGTERMException, a SystemExit
+            # with no code: it would end the process with status 0 as if it had finished
+            if type(exc).__name__ != "SIGTERMException":
+                raise
+            print_error("stopped by SIGTERM during training; what finished is kept: rerun the "
+                        "same command to go on")
+            raise typer.Exit(SIGTERM_EXIT) from exc
         except Exception as exc:
             if debug_enabled():
                 raise

@@ -43,7 +43,7 @@ def sweep_cmd(
     """
     from cxrfuse.config import apply_offline, load_run_config
     from cxrfuse.reporting.sweep import write_sweep_report
-    from cxrfuse.training.sweep import load_space, run_sweep
+    from cxrfuse.training.sweep import load_space, record_test_look, run_sweep
 
     config = load_run_config(config_path, [*(set_ or []), *tracking_override(tracking)])
     if offline:
@@ -65,6 +65,10 @@ def sweep_cmd(
 
     if not RunDir(best_run).has_metrics():  # the one look at the test split
         _evaluate(best_run)
+        looks = record_test_look(sweep_dir)
+        if len(looks) > 1:
+            console.print(f"[yellow]warning:[/] this sweep has now read the test split "
+                          f"{len(looks)} times (a new best after more trials)")
     html, _ = write_sweep_report(sweep_dir)
     console.print(f"report: [bold]{html}[/] (the test figure is one look after a search of "
                   f"{result['trials_requested']} trial(s) on validation)")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from cxrfuse.rundir import RunDir, layout
+from cxrfuse.rundir.modelcard import write_model_card
 
 
 def pair_ranks(similarity: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,4 +111,5 @@ def run_retrieval(run_dir: str | Path, split: str | None = None,
         result["label_ceiling"] = label_ceiling(pairs.labels, ks)
     out = Path(run_dir)
     RunDir(out).write_analysis(layout.RETRIEVAL, result, retrieval_markdown(result))
+    write_model_card(out)  # the card shows the new figures
     return result

@@ -44,6 +44,7 @@ from cxrfuse.files import first_rank, folder_lock
 from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import CLIP_TASK, ClipFacts, Environment, RunDir, RunInfo
+from cxrfuse.rundir.modelcard import write_model_card
 from cxrfuse.runtime import environment_info, now_iso, quiet_lightning, seed_everything
 from cxrfuse.training.tracking import HistoryLogging, make_logger
 
@@ -250,6 +251,8 @@ def _train_locked(config: ClipConfig, run: RunDir) -> Path:
             plot_curves(module.history, run.clip_curves, config.name)
         info.finished, info.timing_s = now_iso(), round(time.perf_counter() - t0, 2)
         run.write_info(info)
+    if first_rank():
+        write_model_card(run.path)  # refreshed by `clip retrieve` / `clip zero-shot`
     return run.path
 
 

@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 from cxrfuse.clip.embed import ClipRun, as_numpy, load_run
 from cxrfuse.config.clip import ZeroShotConfig
 from cxrfuse.rundir import RunDir, layout
+from cxrfuse.rundir.modelcard import write_model_card
 
 
 def prompt_embeddings(run: ClipRun, labels: list[str], config: ZeroShotConfig) -> dict[str, Any]:
@@ -92,6 +93,7 @@ def run_zero_shot(run_dir: str | Path, split: str = "test", task: str | None = N
               "synthetic": run.synthetic, "images": run.manifest.images}  # fmt: skip
     out = Path(run_dir)
     RunDir(out).write_analysis(layout.ZERO_SHOT, result, zero_shot_markdown(result))
+    write_model_card(out)  # the card shows the new figures
     return result
 
 

@@ -27,6 +27,13 @@ def sweep_sections(sweep_dir: Path) -> tuple[str, list[Section]]:
             "a manifest without its test rows), but with few validation studies the chosen "
             "config may fit validation noise; its test figure is not a fresh estimate of a "
             "config chosen without search.")
+    looks = result.get("test_looks", [])
+    if len(looks) > 1:
+        top.add("warning", f"The test split has been read {len(looks)} times by this sweep "
+                "(after " + ", ".join(f"{look['trials']} trials (best trial {look['best']})"
+                                      for look in looks)
+                + "): extending a sweep after seeing a test figure makes the last one a figure "
+                "chosen after several looks, optimistic.")  # fmt: skip
     top.add("text", f"Objective: {result['objective']}; sampler {result['sampler']}; pruning: "
             f"{result['pruner']}. Trial states: "
             + ", ".join(f"{k.lower()} {v}" for k, v in result["states"].items())

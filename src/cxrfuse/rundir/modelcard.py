@@ -63,6 +63,8 @@ def _interval(metrics: Mapping[str, Any], key: str) -> dict[str, float] | None:
 def card_metadata(run: RunDir) -> dict[str, Any]:
     """The front matter of the card (Hugging Face model-card metadata)."""
     info = run.info()
+    if info.kind == "clip":
+        return _clip_metadata(run)
     metrics = _metrics(run)
     synthetic = info.images == PHANTOM
     dataset = _dataset(info.manifest)
@@ -120,9 +122,106 @@ def card_metadata(run: RunDir) -> dict[str, Any]:
     return meta
 
 
+def _clip_metadata(run: RunDir) -> dict[str, Any]:
+    """The front matter of a CLIP run's card: retrieval Recall@K (beside chance) and zero-shot
+    AUROC once ``cxrfuse clip retrieve`` / ``zero-shot`` wrote them."""
+    info = run.info()
+    synthetic = info.images == PHANTOM
+    dataset = _dataset(info.manifest)
+    tags = ["cxrfuse", "chest-x-ray", "medical-imaging", "research-use-only", "clip",
+            "contrastive"] + (["synthetic-images"] if synthetic else [])  # fmt: skip
+    meta: dict[str, Any] = {"license": "other", "library_name": "cxrfuse",
+                            "pipeline_tag": "zero-shot-image-classification", "tags": tags,
+                            "datasets": [dataset]}  # fmt: skip
+    block: dict[str, Any] = {
+        "run": info.name, "kind": info.kind, "task": info.task, "labels": list(info.labels),
+        "modalities": list(info.modalities), "images": info.images,
+        "synthetic_images": synthetic, "manifest": info.manifest, "seed": info.seed,
+        "n": dict(info.n), "intended_use": "research use only", "evaluated": False,
+        "encoders": dict(info.clip.encoders) if info.clip else {},
+    }  # fmt: skip
+    results: list[dict[str, Any]] = []
+    retrieval = run.analysis(layout.RETRIEVAL)
+    if retrieval:
+        block["retrieval"] = {"split": retrieval.get("split"), "n": retrieval.get("n"),
+                              **{key: retrieval.get(key) for key in ("image_to_text",
+                                 "text_to_image", "chance")}}  # fmt: skip
+        for k, value in (retrieval.get("image_to_text") or {}).items():
+            results.append({"type": "recall", "value": round(float(value), 4),
+                            "name": f"image-to-report Recall@{k} ({retrieval.get('split')}; "
+                                    f"chance {float(retrieval['chance'][k]):.3f})"})  # fmt: skip
+    zero_shot = run.analysis(layout.ZERO_SHOT)
+    if zero_shot and zero_shot.get("macro_auroc") is not None:
+        block["zero_shot"] = {"split": zero_shot.get("split"), "task": zero_shot.get("task"),
+                              "n": zero_shot.get("n"), "macro_auroc": zero_shot["macro_auroc"]}
+        results.append({"type": "roc_auc", "value": round(float(zero_shot["macro_auroc"]), 4),
+                        "name": f"zero-shot macro AUROC ({zero_shot.get('split')})"})
+    if results:
+        block["evaluated"] = True
+        meta["metrics"] = sorted({r["type"] for r in results})
+        meta["model-index"] = [{"name": info.name, "results": [{
+            "task": {"type": "zero-shot-image-classification", "name": info.task or "clip"},
+            "dataset": {"name": dataset, "type": dataset,
+                        "split": (retrieval or zero_shot or {}).get("split")},
+            "metrics": results}]}]  # fmt: skip
+    meta["cxrfuse"] = block
+    return meta
+
+
+def _clip_markdown(run: RunDir, meta: Mapping[str, Any]) -> str:
+    """The body of a CLIP run's card."""
+    block = meta["cxrfuse"]
+    images = ("**synthetic phantom images** (not real radiographs: the figures below say "
+              "nothing about real patients)" if block["synthetic_images"]
+              else f"images of kind `{block['images']}`")  # fmt: skip
+    towers = ", ".join(f"{k}: `{v}`" for k, v in block["encoders"].items()) or "-"
+    lines = [f"# {block['run']}", "",
+             (f"A cxrfuse CLIP-style image-report model (contrastive, towers {towers}) trained "
+              f"on {meta['datasets'][0]} with {images}; its embeddings serve retrieval, "
+              "zero-shot scores and linear probes."), "",
+             "## Intended use", "", INTENDED_USE, "",
+             "## Training data", "",
+             f"Manifest `{block['manifest']}`; studies per split (patient-level splits): "
+             + ", ".join(f"{k} {v}" for k, v in block["n"].items()) + f"; seed {block['seed']}.",
+             "", "## Evaluation", ""]  # fmt: skip
+    if not block["evaluated"]:
+        lines += [(f"Not evaluated yet: run `cxrfuse clip retrieve {run.path}` and `cxrfuse clip "
+                   "zero-shot` (this card is then rewritten with their figures)."), ""]
+    retrieval = block.get("retrieval")
+    if retrieval:
+        ks = sorted(retrieval["chance"], key=int)
+        lines += [(f"Retrieval on the {retrieval['split']} split (N = {retrieval['n']}), exact "
+                  "pairs, no interval:"), "",
+                  "| direction | " + " | ".join(f"R@{k}" for k in ks) + " |",
+                  "|---|" + "---:|" * len(ks)]  # fmt: skip
+        for key, name in (("image_to_text", "image -> report"), ("text_to_image", "report -> image"),
+                          ("chance", "chance (K/N)")):  # fmt: skip
+            lines.append(f"| {name} | " + " | ".join(f"{float(retrieval[key][k]):.3f}" for k in ks)
+                         + " |")
+        lines.append("")
+    zero_shot = block.get("zero_shot")
+    if zero_shot:
+        lines += [(f"Zero-shot ({zero_shot['task']}, {zero_shot['split']} split, N = "
+                   f"{zero_shot['n']}): macro AUROC {_num(zero_shot['macro_auroc'])} from "
+                   "positive vs negative prompts."), ""]
+    lines += ["## Limitations", "",
+              ("- Contrastive training pairs each image with its own report: reports written after "
+              "reading the image name its findings, so report-side figures can be optimistic."),
+              "- Trained on one dataset; other hospitals, scanners or populations are untested.",
+              ]  # fmt: skip
+    if block["synthetic_images"]:
+        lines.append("- The images are synthetic phantoms: this model demonstrates the pipeline "
+                     "only.")
+    lines += ["", ("Written by cxrfuse; the YAML front matter follows the Hugging Face model-card "
+              "format."), ""]
+    return "\n".join(lines)
+
+
 def card_markdown(run: RunDir, meta: Mapping[str, Any]) -> str:
     """The card's body in Markdown."""
     block = meta["cxrfuse"]
+    if block["kind"] == "clip":
+        return _clip_markdown(run, meta)
     images = ("**synthetic phantom images** (not real radiographs: the figures below say "
               "nothing about real patients)" if block["synthetic_images"]
               else f"images of kind `{block['images']}`")  # fmt: skip
@@ -179,7 +278,7 @@ def _num(value: Any) -> str:
 
 
 def write_model_card(run_dir: str | Path) -> Path:
-    """Write (or refresh) ``README.md`` of a finished head or fine-tune run."""
+    """Write (or refresh) ``README.md`` of a finished head, fine-tune or CLIP run."""
     run = RunDir(run_dir)
     meta = card_metadata(run)
     front = yaml.safe_dump(json.loads(json.dumps(meta, default=str)), sort_keys=False,

@@ -215,6 +215,9 @@ def train_run(config: RunConfig, *, progress: bool = True, source: InputSource |
 
 def _train_locked(config: RunConfig, run: RunDir, progress: bool,
                   source: InputSource | None, callbacks: Sequence[Any]) -> Path:  # fmt: skip
+    # test figures of earlier weights in this folder would describe the new model (its card,
+    # a sweep's best run, the tracker): the evaluation that follows writes them again
+    run.metrics_path.unlink(missing_ok=True)
     run.write_config(config)
     info, start = _started_info(config), time.perf_counter()
     run.write_info(info)

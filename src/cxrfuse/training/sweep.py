@@ -39,6 +39,7 @@ from cxrfuse.files import sha256_json, write_json, write_text
 from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import ConfigError, CxrfuseError
 from cxrfuse.rundir import RunDir, layout
+from cxrfuse.runtime import now_iso
 from cxrfuse.training.experiment import same_except_tracking
 from cxrfuse.training.runner import train_run
 
@@ -227,7 +228,9 @@ def _recover_interrupted(study: Any) -> int:
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for trial in stale:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(trial.params, skip_if_exists=True)
+        # not skip_if_exists: the failed trial itself has these parameters, so Optuna would
+        # skip every retry; each stale trial is queued once, when it is marked failed
+        study.enqueue_trial(trial.params)
     return len(stale)
 
 
@@ -270,6 +273,8 @@ def run_sweep(config: RunConfig, space: SearchSpace, trials: int, sweep_dir: str
         raise CxrfuseError(f"sweep {config.name}: no trial completed (see {trial_dir} and "
                            f"{sweep_dir / layout.SWEEP_STUDY})")
     result = summarise(study, config, space, sweep_dir)
+    if (sweep_dir / layout.SWEEP_RESULT).is_file():  # the test looks of earlier runs stay
+        result["test_looks"] = read_sweep(sweep_dir).get("test_looks", [])
     if not retrain_best:
         write_json(sweep_dir / layout.SWEEP_RESULT, result, indent=2)
         return result
@@ -284,6 +289,19 @@ def run_sweep(config: RunConfig, space: SearchSpace, trials: int, sweep_dir: str
     result["best_run"] = str(best.run_dir)
     write_json(sweep_dir / layout.SWEEP_RESULT, result, indent=2)
     return result
+
+
+def record_test_look(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Note in ``sweep.json`` that the best run was evaluated on test (call it after each
+    evaluation): a sweep extended with more trials whose best changes reads the test split
+    again, and its report says how often."""
+    path = Path(sweep_dir) / layout.SWEEP_RESULT
+    result = read_sweep(sweep_dir)
+    looks = [*result.get("test_looks", []),
+             {"trials": result["trials_requested"], "best": result["best"]["number"],
+              "at": now_iso()}]  # fmt: skip
+    write_json(path, {**result, "test_looks": looks}, indent=2)
+    return looks
 
 
 def _yaml(payload: Any) -> str:

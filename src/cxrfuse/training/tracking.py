@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -168,13 +169,30 @@ def verdict_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
     if isinstance(verdicts, Mapping):
         items: Iterator[tuple[str, Any]] = iter(verdicts.items())
     else:
-        items = ((str(v.get("name", i)) if isinstance(v, Mapping) else str(i), v)
-                 for i, v in enumerate(verdicts))  # fmt: skip
-    out = {}
+        items = ((_verdict_name(v, i), v) for i, v in enumerate(verdicts))
+    out: dict[str, str] = {}
     for name, value in items:
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
-        out[f"verdict.{name}"] = text[:5000]
+        if isinstance(value, Mapping) and isinstance(value.get("message"), str):
+            text = value["message"]
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+        key = f"verdict.{re.sub(r'[^A-Za-z0-9_ ./-]', '_', name)}"
+        while key in out:  # the same label and kind twice
+            key += "_"
+        out[key] = text[:5000]
     return out
+
+
+def _verdict_name(verdict: Any, index: int) -> str:
+    """A verdict's tag name: its ``name``, else ``<label>.<kind>`` (``Nodule.chance``), else
+    its position."""
+    if isinstance(verdict, Mapping):
+        if verdict.get("name"):
+            return str(verdict["name"])
+        parts = [str(verdict[k]) for k in ("label", "kind") if verdict.get(k)]
+        if parts:
+            return ".".join(parts)
+    return str(index)
 
 
 def run_artifacts(run: RunDir) -> list[Path]:

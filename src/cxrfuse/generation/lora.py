@@ -45,7 +45,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from cxrfuse.config import TrackingConfig
 from cxrfuse.data import Manifest
+from cxrfuse.files import LOCK_NAME, folder_lock, write_json, write_text
 from cxrfuse.generation.prompts import build_messages, message_images, with_answer
 from cxrfuse.generation.studies import (
     Selection,
@@ -56,8 +58,11 @@ from cxrfuse.generation.studies import (
     select_studies,
 )
 from cxrfuse.generation.vlm import SEQUENCE_KEYS, VLM, encode, load_vlm, render
+from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import CxrfuseError, DataError
-from cxrfuse.rundir import layout
+from cxrfuse.rundir import GenerationDir, LoraRunInfo, layout
+from cxrfuse.rundir.tracking import make_tracker
+from cxrfuse.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +70,6 @@ LANGUAGE_TOWERS = ("language_model", "text_model")
 VISION_TOWERS = ("vision_model", "vision_tower", "visual", "vision_encoder")
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "min_delta", "device"})
 ADAPTER_DIR, CHECKPOINT_DIR = layout.ADAPTER, layout.LORA_CHECKPOINT
-EPOCHS_FILE, CURVES_FILE, RUN_FILE = layout.EPOCHS, layout.CURVES, layout.LORA_INFO
 EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "seconds")
 
 
@@ -147,7 +151,7 @@ def add_lora(vlm: VLM, settings: LoraSettings) -> VLM:
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=target_pattern(settings), bias="none",
     )
-    torch.manual_seed(settings.seed)  # LoRA A matrices start random: seeded
+    seed_everything(settings.seed)  # LoRA A matrices start random: seeded
     try:
         model = get_peft_model(vlm.model, config)
     except ValueError as exc:
@@ -267,17 +271,6 @@ def _fresh_dir(path: Path) -> Path:
     return path
 
 
-def _write_file(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    text = json.dumps(payload, indent=2, default=str, allow_nan=False)
-    _write_file(path, lambda p: p.write_text(text + "\n"))
-
-
 def _nan_to_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
@@ -286,7 +279,7 @@ def save_adapter(model: Any, folder: Path, info: Mapping[str, Any]) -> None:
     """The adapter (safetensors) + ``cxrfuse_adapter.json``, written atomically."""
     tmp = _fresh_dir(folder.with_name(folder.name + ".tmp"))
     model.save_pretrained(str(tmp), safe_serialization=True)
-    _write_json(tmp / "cxrfuse_adapter.json", dict(info))
+    write_json(tmp / "cxrfuse_adapter.json", dict(info), indent=2)
     _replace_dir(tmp, folder)
 
 
@@ -331,7 +324,8 @@ def save_checkpoint(
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = rng
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    _write_json(tmp / "state.json", {**state, "optimizer": meta, "scheduler": scheduler.state_dict()})
+    write_json(tmp / "state.json", {**state, "optimizer": meta, "scheduler": scheduler.state_dict()},
+               indent=2)  # fmt: skip
     _replace_dir(tmp, out / CHECKPOINT_DIR)
 
 
@@ -377,22 +371,20 @@ def check_resumable(previous: Mapping[str, Any], settings: LoraSettings, model: 
             )
 
 
-def write_epochs(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
+def write_epochs(gen: GenerationDir, history: Sequence[Mapping[str, Any]]) -> None:
+    """``epochs.csv``: epoch, train_loss, val_loss, seconds."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(EPOCH_COLUMNS), lineterminator="\n")
     writer.writeheader()
     for row in history:
         writer.writerow({k: row[k] for k in EPOCH_COLUMNS})
-    text = buffer.getvalue()
-    _write_file(out / EPOCHS_FILE, lambda p: p.write_text(text))
+    write_text(gen.epochs_path, buffer.getvalue())
 
 
-def plot_curves(out: Path, history: Sequence[Mapping[str, Any]], best_epoch: int | None) -> None:
-    """Train and val loss per epoch (matplotlib ``Figure``, no global backend)."""
-    from matplotlib.figure import Figure
-
+def plot_curves(gen: GenerationDir, history: Sequence[Mapping[str, Any]], best_epoch: int | None) -> None:
+    """Train and val loss per epoch (``curves.png``)."""
     epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(5, 3.2), dpi=120)
+    fig = new_figure(figsize=(5, 3.2), dpi=120)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
     val = [math.nan if row["val_loss"] is None else row["val_loss"] for row in history]
@@ -402,8 +394,82 @@ def plot_curves(out: Path, history: Sequence[Mapping[str, Any]], best_epoch: int
     ax.set_xlabel("epoch")
     ax.set_ylabel("target-token cross-entropy")
     ax.legend()
-    fig.tight_layout()
-    _write_file(out / CURVES_FILE, lambda p: fig.savefig(p, format="png"))
+    save_figure(fig, gen.curves_path, dpi=120)
+
+
+def check_owned(gen: GenerationDir) -> None:
+    """Refuse an output folder that fine-tuning did not make: it writes and replaces
+    ``adapter/`` and ``checkpoint/`` there, so only a new or empty folder, or one holding an
+    earlier fine-tuning (``finetune.json``, or the checkpoint of a call killed before it wrote
+    one) is used. A DataError names the folder."""
+    path = gen.path
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise DataError(f"{path}: not a folder; --out must name a new or empty folder, or an "
+                        "earlier `cxrfuse generate finetune` output")  # fmt: skip
+    if gen.lora_info() is not None or _checkpoint_state(path) is not None:
+        return
+    others = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise DataError(
+            f"{path}: not empty ({shown}) and not a `cxrfuse generate finetune` output (no "
+            f"{layout.LORA_INFO}); fine-tuning writes and replaces {ADAPTER_DIR}/ and "
+            f"{CHECKPOINT_DIR}/ in its --out folder, so it leaves this one alone: pass a new or "
+            "empty folder"
+        )
+
+
+def _checkpoint_state(out: Path) -> dict[str, Any] | None:
+    """The loop state of the checkpoint in ``out`` when it is a fine-tuning checkpoint."""
+    folder = find_checkpoint(out)
+    if folder is None:
+        return None
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    keys = {"model", "settings", "epoch", "history"}
+    return state if isinstance(state, dict) and keys <= set(state) else None
+
+
+class _Tracker:
+    """The epochs of a fine-tuning sent to the tracker of ``--tracking`` (Lightning's logger,
+    built as for training runs by :func:`cxrfuse.rundir.tracking.make_tracker`)."""
+
+    def __init__(self, tracking: TrackingConfig | None, gen: GenerationDir, model: str,
+                 settings: LoraSettings) -> None:  # fmt: skip
+        self.logger = None
+        if tracking is not None:
+            self.logger = make_tracker(
+                tracking, gen.path, name=gen.name, runs_dir=gen.path,
+                params={"model": model, "lora": settings.model_dump(mode="json")},
+                tags={"cxrfuse.generation_dir": str(gen.path.resolve())})
+
+    def epoch(self, row: Mapping[str, Any]) -> None:
+        if self.logger is None:
+            return
+        values = {"train/loss": row["train_loss"], "val/loss": row["val_loss"],
+                  "epoch_seconds": row["seconds"]}  # fmt: skip
+        finite = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+        self.logger.log_metrics(finite, step=int(row["epoch"]))
+
+    def finish(self, info: LoraRunInfo, gen: GenerationDir) -> None:
+        if self.logger is None:
+            return
+        final = {"best_epoch": info.best_epoch, "best_val_loss": info.best_val_loss,
+                 "epochs_done": info.epochs_done}  # fmt: skip
+        self.logger.log_metrics({k: float(v) for k, v in final.items() if v is not None},
+                                step=info.epochs_done)  # fmt: skip
+        run_id = getattr(self.logger, "run_id", None)
+        if run_id is not None:  # MLflow: the record and plot as artifacts, the status as a tag
+            client = self.logger.experiment
+            client.set_tag(run_id, "status", info.status)
+            for path in (gen.lora_info_path, gen.epochs_path, gen.curves_path):
+                if path.is_file():
+                    client.log_artifact(run_id, str(path))
+        self.logger.finalize("success")
 
 
 # ---------------------------------------------------------------------------------- training
@@ -485,6 +551,7 @@ def finetune_lora(
     *,
     findings: Mapping[str, Sequence[str]] | None = None,
     progress: bool = True,
+    tracking: TrackingConfig | None = None,
 ) -> Path:
     """Fine-tune LoRA adapters; return the folder of the best epoch's adapter.
 
@@ -492,10 +559,22 @@ def finetune_lora(
     and ends with the best epoch's adapter weights (``vlm.adapter`` names the folder).
     ``findings`` (study id -> classifier label names) puts design 001's two-stage line in
     the training prompts; pass the same to :func:`~cxrfuse.generation.vlm.generate_reports`.
+    ``out_dir`` must be new, empty or an earlier fine-tuning's (:func:`check_owned`); the
+    call holds its lock (``files.folder_lock``) while it writes. ``tracking`` logs the
+    settings and every epoch's losses to MLflow, TensorBoard or CSV, as training runs do.
     """
     settings = settings or LoraSettings()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    gen = GenerationDir(out_dir)
+    check_owned(gen)
+    with folder_lock(gen.path, "the generation directory"):
+        check_owned(gen)  # as it is now that this call holds the lock
+        return _finetune(model, manifest, gen, settings, findings, progress, tracking)
+
+
+def _finetune(model: str | VLM, manifest: Manifest, gen: GenerationDir, settings: LoraSettings,
+              findings: Mapping[str, Sequence[str]] | None, progress: bool,
+              tracking: TrackingConfig | None) -> Path:  # fmt: skip
+    out = gen.path
     vlm = model if isinstance(model, VLM) else load_vlm(model, device=settings.device,
                                                           dtype=settings.dtype)
     train = _select(manifest, "train", settings.limit_train, settings)
@@ -527,10 +606,26 @@ def finetune_lora(
         state["settings"] = settings.model_dump()
         log.info("resuming %s after epoch %d", out, state["epoch"])
     else:
-        torch.manual_seed(settings.seed)  # dropout masks: seeded, and restored on resume
-    adapter_dir = out / ADAPTER_DIR
+        seed_everything(settings.seed)  # dropout masks: seeded, and restored on resume
     n_params = sum(p.numel() for p in vlm.model.parameters())
     n_trainable = sum(p.numel() for _, p in params)
+
+    def record(status: str, seconds: float | None) -> LoraRunInfo:
+        return LoraRunInfo(
+            model=vlm.name, settings=settings.model_dump(), target_modules=target_pattern(settings),
+            status=status, epochs_done=state["epoch"], best_epoch=state["best_epoch"],
+            best_val_loss=_nan_to_none(state["best_val_loss"]), history=state["history"],
+            studies={"train": len(train.studies), "val": len(val.studies)},
+            skipped={"train": train.skipped_counts(), "val": val.skipped_counts()},
+            parameters=n_params, trainable_parameters=n_trainable, trainable_tensors=len(params),
+            device=str(vlm.device), dtype=str(vlm.dtype).removeprefix("torch."),
+            seconds_this_call=seconds, steps_per_epoch=steps_per_epoch,
+        )
+
+    gen.write_lora_info(record("running", None))  # the folder is this fine-tuning's from now on
+    tracker = _Tracker(tracking, gen, vlm.name, settings)
+    for row in state["history"]:  # a resumed call's tracker run shows the whole curve
+        tracker.epoch(row)
     started = time.perf_counter()
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         if state["stopped"]:
@@ -546,16 +641,18 @@ def finetune_lora(
         best = state["best_val_loss"]
         if best is None or val_loss < best - settings.min_delta:
             state.update(best_epoch=epoch, best_val_loss=val_loss, bad_epochs=0)
-            save_adapter(vlm.model, adapter_dir, {"model": vlm.name, "epoch": epoch,
-                                                  "val_loss": val_loss})
+            save_adapter(vlm.model, gen.adapter_dir, {"model": vlm.name, "epoch": epoch,
+                                                      "val_loss": val_loss})
         else:
             state["bad_epochs"] += 1
             if settings.patience is not None and state["bad_epochs"] >= settings.patience:
                 state["stopped"] = True
         log.info("epoch %d: train loss %.4f, val loss %.4f", epoch, train_loss, val_loss)
         save_checkpoint(out, vlm.model, optimizer, scheduler, state)
-        write_epochs(out, state["history"])
-        plot_curves(out, state["history"], state["best_epoch"])
+        write_epochs(gen, state["history"])
+        plot_curves(gen, state["history"], state["best_epoch"])
+        tracker.epoch(row)
+    adapter_dir = gen.adapter_dir
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise CxrfuseError(f"{out}: no adapter was saved (no epoch finished)")
     load_adapter_weights(vlm.model, adapter_dir)  # the in-memory model = the kept adapter
@@ -563,18 +660,8 @@ def finetune_lora(
     if use_cache is not None:
         vlm.model.get_base_model().config.use_cache = use_cache
     vlm.adapter = str(adapter_dir)
-    _write_json(out / RUN_FILE, {
-        "model": vlm.name, "settings": settings.model_dump(), "target_modules": target_pattern(settings),
-        "status": "early-stopped" if state["stopped"] else "finished",
-        "epochs_done": state["epoch"], "best_epoch": state["best_epoch"],
-        "best_val_loss": _nan_to_none(state["best_val_loss"]),
-        "history": state["history"],
-        "studies": {"train": len(train.studies), "val": len(val.studies)},
-        "skipped": {"train": train.skipped_counts(), "val": val.skipped_counts()},
-        "parameters": n_params, "trainable_parameters": n_trainable,
-        "trainable_tensors": len(params), "device": str(vlm.device),
-        "dtype": str(vlm.dtype).removeprefix("torch."),
-        "seconds_this_call": round(time.perf_counter() - started, 3),
-        "steps_per_epoch": steps_per_epoch,
-    })
+    info = record("early-stopped" if state["stopped"] else "finished",
+                  round(time.perf_counter() - started, 3))
+    gen.write_lora_info(info)
+    tracker.finish(info, gen)
     return adapter_dir

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from cxrfuse.config import TrackingConfig
 from cxrfuse.data.manifest import Manifest, read_manifest
 from cxrfuse.generation.baselines import baseline_reports, manifest_reports, plain_report
 from cxrfuse.generation.labeler import Labeler
@@ -175,18 +176,20 @@ def generate_with_vlm(
 
 def finetune_vlm(model: str, manifest: str | Path | Manifest, out: str | Path,
                  settings: LoraSettings | None = None, *, findings_run: str | Path | None = None,
-                 progress: bool = True) -> Path:  # fmt: skip
+                 progress: bool = True, tracking: TrackingConfig | None = None) -> Path:  # fmt: skip
     """LoRA fine-tuning of ``model`` on the manifest's training split (validation loss on val,
     early stopping, resumable); returns the best epoch's adapter folder. With ``findings_run``
     the prompts carry that classifier's predictions (it must have predictions for the train
-    and val studies: a run trained on another split, for example)."""
+    and val studies: a run trained on another split, for example); ``tracking`` logs the
+    settings and every epoch's losses to MLflow, TensorBoard or CSV. ``out`` must be new,
+    empty or an earlier fine-tuning's (a user's folder is refused, never overwritten)."""
     man = _manifest(manifest)
     findings = None
     if findings_run is not None:
         findings = classifier_findings(findings_run, "train") | classifier_findings(findings_run,
                                                                                     "val")
     return finetune_lora(model, man, GenerationDir(out).path, settings, findings=findings,
-                         progress=progress)  # fmt: skip
+                         progress=progress, tracking=tracking)  # fmt: skip
 
 
 def _system_names(generated: Sequence[Path], names: Sequence[str] | None) -> list[str]:

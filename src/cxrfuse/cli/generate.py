@@ -45,8 +45,7 @@ def _labeler(name: str, chexbert: Path | None) -> Any:
 
 
 def _show(gen: Any, payload: dict[str, Any]) -> None:
-    from cxrfuse.generation.outputs import comparison_table
-    from cxrfuse.generation.table import paired_table, provenance_lines
+    from cxrfuse.generation import comparison_table, paired_table, provenance_lines
 
     table = comparison_table(payload, payload.get("generator", "generator"))
     console.print(table.to_markdown(index=False), markup=False, highlight=False, soft_wrap=True)
@@ -100,7 +99,7 @@ def retrieval_cmd(
     Example: `cxrfuse generate retrieval --clip runs/iu-clip-lit --out runs/iu-clip-lit/generation/clip`
     """
     from cxrfuse.files import set_lock_wait
-    from cxrfuse.generation.pipeline import generate_retrieval
+    from cxrfuse.generation import generate_retrieval
 
     set_lock_wait(not no_wait)
     gen, payload = generate_retrieval(
@@ -153,7 +152,7 @@ def vlm_cmd(
     Example: `cxrfuse generate vlm meta-llama/Llama-3.2-11B-Vision-Instruct iu.parquet --adapter gen/lora/adapter --out gen/llama-lora`
     """
     from cxrfuse.files import set_lock_wait
-    from cxrfuse.generation.pipeline import generate_with_vlm
+    from cxrfuse.generation import generate_with_vlm
 
     set_lock_wait(not no_wait)
     encoder = None if baseline_encoder in (None, "none") else baseline_encoder
@@ -193,8 +192,7 @@ def finetune_cmd(
     """
     from cxrfuse.config import TrackingConfig, parse_override, validate_config
     from cxrfuse.files import set_lock_wait
-    from cxrfuse.generation.lora import LoraSettings
-    from cxrfuse.generation.pipeline import finetune_vlm
+    from cxrfuse.generation import LoraSettings, finetune_vlm
 
     set_lock_wait(not no_wait)
     raw = dict(parse_override(item) for item in set_ or [])
@@ -255,9 +253,7 @@ def score_cmd(
     Example: `cxrfuse generate score --generated r2gen.json --name R2Gen --generated cmn.json --name CMN --reference annotation.json --reference-split test --train-reports annotation.json --out scores/iu`
     """
     from cxrfuse.files import set_lock_wait
-    from cxrfuse.generation.language import normalisation_style
-    from cxrfuse.generation.pipeline import score_files
-    from cxrfuse.generation.radeval_metrics import parse_metrics
+    from cxrfuse.generation import normalisation_style, parse_metrics, score_files
 
     set_lock_wait(not no_wait)
     if normalise != "auto":
@@ -289,7 +285,7 @@ def export_cmd(
 
     Example: `cxrfuse generate export gen/knn5 --format rexrank --template ReXRank_IUXray_test.json --out knn5_rexrank.json`
     """
-    from cxrfuse.generation.outputs import export_rexrank
+    from cxrfuse.generation import export_rexrank
     from cxrfuse.problems import CxrfuseError
     from cxrfuse.rundir import GenerationDir
 

@@ -160,6 +160,11 @@ def scores_markdown(payload: Mapping[str, Any], generator: str = "generator",
     return "\n".join(lines) + "\n"
 
 
+ScoreOptions = Mapping[str, Any]
+"""Keyword arguments of :func:`write_generation`: ``n_boot``, ``n_boot_language``, ``seed``,
+``meteor``."""
+
+
 def write_generation(
     out: GenerationDir,
     frame: pd.DataFrame,

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from cxrfuse.evaluation import format_value
-from cxrfuse.generation.outputs import comparison_table, differing_findings
-from cxrfuse.generation.table import paired_table, provenance_lines
+from cxrfuse.generation import comparison_table, differing_findings, paired_table, provenance_lines
 from cxrfuse.reporting.document import Section
 from cxrfuse.rundir import GenerationDir
 

@@ -464,7 +464,6 @@ class GenerationDir(_Dir):
     study_labels_path = property(lambda self: self.path / layout.STUDY_LABELS)
     study_scores_path = property(lambda self: self.path / layout.STUDY_SCORES)
     adapter_dir = property(lambda self: self.path / layout.ADAPTER)
-    checkpoint_dir = property(lambda self: self.path / layout.LORA_CHECKPOINT)
     lora_info_path = property(lambda self: self.path / layout.LORA_INFO)
     epochs_path = property(lambda self: self.path / layout.EPOCHS)
     curves_path = property(lambda self: self.path / layout.CURVES)

@@ -115,3 +115,19 @@ def test_no_wait_names_the_writer_holding_the_folder(tiny: tuple[Path, Path], tm
     assert result.exit_code == 2, result.output
     assert "is being written by pid" in result.output and str(out) in result.output.replace("\n", "")
     assert not (out / "finetune.json").exists()
+
+
+def test_tensorboard_event_files_hold_every_epoch(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, manifest = tiny
+    out = tmp_path / "lora"
+    result = runner.invoke(app, ["generate", "finetune", str(model), str(manifest), "--out", str(out),
+                                 "--tracking", "tensorboard", *SET])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    history = _history(GenerationDir(out))
+    events = EventAccumulator(str(out / "logs" / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("val/loss")]
+    assert logged == [(row["epoch"], pytest.approx(row["val_loss"])) for row in history]

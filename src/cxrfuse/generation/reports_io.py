@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrfuse.files import json_safe
 from cxrfuse.problems import DataError
 from cxrfuse.rundir import GenerationDir, layout
 
@@ -302,21 +303,9 @@ def has_splits(path: str | Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- writing
-def strict_json(value: Any) -> Any:
-    """``value`` with NaN / inf as None, numpy scalars and arrays as Python values."""
-    if isinstance(value, dict):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return strict_json(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    return value
+strict_json = json_safe
+"""``value`` with NaN / inf as None, numpy scalars and arrays as Python values
+(:func:`cxrfuse.files.json_safe`, which every JSON writer applies)."""
 
 
 def _labels_frame(study_labels: dict[str, Any]) -> pd.DataFrame:
@@ -344,7 +333,7 @@ def write_scores(directory: str | Path, payload: dict[str, Any]) -> Path:
     if "study_labels" in payload:
         scores["study_labels_file"] = LABELS_FILE
         labels = _labels_frame(payload["study_labels"])
-    return GenerationDir(directory).write_scores(strict_json(scores), None, labels)
+    return GenerationDir(directory).write_scores(scores, None, labels)  # NaN -> null there
 
 
 __all__ = ["ID_COLUMNS", "LABELS_FILE", "SCORES_FILE", "SPLIT_ALIASES", "TEXT_COLUMNS", "has_splits",

@@ -82,6 +82,12 @@ def test_csv_logger_gets_every_epoch_and_a_rerun_resumes(tiny: tuple[Path, Path]
     assert [int(r["step"]) for r in rows][-2:] == [1, 2]
     assert [float(r["val/loss"]) for r in rows][-2:] == pytest.approx([h["val_loss"] for h in history])
     assert "lora.r: 16" in (out / "logs" / "csv" / "hparams.yaml").read_text()
+    # `cxrfuse report` of the fine-tuning folder: the record, the losses and the curves
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    html = (out / "report.html").read_text()
+    assert f"LoRA fine-tuning: {model}" in html and "Loss per epoch" in html
+    assert "the adapter kept is epoch" in html and "data:image/png;base64" in html
 
 
 def test_a_user_folder_is_refused_and_kept(tiny: tuple[Path, Path], tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ from cxrfuse.data.iu_xray import ingest_iu_xray
 from cxrfuse.generation import score_reports
 from cxrfuse.generation.baselines import manifest_reports
 
-
 DENSE = ("The heart is normal in size. There is a small left pleural effusion. No pneumothorax. "
          "Mild cardiomegaly is seen, no edema. Atelectasis or pneumonia at the left base.")
 

@@ -137,3 +137,30 @@ def test_tensorboard_event_files_hold_every_epoch(tiny: tuple[Path, Path], tmp_p
     events.Reload()
     logged = [(e.step, e.value) for e in events.Scalars("val/loss")]
     assert logged == [(row["epoch"], pytest.approx(row["val_loss"])) for row in history]
+
+
+def test_a_failed_epoch_ends_the_mlflow_run_as_failed(tiny: tuple[Path, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    mlflow = pytest.importorskip("mlflow")
+    from cxrfuse.generation import lora
+
+    model, manifest = tiny
+    store = tmp_path / "mlruns.db"
+    calls = []
+
+    def failing(*args: object, **kwargs: object) -> float:
+        calls.append(1)
+        if len(calls) == 2:  # the val loss of epoch 2
+            raise RuntimeError("out of memory in epoch 2")
+        return 1.0
+
+    monkeypatch.setattr(lora, "mean_loss", failing)
+    settings = LoraSettings(epochs=2, grad_accum=1, lr=0.01, device="cpu", patience=None)
+    tracking = TrackingConfig(kind="mlflow", uri=f"sqlite:///{store}", experiment="lora-fail")
+    with pytest.raises(RuntimeError, match="epoch 2"):
+        finetune_vlm(str(model), manifest, tmp_path / "lora", settings, progress=False, tracking=tracking)
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    runs = mlflow.search_runs(experiment_names=["lora-fail"])
+    assert runs["status"].tolist() == ["FAILED"]
+    info = GenerationDir(tmp_path / "lora").lora_info()
+    assert info is not None and info.status == "failed" and [r["epoch"] for r in info.history] == [1]

@@ -27,6 +27,7 @@ to safetensors, everything else to JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -415,31 +416,37 @@ def _finetune(model: str | VLM, manifest: Manifest, gen: GenerationDir, settings
     for row in state["history"]:  # a resumed call's tracker run shows the whole curve
         tracker.epoch(row)
     started = time.perf_counter()
-    for epoch in range(state["epoch"] + 1, settings.epochs + 1):
-        if state["stopped"]:
-            break
-        t0 = time.perf_counter()
-        train_loss = train_epoch(vlm, train.studies, optimizer, scheduler, settings, epoch,
-                                 findings, progress=progress)
-        val_loss = mean_loss(vlm, val.studies, settings, findings, progress=progress)
-        row = {"epoch": epoch, "train_loss": _nan_to_none(train_loss), "val_loss": _nan_to_none(val_loss),
-               "seconds": round(time.perf_counter() - t0, 3)}
-        state["history"].append(row)
-        state["epoch"] = epoch
-        best = state["best_val_loss"]
-        if best is None or val_loss < best - settings.min_delta:
-            state.update(best_epoch=epoch, best_val_loss=val_loss, bad_epochs=0)
-            save_adapter(vlm.model, gen.adapter_dir, {"model": vlm.name, "epoch": epoch,
-                                                      "val_loss": val_loss})
-        else:
-            state["bad_epochs"] += 1
-            if settings.patience is not None and state["bad_epochs"] >= settings.patience:
-                state["stopped"] = True
-        log.info("epoch %d: train loss %.4f, val loss %.4f", epoch, train_loss, val_loss)
-        save_checkpoint(out, vlm.model, optimizer, scheduler, state)
-        write_epochs(gen, state["history"])
-        plot_curves(gen, state["history"], state["best_epoch"])
-        tracker.epoch(row)
+    try:
+        for epoch in range(state["epoch"] + 1, settings.epochs + 1):
+            if state["stopped"]:
+                break
+            t0 = time.perf_counter()
+            train_loss = train_epoch(vlm, train.studies, optimizer, scheduler, settings, epoch,
+                                     findings, progress=progress)
+            val_loss = mean_loss(vlm, val.studies, settings, findings, progress=progress)
+            row = {"epoch": epoch, "train_loss": _nan_to_none(train_loss), "val_loss": _nan_to_none(val_loss),
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            state["history"].append(row)
+            state["epoch"] = epoch
+            best = state["best_val_loss"]
+            if best is None or val_loss < best - settings.min_delta:
+                state.update(best_epoch=epoch, best_val_loss=val_loss, bad_epochs=0)
+                save_adapter(vlm.model, gen.adapter_dir, {"model": vlm.name, "epoch": epoch,
+                                                          "val_loss": val_loss})
+            else:
+                state["bad_epochs"] += 1
+                if settings.patience is not None and state["bad_epochs"] >= settings.patience:
+                    state["stopped"] = True
+            log.info("epoch %d: train loss %.4f, val loss %.4f", epoch, train_loss, val_loss)
+            save_checkpoint(out, vlm.model, optimizer, scheduler, state)
+            write_epochs(gen, state["history"])
+            plot_curves(gen, state["history"], state["best_epoch"])
+            tracker.epoch(row)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            gen.write_lora_info(record("failed", None))  # the epochs done stay resumable
+        tracker.fail()  # the tracker run ends as failed, not left running
+        raise
     adapter_dir = gen.adapter_dir
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise CxrfuseError(f"{out}: no adapter was saved (no epoch finished)")

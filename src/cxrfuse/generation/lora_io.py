@@ -231,6 +231,10 @@ class _Tracker:
         finite = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
         self.logger.log_metrics(finite, step=int(row["epoch"]))
 
+    def fail(self) -> None:
+        if self.logger is not None:
+            self.logger.finalize("failed")
+
     def finish(self, info: LoraRunInfo, gen: GenerationDir) -> None:
         if self.logger is None:
             return

@@ -281,14 +281,15 @@ class Metrics(_Open):
         return dict(self.test.get("baselines", {}))
 
 
-LoraStatus = Literal["running", "finished", "early-stopped"]
+LoraStatus = Literal["running", "finished", "early-stopped", "failed"]
 
 
 class LoraRunInfo(_Open):
     """``finetune.json`` of a LoRA fine-tuning (``cxrfuse generate finetune``): written with
     status ``running`` when a call starts (it marks the folder as the fine-tuning's own, which
     a later call may resume and whose ``adapter/`` and ``checkpoint/`` it may replace) and
-    completed when the call ends."""
+    completed when the call ends (``failed`` when an epoch raised; a rerun resumes after the
+    last finished epoch)."""
 
     model: str
     settings: dict[str, Any]

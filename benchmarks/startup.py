@@ -52,7 +52,7 @@ VERBS: dict[str, tuple[list[str], str]] = {
     "explain": (["explain"], "from cxrfuse.explain.runs import explain_run"),
     "serve": (["serve"], "from cxrfuse.serve import serve"),
     "clip train": (["clip", "train"], "from cxrfuse.clip.train import train_clip"),
-    "generate score": (["generate", "score"], "from cxrfuse.generation.pipeline import score_files"),
+    "generate score": (["generate", "score"], "from cxrfuse.generation import score_files"),
     "demo": (["demo"], "from cxrfuse.demo import run_demo"),
 }  # fmt: skip
 TRAINS = {"train", "experiment", "clip train", "demo"}

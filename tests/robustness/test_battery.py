@@ -563,7 +563,56 @@ CASES = [
          lambda c: ([*_generated(c, '{"CXR2": "x."}', _ANNOTATION)[0], "--reference-split", "test"], "CXR2")),
     Case("generate", "radeval models missing",
          lambda c: ([*_generated(c, '{"CXR1": "x."}')[0], "--metrics", "radeval:ratescore"], "RaTE-NER-Deberta")),
+    Case("generate", "score into a generation dir another writer holds (--no-wait)",
+         lambda c: ([*_generated(c, '{"CXR1": "x."}')[0], "--no-wait"], f"{_held_lock(c.tmp / 'scores')}: ")),
+    # ------------------------------------------------------------------ generate finetune
+    Case("generate", "finetune --out a user's folder",
+         lambda c: (_finetune(c, _user_folder(c.tmp / "mine")), f"{c.tmp / 'mine'}: not empty")),
+    Case("generate", "finetune --out a file", lambda c: (_finetune(c, _with(c.tmp / "out.txt", "x")), "out.txt: not a folder")),
+    Case("generate", "finetune --out with a damaged finetune.json",
+         lambda c: (_finetune(c, _with(_mkdir(c.tmp / "lora") / "finetune.json", "{oops").parent), "finetune.json")),
+    Case("generate", "finetune --tracking unknown",
+         lambda c: ([*_finetune(c, c.tmp / "lora"), "--tracking", "wandb"], "--tracking")),
 ]
+
+
+_HELD: list[Any] = []
+"""Lock files held open by cases (another writer), until the session ends."""
+
+
+def _held_lock(folder: Path) -> Path:
+    """``folder``'s advisory lock, taken as another writer would (its own open file)."""
+    import fcntl
+    import os
+    import socket
+
+    from cxrfuse.files import LOCK_NAME
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held for the rest of the session
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
+    fh.flush()
+    _HELD.append(fh)
+    return folder
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _user_folder(path: Path) -> Path:
+    """A folder of the user's with an adapter/ and checkpoint/ that fine-tuning would replace."""
+    (_mkdir(path / "adapter") / "keep.bin").write_bytes(b"mine")
+    (_mkdir(path / "checkpoint") / "state.json").write_text('{"mine": true}')
+    return path
+
+
+def _finetune(c: Ctx, out: Path) -> list[str]:
+    """`generate finetune` of a model that is never loaded (the --out check comes first)."""
+    return ["generate", "finetune", str(c.tmp / "no-model"), str(c.phantoms), "--out", str(out),
+            "--no-progress"]
 
 
 def _xml_with(c: Ctx, extra: dict[str, bytes], numbers: tuple[int, ...] = (1, 2, 3)) -> Path:

@@ -28,6 +28,14 @@ Meteor = Annotated[bool, typer.Option("--meteor/--no-meteor", help="METEOR (need
 Labeler = Annotated[str, typer.Option(help="rules (built in) or chexbert (needs --chexbert).")]
 Chexbert = Annotated[Path | None, typer.Option(help="CheXbert checkpoint (chexbert.pth).")]
 Seed = Annotated[int, typer.Option(help="Seed of the baselines and the bootstrap.")]
+NoWait = Annotated[bool, typer.Option(
+    "--no-wait", help="If another process is writing the generation directory, stop (exit 2, "
+    "the holder named) instead of waiting for it.")]
+Tracking = Annotated[str | None, typer.Option(
+    "--tracking", metavar="mlflow|tensorboard|csv|none",
+    help="Log the LoRA settings and every epoch's train / val loss to this tracker, as training "
+    "runs do (MLflow: $MLFLOW_TRACKING_URI, else mlruns.db beside the --out folder; TensorBoard "
+    "and CSV: under --out/logs/).")]
 
 
 def _labeler(name: str, chexbert: Path | None) -> Any:
@@ -37,8 +45,7 @@ def _labeler(name: str, chexbert: Path | None) -> Any:
 
 
 def _show(gen: Any, payload: dict[str, Any]) -> None:
-    from cxrfuse.generation.outputs import comparison_table
-    from cxrfuse.generation.table import paired_table, provenance_lines
+    from cxrfuse.generation import comparison_table, paired_table, provenance_lines
 
     table = comparison_table(payload, payload.get("generator", "generator"))
     console.print(table.to_markdown(index=False), markup=False, highlight=False, soft_wrap=True)
@@ -82,6 +89,7 @@ def retrieval_cmd(
     meteor: Meteor = True,
     seed: Seed = 0,
     progress: Progress = True,
+    no_wait: NoWait = False,
 ) -> None:
     """Write a report for every study of a split by retrieval from the training reports, scored
     beside the baselines (a test or val report is never retrievable).
@@ -90,8 +98,10 @@ def retrieval_cmd(
 
     Example: `cxrfuse generate retrieval --clip runs/iu-clip-lit --out runs/iu-clip-lit/generation/clip`
     """
-    from cxrfuse.generation.pipeline import generate_retrieval
+    from cxrfuse.files import set_lock_wait
+    from cxrfuse.generation import generate_retrieval
 
+    set_lock_wait(not no_wait)
     gen, payload = generate_retrieval(
         out, manifest=manifest, store=store, image_encoder=image_encoder, input_size=input_size,
         indication_encoder=indication_encoder, clip_run=clip, split=split, k=k,
@@ -133,6 +143,7 @@ def vlm_cmd(
     meteor: Meteor = True,
     seed: Seed = 0,
     progress: Progress = True,
+    no_wait: NoWait = False,
 ) -> None:
     """Generate reports with a vision-language model (the study's views, its indication and,
     optionally, a classifier's findings in the prompt), scored beside the baselines. Offline
@@ -140,8 +151,10 @@ def vlm_cmd(
 
     Example: `cxrfuse generate vlm meta-llama/Llama-3.2-11B-Vision-Instruct iu.parquet --adapter gen/lora/adapter --out gen/llama-lora`
     """
-    from cxrfuse.generation.pipeline import generate_with_vlm
+    from cxrfuse.files import set_lock_wait
+    from cxrfuse.generation import generate_with_vlm
 
+    set_lock_wait(not no_wait)
     encoder = None if baseline_encoder in (None, "none") else baseline_encoder
     gen, payload = generate_with_vlm(
         model, manifest, out, adapter=adapter, findings_run=findings_from, split=split,
@@ -165,22 +178,29 @@ def finetune_cmd(
         "repeatable.")] = None,
     findings_from: Annotated[Path | None, typer.Option(
         help="A cxrfuse classifier run whose predictions go into the training prompts.")] = None,
+    tracking: Tracking = None,
     progress: Progress = True,
+    no_wait: NoWait = False,
 ) -> None:
     """LoRA fine-tuning (peft) on the training split's image-report pairs: findings +
     impression as the target, the indication as input only; validation loss per epoch, early
-    stopping, resumable (rerun the same command), adapters saved as safetensors.
+    stopping, resumable (rerun the same command), adapters saved as safetensors. --out must be
+    a new or empty folder or an earlier fine-tuning's (it replaces adapter/ and checkpoint/
+    there).
 
     Example: `cxrfuse generate finetune meta-llama/Llama-3.2-11B-Vision-Instruct iu.parquet --set epochs=3 --out gen/lora`
     """
-    from cxrfuse.config import parse_override, validate_config
-    from cxrfuse.generation.lora import LoraSettings
-    from cxrfuse.generation.pipeline import finetune_vlm
+    from cxrfuse.config import TrackingConfig, parse_override, validate_config
+    from cxrfuse.files import set_lock_wait
+    from cxrfuse.generation import LoraSettings, finetune_vlm
 
+    set_lock_wait(not no_wait)
     raw = dict(parse_override(item) for item in set_ or [])
     settings = validate_config(LoraSettings, raw, "--set")
+    tracker = None if tracking is None else validate_config(TrackingConfig, {"kind": tracking},
+                                                            "--tracking")  # fmt: skip
     adapter = finetune_vlm(model, manifest, out, settings, findings_run=findings_from,
-                           progress=progress)  # fmt: skip
+                           progress=progress, tracking=tracker)  # fmt: skip
     console.print(f"best adapter: [bold]{adapter}[/]; generate with `cxrfuse generate vlm "
                   f"{model} {manifest} --adapter {adapter}`")  # fmt: skip
 
@@ -224,6 +244,7 @@ def score_cmd(
     n_boot_language: NBootLanguage = 200,
     meteor: Meteor = True,
     seed: Seed = 0,
+    no_wait: NoWait = False,
 ) -> None:
     """Score any systems' reports: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, R2Gen
     normalisation) and CheXpert clinical F1 (14 and 5 observations), with 95 % intervals,
@@ -231,10 +252,10 @@ def score_cmd(
 
     Example: `cxrfuse generate score --generated r2gen.json --name R2Gen --generated cmn.json --name CMN --reference annotation.json --reference-split test --train-reports annotation.json --out scores/iu`
     """
-    from cxrfuse.generation.language import normalisation_style
-    from cxrfuse.generation.pipeline import score_files
-    from cxrfuse.generation.radeval_metrics import parse_metrics
+    from cxrfuse.files import set_lock_wait
+    from cxrfuse.generation import normalisation_style, parse_metrics, score_files
 
+    set_lock_wait(not no_wait)
     if normalise != "auto":
         normalisation_style(normalise)
     extra = parse_metrics(metrics) if metrics else None
@@ -264,7 +285,7 @@ def export_cmd(
 
     Example: `cxrfuse generate export gen/knn5 --format rexrank --template ReXRank_IUXray_test.json --out knn5_rexrank.json`
     """
-    from cxrfuse.generation.outputs import export_rexrank
+    from cxrfuse.generation import export_rexrank
     from cxrfuse.problems import CxrfuseError
     from cxrfuse.rundir import GenerationDir
 

@@ -126,14 +126,13 @@ class CheXbertLabeler:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"{self.path}: CheXbert checkpoint not found; {CHECKPOINT_HELP}")
-        torch = _torch()
-        try:
-            checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise DataError(f"{self.path}: cannot read the CheXbert checkpoint ({exc}); {CHECKPOINT_HELP}") from exc
-        state = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-        if not isinstance(state, dict):
-            raise DataError(f"{self.path}: not a CheXbert checkpoint (no model_state_dict); {CHECKPOINT_HELP}")
+        from cxrfuse.encoders.hub import WeightsUnavailableError, read_state_dict
+
+        try:  # the encoders' one weight reader: tensors only, never pickled code
+            state = read_state_dict("chexbert", self.path)
+        except WeightsUnavailableError as exc:
+            raise DataError(f"{self.path}: cannot read the CheXbert checkpoint ({exc.reason}); "
+                            f"{CHECKPOINT_HELP}") from exc  # fmt: skip
         state = {k.removeprefix("module."): v for k, v in state.items()}
         config = _infer_config(state, self.path, num_attention_heads)
         self.model = _build_model(config)

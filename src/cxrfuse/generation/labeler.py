@@ -33,10 +33,11 @@ checking a label by hand.
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import accumulate
 from typing import Protocol
 
 import numpy as np
@@ -96,6 +97,10 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 _SENTENCE_END = re.compile(r"(?<!\bvs)(?<!\be\.g)(?<!\bi\.e)\.(?!\d)|[;!?]|:(?=\s)")
 _WORD = re.compile(r"[a-z0-9]+")
+_RUN = re.compile(r"\S+")
+OR_GAP_RUNS = 5
+"""At most this many non-blank runs fit in :data:`rules.OR_GAP` (a comma, the conjunction,
+three words), so ``alternative`` looks only at mentions that close."""
 _NOT = re.compile(rules.LINK_NEGATION)
 _HEDGE = re.compile(rules.LINK_HEDGE)
 _HEART_WORD = re.compile(r"\b(?:heart|cardiac)\b")
@@ -183,8 +188,8 @@ class RuleLabeler:
         found = self._statements(ctx)
         raw: list[tuple[str, int, int, bool]] = []
         for name, table in self._tables:
-            blocked = [m.span() for key in ("exclude", "negative") if table[key]
-                       for m in table[key].finditer(t)]
+            blocked = _Spans([m.span() for key in ("exclude", "negative") if table[key]
+                              for m in table[key].finditer(t)])  # fmt: skip
             if table["negative"]:
                 found += [Mention(name, m.group(0), *m.span(), 0.0, "negative statement")
                           for m in table["negative"].finditer(t)]
@@ -192,7 +197,7 @@ class RuleLabeler:
                 if table[key] is None:
                     continue
                 for m in table[key].finditer(t):
-                    if not any(a < m.end() and m.start() < b for a, b in blocked):
+                    if not blocked.overlaps(m.start(), m.end()):
                         raw.append((name, m.start(), m.end(), key == "hedged"))
         ctx.set_mentions([(s, e) for _, s, e, _ in raw])
         found += [self._classify(ctx, name, s, e, hedged) for name, s, e, hedged in raw]
@@ -259,21 +264,51 @@ class RuleLabeler:
         return out
 
 
+class _Spans:
+    """Character spans, asked in O(log n) whether any overlaps ``[start, end)``."""
+
+    def __init__(self, spans: list[tuple[int, int]]) -> None:
+        ordered = sorted(spans)
+        self.starts = [a for a, _ in ordered]
+        self.reach = list(accumulate((b for _, b in ordered), max))  # max end so far
+
+    def overlaps(self, start: int, end: int) -> bool:
+        i = bisect_left(self.starts, end)  # spans that begin before ``end``
+        return i > 0 and self.reach[i - 1] > start
+
+
 class _Context:
-    """One prepared report: sentence ends, cue positions, terminators, mention spans."""
+    """One prepared report: sentence ends, cue positions, terminators, mention spans.
+
+    Every question a mention asks is answered from sorted positions by bisection, so
+    labelling a report is linear in its length (up to a log factor), also for a long one."""
 
     def __init__(self, text: str, labeler: RuleLabeler) -> None:
         self.text = text
         self.labeler = labeler
         self.ends = [m.start() for m in _SENTENCE_END.finditer(text)]
-        self.cues = [(m.lastgroup or "", m.start(), m.end(), m.group(0))
-                     for m in labeler._cues.finditer(text)]
+        cues = [(m.lastgroup or "", m.start(), m.end(), m.group(0))
+                for m in labeler._cues.finditer(text)]  # fmt: skip
+        self.cues = [c for c in cues if c[0] != "neutral"]  # neutral cues are never read
+        self.cue_ends = [e for _, _, e, _ in self.cues]
         self.terminators = [m.start() for m in labeler._patterns["terminator"].finditer(text)]
+        words = [m.span() for m in _WORD.finditer(text)]
+        self.word_starts = [a for a, _ in words]
+        self.word_ends = [b for _, b in words]
+        runs = [m.span() for m in _RUN.finditer(text)]
+        self.run_starts = [a for a, _ in runs]
+        self.run_ends = [b for _, b in runs]
         self.masked = text
         self.spans: list[tuple[int, int]] = []
+        self.by_start: list[tuple[int, int]] = []
+        self.by_end: list[tuple[int, int]] = []
+        self.span_ends: list[int] = []
 
     def set_mentions(self, spans: list[tuple[int, int]]) -> None:
         self.spans = spans
+        self.by_start = sorted(spans)
+        self.by_end = sorted(spans, key=lambda span: span[1])
+        self.span_ends = [e for _, e in self.by_end]
         chars = list(self.text)
         for s, e in spans:
             chars[s:e] = " " * (e - s)
@@ -282,14 +317,21 @@ class _Context:
     def sentence(self, pos: int) -> int:
         return bisect_right(self.ends, pos)
 
+    @staticmethod
+    def _count(starts: list[int], ends: list[int], a: int, b: int) -> int:
+        """How many of the sorted, disjoint runs meet ``text[a:b]`` (= the regex's matches
+        in that slice: a run cut by the slice still gives one match)."""
+        if a >= b:
+            return 0
+        return bisect_left(starts, b) - bisect_right(ends, a)
+
     def cue_before(self, start: int) -> tuple[str, str] | None:
         """The nearest non-neutral cue before ``start`` that reaches it; an uncertainty
         adjective (``suspicious opacity``) passes a negation before it through."""
         found = None
         reach = rules.SCOPE_WORDS
-        for kind, s, e, words in reversed(self.cues):
-            if e > start or kind == "neutral":
-                continue
+        for i in range(bisect_right(self.cue_ends, start) - 1, -1, -1):  # cues ending by start
+            kind, s, e, words = self.cues[i]
             if not self._reaches(s, e, start, reach):
                 break
             if kind != "adjective":
@@ -300,9 +342,12 @@ class _Context:
         return found
 
     def _reaches(self, s: int, e: int, start: int, words: int) -> bool:
-        return (self.sentence(s) == self.sentence(start)
-                and not any(e <= t < start for t in self.terminators)
-                and len(_WORD.findall(self.text[e:start])) <= words)
+        if self.sentence(s) != self.sentence(start):
+            return False
+        i = bisect_left(self.terminators, e)  # a terminator t with e <= t < start ends the scope
+        if i < len(self.terminators) and self.terminators[i] < start:
+            return False
+        return self._count(self.word_starts, self.word_ends, e, start) <= words
 
     def cue_after(self, end: int) -> tuple[str, str] | None:
         """A cue right after ``end`` (only copulas, adverbs and other mentions between)."""
@@ -317,12 +362,21 @@ class _Context:
         return None
 
     def alternative(self, start: int, end: int) -> bool:
-        """Whether the mention is joined to another by ``or`` / ``versus``."""
+        """Whether the mention is joined to another by ``or`` / ``versus`` (only mentions
+        within :data:`OR_GAP_RUNS` non-blank runs can be, so only those are tried)."""
         between = self.labeler._patterns["or"]
-        for s, e in self.spans:
-            if s >= end and between.fullmatch(self.text, end, s):
+        runs = self.run_starts, self.run_ends
+        for i in range(bisect_left(self.by_start, (end, -1)), len(self.by_start)):
+            s = self.by_start[i][0]
+            if self._count(*runs, end, s) > OR_GAP_RUNS:
+                break
+            if between.fullmatch(self.text, end, s):
                 return True
-            if e <= start and between.fullmatch(self.text, e, start):
+        for i in range(bisect_right(self.span_ends, start) - 1, -1, -1):
+            e = self.by_end[i][1]
+            if self._count(*runs, e, start) > OR_GAP_RUNS:
+                break
+            if between.fullmatch(self.text, e, start):
                 return True
         return False
 

@@ -10,7 +10,7 @@ one big batch). The validation loss is computed the same way on the val split af
 epoch; the best epoch's adapter is kept and training stops after ``patience`` epochs without
 improvement.
 
-The output folder::
+The output folder (written by :mod:`cxrfuse.generation.lora_io`)::
 
     adapter/             best epoch's adapter (adapter_model.safetensors, adapter_config.json)
     checkpoint/          last finished epoch: adapter, optimizer.safetensors, state.json
@@ -27,14 +27,11 @@ to safetensors, everything else to JSON.
 
 from __future__ import annotations
 
-import csv
-import io
+import contextlib
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +42,24 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from cxrfuse.config import TrackingConfig
 from cxrfuse.data import Manifest
+from cxrfuse.files import folder_lock
+from cxrfuse.generation.lora_io import (
+    EPOCH_COLUMNS,
+    RESUMABLE_CHANGES,
+    _nan_to_none,
+    _Tracker,
+    check_owned,
+    check_resumable,
+    find_checkpoint,
+    load_adapter_weights,
+    plot_curves,
+    restore_checkpoint,
+    save_adapter,
+    save_checkpoint,
+    write_epochs,
+)
 from cxrfuse.generation.prompts import build_messages, message_images, with_answer
 from cxrfuse.generation.studies import (
     Selection,
@@ -57,16 +71,13 @@ from cxrfuse.generation.studies import (
 )
 from cxrfuse.generation.vlm import SEQUENCE_KEYS, VLM, encode, load_vlm, render
 from cxrfuse.problems import CxrfuseError, DataError
-from cxrfuse.rundir import layout
+from cxrfuse.rundir import GenerationDir, LoraRunInfo
+from cxrfuse.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 
 LANGUAGE_TOWERS = ("language_model", "text_model")
 VISION_TOWERS = ("vision_model", "vision_tower", "visual", "vision_encoder")
-RESUMABLE_CHANGES = frozenset({"epochs", "patience", "min_delta", "device"})
-ADAPTER_DIR, CHECKPOINT_DIR = layout.ADAPTER, layout.LORA_CHECKPOINT
-EPOCHS_FILE, CURVES_FILE, RUN_FILE = layout.EPOCHS, layout.CURVES, layout.LORA_INFO
-EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "seconds")
 
 
 class LoraSettings(BaseModel):
@@ -147,7 +158,7 @@ def add_lora(vlm: VLM, settings: LoraSettings) -> VLM:
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=target_pattern(settings), bias="none",
     )
-    torch.manual_seed(settings.seed)  # LoRA A matrices start random: seeded
+    seed_everything(settings.seed)  # LoRA A matrices start random: seeded
     try:
         model = get_peft_model(vlm.model, config)
     except ValueError as exc:
@@ -250,162 +261,6 @@ def mean_loss(
     return total / tokens if tokens else math.nan
 
 
-# ---------------------------------------------------------------------------------- files
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Swap folder ``tmp`` in as ``final`` (the old one survives as ``final.old`` until then)."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fresh_dir(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
-
-
-def _write_file(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    text = json.dumps(payload, indent=2, default=str, allow_nan=False)
-    _write_file(path, lambda p: p.write_text(text + "\n"))
-
-
-def _nan_to_none(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else value
-
-
-def save_adapter(model: Any, folder: Path, info: Mapping[str, Any]) -> None:
-    """The adapter (safetensors) + ``cxrfuse_adapter.json``, written atomically."""
-    tmp = _fresh_dir(folder.with_name(folder.name + ".tmp"))
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    _write_json(tmp / "cxrfuse_adapter.json", dict(info))
-    _replace_dir(tmp, folder)
-
-
-def load_adapter_weights(model: Any, folder: Path) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    state = load_file(str(folder / "adapter_model.safetensors"))
-    set_peft_model_state_dict(model, state)
-
-
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors, scalars = {}, {}
-    for index, values in state["state"].items():
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in [*tensors.items(), *meta["scalars"].items()]:
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def save_checkpoint(
-    out: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]
-) -> None:
-    """The last finished epoch: adapter, optimizer, scheduler, torch RNG and loop state."""
-    from safetensors.torch import save_file
-
-    tmp = _fresh_dir(out / (CHECKPOINT_DIR + ".tmp"))
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tensors, meta = _flatten_optimizer(optimizer.state_dict())
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = rng
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    _write_json(tmp / "state.json", {**state, "optimizer": meta, "scheduler": scheduler.state_dict()})
-    _replace_dir(tmp, out / CHECKPOINT_DIR)
-
-
-def find_checkpoint(out: Path) -> Path | None:
-    """The checkpoint folder of ``out`` (or the previous one when a swap was interrupted)."""
-    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
-        if (out / name / "state.json").is_file():
-            return out / name
-    return None
-
-
-def restore_checkpoint(
-    folder: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    state = json.loads((folder / "state.json").read_text())
-    load_adapter_weights(model, folder)
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    rng = tensors.pop("rng.torch")
-    cuda = [tensors.pop(k) for k in sorted([k for k in tensors if k.startswith("rng.cuda.")])]
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, state.pop("optimizer")))
-    scheduler.load_state_dict(state.pop("scheduler"))
-    torch.set_rng_state(rng)
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
-    return state
-
-
-def check_resumable(previous: Mapping[str, Any], settings: LoraSettings, model: str) -> None:
-    """Refuse to continue a run whose model or fixed settings differ."""
-    if previous.get("model") != model:
-        raise CxrfuseError(
-            f"the output folder holds a fine-tuning run of {previous.get('model')!r}, not {model!r}; "
-            "use another folder"
-        )
-    now = settings.model_dump()
-    for key, before in previous.get("settings", {}).items():
-        if key not in RESUMABLE_CHANGES and now.get(key) != before:
-            raise CxrfuseError(
-                f"the output folder holds a run with {key}={before!r}, now {key}={now.get(key)!r}; "
-                f"only {sorted(RESUMABLE_CHANGES)} may change when resuming; use another folder"
-            )
-
-
-def write_epochs(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(EPOCH_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: row[k] for k in EPOCH_COLUMNS})
-    text = buffer.getvalue()
-    _write_file(out / EPOCHS_FILE, lambda p: p.write_text(text))
-
-
-def plot_curves(out: Path, history: Sequence[Mapping[str, Any]], best_epoch: int | None) -> None:
-    """Train and val loss per epoch (matplotlib ``Figure``, no global backend)."""
-    from matplotlib.figure import Figure
-
-    epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(5, 3.2), dpi=120)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
-    val = [math.nan if row["val_loss"] is None else row["val_loss"] for row in history]
-    ax.plot(epochs, val, marker="o", label="val")
-    if best_epoch is not None:
-        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("target-token cross-entropy")
-    ax.legend()
-    fig.tight_layout()
-    _write_file(out / CURVES_FILE, lambda p: fig.savefig(p, format="png"))
-
-
 # ---------------------------------------------------------------------------------- training
 def _lr_lambda(settings: LoraSettings, total_steps: int) -> Callable[[int], float]:
     warmup = settings.warmup_steps
@@ -485,6 +340,7 @@ def finetune_lora(
     *,
     findings: Mapping[str, Sequence[str]] | None = None,
     progress: bool = True,
+    tracking: TrackingConfig | None = None,
 ) -> Path:
     """Fine-tune LoRA adapters; return the folder of the best epoch's adapter.
 
@@ -492,10 +348,22 @@ def finetune_lora(
     and ends with the best epoch's adapter weights (``vlm.adapter`` names the folder).
     ``findings`` (study id -> classifier label names) puts design 001's two-stage line in
     the training prompts; pass the same to :func:`~cxrfuse.generation.vlm.generate_reports`.
+    ``out_dir`` must be new, empty or an earlier fine-tuning's (:func:`check_owned`); the
+    call holds its lock (``files.folder_lock``) while it writes. ``tracking`` logs the
+    settings and every epoch's losses to MLflow, TensorBoard or CSV, as training runs do.
     """
     settings = settings or LoraSettings()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    gen = GenerationDir(out_dir)
+    check_owned(gen)
+    with folder_lock(gen.path, "the generation directory"):
+        check_owned(gen)  # as it is now that this call holds the lock
+        return _finetune(model, manifest, gen, settings, findings, progress, tracking)
+
+
+def _finetune(model: str | VLM, manifest: Manifest, gen: GenerationDir, settings: LoraSettings,
+              findings: Mapping[str, Sequence[str]] | None, progress: bool,
+              tracking: TrackingConfig | None) -> Path:  # fmt: skip
+    out = gen.path
     vlm = model if isinstance(model, VLM) else load_vlm(model, device=settings.device,
                                                           dtype=settings.dtype)
     train = _select(manifest, "train", settings.limit_train, settings)
@@ -527,35 +395,59 @@ def finetune_lora(
         state["settings"] = settings.model_dump()
         log.info("resuming %s after epoch %d", out, state["epoch"])
     else:
-        torch.manual_seed(settings.seed)  # dropout masks: seeded, and restored on resume
-    adapter_dir = out / ADAPTER_DIR
+        seed_everything(settings.seed)  # dropout masks: seeded, and restored on resume
     n_params = sum(p.numel() for p in vlm.model.parameters())
     n_trainable = sum(p.numel() for _, p in params)
+
+    def record(status: str, seconds: float | None) -> LoraRunInfo:
+        return LoraRunInfo(
+            model=vlm.name, settings=settings.model_dump(), target_modules=target_pattern(settings),
+            status=status, epochs_done=state["epoch"], best_epoch=state["best_epoch"],
+            best_val_loss=_nan_to_none(state["best_val_loss"]), history=state["history"],
+            studies={"train": len(train.studies), "val": len(val.studies)},
+            skipped={"train": train.skipped_counts(), "val": val.skipped_counts()},
+            parameters=n_params, trainable_parameters=n_trainable, trainable_tensors=len(params),
+            device=str(vlm.device), dtype=str(vlm.dtype).removeprefix("torch."),
+            seconds_this_call=seconds, steps_per_epoch=steps_per_epoch,
+        )
+
+    gen.write_lora_info(record("running", None))  # the folder is this fine-tuning's from now on
+    tracker = _Tracker(tracking, gen, vlm.name, settings)
+    for row in state["history"]:  # a resumed call's tracker run shows the whole curve
+        tracker.epoch(row)
     started = time.perf_counter()
-    for epoch in range(state["epoch"] + 1, settings.epochs + 1):
-        if state["stopped"]:
-            break
-        t0 = time.perf_counter()
-        train_loss = train_epoch(vlm, train.studies, optimizer, scheduler, settings, epoch,
-                                 findings, progress=progress)
-        val_loss = mean_loss(vlm, val.studies, settings, findings, progress=progress)
-        row = {"epoch": epoch, "train_loss": _nan_to_none(train_loss), "val_loss": _nan_to_none(val_loss),
-               "seconds": round(time.perf_counter() - t0, 3)}
-        state["history"].append(row)
-        state["epoch"] = epoch
-        best = state["best_val_loss"]
-        if best is None or val_loss < best - settings.min_delta:
-            state.update(best_epoch=epoch, best_val_loss=val_loss, bad_epochs=0)
-            save_adapter(vlm.model, adapter_dir, {"model": vlm.name, "epoch": epoch,
-                                                  "val_loss": val_loss})
-        else:
-            state["bad_epochs"] += 1
-            if settings.patience is not None and state["bad_epochs"] >= settings.patience:
-                state["stopped"] = True
-        log.info("epoch %d: train loss %.4f, val loss %.4f", epoch, train_loss, val_loss)
-        save_checkpoint(out, vlm.model, optimizer, scheduler, state)
-        write_epochs(out, state["history"])
-        plot_curves(out, state["history"], state["best_epoch"])
+    try:
+        for epoch in range(state["epoch"] + 1, settings.epochs + 1):
+            if state["stopped"]:
+                break
+            t0 = time.perf_counter()
+            train_loss = train_epoch(vlm, train.studies, optimizer, scheduler, settings, epoch,
+                                     findings, progress=progress)
+            val_loss = mean_loss(vlm, val.studies, settings, findings, progress=progress)
+            row = {"epoch": epoch, "train_loss": _nan_to_none(train_loss), "val_loss": _nan_to_none(val_loss),
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            state["history"].append(row)
+            state["epoch"] = epoch
+            best = state["best_val_loss"]
+            if best is None or val_loss < best - settings.min_delta:
+                state.update(best_epoch=epoch, best_val_loss=val_loss, bad_epochs=0)
+                save_adapter(vlm.model, gen.adapter_dir, {"model": vlm.name, "epoch": epoch,
+                                                          "val_loss": val_loss})
+            else:
+                state["bad_epochs"] += 1
+                if settings.patience is not None and state["bad_epochs"] >= settings.patience:
+                    state["stopped"] = True
+            log.info("epoch %d: train loss %.4f, val loss %.4f", epoch, train_loss, val_loss)
+            save_checkpoint(out, vlm.model, optimizer, scheduler, state)
+            write_epochs(gen, state["history"])
+            plot_curves(gen, state["history"], state["best_epoch"])
+            tracker.epoch(row)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            gen.write_lora_info(record("failed", None))  # the epochs done stay resumable
+        tracker.fail()  # the tracker run ends as failed, not left running
+        raise
+    adapter_dir = gen.adapter_dir
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise CxrfuseError(f"{out}: no adapter was saved (no epoch finished)")
     load_adapter_weights(vlm.model, adapter_dir)  # the in-memory model = the kept adapter
@@ -563,18 +455,13 @@ def finetune_lora(
     if use_cache is not None:
         vlm.model.get_base_model().config.use_cache = use_cache
     vlm.adapter = str(adapter_dir)
-    _write_json(out / RUN_FILE, {
-        "model": vlm.name, "settings": settings.model_dump(), "target_modules": target_pattern(settings),
-        "status": "early-stopped" if state["stopped"] else "finished",
-        "epochs_done": state["epoch"], "best_epoch": state["best_epoch"],
-        "best_val_loss": _nan_to_none(state["best_val_loss"]),
-        "history": state["history"],
-        "studies": {"train": len(train.studies), "val": len(val.studies)},
-        "skipped": {"train": train.skipped_counts(), "val": val.skipped_counts()},
-        "parameters": n_params, "trainable_parameters": n_trainable,
-        "trainable_tensors": len(params), "device": str(vlm.device),
-        "dtype": str(vlm.dtype).removeprefix("torch."),
-        "seconds_this_call": round(time.perf_counter() - started, 3),
-        "steps_per_epoch": steps_per_epoch,
-    })
+    info = record("early-stopped" if state["stopped"] else "finished",
+                  round(time.perf_counter() - started, 3))
+    gen.write_lora_info(info)
+    tracker.finish(info, gen)
     return adapter_dir
+
+
+__all__ = ["EPOCH_COLUMNS", "RESUMABLE_CHANGES", "Encoded", "LoraSettings", "add_lora",
+           "encode_examples", "finetune_lora", "is_checkpointing", "mean_loss", "target_loss_sum",
+           "target_pattern", "train_epoch", "trainable_parameters"]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxrfuse.data.manifest import label_slug
-from cxrfuse.files import atomic_path
+from cxrfuse.files import folder_lock
 from cxrfuse.generation.baselines import plain_report
 from cxrfuse.generation.labeler import CHEXPERT_LABELS, Labeler, RuleLabeler
 from cxrfuse.generation.scoring import paired_comparison, private_keys, score_reports
@@ -32,7 +32,7 @@ from cxrfuse.generation.table import (
     verdict_sentences,
 )
 from cxrfuse.problems import DataError
-from cxrfuse.rundir import GenerationDir, layout
+from cxrfuse.rundir import GenerationDir
 
 
 def with_labels(frame: pd.DataFrame, labeler: Labeler) -> pd.DataFrame:
@@ -160,6 +160,11 @@ def scores_markdown(payload: Mapping[str, Any], generator: str = "generator",
     return "\n".join(lines) + "\n"
 
 
+ScoreOptions = Mapping[str, Any]
+"""Keyword arguments of :func:`write_generation`: ``n_boot``, ``n_boot_language``, ``seed``,
+``meteor``."""
+
+
 def write_generation(
     out: GenerationDir,
     frame: pd.DataFrame,
@@ -182,19 +187,20 @@ def write_generation(
     if missing:
         raise DataError(f"generated reports lack column(s) {missing}")
     labeler = labeler or RuleLabeler()
-    out.write_generated(with_labels(frame, labeler), settings)
     generator = str(settings.get("generator", out.name))
-    payload, labels = score_generation(frame, baselines, labeler=labeler, n_boot=n_boot,
-                                       n_boot_language=n_boot_language, seed=seed,
-                                       meteor=meteor, normalise=normalise, others=others,
-                                       generator=generator, extra_metrics=extra_metrics)  # fmt: skip
-    payload["generator"] = generator
-    for key in ("split", "baselines_split"):
-        if settings.get(key):
-            payload.setdefault("versions", {})[key] = settings[key]
-    with atomic_path(out.path / layout.STUDY_SCORES) as tmp:
-        payload["_per_study"].to_parquet(tmp, index=False)
-    out.write_scores(private_keys(payload), scores_markdown(payload, generator, settings), labels)
+    with folder_lock(out.path, "the generation directory"):
+        out.write_generated(with_labels(frame, labeler), settings)
+        payload, labels = score_generation(frame, baselines, labeler=labeler, n_boot=n_boot,
+                                           n_boot_language=n_boot_language, seed=seed,
+                                           meteor=meteor, normalise=normalise, others=others,
+                                           generator=generator, extra_metrics=extra_metrics)  # fmt: skip
+        payload["generator"] = generator
+        for key in ("split", "baselines_split"):
+            if settings.get(key):
+                payload.setdefault("versions", {})[key] = settings[key]
+        out.write_study_scores(payload["_per_study"])
+        out.write_scores(private_keys(payload), scores_markdown(payload, generator, settings),
+                         labels)  # fmt: skip
     return payload
 
 

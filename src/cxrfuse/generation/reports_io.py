@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrfuse.files import json_safe
 from cxrfuse.problems import DataError
-from cxrfuse.rundir import layout
+from cxrfuse.rundir import GenerationDir, layout
 
 ID_COLUMNS = ("id", "study_id", "study", "uid", "image_id", "dicom_id", "report_id")
 TEXT_COLUMNS = (
@@ -304,45 +303,18 @@ def has_splits(path: str | Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- writing
-def strict_json(value: Any) -> Any:
-    """``value`` with NaN / inf as None, numpy scalars and arrays as Python values."""
-    if isinstance(value, dict):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return strict_json(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    return value
+strict_json = json_safe
+"""``value`` with NaN / inf as None, numpy scalars and arrays as Python values
+(:func:`cxrfuse.files.json_safe`, which every JSON writer applies)."""
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed before os.replace
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
-def _labels_csv(study_labels: dict[str, Any]) -> str:
+def _labels_frame(study_labels: dict[str, Any]) -> pd.DataFrame:
     names = list(study_labels["labels"])
     rows = []
     for source in ("reference", "generated"):
         for study, values in study_labels.get(source, {}).items():
             rows.append({"id": study, "source": source, **dict(zip(names, values))})
-    return pd.DataFrame(rows, columns=["id", "source", *names]).to_csv(index=False)
+    return pd.DataFrame(rows, columns=["id", "source", *names])
 
 
 def _public(payload: dict[str, Any]) -> dict[str, Any]:
@@ -353,17 +325,15 @@ def _public(payload: dict[str, Any]) -> dict[str, Any]:
 
 def write_scores(directory: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``DIR/scores.json`` (strict JSON, NaN -> null) atomically and, when the payload
-    holds ``study_labels``, ``DIR/study_labels.csv`` (one row per study and report set).
-    Returns the path of scores.json."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    holds ``study_labels``, ``DIR/study_labels.csv`` (one row per study and report set),
+    through :meth:`~cxrfuse.rundir.GenerationDir.write_scores`. Returns the path of
+    scores.json."""
     scores = _public({k: v for k, v in payload.items() if k != "study_labels"})
+    labels = None
     if "study_labels" in payload:
         scores["study_labels_file"] = LABELS_FILE
-        _atomic_write(directory / LABELS_FILE, _labels_csv(payload["study_labels"]))
-    target = directory / SCORES_FILE
-    _atomic_write(target, json.dumps(strict_json(scores), indent=2, allow_nan=False) + "\n")
-    return target
+        labels = _labels_frame(payload["study_labels"])
+    return GenerationDir(directory).write_scores(scores, None, labels)  # NaN -> null there
 
 
 __all__ = ["ID_COLUMNS", "LABELS_FILE", "SCORES_FILE", "SPLIT_ALIASES", "TEXT_COLUMNS", "has_splits",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,7 +30,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from cxrfuse import runtime
 from cxrfuse.data import Manifest
+from cxrfuse.encoders.hub import is_offline
 from cxrfuse.generation.prompts import INSTRUCTION, build_messages, message_images, prompt_text
 from cxrfuse.generation.studies import (
     batches_by_view_count,
@@ -40,12 +41,10 @@ from cxrfuse.generation.studies import (
     select_studies,
 )
 from cxrfuse.problems import CxrfuseError, DataError
-from cxrfuse.rundir import layout
+from cxrfuse.rundir import GenerationDir
 
 log = logging.getLogger(__name__)
 
-GENERATED_FILE = layout.GENERATED
-SETTINGS_FILE = layout.GENERATION_SETTINGS
 GENERATED_COLUMNS = ("study_id", "split", "generated", "reference", "prompt", "model", "views")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -82,16 +81,12 @@ class VLM:
 
 # ---------------------------------------------------------------------------------- loading
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: the first CUDA GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``auto``: the first CUDA GPU when there is one, else the CPU
+    (:func:`cxrfuse.runtime.resolve_device`, with an unknown name refused by name)."""
     try:
-        resolved = torch.device(device)
+        return runtime.resolve_device(device)
     except RuntimeError as exc:
         raise CxrfuseError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise CxrfuseError(f"device {device!r} asked for, but torch sees no CUDA GPU")
-    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -103,14 +98,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise CxrfuseError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
-
-
-OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CXRFUSE_OFFLINE")
-
-
-def is_offline() -> bool:
-    """True when an offline flag (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, CXRFUSE_OFFLINE) is set now."""
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in OFFLINE_ENV_VARS)
 
 
 def _looks_like_path(model: str) -> bool:
@@ -383,25 +370,13 @@ def generate_reports(
     return frame
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_generated(
     frame: pd.DataFrame, out_dir: str | Path, settings: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write ``generated.parquet`` and ``generation.json`` (the frame's settings + ``settings``)."""
+    """Write ``generated.parquet`` and ``generation.json`` (the frame's settings + ``settings``)
+    through :meth:`GenerationDir.write_generated`, the one writer of both."""
     missing = [c for c in GENERATED_COLUMNS[:-1] if c not in frame.columns]
     if missing:
         raise DataError(f"generated reports lack column(s) {missing}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     payload = {**frame.attrs.get("generation", {}), **dict(settings or {})}
-    table = frame.copy()
-    table.attrs = {}
-    _write_atomic(out / GENERATED_FILE, lambda p: table.to_parquet(p, index=False))
-    text = json.dumps(payload, indent=2, default=str)
-    _write_atomic(out / SETTINGS_FILE, lambda p: p.write_text(text + "\n"))
-    return out / GENERATED_FILE
+    return GenerationDir(out_dir).write_generated(frame, payload)

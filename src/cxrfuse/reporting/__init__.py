@@ -16,7 +16,7 @@ from cxrfuse.files import write_text
 from cxrfuse.problems import DataError
 from cxrfuse.reporting.clip import clip_sections
 from cxrfuse.reporting.document import Block, Section, render_html, render_markdown
-from cxrfuse.reporting.generation import generation_sections
+from cxrfuse.reporting.generation import finetune_section, generation_sections
 from cxrfuse.reporting.runs import experiment_sections, run_sections
 from cxrfuse.rundir import ExperimentDir, GenerationDir, RunDir
 
@@ -33,11 +33,12 @@ def write_report(path: str | Path, *, evaluate_if_missing: bool = True) -> tuple
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
     run, gen = RunDir(root), GenerationDir(root)
-    if gen.exists() and not run.exists():
-        if not gen.has_scores():
+    tuned = finetune_section(gen) if not run.exists() else None
+    if (gen.exists() or tuned is not None) and not run.exists():
+        if not gen.has_scores() and tuned is None:
             raise DataError(f"{root}: no scores yet; run `cxrfuse generate score` first")
         title = f"cxrfuse report: generated reports {gen.name}"
-        sections = generation_sections([gen])
+        sections = ([tuned] if tuned is not None else []) + generation_sections([gen])
         html_path, md_path = gen.report_html, gen.report_md
     elif run.exists():
         if run.kind() == "clip":

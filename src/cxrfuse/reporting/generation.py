@@ -1,6 +1,7 @@
 """Report sections of generated reports: the generator beside its baselines (language and
 clinical scores with intervals), clinical efficacy per observation, and a few studies side by
-side (generated vs reference, the findings on which they differ highlighted)."""
+side (generated vs reference, the findings on which they differ highlighted); and of a LoRA
+fine-tuning (``finetune.json``: settings, losses per epoch, the kept epoch, the curves)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from cxrfuse.evaluation import format_value
-from cxrfuse.generation.outputs import comparison_table, differing_findings
-from cxrfuse.generation.table import paired_table, provenance_lines
+from cxrfuse.generation import comparison_table, differing_findings, paired_table, provenance_lines
 from cxrfuse.reporting.document import Section
 from cxrfuse.rundir import GenerationDir
 
@@ -99,3 +99,27 @@ def generation_sections(gens: Sequence[GenerationDir], title: str = "Report gene
                                            "positive by one report only in bold)")  # fmt: skip
         sections.append(section)
     return sections
+
+
+def finetune_section(gen: GenerationDir) -> Section | None:
+    """The LoRA fine-tuning of ``gen`` (None when it holds none): status, the kept epoch,
+    the losses per epoch and the curves."""
+    info = gen.lora_info()
+    if info is None:
+        return None
+    section = Section(f"LoRA fine-tuning: {info.model}")
+    best = "-" if info.best_val_loss is None else f"{info.best_val_loss:.4f}"
+    section.add("text", f"Status {info.status}: {info.epochs_done} epoch(s) done; the adapter "
+                        f"kept is epoch {info.best_epoch} (val loss {best}, target-token "
+                        f"cross-entropy). {info.studies.get('train', 0)} training and "
+                        f"{info.studies.get('val', 0)} validation studies; "
+                        f"{info.trainable_parameters or 0:,} trainable of "
+                        f"{info.parameters or 0:,} parameters on {info.device} "
+                        f"({info.dtype}).")  # fmt: skip
+    if info.history:
+        section.add("table", pd.DataFrame(info.history), "Loss per epoch")
+    if gen.curves_path.is_file():
+        section.add("image", gen.curves_path, "train and val loss per epoch")
+    settings = {k: v for k, v in info.settings.items() if v is not None}
+    section.add("code", "\n".join(f"{k}: {v}" for k, v in settings.items()))
+    return section

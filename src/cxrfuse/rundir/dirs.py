@@ -41,6 +41,7 @@ from cxrfuse.rundir.models import (
     KIND_VERBS,
     ClipSidecar,
     HeadSidecar,
+    LoraRunInfo,
     Metrics,
     RunInfo,
     RunKind,
@@ -452,15 +453,17 @@ class ExperimentDir(_Dir):
 
 
 class GenerationDir(_Dir):
-    """Generated reports of one generator, their scores and, for a LoRA run, its adapter."""
+    """Generated reports of one generator, their scores and, for a LoRA run, its adapter.
+    Every file of a generation directory is written here (or, for the adapter and checkpoint
+    folders, at the paths named here)."""
 
     generated_path = property(lambda self: self.path / layout.GENERATED)
     settings_path = property(lambda self: self.path / layout.GENERATION_SETTINGS)
     scores_path = property(lambda self: self.path / layout.SCORES)
     scores_md = property(lambda self: (self.path / layout.SCORES).with_suffix(".md"))
     study_labels_path = property(lambda self: self.path / layout.STUDY_LABELS)
+    study_scores_path = property(lambda self: self.path / layout.STUDY_SCORES)
     adapter_dir = property(lambda self: self.path / layout.ADAPTER)
-    checkpoint_dir = property(lambda self: self.path / layout.LORA_CHECKPOINT)
     lora_info_path = property(lambda self: self.path / layout.LORA_INFO)
     epochs_path = property(lambda self: self.path / layout.EPOCHS)
     curves_path = property(lambda self: self.path / layout.CURVES)
@@ -490,20 +493,40 @@ class GenerationDir(_Dir):
     def settings(self) -> dict[str, Any]:
         return _read_json(self.settings_path, "the generation settings")
 
-    def write_scores(self, payload: Mapping[str, Any], markdown: str,
+    def write_scores(self, payload: Mapping[str, Any], markdown: str | None,
                      study_labels: pd.DataFrame | None = None) -> Path:  # fmt: skip
-        """``scores.json`` + ``scores.md`` (and ``study_labels.csv``)."""
+        """``scores.json`` + ``scores.md`` (unless ``markdown`` is None) and
+        ``study_labels.csv``."""
         self.path.mkdir(parents=True, exist_ok=True)
         if study_labels is not None:
             self._write_table(self.study_labels_path, study_labels, csv=True)
-        write_text(self.scores_md, markdown)
+        if markdown is not None:
+            write_text(self.scores_md, markdown)
         return write_json(self.scores_path, dict(payload), indent=2)
+
+    def write_study_scores(self, frame: pd.DataFrame) -> Path:
+        """``study_scores.parquet``: per study and system."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self._write_table(self.study_scores_path, frame)
 
     def has_scores(self) -> bool:
         return self.scores_path.is_file()
 
     def scores(self) -> dict[str, Any]:
         return _read_json(self.scores_path, f"run `cxrfuse generate score` on {self.path}")
+
+    def write_lora_info(self, info: LoraRunInfo) -> Path:
+        """``finetune.json`` of a LoRA fine-tuning."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return write_json(self.lora_info_path, info.model_dump(mode="json"), indent=2)
+
+    def lora_info(self) -> LoraRunInfo | None:
+        """``finetune.json`` (typed), or None when the folder has none; a DataError names a
+        file that is not one."""
+        if not self.lora_info_path.is_file():
+            return None
+        return _validated(LoraRunInfo, _read_json(self.lora_info_path, "the fine-tuning record"),
+                          self.lora_info_path)  # fmt: skip
 
 
 class ExternalDir(_Dir):

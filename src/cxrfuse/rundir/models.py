@@ -279,3 +279,32 @@ class Metrics(_Open):
     def baselines(self) -> dict[str, Any]:
         """Per label: prevalence, always-positive / always-negative metrics, chance AUROC."""
         return dict(self.test.get("baselines", {}))
+
+
+LoraStatus = Literal["running", "finished", "early-stopped", "failed"]
+
+
+class LoraRunInfo(_Open):
+    """``finetune.json`` of a LoRA fine-tuning (``cxrfuse generate finetune``): written with
+    status ``running`` when a call starts (it marks the folder as the fine-tuning's own, which
+    a later call may resume and whose ``adapter/`` and ``checkpoint/`` it may replace) and
+    completed when the call ends (``failed`` when an epoch raised; a rerun resumes after the
+    last finished epoch)."""
+
+    model: str
+    settings: dict[str, Any]
+    target_modules: str
+    status: LoraStatus = "running"
+    epochs_done: int = 0
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    studies: dict[str, int] = Field(default_factory=dict)
+    skipped: dict[str, dict[str, int]] = Field(default_factory=dict)
+    parameters: int | None = None
+    trainable_parameters: int | None = None
+    trainable_tensors: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    seconds_this_call: float | None = None
+    steps_per_epoch: int | None = None

@@ -7,9 +7,10 @@ kept in ``tracking.json``, so that :func:`log_evaluation` (after ``metrics.json`
 written) adds the test metrics with their intervals, the verdicts when the evaluation wrote
 any, and the artifacts (report.html, the model card, plots) to the same tracker run.
 
-MLflow writes to a local SQLite store (``mlruns.db`` beside the runs dir, no server) unless
-``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` names another; artifacts go to ``mlartifacts/``
-beside a SQLite store.
+The logger itself is built by :func:`cxrfuse.rundir.tracking.make_tracker` (shared with
+``generate finetune``). MLflow writes to a local SQLite store (``mlruns.db`` beside the runs
+dir, no server) unless ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` names another; artifacts
+go to ``mlartifacts/`` beside a SQLite store.
 """
 
 from __future__ import annotations
@@ -24,25 +25,13 @@ from typing import Any
 import lightning.pytorch as pl
 
 from cxrfuse.config import ClipConfig, RunConfig, default_mlflow_uri
-from cxrfuse.files import write_json
-from cxrfuse.problems import ConfigError, CxrfuseError
+from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import RunDir, layout
+from cxrfuse.rundir.tracking import DEFAULT_EXPERIMENT, flatten, make_tracker
+from cxrfuse.rundir.tracking import mlflow_logger as _mlflow_logger
 
-DEFAULT_EXPERIMENT = "cxrfuse"
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and ``None`` become strings."""
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            out[name] = value
-        else:
-            out[name] = json.dumps(value)
-    return out
+__all__ = ["DEFAULT_EXPERIMENT", "HistoryLogging", "evaluation_metric_values", "flatten", "log_evaluation",
+           "make_logger", "mlflow_uri", "read_record", "run_artifacts", "verdict_tags"]
 
 
 def mlflow_uri(config: RunConfig | ClipConfig) -> str:
@@ -50,55 +39,13 @@ def mlflow_uri(config: RunConfig | ClipConfig) -> str:
     return config.tracking.uri or default_mlflow_uri(config.runs_dir)
 
 
-def _artifact_location(uri: str) -> str | None:
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-    return None
-
-
-def _mlflow_logger(uri: str, experiment: str, run_name: str | None, run_id: str | None,
-                   tags: Mapping[str, str] | None = None) -> Any:  # fmt: skip
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=uri,
-                            tags=dict(tags or {}) or None, run_id=run_id,
-                            artifact_location=_artifact_location(uri))  # fmt: skip
-    except ModuleNotFoundError as err:
-        raise ConfigError("tracking.kind 'mlflow' needs the mlflow package "
-                          "(pip install mlflow-skinny)") from err
-
-
 def make_logger(config: RunConfig | ClipConfig, run: RunDir) -> Any:
     """The Lightning logger of ``config.tracking`` (``None`` for ``none``), with the config
-    logged as parameters; ``tracking.json`` records where it writes."""
-    tracking = config.tracking
-    if tracking.kind == "none":
-        return None
-    params = flatten(config.model_dump(mode="json"))
-    if tracking.kind == "mlflow":
-        uri = mlflow_uri(config)
-        experiment = tracking.experiment or DEFAULT_EXPERIMENT
-        logger = _mlflow_logger(uri, experiment, config.name, None,
-                                {**tracking.tags, "cxrfuse.run_dir": str(run.path.resolve())})
-        record = {"kind": "mlflow", "uri": uri, "experiment": experiment,
-                  "run_id": logger.run_id}  # fmt: skip
-    elif tracking.kind == "tensorboard":
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        logger = TensorBoardLogger(save_dir=str(run.path), name=layout.LOGS, version="tensorboard",
-                                   default_hp_metric=False)  # fmt: skip
-        record = {"kind": "tensorboard", "log_dir": logger.log_dir}
-    else:
-        from lightning.pytorch.loggers import CSVLogger
-
-        logger = CSVLogger(save_dir=str(run.path), name=layout.LOGS, version="csv")
-        record = {"kind": "csv", "log_dir": logger.log_dir}
-    logger.log_hyperparams(params)
-    write_json(run.path / layout.TRACKING, record, indent=2)
-    return logger
+    logged as parameters; ``tracking.json`` records where it writes
+    (:func:`cxrfuse.rundir.tracking.make_tracker`)."""
+    return make_tracker(config.tracking, run.path, name=config.name,
+                        params=config.model_dump(mode="json"), runs_dir=config.runs_dir,
+                        tags={"cxrfuse.run_dir": str(run.path.resolve())})  # fmt: skip
 
 
 class HistoryLogging(pl.Callback):

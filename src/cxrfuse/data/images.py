@@ -334,6 +334,8 @@ def is_dicom_file(path: object) -> bool:
     if not isinstance(path, str | os.PathLike):
         return False
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # never open a FIFO (it blocks); the opener refuses it by name
         with open(path, "rb") as handle:
             return sniff_format(handle.read(DICOM_PREAMBLE + 4)) == "dicom"
     except OSError:

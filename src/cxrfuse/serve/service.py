@@ -29,7 +29,6 @@ from cxrfuse.explain.explainer import CaptionFacts, ViewInput
 from cxrfuse.explain.overlay import overlay_png
 from cxrfuse.explain.runs import caption_facts, untrained_view_note
 from cxrfuse.inference import Prediction, Predictor, StudyImage
-from cxrfuse.interop import dicom_bytes, dicom_results, object_kind
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import RunDir
 from cxrfuse.serve.draft import Drafter
@@ -254,6 +253,8 @@ class Service:
                                                explain=explain, draft=draft)  # fmt: skip
             if not dicom:
                 return answer, []
+            from cxrfuse.interop import dicom_results  # highdicom: only when DICOM is asked
+
             try:  # every overlay: a map not shown is a panel that says why (burned in)
                 objs = dicom_results(prediction, images, self.run.run,
                                      overlays=answer.get("overlays") or [],
@@ -302,6 +303,8 @@ class Service:
 def dicom_answer(objs: Sequence[Any]) -> list[dict[str, Any]]:
     """The DICOM objects of an answer as JSON: per object its kind (``sr``, ``draft``,
     ``overlay``), SOP Class / Instance UIDs, study UID, and the Part 10 file as base64."""
+    from cxrfuse.interop import dicom_bytes, object_kind
+
     out = []
     for ds in objs:
         out.append({"kind": object_kind(ds), "sop_class_uid": str(ds.SOPClassUID),

@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"explain"},
     {"clip"},
     {"generation"},
+    {"interop"},
     {"reporting"},
     {"serve"},
     {"demo"},

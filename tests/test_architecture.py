@@ -30,12 +30,14 @@ LAYERS: list[set[str]] = [
     {"clip"},
     {"generation"},
     {"reporting"},
+    {"interop"},
     {"serve"},
     {"demo"},
     {"cli"},
 ]
 """A package may import packages of earlier layers only (and itself)."""
-FORBIDDEN = {"generation": ("cxrfuse.training",), "serve": ("cxrfuse.training",)}
+FORBIDDEN = {"generation": ("cxrfuse.training",), "serve": ("cxrfuse.training",),
+             "interop": ("cxrfuse.training",)}
 """Stages that must not reach into another stage's internals."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -190,6 +190,7 @@ def predict_cmd(
     image_weights: Annotated[Path | None, typer.Option(help="Image-encoder weights file, for a run trained with local weights (a model file never names one itself).")] = None,
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime: the run's model.onnx (`cxrfuse export RUN --to DIR --format onnx`) runs image encoder + head.")] = "torch",
     explain: Annotated[Path | None, typer.Option("--explain", help="Also write Grad-CAM overlays (one PNG per view and label, fixed colour scale) and the image vs report attribution into this folder; a failure of either is a warning, never a lost prediction.")] = None,
+    fhir: Annotated[Path | None, typer.Option("--fhir", metavar="OUT.json", help="Also write the answer as a FHIR R4 Bundle: a DiagnosticReport, one Observation per label, a Device for the run (docs/dicom.md).")] = None,
 ) -> None:
     """One study's probabilities, the run's val-chosen thresholds, the decisions at them and
     the warnings a reader must see (synthetic training images, text the model was not trained
@@ -212,6 +213,7 @@ def predict_cmd(
     predictor = Predictor(run_dir, image_weights=image_weights, backend=backend)
     if explain is None:
         result = predictor.predict(images, report=text, indication=indication, views=view or None)
+        _write_fhir(fhir, result, run_dir)
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     from cxrfuse.serve.service import Service, write_overlays
@@ -219,4 +221,14 @@ def predict_cmd(
     answer = Service(run_dir, predictor=predictor).analyse(
         images, report=text, indication=indication, views=view or None, explain=True, draft=False)
     write_overlays(answer, explain)
+    _write_fhir(fhir, answer, run_dir)
     typer.echo(json.dumps(answer, indent=2))
+
+
+def _write_fhir(path: Path | None, answer: Any, run_dir: Path) -> None:
+    """``predict --fhir``: the answer as a FHIR R4 Bundle."""
+    if path is not None:
+        from cxrfuse.interop.fhir import write_fhir
+
+        write_fhir(answer, path, run=run_dir)
+        err_console.print(f"FHIR R4 bundle written to {path}")

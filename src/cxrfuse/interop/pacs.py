@@ -30,6 +30,7 @@ from cxrfuse.problems import ConfigError, CxrfuseError, DataError
 
 DEFAULT_MODALITIES = ("CR", "DX")
 DEFAULT_TIMEOUT = 30.0
+QIDO_PAGE = 100
 SR_MODALITY = "SR"
 MANUFACTURER = "cxrfuse"
 TID1500_TITLE = "126000"
@@ -177,12 +178,19 @@ def find_studies(client: Any, *, study: str | None = None, since: str | None = N
         filters[STUDY_DATE] = date
     elif since:
         filters[STUDY_DATE] = f"{since}-"
-    found = client.search_for_studies(search_filters=filters, limit=limit,
-                                      fields=["ModalitiesInStudy", "StudyDate", "PatientID"],
-                                      get_remaining=limit is None)  # fmt: skip
-    found = [s for s in found if _value(s, STUDY_UID)]
-    found.sort(key=lambda s: (str(_value(s, STUDY_DATE) or ""), str(_value(s, STUDY_UID))))
-    return found[:limit] if limit else found
+    found: dict[str, dict[str, Any]] = {}
+    page = min(limit or QIDO_PAGE, QIDO_PAGE)
+    while True:  # page by offset; a server that ignores the offset ends it (no new study)
+        batch = client.search_for_studies(search_filters=filters, limit=page, offset=len(found),
+                                          fields=["ModalitiesInStudy", "StudyDate", "PatientID"])
+        new = {str(_value(s, STUDY_UID)): s for s in batch
+               if _value(s, STUDY_UID) and str(_value(s, STUDY_UID)) not in found}  # fmt: skip
+        found |= new
+        if not new or len(batch) < page or (limit and len(found) >= limit):
+            break
+    studies = sorted(found.values(),
+                     key=lambda s: (str(_value(s, STUDY_DATE) or ""), str(_value(s, STUDY_UID))))
+    return studies[:limit] if limit else studies
 
 
 def is_run_sr(metadata: dict[str, Any], run_name: str) -> bool:

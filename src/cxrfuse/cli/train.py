@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cxrfuse.cli import app, console, err_console, friendly_errors
-from cxrfuse.problems import CxrfuseError, DataError
+from cxrfuse.problems import ConfigError, CxrfuseError, DataError
 
 SetOption = Annotated[
     list[str] | None,
@@ -191,6 +191,9 @@ def predict_cmd(
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime: the run's model.onnx (`cxrfuse export RUN --to DIR --format onnx`) runs image encoder + head.")] = "torch",
     explain: Annotated[Path | None, typer.Option("--explain", help="Also write Grad-CAM overlays (one PNG per view and label, fixed colour scale) and the image vs report attribution into this folder; a failure of either is a warning, never a lost prediction.")] = None,
     fhir: Annotated[Path | None, typer.Option("--fhir", metavar="OUT.json", help="Also write the answer as a FHIR R4 Bundle: a DiagnosticReport, one Observation per label, a Device for the run (docs/dicom.md).")] = None,
+    sr: Annotated[Path | None, typer.Option("--sr", help="Also write the result as a DICOM Structured Report (TID 1500 measurement report, Comprehensive SR) to this .dcm file (docs/dicom.md).")] = None,
+    overlays: Annotated[Path | None, typer.Option("--overlays", help="Also write the Grad-CAM overlays as DICOM Secondary Capture images (burned-in map and colour bar, referencing their source image) into this folder.")] = None,
+    draft_sr: Annotated[bool, typer.Option("--draft-sr", help="With --sr: also write the run's draft report (retrieval generator) as a separate SR marked as an unverified machine draft, next to OUT (OUT-draft.dcm).")] = False,
 ) -> None:
     """One study's probabilities, the run's val-chosen thresholds, the decisions at them and
     the warnings a reader must see (synthetic training images, text the model was not trained
@@ -209,8 +212,17 @@ def predict_cmd(
         except UnicodeDecodeError as err:
             raise DataError(f"{report}: not UTF-8 text (byte {err.start}: {err.reason}); "
                             "save the report as UTF-8") from err
+    if sr is not None and sr.suffix.lower() != ".dcm":
+        raise ConfigError(f"--sr {sr}: give a file name ending in .dcm")
+    if draft_sr and sr is None:
+        raise ConfigError("--draft-sr needs --sr OUT.dcm")
     images = [StudyImage.from_path(p) for p in image or []]
     predictor = Predictor(run_dir, image_weights=image_weights, backend=backend)
+    if sr is not None or overlays is not None:
+        answer = _predict_dicom(predictor, run_dir, images, text, indication, view, explain, sr,
+                                overlays, draft_sr)  # fmt: skip
+        _write_fhir(fhir, answer, run_dir)
+        return
     if explain is None:
         result = predictor.predict(images, report=text, indication=indication, views=view or None)
         _write_fhir(fhir, result, run_dir)
@@ -232,3 +244,38 @@ def _write_fhir(path: Path | None, answer: Any, run_dir: Path) -> None:
 
         write_fhir(answer, path, run=run_dir)
         err_console.print(f"FHIR R4 bundle written to {path}")
+
+
+def _predict_dicom(predictor, run_dir: Path, images: list, text: str | None,
+                   indication: str | None, view: list[str] | None, explain: Path | None,
+                   sr: Path | None, overlays: Path | None, draft_sr: bool) -> dict:  # fmt: skip
+    """``predict --sr/--overlays``: the answer as JSON, then its DICOM objects written (the
+    JSON is printed first, so a failed write loses no prediction)."""
+    from cxrfuse.interop import object_kind, write_dicom
+    from cxrfuse.serve.service import Service, write_overlays
+
+    answer, objs = Service(run_dir, predictor=predictor).analyse_dicom(
+        images, report=text, indication=indication, views=view or None,
+        explain=overlays is not None or explain is not None, draft=draft_sr)  # fmt: skip
+    if explain is not None:
+        write_overlays(answer, explain)
+    else:
+        for overlay in answer.get("overlays") or []:
+            overlay.pop("png_base64", None)
+    written: list[str] = []
+    kinds = [object_kind(ds) for ds in objs]
+    if "sr" not in kinds:
+        typer.echo(json.dumps(answer, indent=2))
+        raise CxrfuseError("no DICOM object written: " + (answer["warnings"] or ["?"])[-1])
+    if sr is not None:
+        written += map(str, write_dicom([objs[kinds.index("sr")]], sr))
+        if draft_sr and "draft" in kinds:
+            draft_path = sr.with_name(f"{sr.stem}-draft.dcm")
+            written += map(str, write_dicom([objs[kinds.index("draft")]], draft_path))
+    if overlays is not None:
+        written += map(str, write_dicom([d for d, k in zip(objs, kinds) if k == "overlay"],
+                                        overlays))  # fmt: skip
+    answer["dicom_files"] = written
+    typer.echo(json.dumps(answer, indent=2))
+    return answer
+

@@ -158,8 +158,11 @@ def open_checked(path: str | Path) -> Image.Image:
 
 def decode_resized(path: str | Path, size: int, fit: str = LEGACY_FIT) -> np.ndarray:
     """Decode an image file to a (size, size) uint8 gray array (fitted by ``fit``, resized).
+    A DICOM file (told by its ``DICM`` marker, not its name) goes through :func:`dicom_gray8`.
 
     An image over :data:`MAX_PIXELS` raises :class:`DataError` naming the file and its size."""
+    if is_dicom_file(path):
+        return fit_square(Image.fromarray(dicom_file_gray8(path), "L"), size, fit)
     with open_checked(path) as img:
         if img.format == "JPEG":
             img.draft("L", (size, size))  # decode at the smallest DCT scale still >= size
@@ -235,13 +238,70 @@ def read_header(data: bytes) -> ImageHeader:
     return ImageHeader(kind, width, height)
 
 
+def transfer_syntax_problem(ds: object) -> str | None:
+    """Why pydicom cannot decode the pixels of ``ds`` here (its transfer syntax, by name and
+    UID, and the compressed syntaxes that can be decoded), or None when it can. Compressed
+    syntaxes are decoded by pydicom's plugins: pylibjpeg (+ -libjpeg: JPEG baseline, extended,
+    lossless; -openjpeg: JPEG 2000; -rle: RLE), Pillow, pyjpegls (JPEG-LS)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    uid = UID(str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2"))
+    if not uid.is_compressed:
+        return None
+    name = uid.name if uid.name != uid else "unknown transfer syntax"
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        decoder = None
+    if decoder is not None and decoder.is_available:
+        return None
+    return (f"unsupported DICOM transfer syntax {name} ({uid}): cxrfuse decodes "
+            f"{', '.join(decodable_syntaxes())}; convert the file (e.g. dcmtk `dcmdjpeg` or "
+            "`gdcmconv --raw`) to uncompressed or one of these")
+
+
+def decodable_syntaxes() -> list[str]:
+    """Names of the compressed transfer syntaxes whose pixels can be decoded here."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import (
+        JPEG2000,
+        DeflatedExplicitVRLittleEndian,
+        JPEG2000Lossless,
+        JPEGBaseline8Bit,
+        JPEGExtended12Bit,
+        JPEGLossless,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+        RLELossless,
+    )
+
+    out = []
+    for uid in (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+                JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
+                DeflatedExplicitVRLittleEndian):  # fmt: skip
+        try:
+            if uid == DeflatedExplicitVRLittleEndian or get_decoder(uid).is_available:
+                out.append(uid.name)
+        except NotImplementedError:
+            continue
+    return out
+
+
 def dicom_gray8(data: bytes) -> np.ndarray:
     """The first frame of a DICOM image as HxW uint8: the modality LUT (rescale slope and
     intercept), the VOI LUT or window when the file has one, scaled to 0-255, MONOCHROME1
-    inverted so that dense tissue is bright; colour images converted to gray."""
+    inverted so that dense tissue is bright; colour images converted to gray. Compressed
+    pixels are decoded by pydicom's plugins (:func:`transfer_syntax_problem`); a syntax none
+    can decode is a ValueError naming it."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ds = _dicom(data, pixels=True)
+    problem = transfer_syntax_problem(ds)
+    if problem:
+        raise ValueError(problem)
     try:
         array = ds.pixel_array
     except (AttributeError, NotImplementedError, RuntimeError, ValueError) as err:
@@ -268,6 +328,34 @@ def dicom_gray8(data: bytes) -> np.ndarray:
     return np.round(scaled * 255.0).astype(np.uint8)
 
 
+def is_dicom_file(path: object) -> bool:
+    """Whether ``path`` (a file name; a file object is never DICOM here) holds a DICOM Part 10
+    file, told by the ``DICM`` marker after the preamble."""
+    if not isinstance(path, str | os.PathLike):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return sniff_format(handle.read(DICOM_PREAMBLE + 4)) == "dicom"
+    except OSError:
+        return False  # the PIL opener names the missing or unreadable file
+
+
+def dicom_file_gray8(path: str | Path) -> np.ndarray:
+    """:func:`dicom_gray8` of a DICOM file: its size checked against :data:`MAX_PIXELS` from
+    the header first; any problem a :class:`DataError` naming the file."""
+    require_regular_file(path)
+    try:
+        data = Path(path).read_bytes()
+        header = read_header(data)
+        if header.pixels > MAX_PIXELS:
+            raise DataError(f"{path}: DICOM image of {header.width} x {header.height} x "
+                            f"{header.frames} pixels is over the limit of {MAX_PIXELS:,} "
+                            "pixels (data.images.MAX_PIXELS)")  # fmt: skip
+        return dicom_gray8(data)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: {err}") from err
+
+
 def gray8_bytes(data: bytes) -> np.ndarray:
     """Any PNG, JPEG or DICOM in ``data`` as a full-size HxW uint8 gray array."""
     if sniff_format(data) == "dicom":
@@ -288,7 +376,9 @@ def decode_resized_bytes(data: bytes, size: int, fit: str = LEGACY_FIT) -> np.nd
 def decode_native(path: str | Path) -> np.ndarray:
     """The full-size gray pixels of an image file at their own depth: uint8, or uint16 for a
     16-bit file (colour converted to 8-bit gray). :data:`MAX_PIXELS` is checked before any pixel
-    is read, as in :func:`decode_resized`."""
+    is read, as in :func:`decode_resized`. A DICOM file gives :func:`dicom_gray8`'s uint8."""
+    if is_dicom_file(path):
+        return dicom_file_gray8(path)
     with open_checked(path) as img:
         img.load()
         if img.mode in _SIXTEEN_BIT_MODES:

@@ -80,6 +80,15 @@ class Overlay(BaseModel):
     png_base64: str
 
 
+class DicomObject(BaseModel):
+    kind: str = Field(description="sr (TID 1500 measurement report), draft (machine-draft SR) "
+                      "or overlay (Grad-CAM secondary capture)")
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    dicom_base64: str = Field(description="The DICOM Part 10 file, base64")
+
+
 class PredictAnswer(BaseModel):
     run: str
     labels: list[str]
@@ -97,6 +106,8 @@ class PredictAnswer(BaseModel):
     attribution: dict[str, Any] | None
     overlays: list[Overlay] | None
     report_draft: dict[str, Any] | None
+    dicom: list[DicomObject] | None = Field(
+        None, description="With dicom=true: the study's DICOM objects (docs/dicom.md)")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -203,6 +214,10 @@ def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "
             description="A full report with section headings (INDICATION:, FINDINGS:, ...)")] = None,
         explain: Annotated[bool, Form(description="Add Grad-CAM overlays and attribution")] = False,
         draft: Annotated[bool, Form(description="Add the draft report (when configured)")] = True,
+        dicom: Annotated[bool, Form(description=(
+            "Add the DICOM objects (base64 Part 10 files): the TID 1500 SR, the machine-draft SR "
+            "when a draft is made, one secondary capture per Grad-CAM overlay (explain=true)"))
+        ] = False,
     ) -> Any:
         """Probabilities, thresholds, decisions and warnings for one study (with ``explain``
         also overlays and attribution; a draft report when the run has a generator)."""
@@ -221,7 +236,8 @@ def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "
         try:
             return await run_in_threadpool(
                 service.analyse, study, report=report, indication=indication,
-                comparison=comparison, views=view_list, explain=explain, draft=draft)
+                comparison=comparison, views=view_list, explain=explain, draft=draft,
+                dicom=dicom)
         except CxrfuseError as err:
             return _error(400, str(err))
         except Exception as err:  # the client gets no traceback; the log has it

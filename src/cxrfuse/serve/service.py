@@ -29,6 +29,7 @@ from cxrfuse.explain.explainer import CaptionFacts, ViewInput
 from cxrfuse.explain.overlay import overlay_png
 from cxrfuse.explain.runs import caption_facts, untrained_view_note
 from cxrfuse.inference import Prediction, Predictor, StudyImage
+from cxrfuse.interop import dicom_bytes, dicom_results, object_kind
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import RunDir
 from cxrfuse.serve.draft import Drafter
@@ -229,39 +230,85 @@ class Service:
     def analyse(self, images: Sequence[StudyImage], *, report: str | None = None,
                 indication: str | None = None, comparison: str | None = None,
                 views: Sequence[str | None] | None = None, explain: bool = False,
-                draft: bool = True) -> dict[str, Any]:  # fmt: skip
-        """The JSON answer of ``POST /v1/predict`` for one study."""
-        with self._lock:
-            prediction = self.predictor.predict(images, report=report, indication=indication,
-                                                comparison=comparison, views=views)  # fmt: skip
-            answer = prediction.to_dict()
-            answer["attribution"] = answer["overlays"] = None
-            warnings = answer["warnings"]
-            if explain:
-                try:
-                    answer["attribution"] = self.attribution(prediction)
-                except Exception as err:  # noqa: BLE001 - never lose the prediction to it
-                    warnings.append(failure("the image vs report attribution", err))
-                try:
-                    answer["overlays"] = self.overlays(prediction, images, warnings=warnings)
-                except Exception as err:  # noqa: BLE001 - never lose the prediction to it
-                    warnings.append(failure("Grad-CAM", err))
-            answer["report_draft"] = None
-            if draft:
-                try:
-                    drafter, note = self.drafter()
-                    read_none = ("image_mask" in prediction.inputs
-                                 and not prediction.inputs["image_mask"].any())  # fmt: skip
-                    if drafter is not None and read_none:
-                        warnings.append("no draft report: the model read no view of this study")
-                    elif drafter is not None and "image" in prediction.inputs:
-                        answer["report_draft"] = drafter.draft(prediction.inputs["image"],
-                                                               prediction.inputs["image_mask"])
-                    elif note:
-                        warnings.append(f"no draft report: {note}")
-                except Exception as err:  # noqa: BLE001 - never lose the prediction to it
-                    warnings.append(failure("the draft report", err))
+                draft: bool = True, dicom: bool = False) -> dict[str, Any]:  # fmt: skip
+        """The JSON answer of ``POST /v1/predict`` for one study; with ``dicom`` also its DICOM
+        objects under ``"dicom"`` (:func:`dicom_answer`)."""
+        answer, objs = self.analyse_dicom(images, report=report, indication=indication,
+                                          comparison=comparison, views=views, explain=explain,
+                                          draft=draft, dicom=dicom)  # fmt: skip
+        if dicom:
+            answer["dicom"] = dicom_answer(objs)
         return answer
+
+    def analyse_dicom(self, images: Sequence[StudyImage], *, report: str | None = None,
+                      indication: str | None = None, comparison: str | None = None,
+                      views: Sequence[str | None] | None = None, explain: bool = False,
+                      draft: bool = True, dicom: bool = True
+                      ) -> tuple[dict[str, Any], list[Any]]:  # fmt: skip
+        """:meth:`analyse`'s answer and, with ``dicom``, the study's DICOM objects
+        (:func:`cxrfuse.interop.dicom_results`: the TID 1500 SR, the machine-draft SR when a
+        draft was made, one secondary capture per overlay shown)."""
+        with self._lock:
+            prediction, answer = self._analyse(images, report=report, indication=indication,
+                                               comparison=comparison, views=views,
+                                               explain=explain, draft=draft)  # fmt: skip
+            if not dicom:
+                return answer, []
+            shown = [o for o in answer.get("overlays") or [] if o.get("shown", True)]
+            try:
+                objs = dicom_results(prediction, images, self.run.run, overlays=shown,
+                                     draft=answer.get("report_draft"))  # fmt: skip
+            except Exception as err:  # noqa: BLE001 - never lose the prediction to it
+                answer["warnings"].append(failure("the DICOM objects", err))
+                objs = []
+            return answer, objs
+
+    def _analyse(self, images: Sequence[StudyImage], *, report: str | None, indication: str | None,
+                 comparison: str | None, views: Sequence[str | None] | None, explain: bool,
+                 draft: bool) -> tuple[Prediction, dict[str, Any]]:  # fmt: skip
+        """One study's prediction and JSON answer (the caller holds the lock)."""
+        prediction = self.predictor.predict(images, report=report, indication=indication,
+                                            comparison=comparison, views=views)  # fmt: skip
+        answer = prediction.to_dict()
+        answer["attribution"] = answer["overlays"] = None
+        warnings = answer["warnings"]
+        if explain:
+            try:
+                answer["attribution"] = self.attribution(prediction)
+            except Exception as err:  # noqa: BLE001 - never lose the prediction to it
+                warnings.append(failure("the image vs report attribution", err))
+            try:
+                answer["overlays"] = self.overlays(prediction, images, warnings=warnings)
+            except Exception as err:  # noqa: BLE001 - never lose the prediction to it
+                warnings.append(failure("Grad-CAM", err))
+        answer["report_draft"] = None
+        if draft:
+            try:
+                drafter, note = self.drafter()
+                read_none = ("image_mask" in prediction.inputs
+                             and not prediction.inputs["image_mask"].any())  # fmt: skip
+                if drafter is not None and read_none:
+                    warnings.append("no draft report: the model read no view of this study")
+                elif drafter is not None and "image" in prediction.inputs:
+                    answer["report_draft"] = drafter.draft(prediction.inputs["image"],
+                                                           prediction.inputs["image_mask"])
+                elif note:
+                    warnings.append(f"no draft report: {note}")
+            except Exception as err:  # noqa: BLE001 - never lose the prediction to it
+                warnings.append(failure("the draft report", err))
+        return prediction, answer
+
+
+def dicom_answer(objs: Sequence[Any]) -> list[dict[str, Any]]:
+    """The DICOM objects of an answer as JSON: per object its kind (``sr``, ``draft``,
+    ``overlay``), SOP Class / Instance UIDs, study UID, and the Part 10 file as base64."""
+    out = []
+    for ds in objs:
+        out.append({"kind": object_kind(ds), "sop_class_uid": str(ds.SOPClassUID),
+                    "sop_instance_uid": str(ds.SOPInstanceUID),
+                    "study_instance_uid": str(ds.StudyInstanceUID),
+                    "dicom_base64": base64.b64encode(dicom_bytes(ds)).decode("ascii")})  # fmt: skip
+    return out
 
 
 def write_overlays(answer: dict[str, Any], folder: str | Path) -> list[Path]:

@@ -36,6 +36,7 @@ def radiograph(png: Path | np.ndarray, study_uid: str, *, syntax: str = "explici
     decoder reads); ``pixels=False`` leaves the pixel data out."""
     array = np.asarray(Image.open(png).convert("L")) if isinstance(png, Path) else png
     ds = Dataset()
+    ds.preamble = b"\x00" * 128  # a Part 10 file, as a modality sends it
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -45,6 +46,8 @@ def radiograph(png: Path | np.ndarray, study_uid: str, *, syntax: str = "explici
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
     ds.Modality, ds.ViewPosition, ds.BodyPartExamined = modality, view, "CHEST"
+    # a PA chest film; highdicom's SR image library reads both (CR: Type 2C and 3)
+    ds.PatientOrientation, ds.ImagerPixelSpacing = ["L", "F"], [0.5, 0.5]
     ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = patient, "Test^Pacs", "", "O"
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = date, "120000", "1", "A" + patient
     ds.ReferringPhysicianName = ""
@@ -99,7 +102,7 @@ def fake_dicomweb(mode: str, study_uid: str = "1.2.3.4.5") -> Iterator[str]:
         def log_message(self, *args: object) -> None:  # quiet
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             searching = self.path.split("?")[0].rstrip("/").endswith("/studies")
             if searching and mode.endswith("-after-search"):
                 body = json.dumps([{"0020000D": {"vr": "UI", "Value": [study_uid]},
@@ -119,7 +122,7 @@ def fake_dicomweb(mode: str, study_uid: str = "1.2.3.4.5") -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-        do_POST = do_GET  # noqa: N815
+        do_POST = do_GET
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

@@ -47,7 +47,12 @@ def pacs_cmd(
             tqdm.write(f"{outcome.status}: study {outcome.study_uid}: {outcome.message}",
                        file=_stderr())
 
-    summary = answer_studies(run_dir, url, study=study, since=since, date=date,
+    run: object = run_dir
+    if overlays or draft:  # Grad-CAM and the draft report come from the serving stage
+        from cxrfuse.serve.service import Service
+
+        run = Service(run_dir)
+    summary = answer_studies(run, url, study=study, since=since, date=date,
                              modalities=modality, limit=limit, timeout=timeout,
                              overlays=overlays, draft=draft, resume=not redo,
                              on_outcome=report)  # fmt: skip

@@ -20,19 +20,22 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxrfuse.inference import Predictor, StudyImage
+from cxrfuse.interop import dicom_results, object_kind
 from cxrfuse.problems import ConfigError, CxrfuseError, DataError
 
 DEFAULT_MODALITIES = ("CR", "DX")
 DEFAULT_TIMEOUT = 30.0
 QIDO_PAGE = 100
+PREAMBLE = b"\x00" * 128
 SR_MODALITY = "SR"
 MANUFACTURER = "cxrfuse"
+"""How a cxrfuse SR's Manufacturer begins (:data:`cxrfuse.interop.sr.MANUFACTURER`)."""
 TID1500_TITLE = "126000"
 """CodeValue of the TID 1500 document title (DCM 126000 "Imaging Measurement Report")."""
 
@@ -40,7 +43,7 @@ TID1500_TITLE = "126000"
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 MODALITY, MODALITIES_IN_STUDY, MANUFACTURER_TAG = "00080060", "00080061", "00080070"
 STUDY_DATE, PATIENT_ID, SERIES_DESCRIPTION = "00080020", "00100020", "0008103E"
-CONCEPT_NAME, CODE_VALUE = "0040A043", "00080100"
+CONCEPT_NAME, CODE_VALUE, MODEL_NAME = "0040A043", "00080100", "00081090"
 
 
 @dataclass
@@ -194,30 +197,17 @@ def find_studies(client: Any, *, study: str | None = None, since: str | None = N
 
 
 def is_run_sr(metadata: dict[str, Any], run_name: str) -> bool:
-    """True for this run's cxrfuse SR (not a draft): Modality SR, Manufacturer cxrfuse, the
-    TID 1500 document title and the run's name among its text."""
+    """True for this run's TID 1500 SR as :mod:`cxrfuse.interop.sr` writes it (not its machine
+    draft): Modality SR, a cxrfuse Manufacturer, the document title Imaging Measurement Report
+    (DCM 126000) and the run's name as ManufacturerModelName."""
     if _value(metadata, MODALITY) != SR_MODALITY:
         return False
-    if str(_value(metadata, MANUFACTURER_TAG) or "").lower() != MANUFACTURER:
+    if not str(_value(metadata, MANUFACTURER_TAG) or "").startswith(MANUFACTURER):
         return False
     title = _value(metadata, CONCEPT_NAME) or {}
     if _value(title, CODE_VALUE) != TID1500_TITLE:
         return False
-    return run_name in set(_strings(metadata))
-
-
-def _strings(item: Any) -> Iterable[str]:
-    """Every string value of a DICOM JSON object (nested sequences included), and each of its
-    words, so that a run name inside a sentence counts."""
-    if isinstance(item, dict):
-        for value in item.values():
-            yield from _strings(value)
-    elif isinstance(item, list):
-        for value in item:
-            yield from _strings(value)
-    elif isinstance(item, str):
-        yield item
-        yield from re.split(r"[\s,;:()'\"]+", item)
+    return str(_value(metadata, MODEL_NAME) or "") == run_name[:64]
 
 
 def already_answered(client: Any, study_uid: str, run_name: str) -> bool:
@@ -280,42 +270,68 @@ def study_image(ds: Any) -> StudyImage:
 
 
 # ---------------------------------------------------------------------------- one study
-def answer_study(client: Any, predictor: Predictor, study_uid: str, *,
+def answer_study(client: Any, predictor: Any, study_uid: str, *,
                  modalities: Sequence[str] = DEFAULT_MODALITIES, overlays: bool = False,
                  draft: bool = False, resume: bool = True) -> StudyOutcome:  # fmt: skip
     """Answer one study: skip it when it holds this run's SR (``resume``), else retrieve,
-    predict, build the DICOM results and store them (SR last). Errors propagate."""
-    run_name = predictor.run.run.name
+    predict, build the DICOM results and store them (SR last). Errors propagate.
+    ``predictor``: a :class:`Predictor`, or a :class:`cxrfuse.serve.Service` (its
+    ``analyse_dicom``: Grad-CAM overlays and the draft report too)."""
+    run_name = _run_name(predictor)
     if resume and already_answered(client, study_uid, run_name):
         return StudyOutcome(study_uid, "skipped", f"already holds the SR of run {run_name}")
     datasets = retrieve_images(client, study_uid, modalities)
     images = [study_image(ds) for ds in datasets]
-    prediction = predictor.predict(images)
-    results = build_results(prediction, datasets, predictor, overlays=overlays, draft=draft)
-    sr, others = results[0], results[1:]
+    answer, results = analyse(predictor, images, overlays=overlays, draft=draft)
+    kinds = [object_kind(ds) for ds in results]
+    if "sr" not in kinds:
+        raise CxrfuseError("no SR was made: " + "; ".join(answer.get("warnings") or [])[-300:])
+    sr = results[kinds.index("sr")]
+    others = [ds for ds, kind in zip(results, kinds) if kind != "sr"]
+    for ds in results:  # Part 10 files (dicomweb-client writes the preamble only if set)
+        ds.preamble = ds.preamble or PREAMBLE
     stored = []
     if others:  # overlays and the draft first: the SR on the server marks a complete answer
-        client.store_instances(others, study_instance_uid=study_uid)
+        _stored(client.store_instances(others, study_instance_uid=study_uid), others)
         stored += [str(ds.SOPInstanceUID) for ds in others]
-    client.store_instances([sr], study_instance_uid=study_uid)
+    _stored(client.store_instances([sr], study_instance_uid=study_uid), [sr])
     stored.append(str(sr.SOPInstanceUID))
-    positive = [label for label in prediction.labels if prediction.decisions[label]]
+    positive = [label for label in answer["labels"] if answer["decisions"][label]]
     return StudyOutcome(study_uid, "answered",
                         f"{len(images)} image(s); positive: {', '.join(positive) or 'none'}; "
-                        f"stored {len(stored)} object(s)", stored, prediction.to_dict())  # fmt: skip
+                        f"stored {len(stored)} object(s)", stored, answer)  # fmt: skip
 
 
-def build_results(prediction: Any, datasets: Sequence[Any], predictor: Predictor, *,
-                  overlays: bool = False, draft: bool = False) -> list[Any]:  # fmt: skip
-    """The DICOM objects of one answer (SR first) from :func:`cxrfuse.interop.dicom_results`."""
-    from cxrfuse.interop import dicom_results
+def _run_name(predictor: Any) -> str:
+    inner = getattr(predictor, "predictor", predictor)  # a Service holds its Predictor
+    return str(inner.run.run.name)
 
-    return list(dicom_results(prediction, list(datasets), predictor.run.run_dir,
-                              overlays=overlays or None, draft=draft or None))  # fmt: skip
+
+def analyse(predictor: Any, images: list[StudyImage], *, overlays: bool = False,
+            draft: bool = False) -> tuple[dict[str, Any], list[Any]]:  # fmt: skip
+    """One study's JSON answer and DICOM objects (SR first): through a Service's
+    ``analyse_dicom`` when ``predictor`` is one, else :func:`cxrfuse.interop.dicom_results`
+    of the Predictor's prediction (no overlays, no draft)."""
+    if hasattr(predictor, "analyse_dicom"):
+        return predictor.analyse_dicom(images, explain=overlays, draft=draft, dicom=True)
+    if overlays or draft:
+        raise ConfigError("overlays and the draft report need a cxrfuse.serve.Service "
+                          "(cxrfuse pacs --overlays/--draft makes one)")  # fmt: skip
+    prediction = predictor.predict(images)
+    return prediction.to_dict(), dicom_results(prediction, images, predictor.run.run)
+
+
+def _stored(response: Any, sent: Sequence[Any]) -> None:
+    """A STOW-RS answer that lists failed instances is an error naming them."""
+    failed = list(getattr(response, "FailedSOPSequence", None) or [])
+    if failed:
+        uids = [str(getattr(item, "ReferencedSOPInstanceUID", "?")) for item in failed]
+        raise CxrfuseError(f"the server refused {len(failed)} of {len(sent)} object(s) "
+                           f"({', '.join(uids)})")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- many studies
-def answer_studies(run: str | Path | Predictor, url: str, *, study: str | None = None,
+def answer_studies(run: str | Path | Predictor | Any, url: str, *, study: str | None = None,
                    since: str | dt.date | None = None, date: str | dt.date | None = None,
                    modalities: str | Sequence[str] | None = DEFAULT_MODALITIES,
                    limit: int | None = None, timeout: float = DEFAULT_TIMEOUT,
@@ -325,7 +341,9 @@ def answer_studies(run: str | Path | Predictor, url: str, *, study: str | None =
     """Find the studies at the DICOMweb root ``url`` (QIDO-RS), answer each with the run
     (WADO-RS, predict, STOW-RS) and return what happened to each. A study that fails is
     recorded (``on_outcome`` sees it at once) and the next one goes on; a failure to search
-    the server at all raises a CxrfuseError naming it."""
+    the server at all raises a CxrfuseError naming it. ``run``: a run directory, a
+    :class:`Predictor`, or a :class:`cxrfuse.serve.Service` (needed for ``overlays`` /
+    ``draft``)."""
     modalities = parse_modalities(modalities)
     since_ = dicom_date(since, "--since")
     date_ = dicom_date(date, "--date")
@@ -340,8 +358,8 @@ def answer_studies(run: str | Path | Predictor, url: str, *, study: str | None =
         if problem is None:
             raise
         raise CxrfuseError(f"cannot search for studies: {problem}") from err
-    predictor = run if isinstance(run, Predictor) else Predictor(run)
-    summary = PacsSummary(url, predictor.run.run.name)
+    predictor = run if isinstance(run, Predictor) or hasattr(run, "analyse_dicom") else Predictor(run)
+    summary = PacsSummary(url, _run_name(predictor))
     if study and not found:
         summary.outcomes.append(StudyOutcome(study, "failed", "no such study on the server"))
         if on_outcome:
@@ -372,6 +390,10 @@ def study_problem(err: BaseException, url: str, timeout: float) -> str:
         return problem
     if isinstance(err, CxrfuseError):
         return str(err)
+    from pydicom.errors import InvalidDicomError
+
+    if isinstance(err, InvalidDicomError):
+        return f"the server sent an instance that is not a DICOM Part 10 file ({err})"
     if isinstance(err, OSError | ValueError):
         return f"{type(err).__name__}: {err}"
     return f"unexpected {type(err).__name__}: {err}"

@@ -71,17 +71,26 @@ def read_back_sr(url: str, study_uid: str, run_name: str) -> pydicom.Dataset:
 def _check_answered(url: str, run: Path, studies: dict[str, list[pydicom.Dataset]]) -> None:
     """Each study's SR names each label with its probability and threshold and references
     every source image; the prediction matches a local predict of the same pixels."""
-    import json
+    import io
 
-    thresholds = json.loads((run / "model.json").read_text())["thresholds"]
+    from cxrfuse.inference import Predictor, StudyImage
+
+    predictor = Predictor(run)
     for study_uid, sources in studies.items():
         sr = read_back_sr(url, study_uid, run.name)
         assert sr.StudyInstanceUID == study_uid and sr.Modality == "SR"
         content = sr_content(sr)
-        for label, threshold in thresholds.items():
+        files = []
+        for source in sources:
+            buffer = io.BytesIO()
+            pydicom.dcmwrite(buffer, source, enforce_file_format=True)
+            files.append(StudyImage(f"instance {source.SOPInstanceUID}", buffer.getvalue()))
+        local = predictor.predict(files)  # the same instances predicted here
+        for label in local.labels:
             assert any(label in text for text in content["names"] + content["codes"]
                        + content["texts"]), content  # fmt: skip
-            assert any(abs(n - threshold) < 1e-3 for n in content["numbers"]), content
+            for value in (local.probabilities[label], local.thresholds[label]):
+                assert any(abs(n - value) < 1e-4 for n in content["numbers"]), (value, content)
         for source in sources:
             assert str(source.SOPInstanceUID) in content["uids"]
 
@@ -112,6 +121,28 @@ def test_round_trip_phantom(orthanc: str, image_run: Path, phantom_pngs: list[Pa
 def test_round_trip_real_radiographs(orthanc: str, image_run: Path, real_pngs: list[Path]) -> None:
     """Real NIH radiographs (512 px), one uncompressed and one JPEG-compressed study."""
     _round_trip(orthanc, image_run, real_pngs, "20240302")
+
+
+def test_overlays_stored_before_the_sr(orthanc: str, image_run: Path,
+                                       phantom_pngs: list[Path]) -> None:  # fmt: skip
+    """``--overlays``: one Grad-CAM secondary capture per view and label, in the study, each
+    referencing its source image; the SR too."""
+    uid = generate_uid()
+    source = radiograph(phantom_pngs[2], uid, date="20240305", patient="O", syntax="jpeg")
+    store(orthanc, [source])
+    before = instance_count(orthanc)
+    result = _pacs(image_run, orthanc, "--study", uid, "--overlays")
+    assert result.exit_code == 0, result.output
+    assert "1 answered" in result.output and "stored 2 object(s)" in result.output, result.output
+    assert instance_count(orthanc) == before + 2
+    read_back_sr(orthanc, uid, image_run.name)
+    client = DICOMwebClient(orthanc)
+    captures = [ds for series in client.search_for_series(uid)
+                if series["00080060"]["Value"][0] not in ("CR", "SR")
+                for ds in client.retrieve_series(uid, series["0020000E"]["Value"][0])]  # fmt: skip
+    assert len(captures) == 1
+    refs = [str(r.ReferencedSOPInstanceUID) for r in captures[0].SourceImageSequence]
+    assert refs == [str(source.SOPInstanceUID)]
 
 
 def test_a_failing_study_does_not_stop_the_rest(orthanc: str, image_run: Path,

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from cxrfuse.cli import app
 from cxrfuse.data import read_manifest
 from cxrfuse.data.iu_xray import bundled_reports
+from dicom_files import dicom_of, phantom_radiograph
 
 runner = CliRunner()
 
@@ -561,6 +562,14 @@ CASES = [
     Case("predict", "image not an image", lambda c: (c.predict(c.run, image=_with(c.tmp / "x.png", "text")), "x.png")),
     Case("predict", "image path is a FIFO", lambda c: (c.predict(c.run, image=_fifo(c.tmp / "fifo.png")), "fifo.png: a FIFO")),
     Case("predict", "image over the pixel limit", lambda c: (c.predict(c.run, image=_huge(c)), "huge.png")),
+    Case("predict", "DICOM in an unsupported transfer syntax",
+         lambda c: (c.predict(c.run, image=_with(c.tmp / "video.dcm", dicom_of(phantom_radiograph(32), "mpeg2"))),
+                    "video.dcm: cannot read the image (unsupported DICOM transfer syntax MPEG2")),
+    Case("predict", "--sr not a .dcm file", lambda c: (c.predict(c.run) + ["--sr", str(c.tmp / "sr.json")], "--sr")),
+    Case("embed", "DICOM in an unsupported transfer syntax in a manifest",
+         lambda c: (_embed(c, _image_manifest(c, lambda p: p.write_bytes(dicom_of(phantom_radiograph(32), "mpeg2"))),
+                           "--image-encoder", "efficientnet-lite0", "--input-size", "32"), ""),
+         counted="unreadable", out="store"),
     Case("predict", "report missing", lambda c: (c.predict(c.run, report=c.tmp / "no.txt"), "no.txt")),
     Case("predict", "report not UTF-8", lambda c: (c.predict(c.run, report=_with(c.tmp / "r.txt", b"FINDINGS: \xff\xfe\n")), "r.txt")),
     Case("predict", "view not a view position",

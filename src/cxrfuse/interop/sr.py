@@ -154,7 +154,8 @@ def measurement_report(prediction: Prediction, sources: Sequence[Source], run: R
     report = MeasurementReport(
         observation_context=_observation_context(prediction.run, device_uid),
         procedure_reported=cx.PROCEDURE, imaging_measurements=groups,
-        title=codes.cid7021.ImagingMeasurementReport, referenced_images=evidence)  # fmt: skip
+        title=codes.cid7021.ImagingMeasurementReport,
+        referenced_images=[s.library_header() for s in sources])  # fmt: skip
     root = report[0]
     texts = [_text(cx.MODEL_FACT, fact) for fact in model_facts(run)]
     if prediction.threshold_method:

@@ -254,9 +254,9 @@ class Service:
                                                explain=explain, draft=draft)  # fmt: skip
             if not dicom:
                 return answer, []
-            shown = [o for o in answer.get("overlays") or [] if o.get("shown", True)]
-            try:
-                objs = dicom_results(prediction, images, self.run.run, overlays=shown,
+            try:  # every overlay: a map not shown is a panel that says why (burned in)
+                objs = dicom_results(prediction, images, self.run.run,
+                                     overlays=answer.get("overlays") or [],
                                      draft=answer.get("report_draft"))  # fmt: skip
             except Exception as err:  # noqa: BLE001 - never lose the prediction to it
                 answer["warnings"].append(failure("the DICOM objects", err))

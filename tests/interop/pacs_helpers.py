@@ -30,10 +30,11 @@ MPEG2 = UID("1.2.840.10008.1.2.4.100")  # MPEG2 Main Profile @ Main Level: no py
 
 def radiograph(png: Path | np.ndarray, study_uid: str, *, syntax: str = "explicit",
                date: str = "20240102", patient: str = "PACS1", modality: str = "CR",
-               view: str = "PA", pixels: bool = True) -> Dataset:  # fmt: skip
+               view: str = "PA", pixels: bool = True, geometry: bool = True) -> Dataset:  # fmt: skip
     """A CR instance of a grayscale image: ``syntax`` ``explicit`` (uncompressed), ``jpeg``
     (JPEG baseline, the PNG re-encoded by Pillow at quality 90) or ``mpeg2`` (bytes no
-    decoder reads); ``pixels=False`` leaves the pixel data out."""
+    decoder reads); ``pixels=False`` leaves the pixel data out; ``geometry=False`` the
+    Patient Orientation and Imager Pixel Spacing (a PNG converted knows neither)."""
     array = np.asarray(Image.open(png).convert("L")) if isinstance(png, Path) else png
     ds = Dataset()
     ds.preamble = b"\x00" * 128  # a Part 10 file, as a modality sends it
@@ -46,8 +47,8 @@ def radiograph(png: Path | np.ndarray, study_uid: str, *, syntax: str = "explici
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
     ds.Modality, ds.ViewPosition, ds.BodyPartExamined = modality, view, "CHEST"
-    # a PA chest film; highdicom's SR image library reads both (CR: Type 2C and 3)
-    ds.PatientOrientation, ds.ImagerPixelSpacing = ["L", "F"], [0.5, 0.5]
+    if geometry:  # a PA chest film (CR: Type 2C and 3)
+        ds.PatientOrientation, ds.ImagerPixelSpacing = ["L", "F"], [0.5, 0.5]
     ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = patient, "Test^Pacs", "", "O"
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = date, "120000", "1", "A" + patient
     ds.ReferringPhysicianName = ""

@@ -23,6 +23,7 @@ from typing import Any
 
 from cxrfuse.files import write_json
 from cxrfuse.inference import Prediction
+from cxrfuse.interop.sr import cxrfuse_version
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import RunDir
 from cxrfuse.rundir.modelcard import INTENDED_USE, card_metadata
@@ -39,12 +40,6 @@ DICOM_UID = "urn:dicom:uid"
 BUNDLE_TYPES = ("collection", "transaction")
 SYNTHETIC = ("SYNTHETIC: this model was trained on synthetic phantom images, not radiographs; "
              "its output says nothing about real patients.")
-
-
-def _version() -> str:
-    import cxrfuse
-
-    return str(cxrfuse.__version__)
 
 
 def _urn() -> str:
@@ -88,7 +83,7 @@ def _device(prediction: Prediction, facts: dict[str, Any]) -> dict[str, Any]:
         "manufacturer": "cxrfuse",
         "deviceName": [{"name": f"cxrfuse {prediction.run}", "type": "model-name"}],
         "type": {"text": "AI chest X-ray classification model (research use only)"},
-        "version": [{"type": {"text": "cxrfuse"}, "value": _version()},
+        "version": [{"type": {"text": "cxrfuse"}, "value": cxrfuse_version()},
                     {"type": {"text": "run"}, "value": prediction.run}],
         "note": [{"text": n} for n in notes],
     }

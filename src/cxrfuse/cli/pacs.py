@@ -41,11 +41,14 @@ def pacs_cmd(
     from cxrfuse.interop.pacs import StudyOutcome, answer_studies
 
     def report(outcome: StudyOutcome) -> None:
-        if outcome.status == "failed":
-            tqdm.write(f"error: study {outcome.study_uid}: {outcome.message}", file=_stderr())
+        """One line per study: above a live bar on a terminal, a plain line in a log."""
+        prefix = "error" if outcome.status == "failed" else outcome.status
+        line = f"{prefix}: study {outcome.study_uid}: {outcome.message}"
+        stream = _stderr()
+        if stream.isatty():
+            tqdm.write(line, file=stream)
         else:
-            tqdm.write(f"{outcome.status}: study {outcome.study_uid}: {outcome.message}",
-                       file=_stderr())
+            print(line, file=stream, flush=True)
 
     run: object = run_dir
     if overlays or draft:  # Grad-CAM and the draft report come from the serving stage
@@ -57,11 +60,11 @@ def pacs_cmd(
                              overlays=overlays, draft=draft, resume=not redo,
                              on_outcome=report)  # fmt: skip
     style = "red" if summary.failed else "green"
-    console.print(f"[{style}]{_escape(summary.line())}[/]", highlight=False)
+    console.print(f"[{style}]{_escape(summary.line())}[/]", highlight=False, soft_wrap=True)
     if summary.failed:
         err_console.print(f"{len(summary.failed)} stud{'y' if len(summary.failed) == 1 else 'ies'} "
                           "failed (listed above); a rerun retries them and skips the answered "
-                          "ones", highlight=False)
+                          "ones", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
 

@@ -393,7 +393,8 @@ def study_problem(err: BaseException, url: str, timeout: float) -> str:
     from pydicom.errors import InvalidDicomError
 
     if isinstance(err, InvalidDicomError):
-        return f"the server sent an instance that is not a DICOM Part 10 file ({err})"
+        return ("the server sent an instance that is not a DICOM Part 10 file (no preamble and "
+                "'DICM' prefix: it was stored without one); it cannot be read")
     if isinstance(err, OSError | ValueError):
         return f"{type(err).__name__}: {err}"
     return f"unexpected {type(err).__name__}: {err}"

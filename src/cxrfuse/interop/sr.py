@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import highdicom as hd
@@ -104,16 +105,17 @@ def _text(name: CodedConcept, value: str) -> TextContentItem:
 
 
 def _source_notes(sources: Sequence[Source], read: set[str]) -> list[str]:
-    notes = []
+    notes = []  # file names only: a local path may name a patient or a folder of the site
     for s in sources:
+        name = Path(s.name).name
         state = "read by the model" if s.name in read else "not read by the model"
         if s.generated:
-            notes.append(f"{s.name}: PNG/JPEG without a DICOM header ({state}); its UIDs "
+            notes.append(f"{name}: PNG/JPEG without a DICOM header ({state}); its UIDs "
                          f"(SOP Instance {s.sop_instance_uid}) were {UID_ROOT_NOTE}, and its "
                          "patient/study attributes copied from the study's DICOM images or "
                          "left empty")  # fmt: skip
         else:
-            notes.append(f"{s.name}: DICOM SOP Instance {s.sop_instance_uid} ({state})")
+            notes.append(f"{name}: DICOM SOP Instance {s.sop_instance_uid} ({state})")
     return notes
 
 
@@ -141,8 +143,7 @@ def measurement_report(prediction: Prediction, sources: Sequence[Source], run: R
             finding_type=finding,
             algorithm_id=algorithm,
             measurements=[
-                Measurement(name=cx.PROBABILITY, value=probability, unit=cx.NO_UNITS,
-                            algorithm_id=algorithm),
+                Measurement(name=cx.PROBABILITY, value=probability, unit=cx.NO_UNITS),
                 Measurement(name=cx.THRESHOLD, value=threshold, unit=cx.NO_UNITS),
             ],
             qualitative_evaluations=[QualitativeEvaluation(
@@ -158,13 +159,8 @@ def measurement_report(prediction: Prediction, sources: Sequence[Source], run: R
         referenced_images=[s.library_header() for s in sources])  # fmt: skip
     root = report[0]
     texts = [_text(cx.MODEL_FACT, fact) for fact in model_facts(run)]
-    if prediction.threshold_method:
-        texts.append(_text(cx.MODEL_FACT, f"threshold method: {prediction.threshold_method}"))
     texts += [_text(cx.SOURCE_NOTE, note) for note in _source_notes(sources, read)]
     texts += [_text(cx.WARNING, warning) for warning in prediction.warnings]
-    for label, kinds in (prediction.verdicts or {}).items():
-        if kinds:
-            texts.append(_text(cx.WARNING, f"{label}: test-set verdicts {', '.join(kinds)}"))
     root.ContentSequence.extend(texts)
     sr = hd.sr.ComprehensiveSR(
         evidence=evidence, content=report,

@@ -366,7 +366,7 @@ def answer_studies(run: str | Path | Predictor | Any, url: str, *, study: str | 
             on_outcome(summary.outcomes[-1])
     from tqdm.auto import tqdm
 
-    bar = tqdm(found, desc="studies", unit="study", disable=not progress)
+    bar = tqdm(found, desc="studies", unit="study", disable=not progress, **_bar_settings())
     for item in bar:
         uid = str(_value(item, STUDY_UID))
         try:
@@ -381,6 +381,23 @@ def answer_studies(run: str | Path | Predictor | Any, url: str, *, study: str | 
             on_outcome(outcome)
     bar.close()
     return summary
+
+
+def _bar_settings() -> dict[str, Any]:
+    """tqdm's ``TQDM_*`` settings as they are now (tqdm reads them once, when it is first
+    imported: a log's one-line-per-update format set by the CLI afterwards would be missed)."""
+    import os
+
+    out: dict[str, Any] = {}
+    if os.environ.get("TQDM_BAR_FORMAT"):
+        out["bar_format"] = os.environ["TQDM_BAR_FORMAT"]
+    if os.environ.get("TQDM_ASCII"):
+        out["ascii"] = os.environ["TQDM_ASCII"]
+    try:
+        out["mininterval"] = float(os.environ["TQDM_MININTERVAL"])
+    except (KeyError, ValueError):
+        pass
+    return out
 
 
 def study_problem(err: BaseException, url: str, timeout: float) -> str:

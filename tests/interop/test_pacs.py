@@ -170,6 +170,20 @@ def test_a_failing_study_does_not_stop_the_rest(orthanc: str, image_run: Path,
     assert instance_count(orthanc) == before  # nothing stored, nothing lost
 
 
+def test_since_and_limit_answer_the_oldest(orthanc: str, image_run: Path,
+                                           phantom_pngs: list[Path]) -> None:  # fmt: skip
+    """``--since`` finds the studies of that day and later; ``--limit 1`` takes the oldest."""
+    newer, older = generate_uid(), generate_uid()
+    store(orthanc, [radiograph(phantom_pngs[0], newer, date="20240308", patient="N", pixels=False),
+                    radiograph(phantom_pngs[0], older, date="20240307", patient="O", pixels=False)])
+    result = _pacs(image_run, orthanc, "--since", "2024-03-07", "--limit", "1")
+    assert "1 study found" in result.output, result.output
+    errors = _errors(result.output)
+    assert len(errors) == 1 and older in errors[0], result.output
+    both = _pacs(image_run, orthanc, "--since", "2024-03-07")
+    assert "2 studies found" in both.output and len(_errors(both.output)) == 2, both.output
+
+
 def test_a_study_without_radiographs(orthanc: str, image_run: Path,
                                      phantom_pngs: list[Path]) -> None:  # fmt: skip
     uid = generate_uid()

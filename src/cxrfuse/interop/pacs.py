@@ -182,14 +182,14 @@ def find_studies(client: Any, *, study: str | None = None, since: str | None = N
     elif since:
         filters[STUDY_DATE] = f"{since}-"
     found: dict[str, dict[str, Any]] = {}
-    page = min(limit or QIDO_PAGE, QIDO_PAGE)
+    page = QIDO_PAGE  # all of them, then the oldest ``limit``
     while True:  # page by offset; a server that ignores the offset ends it (no new study)
         batch = client.search_for_studies(search_filters=filters, limit=page, offset=len(found),
                                           fields=["ModalitiesInStudy", "StudyDate", "PatientID"])
         new = {str(_value(s, STUDY_UID)): s for s in batch
                if _value(s, STUDY_UID) and str(_value(s, STUDY_UID)) not in found}  # fmt: skip
         found |= new
-        if not new or len(batch) < page or (limit and len(found) >= limit):
+        if not new or len(batch) < page:
             break
     studies = sorted(found.values(),
                      key=lambda s: (str(_value(s, STUDY_DATE) or ""), str(_value(s, STUDY_UID))))

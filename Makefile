@@ -29,7 +29,7 @@ system-deps:  ## Debian packages the tests use: a JRE for METEOR, Chromium for t
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "note: no chromium on PATH: the browser test of cxrfuse serve is skipped (install chromium)"; fi; }
-	@command -v Orthanc >/dev/null 2>&1 && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
+	@{ command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb; \
 	  else echo "note: no Orthanc with its DICOMweb plugin: the PACS round-trip tests are skipped (install orthanc orthanc-dicomweb)"; fi; }

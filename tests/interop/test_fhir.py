@@ -81,3 +81,15 @@ def test_fhir_refuses_what_is_no_prediction() -> None:
         fhir_bundle({"run": "x", "labels": ["a"], "probabilities": {"a": 0.2},
                      "thresholds": {"a": 0.5}, "threshold_method": None,
                      "decisions": {"a": False}, "warnings": []}, bundle_type="batch")  # fmt: skip
+
+
+def test_predict_fhir_beside_the_sr(image_run: Path, phantom_pngs: list[Path],
+                                    tmp_path: Path) -> None:  # fmt: skip
+    """``--fhir`` with ``--sr``: both written, from the same answer."""
+    out, sr = tmp_path / "a.fhir.json", tmp_path / "a.dcm"
+    result = runner.invoke(app, ["predict", str(image_run), "--image", str(phantom_pngs[1]),
+                                 "--sr", str(sr), "--fhir", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["dicom_files"] == [str(sr)] and sr.is_file()
+    _check_bundle(json.loads(out.read_text()), answer, image_run.name)

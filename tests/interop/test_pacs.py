@@ -223,3 +223,23 @@ def test_options_are_checked() -> None:
         parse_modalities("CR;DX")
     with pytest.raises(CxrfuseError, match="--url 'ftp://x'"):
         answer_studies("unused", "ftp://x")
+
+
+def test_only_the_runs_own_sr_marks_a_study_answered(image_run: Path,
+                                                     phantom_pngs: list[Path]) -> None:  # fmt: skip
+    """The machine-draft SR and another run's SR do not make a study count as answered."""
+    import io
+
+    from cxrfuse.inference import Predictor, StudyImage
+    from cxrfuse.interop import dicom_results
+    from cxrfuse.interop.pacs import is_run_sr
+
+    ds = radiograph(phantom_pngs[0], generate_uid())
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    images = [StudyImage("a", buffer.getvalue())]
+    prediction = Predictor(image_run).predict(images)
+    sr, draft = dicom_results(prediction, images, image_run, draft="No acute disease.")
+    assert is_run_sr(sr.to_json_dict(), image_run.name)
+    assert not is_run_sr(draft.to_json_dict(), image_run.name)
+    assert not is_run_sr(sr.to_json_dict(), "another-run")

@@ -243,3 +243,30 @@ def test_only_the_runs_own_sr_marks_a_study_answered(image_run: Path,
     assert is_run_sr(sr.to_json_dict(), image_run.name)
     assert not is_run_sr(draft.to_json_dict(), image_run.name)
     assert not is_run_sr(sr.to_json_dict(), "another-run")
+
+
+def test_draft_and_overlays_stored_with_the_sr(orthanc: str, image_run: Path, tiny_phantoms: Path,
+                                              phantom_pngs: list[Path], tmp_path: Path) -> None:  # fmt: skip
+    """``--draft --overlays`` on a run with a retrieval generator: the machine-draft SR and the
+    secondary capture are stored, then the SR; the study then counts as answered."""
+    import shutil
+
+    from cxrfuse.generation.pipeline import generate_retrieval
+    from cxrfuse.rundir import RunDir
+
+    run = shutil.copytree(image_run, tmp_path / "drafting")
+    generate_retrieval(RunDir(run).generation_dir("retrieval").path, manifest=tiny_phantoms,
+                       store=image_run.parents[1] / "store", image_encoder="efficientnet-lite0",
+                       input_size=64, k=3, consensus="medoid",
+                       score={"n_boot": 5, "n_boot_language": 5, "meteor": False},
+                       progress=False)  # fmt: skip
+    uid = generate_uid()
+    store(orthanc, [radiograph(phantom_pngs[3], uid, date="20240309", patient="D")])
+    before = instance_count(orthanc)
+    result = _pacs(run, orthanc, "--study", uid, "--draft", "--overlays")
+    assert result.exit_code == 0, result.output
+    assert "stored 3 object(s)" in result.output, result.output
+    assert instance_count(orthanc) == before + 3
+    read_back_sr(orthanc, uid, run.name)
+    again = _pacs(run, orthanc, "--study", uid, "--draft", "--overlays")
+    assert "0 answered, 1 skipped" in again.output and instance_count(orthanc) == before + 3

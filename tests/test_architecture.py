@@ -36,7 +36,8 @@ LAYERS: list[set[str]] = [
     {"cli"},
 ]
 """A package may import packages of earlier layers only (and itself)."""
-FORBIDDEN = {"generation": ("cxrfuse.training",), "serve": ("cxrfuse.training",)}
+FORBIDDEN = {"generation": ("cxrfuse.training",), "serve": ("cxrfuse.training",),
+             "interop": ("cxrfuse.training",)}
 """Stages that must not reach into another stage's internals."""
 
 

@@ -321,6 +321,43 @@ def _pickled_weights(c: Ctx) -> Path:
     return path
 
 
+def _dicomweb(mode: str) -> str:
+    """A fake DICOMweb root on loopback (a daemon thread for the rest of the session): ``500``
+    answers HTTP 500, ``hang`` never answers; ``*-after-search`` finds study 1.2.3.4.5 first;
+    ``no-series`` finds it and then reports no series in it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    study = [{"0020000D": {"vr": "UI", "Value": ["1.2.3.4.5"]}}]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0].rstrip("/")
+            found = path.endswith("/studies") and mode != "500" and mode != "hang"
+            if mode.startswith("hang") and not found:
+                threading.Event().wait(30)
+                return
+            status, body = (200, json.dumps(study if found else []).encode()) if (
+                found or mode == "no-series") else (500, b"Internal Server Error")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+
+
+def _pacs(c: Ctx, mode: str, *args: str) -> list[str]:
+    return ["pacs", str(c.run), "--url", _dicomweb(mode), "--timeout", "1", *args]
+
+
 def _huge_png(path: Path) -> None:
     Image.new("L", (8000, 7000)).save(path)  # 56 MP, over data.images.MAX_PIXELS
 
@@ -540,6 +577,14 @@ CASES = [
     Case("predict", "more views than images",
          lambda c: (c.predict(c.run) + ["--view", "PA", "--view", "L"], "2 view(s) given for 1 image(s)")),
     Case("predict", "no image given", lambda c: (["predict", str(c.run), "--report", str(c.report())], "at least one image")),
+    # ------------------------------------------------------------------ pacs (DICOMweb)
+    Case("pacs", "DICOMweb server answers 500", lambda c: (_pacs(c, "500"), "cannot search for studies: the DICOMweb server answered HTTP 500")),
+    Case("pacs", "DICOMweb server never answers", lambda c: (_pacs(c, "hang"), "did not answer within 1 s")),
+    Case("pacs", "a study the server fails with 500", lambda c: (_pacs(c, "500-after-search"), "study 1.2.3.4.5: the DICOMweb server answered HTTP 500")),
+    Case("pacs", "a study whose retrieval times out", lambda c: (_pacs(c, "hang-after-search"), "study 1.2.3.4.5: the DICOMweb server at")),
+    Case("pacs", "a study with no image instances", lambda c: (_pacs(c, "no-series"), "study 1.2.3.4.5: no image instances of modality CR/DX")),
+    Case("pacs", "url not http", lambda c: (["pacs", str(c.run), "--url", "ftp://pacs/dicom-web"], "--url 'ftp://pacs/dicom-web'")),
+    Case("pacs", "since not a date", lambda c: (["pacs", str(c.run), "--url", "http://127.0.0.1:9/dicom-web", "--since", "31/01/2024"], "--since '31/01/2024'")),
     # ------------------------------------------------------------------ evaluate / report / explain
     Case("evaluate", "predictions.parquet corrupt", lambda c: (["evaluate", str(_break(c.run_copy(), "predictions.parquet", "x")), "--n-boot", "5"], "predictions.parquet")),
     Case("evaluate", "a patient in two splits",

@@ -26,7 +26,7 @@ PIPELINE: dict[str, tuple[str, ...]] = {
     "2. Embeddings": ("embed", "encoders"),
     "3. Training": ("train", "experiment", "sweep"),
     "4. Evaluation and explanations": ("evaluate", "report", "explain", "attribute"),
-    "5. Using a run": ("predict", "serve", "export"),
+    "5. Using a run": ("predict", "serve", "export", "pacs"),
     "6. CLIP and report generation": ("clip", "generate"),
     "7. End to end": ("demo",),
 }
@@ -170,3 +170,4 @@ def main() -> None:  # pragma: no cover - entry point
 
 # verb modules register themselves on ``app`` when imported (keep this list in pipeline order)
 from cxrfuse.cli import data, embed, train, sweep, evaluate, explain, clip, generate, serve, share, demo  # noqa: F401, I001
+from cxrfuse.cli import pacs  # noqa: F401

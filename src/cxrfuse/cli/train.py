@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -190,6 +190,7 @@ def predict_cmd(
     image_weights: Annotated[Path | None, typer.Option(help="Image-encoder weights file, for a run trained with local weights (a model file never names one itself).")] = None,
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime: the run's model.onnx (`cxrfuse export RUN --to DIR --format onnx`) runs image encoder + head.")] = "torch",
     explain: Annotated[Path | None, typer.Option("--explain", help="Also write Grad-CAM overlays (one PNG per view and label, fixed colour scale) and the image vs report attribution into this folder; a failure of either is a warning, never a lost prediction.")] = None,
+    fhir: Annotated[Path | None, typer.Option("--fhir", metavar="OUT.json", help="Also write the answer as a FHIR R4 Bundle: a DiagnosticReport, one Observation per label, a Device for the run (docs/dicom.md).")] = None,
     sr: Annotated[Path | None, typer.Option("--sr", help="Also write the result as a DICOM Structured Report (TID 1500 measurement report, Comprehensive SR) to this .dcm file (docs/dicom.md).")] = None,
     overlays: Annotated[Path | None, typer.Option("--overlays", help="Also write the Grad-CAM overlays as DICOM Secondary Capture images (burned-in map and colour bar, referencing their source image) into this folder.")] = None,
     draft_sr: Annotated[bool, typer.Option("--draft-sr", help="With --sr: also write the run's draft report (retrieval generator) as a separate SR marked as an unverified machine draft, next to OUT (OUT-draft.dcm).")] = False,
@@ -218,11 +219,13 @@ def predict_cmd(
     images = [StudyImage.from_path(p) for p in image or []]
     predictor = Predictor(run_dir, image_weights=image_weights, backend=backend)
     if sr is not None or overlays is not None:
-        _predict_dicom(predictor, run_dir, images, text, indication, view, explain, sr,
-                       overlays, draft_sr)  # fmt: skip
+        answer = _predict_dicom(predictor, run_dir, images, text, indication, view, explain, sr,
+                                overlays, draft_sr)  # fmt: skip
+        _write_fhir(fhir, answer, run_dir)
         return
     if explain is None:
         result = predictor.predict(images, report=text, indication=indication, views=view or None)
+        _write_fhir(fhir, result, run_dir)
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     from cxrfuse.serve.service import Service, write_overlays
@@ -230,12 +233,22 @@ def predict_cmd(
     answer = Service(run_dir, predictor=predictor).analyse(
         images, report=text, indication=indication, views=view or None, explain=True, draft=False)
     write_overlays(answer, explain)
+    _write_fhir(fhir, answer, run_dir)
     typer.echo(json.dumps(answer, indent=2))
+
+
+def _write_fhir(path: Path | None, answer: Any, run_dir: Path) -> None:
+    """``predict --fhir``: the answer as a FHIR R4 Bundle."""
+    if path is not None:
+        from cxrfuse.interop.fhir import write_fhir
+
+        write_fhir(answer, path, run=run_dir)
+        err_console.print(f"FHIR R4 bundle written to {path}")
 
 
 def _predict_dicom(predictor, run_dir: Path, images: list, text: str | None,
                    indication: str | None, view: list[str] | None, explain: Path | None,
-                   sr: Path | None, overlays: Path | None, draft_sr: bool) -> None:  # fmt: skip
+                   sr: Path | None, overlays: Path | None, draft_sr: bool) -> dict:  # fmt: skip
     """``predict --sr/--overlays``: the answer as JSON, then its DICOM objects written (the
     JSON is printed first, so a failed write loses no prediction)."""
     from cxrfuse.interop import object_kind, write_dicom
@@ -264,4 +277,5 @@ def _predict_dicom(predictor, run_dir: Path, images: list, text: str | None,
                                         overlays))  # fmt: skip
     answer["dicom_files"] = written
     typer.echo(json.dumps(answer, indent=2))
+    return answer
 

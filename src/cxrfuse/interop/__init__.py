@@ -1,4 +1,5 @@
 """Results a hospital system can read: DICOM objects of one prediction (docs/dicom.md).
+FHIR R4: :mod:`cxrfuse.interop.fhir`; a DICOMweb PACS round trip: :mod:`cxrfuse.interop.pacs`.
 
     from cxrfuse.interop import dicom_results, write_dicom
 

@@ -109,6 +109,11 @@ class Prediction:
     """Per label, the kinds of the run's test-set verdicts (``chance``, ``trivial``, ...):
     a label with ``chance`` or ``trivial`` has decisions no better than a trivial rule."""
 
+    @property
+    def blank(self) -> bool:
+        """Whether every view the head read is blank (:func:`is_blank`; False with none read)."""
+        return bool(self.pixels) and all(is_blank(p) for p in self.pixels)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON fields (not the model inputs: ``asdict`` would deep-copy every tensor)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)
@@ -143,6 +148,21 @@ def upload_order_views(reads: list[ViewRead]) -> list[ViewRead]:
             read.view = "FRONTAL" if free.pop(0) == "frontal" else "LATERAL"
             read.view_source = UPLOAD_ORDER
     return reads
+
+
+def is_blank(pixels: np.ndarray) -> bool:
+    """Whether a view's model-input pixels are all one value (a blank, black or white image)."""
+    return pixels.size > 0 and int(pixels.min()) == int(pixels.max())
+
+
+def blank_view_warnings(reads: Sequence[ViewRead], pixels: Sequence[np.ndarray]) -> list[str]:
+    """A warning for each view the head reads whose model input is one flat value: the model
+    sees no anatomy in it, so its probabilities carry no image evidence. ``pixels`` are in
+    slot order (:meth:`Predictor.image_inputs`)."""
+    read = sorted((r for r in reads if r.slot is not None), key=lambda r: r.slot)  # type: ignore[arg-type, return-value]
+    return [f"{r.name}: blank image (every pixel the model reads is {int(p.flat[0])}): it shows "
+            "no anatomy, so the probabilities carry no evidence from it"
+            for r, p in zip(read, pixels) if is_blank(p)]  # fmt: skip
 
 
 def run_verdicts(run: RunDir) -> list[Verdict]:
@@ -457,6 +477,7 @@ class Predictor:
                          f"{r.view.lower()} from the upload order (frontal first, then lateral): "
                          "give the views to be sure" for r in reads if r.view_source == UPLOAD_ORDER]
             warnings += self._view_kind_warnings(reads)
+            warnings += blank_view_warnings(reads, pixels)
             for kind in self.empty_slots(reads):
                 warnings.append(f"no {kind} view given: the {kind} slot of this model "
                                 f"({self.run.sidecar.image.views} view fusion) is left empty "

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from battery_inputs import tiny_run_config
+from battery_inputs import copy_run, tiny_run_config
 from typer.testing import CliRunner
 
 from cxrfuse.cli import app
@@ -140,6 +140,21 @@ def test_two_trains_of_one_config_both_finish(battery_phantoms: Path, tmp_path: 
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     predict = runner.invoke(app, ["evaluate", str(run), "--n-boot", "5"])
     assert predict.exit_code == 0, predict.output
+
+
+def test_evaluate_waits_for_the_writer_of_its_run(battery_run: Path, tmp_path: Path) -> None:
+    """``cxrfuse evaluate`` takes the run directory's lock: while another writer holds it, it
+    says whom it waits for and evaluates once the lock is free."""
+    from cxrfuse.files import folder_lock
+
+    run = copy_run(battery_run, tmp_path / "run")
+    with folder_lock(run, "test"):
+        proc = _cli("evaluate", str(run), "--n-boot", "5", "--no-leakage")
+        time.sleep(3)
+        assert proc.poll() is None  # still waiting
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()  # type: ignore[union-attr]
+    assert f"waiting for the lock held by pid {os.getpid()}" in proc.stderr.read()  # type: ignore[union-attr]
+    assert json.loads((run / "metrics.json").read_text())["n_boot"] == 5
 
 
 def test_no_wait_names_the_holder_and_a_killed_holder_is_taken_over(

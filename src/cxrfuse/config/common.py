@@ -56,7 +56,7 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def load_yaml(text: str) -> Any:
+def load_yaml(text: str | bytes) -> Any:
     """YAML as :func:`yaml.safe_load` reads it, aliases refused."""
     return yaml.load(text, Loader=_NoAliasLoader)
 
@@ -175,9 +175,12 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = load_yaml(path.read_text())
+        raw = load_yaml(path.read_bytes())  # bytes: PyYAML reads UTF-16 / UTF-8 with a BOM too
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    except RecursionError as err:
+        raise ConfigError(f"{path}: nested too deeply to be a config (lists or mappings "
+                          "inside each other hundreds of levels down)") from err
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -53,6 +53,10 @@ DEFAULT_THRESHOLD = 0.5
 MIN_SIDE = 256
 """Views with a shorter side than this (or than the model input) are reported as unusual."""
 MAX_ASPECT = 1.6
+MAX_TEXT_CHARS = 20_000
+"""Longest report (or indication, comparison) predicted on: a chest radiograph report is a
+few thousand characters at most; a longer text is refused before any text work (a 5 MB one
+once ran for minutes in section parsing and masking)."""
 """Views longer than this ratio lose much of themselves to the central square crop."""
 
 
@@ -189,10 +193,22 @@ def _thresholds(run: LoadedRun) -> tuple[dict[str, float], str | None, list[str]
     return thresholds, method, warnings
 
 
+def check_text_length(where: str | None = None, **fields: str | None) -> None:
+    """A DataError naming the field (or ``where``: the file it came from) when a text is longer
+    than :data:`MAX_TEXT_CHARS`."""
+    for name, value in fields.items():
+        if value is not None and len(value) > MAX_TEXT_CHARS:
+            raise DataError(f"{where or name}: {len(value):,} characters, over the limit of "
+                            f"{MAX_TEXT_CHARS:,} for a {name} (a chest radiograph report is a few "
+                            "thousand); give the study's report alone")  # fmt: skip
+
+
 def study_text(report: str | None = None, indication: str | None = None,
                comparison: str | None = None) -> str | None:  # fmt: skip
     """One report text with section headings from a full ``report`` and/or the separate
-    ``indication`` and ``comparison`` fields (None when all are empty)."""
+    ``indication`` and ``comparison`` fields (None when all are empty); a field over
+    :data:`MAX_TEXT_CHARS` is a DataError naming it."""
+    check_text_length(report=report, indication=indication, comparison=comparison)
     parts = [f"{name.upper()}: {value.strip()}"
              for name, value in (("comparison", comparison), ("indication", indication))
              if value and value.strip()]  # fmt: skip
@@ -450,6 +466,7 @@ class Predictor:
         """Probabilities, thresholds, decisions and warnings for one study: its images
         (frontal first, then lateral, unless ``views`` or DICOM headers say which is which)
         and its text (a full ``report`` with headings, or ``indication`` / ``comparison``)."""
+        check_text_length(report=report, indication=indication, comparison=comparison)  # first
         study = [im if isinstance(im, StudyImage) else StudyImage.from_path(im) for im in images]
         if views is not None:
             if len(views) != len(study):

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cxrfuse.inference import StudyImage
+from cxrfuse.inference.predict import MAX_TEXT_CHARS
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.serve.page import PAGE
 from cxrfuse.serve.service import Service
@@ -50,7 +51,7 @@ class Limits:
 
     max_request_bytes: int = 64 * 1024 * 1024
     max_images: int = 8
-    max_text_chars: int = 20_000
+    max_text_chars: int = MAX_TEXT_CHARS
     max_concurrency: int = 2
     queue_timeout_s: float = 30.0
     body_timeout_s: float = 60.0

@@ -102,3 +102,16 @@ def test_near_duplicates_benchmark_runs(tmp_path: Path) -> None:
     assert "| byte-identical copy " in proc.stdout and "6/6" in proc.stdout
     same = next(line for line in proc.stdout.splitlines() if line.startswith("| same patient"))
     assert same.split("|")[2].strip() == "3"  # patients 0, 1, 2 have two images each
+
+
+def test_upload_memory_runs_both_scalings(tmp_path: Path) -> None:
+    """benchmarks/upload_memory.py on a small 16-bit PNG: a row per path and scaling."""
+    path = tmp_path / "upload.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "upload_memory.py"), "--side",
+                           "300", "--repeats", "1", "--tmp", str(tmp_path), "--json", str(path)],
+                          capture_output=True, text=True, env=_env(), timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(path.read_text())["rows"]
+    assert {(r["path"], r["scaling"]) for r in rows} == {
+        (p, s) for p in ("model input", "full size") for s in ("wide", "blocks")}
+    assert all(r["peak_mib"][0] >= 0 for r in rows)

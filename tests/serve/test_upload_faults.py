@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from serve_helpers import png_as_dicom
-from upload_mutations import dicom_mutations, png_mutations
+from upload_mutations import dicom_mutations, jpeg_mutations, png_mutations
 
 from cxrfuse.data.images import scale16_to8
 from cxrfuse.serve import Limits, Service, create_app
@@ -43,13 +43,22 @@ def post(client: TestClient, name: str, data: bytes, **form: str):
                        data={"indication": "Cough.", "draft": "false", **form})  # fmt: skip
 
 
+def as_jpeg(path: str | Path) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.open(path).convert("L").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
 def fuzz(client: TestClient, sources: dict[str, bytes], seed: int) -> Counter:
     """Every mutation of every source uploaded once: the status codes; a 500 or a 4xx whose
     message does not name the upload (on one line) fails the test with the mutation."""
     rng, statuses = random.Random(seed), Counter()
     for source, data in sources.items():
-        kind = "dcm" if source.endswith(".dcm") else "png"
-        mutations = dicom_mutations(data, rng) if kind == "dcm" else png_mutations(data, rng)
+        kind = source.rsplit(".", 1)[-1]
+        mutate = {"dcm": dicom_mutations, "png": png_mutations, "jpg": jpeg_mutations}[kind]
+        mutations = mutate(data, rng)
         for n, (label, mutated) in enumerate(mutations):
             name = f"m{n}.{kind}"
             answer = post(client, name, mutated)
@@ -64,7 +73,7 @@ def fuzz(client: TestClient, sources: dict[str, bytes], seed: int) -> Counter:
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's on each damaged element
 def test_mutated_phantom_uploads_never_get_a_500(client: TestClient, test_study: dict) -> None:
     png = Path(test_study["frontal"]).read_bytes()
-    statuses = fuzz(client, {"phantom.png": png,
+    statuses = fuzz(client, {"phantom.png": png, "phantom.jpg": as_jpeg(test_study["frontal"]),
                              "phantom.dcm": png_as_dicom(test_study["frontal"], window=(2000, 4000))}, 0)
     assert sum(statuses.values()) >= 150 and statuses[400] >= 100, statuses
     assert statuses[200] >= 10, statuses  # harmless mutations (a bad IDAT CRC) still predict
@@ -74,7 +83,7 @@ def test_mutated_phantom_uploads_never_get_a_500(client: TestClient, test_study:
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_mutated_real_radiographs_never_get_a_500(client: TestClient) -> None:
     path = min(SHARED_IMAGES.rglob("*.png"))
-    statuses = fuzz(client, {"real.png": path.read_bytes(),
+    statuses = fuzz(client, {"real.png": path.read_bytes(), "real.jpg": as_jpeg(path),
                              "real.dcm": png_as_dicom(str(path), window=(2000, 4000))}, 1)
     assert sum(statuses.values()) >= 150 and statuses[400] >= 100, statuses
 

@@ -1,7 +1,8 @@
 """Deterministic mutations of real PNG and DICOM uploads (the faults a damaged or hostile
 upload has): PNG chunks with a bad CRC, length or truncated data, IHDR sizes from zero to
 10^10 pixels; DICOM elements with several values (``Rows`` of ``512\\512``), an unknown VR, an
-odd length, missing pixel data, junk rescale and window values; random byte changes and cuts."""
+odd length, missing pixel data, junk rescale and window values; JPEG frame sizes; random byte
+changes and cuts."""
 
 from __future__ import annotations
 
@@ -153,6 +154,18 @@ def dicom_mutations(data: bytes, rng: random.Random, n_random: int = 10) -> Iter
                           (b"1.2.840.10008.1.2.4.50", "JPEG baseline")):  # fmt: skip
         yield f"transfer syntax {label}", data.replace(b"1.2.840.10008.1.2.1\x00", syntax, 1)
     yield from _random(data, rng, 132, n_random, end=min(len(data), 600))
+
+
+def jpeg_mutations(data: bytes, rng: random.Random, n_random: int = 20) -> Iterator[Mutation]:
+    """A JPEG's frame header (SOF) sizes zeroed and maxed, random bytes in its headers and
+    entropy-coded data, cuts."""
+    sof = max(data.find(b"\xff\xc0"), data.find(b"\xff\xc2"))
+    for label, size in (("0 x 0", b"\x00\x00\x00\x00"), ("65535 x 65535", b"\xff\xff\xff\xff")):
+        changed = bytearray(data)
+        changed[sof + 5 : sof + 9] = size
+        yield f"SOF {label}", bytes(changed)
+    yield from _random(data, rng, 2, n_random // 2, end=min(len(data), 1200))
+    yield from _random(data, rng, 2, n_random // 2)
 
 
 def _random(data: bytes, rng: random.Random, start: int, n: int, end: int | None = None) -> Iterator[Mutation]:

@@ -379,7 +379,7 @@ def decode_native(path: str | Path) -> np.ndarray:
     """The full-size gray pixels of an image file at their own depth: uint8, or uint16 for a
     16-bit file (colour converted to 8-bit gray). :data:`MAX_PIXELS` is checked before any pixel
     is read, as in :func:`decode_resized`."""
-    with open_checked(path) as img:
+    with open_checked(path) as img, decoder_errors(f"{img.format or 'image'} file"):
         img.load()
         if img.mode in _SIXTEEN_BIT_MODES:
             pixels = np.asarray(img)

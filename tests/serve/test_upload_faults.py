@@ -148,6 +148,13 @@ def test_a_real_image_gets_no_blank_warning(client: TestClient, test_study: dict
     assert answer.status_code == 200 and not any("blank" in w for w in answer.json()["warnings"])
 
 
+@pytest.mark.parametrize("field", ["report", "indication", "comparison"])
+def test_text_fields_over_the_cap_are_refused(client: TestClient, test_study: dict, field: str) -> None:
+    answer = post(client, "f.png", Path(test_study["frontal"]).read_bytes(), **{field: "x" * 20_001})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"].startswith(f"{field}: String should have at most 20000 characters")
+
+
 def test_sixteen_bit_scaling_matches_the_wide_formula() -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(-5, 70000, size=(700, 33)).astype(np.int32)
@@ -187,10 +194,10 @@ def live_server(service: Service) -> Iterator[int]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    for _ in range(200):
-        if server.started:
-            break
+    deadline = time.monotonic() + 60  # a loaded 2-core machine starts it slowly
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
     port = server.servers[0].sockets[0].getsockname()[1]
     yield port
     server.should_exit = True
@@ -205,7 +212,7 @@ def test_a_held_upload_is_dropped_after_the_body_timeout(live_server: int) -> No
                      b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")  # fmt: skip
         start, received = time.monotonic(), b""
         sock.settimeout(0.2)
-        while time.monotonic() - start < 8:
+        while time.monotonic() - start < 20:
             try:
                 sock.sendall(b"x")  # one byte every 0.2 s: never complete
             except OSError:
@@ -220,13 +227,13 @@ def test_a_held_upload_is_dropped_after_the_body_timeout(live_server: int) -> No
         elapsed = time.monotonic() - start
     assert received.startswith(b"HTTP/1.1 408"), received
     assert b"request body not complete within 1 s" in received
-    assert 0.9 < elapsed < 6, elapsed
+    assert 0.9 < elapsed < 15, elapsed  # dropped after ~1 s (a loaded machine adds some)
 
 
 def test_an_upload_in_time_is_answered(live_server: int, test_study: dict) -> None:
     import httpx
 
     data = Path(test_study["frontal"]).read_bytes()
-    answer = httpx.post(f"http://127.0.0.1:{live_server}/v1/predict", timeout=30,
+    answer = httpx.post(f"http://127.0.0.1:{live_server}/v1/predict", timeout=120,
                         files=[("images", ("f.png", data, "image/png"))], data={"draft": "false"})  # fmt: skip
     assert answer.status_code == 200, answer.text

@@ -112,6 +112,6 @@ def test_upload_memory_runs_both_scalings(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=_env(), timeout=300, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(path.read_text())["rows"]
-    assert {(r["path"], r["scaling"]) for r in rows} == {
-        (p, s) for p in ("model input", "full size") for s in ("wide", "blocks")}
+    assert {(r["file"], r["path"], r["scaling"]) for r in rows} == {
+        (f, p, s) for f in ("png", "dicom") for p in ("model input", "full size") for s in ("wide", "blocks")}
     assert all(r["peak_mib"][0] >= 0 for r in rows)

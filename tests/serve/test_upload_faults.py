@@ -22,7 +22,7 @@ from PIL import Image
 from serve_helpers import png_as_dicom
 from upload_mutations import dicom_mutations, jpeg_mutations, png_mutations
 
-from cxrfuse.data.images import scale16_to8
+from cxrfuse.data.images import scale16_to8, window_to_gray8
 from cxrfuse.serve import Limits, Service, create_app
 
 SHARED_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "iu-nih-pairs" / "images"
@@ -162,6 +162,16 @@ def test_sixteen_bit_scaling_matches_the_wide_formula() -> None:
     expected = ((pixels.astype(np.int64).clip(0, 65535) + 128) // 257).astype(np.uint8)
     assert np.array_equal(scale16_to8(pixels), expected)
     assert np.array_equal(scale16_to8(pixels.clip(0, 65535).astype(np.uint16)), expected)
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_dicom_window_in_place_matches_the_formula(invert: bool) -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(1000, 300, size=(64, 80))
+    scaled = (values - values.min()) / (values.max() - values.min())
+    expected = np.round(((1.0 - scaled) if invert else scaled) * 255.0).astype(np.uint8)
+    assert np.array_equal(window_to_gray8(values.copy(), invert=invert), expected)
+    assert not window_to_gray8(np.full((4, 4), 7.0)).any()  # a flat image is black, not NaN
 
 
 # ----------------------------------------------------------------------------- offline docs

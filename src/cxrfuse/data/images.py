@@ -350,12 +350,28 @@ def dicom_gray8(data: bytes) -> np.ndarray:
     with decoder_errors("DICOM rescale or window (modality / VOI LUT)"):
         values = apply_modality_lut(array, ds)
         values = apply_voi_lut(values, ds)  # unchanged when the file has no VOI LUT or window
-        values = np.asarray(values, dtype=np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    if photometric == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return np.round(scaled * 255.0).astype(np.uint8)
+    return window_to_gray8(values, invert=photometric == "MONOCHROME1")
+
+
+def window_to_gray8(values: np.ndarray, invert: bool = False) -> np.ndarray:
+    """Values stretched from their minimum to their maximum onto 0-255 (inverted for
+    MONOCHROME1), in place on one float64 array (a writable float64 ``values`` is
+    overwritten): ``round((v - lo) / (hi - lo) * 255)``, the same arithmetic that once made
+    five full-size float64 temporaries."""
+    scaled = np.asarray(values, dtype=np.float64)
+    if not scaled.flags.writeable:
+        scaled = scaled.copy()
+    lo, hi = float(scaled.min()), float(scaled.max())
+    if hi > lo:
+        scaled -= lo
+        scaled /= hi - lo
+    else:
+        scaled.fill(0.0)
+    if invert:
+        np.subtract(1.0, scaled, out=scaled)
+    scaled *= 255.0
+    np.round(scaled, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def gray8_bytes(data: bytes) -> np.ndarray:

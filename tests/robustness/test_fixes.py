@@ -112,6 +112,9 @@ def test_a_report_without_headings_is_a_warning_in_the_answer(battery_run: Path,
     answer = json.loads(result.output)
     assert any("no section headings" in w for w in answer["warnings"]), answer["warnings"]
     assert set(answer["probabilities"]) == set(answer["decisions"])
+    # the image is one gray value: its probabilities carry no image evidence, and it says so
+    assert any(w.startswith(f"{image}: blank image (every pixel the model reads is 90)")
+               for w in answer["warnings"]), answer["warnings"]  # fmt: skip
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig"])

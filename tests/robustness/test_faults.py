@@ -142,6 +142,31 @@ def test_two_trains_of_one_config_both_finish(battery_phantoms: Path, tmp_path: 
     assert predict.exit_code == 0, predict.output
 
 
+def test_a_reader_during_embed_never_sees_a_half_written_shard(battery_phantoms: Path,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    """While ``embed`` writes shards in another process, opening the store (as ``train`` does,
+    digests checked) only ever finds whole shards: no read fails, none removes a shard as
+    damaged, and the finished store equals an undisturbed one."""
+    from cxrfuse.store.images import load_image_embeddings
+
+    clean, store = tmp_path / "clean", tmp_path / "store"
+    argv = [a if a != "16" else "4" for a in _embed(battery_phantoms, store)]  # many shards
+    proc = _cli(*argv)
+    seen: set[int] = set()
+    reads = 0
+    while proc.poll() is None:
+        for folder in [p.parent for p in store.glob("*/images-00000.ids.json")]:
+            opened = load_image_embeddings(folder, require_meta=False)  # raises on a bad shard
+            seen.add(len(opened.image_ids))
+            reads += 1
+        time.sleep(0.01)
+    assert proc.returncode == 0, proc.stderr.read()  # type: ignore[union-attr]
+    assert runner.invoke(app, [a if a != "16" else "4" for a in _embed(battery_phantoms, clean)]).exit_code == 0
+    assert _arrays(store) == _arrays(clean)
+    assert reads > 0, "the store was never opened while embed ran"
+    print(f"{reads} reads during embed; image counts seen: {sorted(seen)}")
+
+
 def test_evaluate_waits_for_the_writer_of_its_run(battery_run: Path, tmp_path: Path) -> None:
     """``cxrfuse evaluate`` takes the run directory's lock: while another writer holds it, it
     says whom it waits for and evaluates once the lock is free."""

@@ -583,6 +583,7 @@ CASES += [
     Case("predict", "run.json nested too deeply", lambda c: (c.predict(_break(c.run_copy(), "run.json", "[" * 100_000 + "]" * 100_000)), "run.json: JSON nested too deeply")),
     Case("evaluate", "run directory held by another writer (--no-wait)", lambda c: (["evaluate", str(_held(c, c.run_copy())), "--n-boot", "5", "--no-wait"], f"is being written by pid {os.getpid()}")),
     Case("config", "config nested too deeply", lambda c: (["train", str(_with(c.tmp / "deep.yaml", "a: " + "[" * 5000 + "]" * 5000)), "--offline"], "deep.yaml: nested too deeply")),
+    Case("config", "--set value nested too deeply", lambda c: (["train", str(c.config()), "--offline", "--set", "model.hidden=" + "[" * 5000 + "]" * 5000], "--set model.hidden=...: the value is nested too deeply")),
     Case("sweep", "search space nested too deeply", lambda c: (["sweep", str(c.config()), "--offline", "--space", str(_with(c.tmp / "space.yaml", "a: " + "[" * 5000 + "]" * 5000))], "space.yaml: nested too deeply")),
     Case("explain", "a view's PNG with a broken chunk",
          lambda c: (["explain", str(_run_on(c, _image_manifest(c, lambda p: p.write_bytes(_broken_chunk_png(c).read_bytes())))),

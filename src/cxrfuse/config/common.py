@@ -96,6 +96,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = load_yaml(value) if value.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from err
+    except RecursionError as err:
+        raise ConfigError(f"--set {key}=...: the value is nested too deeply") from err
     return key, parsed
 
 

@@ -5,6 +5,7 @@ about; /docs and /redoc load nothing from outside the server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -200,7 +201,7 @@ def live_server(service: Service) -> Iterator[int]:
     """The app under a real uvicorn server (body timeout 1 s) on a free local port."""
     import uvicorn
 
-    app = create_app(service=service, limits=Limits(body_timeout_s=1.0))
+    app = create_app(service=service, limits=Limits(body_timeout_s=1.0, max_pending_bodies=2))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -238,6 +239,33 @@ def test_a_held_upload_is_dropped_after_the_body_timeout(live_server: int) -> No
     assert received.startswith(b"HTTP/1.1 408"), received
     assert b"request body not complete within 1 s" in received
     assert 0.9 < elapsed < 15, elapsed  # dropped after ~1 s (a loaded machine adds some)
+
+
+def test_held_uploads_beyond_the_bound_get_503_at_once(live_server: int) -> None:
+    """Two uploads held open (the bound here) pin their bodies; a third gets 503 at once, and
+    GET requests still answer, so held uploads cannot pile up memory past the bound."""
+    import httpx
+
+    head = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")  # fmt: skip
+    held = [socket.create_connection(("127.0.0.1", live_server), timeout=10) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(head)
+        time.sleep(0.3)  # both bodies are being received
+        start = time.monotonic()
+        with socket.create_connection(("127.0.0.1", live_server), timeout=10) as third:
+            third.sendall(head.removesuffix(b"--b\r\n"))  # headers only: nothing left unread
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):  # closed with our body unread
+                while chunk := third.recv(65536):  # the server closes after its answer
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        assert b"2 uploads are being received" in answer and time.monotonic() - start < 0.9
+        assert httpx.get(f"http://127.0.0.1:{live_server}/health", timeout=10).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_an_upload_in_time_is_answered(live_server: int, test_study: dict) -> None:

@@ -57,6 +57,9 @@ class Limits:
     body_timeout_s: float = 60.0
     """Seconds from the first body read to the last byte of the request body (a whole upload at
     up to ~1 MB/s for the largest body)."""
+    max_pending_bodies: int = 8
+    """Request bodies read at once (each up to ``max_request_bytes``); more get 503 at once, so
+    held uploads can pin at most ``max_pending_bodies x max_request_bytes`` of memory."""
 
 
 class ErrorBody(BaseModel):
@@ -115,10 +118,13 @@ class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 before anything parses it
     (by its Content-Length, or by counting the bytes as they arrive); one not complete within
     ``timeout`` seconds gets 408 and its bytes are dropped (uvicorn bounds neither: its
-    ``timeout_keep_alive`` covers only idle connections between requests)."""
+    ``timeout_keep_alive`` covers only idle connections between requests); while
+    ``max_bodies`` bodies are being received a further one gets 503 at once (GET and HEAD
+    requests, which carry none, are never refused here)."""
 
-    def __init__(self, app: ASGIApp, limit: int, timeout: float = 60.0) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout: float = 60.0, max_bodies: int = 8) -> None:
         self.app, self.limit, self.timeout = app, limit, timeout
+        self.max_bodies, self.reading = max_bodies, 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,6 +135,35 @@ class BodyLimit:
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             await too_large(scope, receive, send)
             return
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):  # no body read: never 503 here
+            await self.app(scope, receive, send)
+            return
+        if self.reading >= self.max_bodies:
+            busy = _error(503, f"{self.reading} uploads are being received; try again shortly")
+            busy.headers["connection"] = "close"
+            await busy(scope, receive, send)
+            return
+        self.reading += 1
+        try:
+            body = await self._read(scope, receive, send)
+        finally:
+            self.reading -= 1
+        if body is None:
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None once an answer (413, 408) was sent or the client left."""
+        too_large = _error(413, f"request body over the limit of {self.limit:,} bytes")
         chunks, size, more = [], 0, True
         deadline = asyncio.get_running_loop().time() + self.timeout
         while more:
@@ -143,27 +178,17 @@ class BodyLimit:
                                    f"({size:,} bytes received); send the upload at once")  # fmt: skip
                 slow.headers["connection"] = "close"
                 await slow(scope, receive, send)
-                return
+                return None
             if message["type"] == "http.disconnect":
-                return
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
                 await too_large(scope, receive, send)
-                return
+                return None
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        return b"".join(chunks)
 
 
 def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu",
@@ -183,7 +208,8 @@ def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "
                          description=f"Predictions of the cxrfuse run {service.card['run']}.",
                          swagger_ui_parameters={"validatorUrl": None})  # fmt: skip
     app.state.service, app.state.limits = service, limits
-    app.add_middleware(BodyLimit, limit=limits.max_request_bytes, timeout=limits.body_timeout_s)
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes, timeout=limits.body_timeout_s,
+                       max_bodies=limits.max_pending_bodies)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -115,3 +115,16 @@ def test_serve_load_real_says_skipped_without_the_shared_data(tmp_path: Path) ->
     assert proc.stdout.strip() == (f"skipped: {missing} is absent (the real iu-nih-pairs "
                                    "radiographs are not in the repository); nothing measured")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_upload_memory_runs_both_scalings(tmp_path: Path) -> None:
+    """benchmarks/upload_memory.py on a small 16-bit PNG: a row per path and scaling."""
+    path = tmp_path / "upload.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "upload_memory.py"), "--side",
+                           "300", "--repeats", "1", "--tmp", str(tmp_path), "--json", str(path)],
+                          capture_output=True, text=True, env=_env(), timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(path.read_text())["rows"]
+    assert {(r["file"], r["path"], r["scaling"]) for r in rows} == {
+        (f, p, s) for f in ("png", "dicom") for p in ("model input", "full size") for s in ("wide", "blocks")}
+    assert all(r["peak_mib"][0] >= 0 for r in rows)

@@ -6,6 +6,7 @@ problem with the rest kept (exit code 0). One case per kind; each builds its inp
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -40,6 +41,7 @@ class Ctx:
     phantoms: Path  # its manifest (phantom images on disk)
     xml: dict[int, bytes]  # OpenI XML of reports 1..6
     write_mimic_tree: Callable[..., Path]
+    held: Any = None  # a folder lock a case holds while its command runs
 
     def run_copy(self, name: str = "run") -> Path:
         return copy_run(self.run, self.tmp / name)
@@ -669,6 +671,98 @@ def _finetune(c: Ctx, out: Path) -> list[str]:
             "--no-progress"]
 
 
+# ---------------------------------------------------------------------- issue 23: damaged uploads,
+# oversized text, JSON/YAML nested beyond reason, a run directory another writer holds
+CASES += [
+    Case("predict", "PNG with a broken chunk (IDAT length past its data)",
+         lambda c: (c.predict(c.run, image=_broken_chunk_png(c)), "chunk.png: cannot read the image (damaged PNG file")),
+    Case("predict", "DICOM with a multi-valued Rows", lambda c: (c.predict(c.run, image=_dicom(c, _two_rows)), "Rows holds 2 values")),
+    Case("predict", "DICOM element of unknown VR", lambda c: (c.predict(c.run, image=_dicom(c, _unknown_vr)), "Unknown Value Representation")),
+    Case("predict", "DICOM element of odd length", lambda c: (c.predict(c.run, image=_dicom(c, _odd_rows)), "view.dcm: not a readable DICOM file")),
+    Case("predict", "DICOM without pixel data", lambda c: (c.predict(c.run, image=_dicom(c, pixels=False)), "view.dcm: cannot read the image (DICOM file without pixel data")),
+    Case("predict", "report over the size cap", lambda c: (c.predict(c.run, report=c.report("FINDINGS: " + "clear. " * 4_000)), "report.txt: 28,010 characters, over the limit")),
+    Case("predict", "report file of megabytes", lambda c: (c.predict(c.run, report=c.report("x" * 5_000_000)), "report.txt: 5,000,000 bytes")),
+    Case("predict", "--indication over the size cap", lambda c: ([*c.predict(c.run), "--indication", "cough " * 4000], "indication: 24,000 characters")),
+    Case("predict", "run.json nested too deeply", lambda c: (c.predict(_break(c.run_copy(), "run.json", "[" * 100_000 + "]" * 100_000)), "run.json: JSON nested too deeply")),
+    Case("evaluate", "run directory held by another writer (--no-wait)", lambda c: (["evaluate", str(_held(c, c.run_copy())), "--n-boot", "5", "--no-wait"], f"is being written by pid {os.getpid()}")),
+    Case("config", "config nested too deeply", lambda c: (["train", str(_with(c.tmp / "deep.yaml", "a: " + "[" * 5000 + "]" * 5000)), "--offline"], "deep.yaml: nested too deeply")),
+    Case("config", "--set value nested too deeply", lambda c: (["train", str(c.config()), "--offline", "--set", "model.hidden=" + "[" * 5000 + "]" * 5000], "--set model.hidden=...: the value is nested too deeply")),
+    Case("sweep", "search space nested too deeply", lambda c: (["sweep", str(c.config()), "--offline", "--space", str(_with(c.tmp / "space.yaml", "a: " + "[" * 5000 + "]" * 5000))], "space.yaml: nested too deeply")),
+    Case("explain", "a view's PNG with a broken chunk",
+         lambda c: (["explain", str(_run_on(c, _image_manifest(c, lambda p: p.write_bytes(_broken_chunk_png(c).read_bytes())))),
+                     "--study", str(read_manifest(c.phantoms).df["study_id"].iloc[0])], "img0.png: damaged PNG file")),
+    Case("ingest r2gen", "annotation.json nested too deeply", lambda c: (_r2gen(c.r2gen("[" * 100_000 + "]" * 100_000)), "annotation.json: JSON nested too deeply")),
+    Case("ingest r2gen", "annotation.json a list, not splits", lambda c: (_r2gen(c.r2gen(json.dumps([R2GEN_ENTRY]))), "expected an object of splits")),
+    Case("ingest r2gen", "entry not an object",
+         lambda c: (_r2gen(c.r2gen(json.dumps({"train": [R2GEN_ENTRY, ["CXR2", "x"]]}))), "train[1]"),
+         counted="malformed-row", out="out.parquet"),
+]
+
+
+def _broken_chunk_png(c: Ctx) -> Path:
+    """A noise PNG (several IDAT chunks) whose first IDAT declares 7 bytes more than it has:
+    Pillow reads into the next chunk and raises SyntaxError (once an HTTP 500)."""
+    import struct
+
+    path = c.tmp / "chunk.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (400, 400), dtype=np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    (length,) = struct.unpack(">I", data[33:37])  # the chunk after the 13-byte IHDR
+    assert data[37:41] == b"IDAT"
+    data[33:37] = struct.pack(">I", length + 7)
+    path.write_bytes(bytes(data))
+    return path
+
+
+_ROWS = b"(\x00\x10\x00US\x02\x00"
+"""Rows (0028,0010), explicit VR little endian, value length 2."""
+
+
+def _two_rows(data: bytes) -> bytes:
+    at = data.index(_ROWS)
+    return data[:at] + b"(\x00\x10\x00US\x04\x00" + data[at + 8 : at + 10] * 2 + data[at + 10 :]
+
+
+def _unknown_vr(data: bytes) -> bytes:
+    return data.replace(_ROWS, b"(\x00\x10\x00ZZ\x02\x00", 1)
+
+
+def _odd_rows(data: bytes) -> bytes:
+    at = data.index(_ROWS)
+    return data[:at] + b"(\x00\x10\x00US\x01\x00" + data[at + 8 : at + 9] + data[at + 10 :]
+
+
+def _dicom(c: Ctx, edit: Callable[[bytes], bytes] | None = None, pixels: bool = True) -> Path:
+    """A 64 x 64 DICOM (pydicom, explicit VR little endian) of a phantom view, edited."""
+    import io
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.ViewPosition, ds.Rows, ds.Columns = "DX", "PA", 64, 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if pixels:
+        ds.PixelData = (np.arange(64 * 64, dtype=np.uint16) % 4096).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return _with(c.tmp / "view.dcm", edit(buffer.getvalue()) if edit else buffer.getvalue())
+
+
+def _held(c: Ctx, run: Path) -> Path:
+    """``run`` with its lock held by this test (another writer) until the case ends."""
+    from cxrfuse.files import folder_lock
+
+    c.held = folder_lock(run, "the run directory (held by the battery)")
+    c.held.__enter__()
+    return run
+
+
 def _xml_with(c: Ctx, extra: dict[str, bytes], numbers: tuple[int, ...] = (1, 2, 3)) -> Path:
     folder = c.xml_folder(numbers)
     for name, data in extra.items():
@@ -765,7 +859,11 @@ def test_the_battery_has_sixty_kinds() -> None:
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.stage}: {c.kind}" for c in CASES])
 def test_bad_input(case: Case, ctx: Ctx) -> None:
     argv, names = case.build(ctx)
-    result = runner.invoke(app, argv)
+    try:
+        result = runner.invoke(app, argv)
+    finally:
+        if ctx.held is not None:
+            ctx.held.__exit__(None, None, None)
     output = result.output
     assert "Traceback" not in output
     if case.counted is None:

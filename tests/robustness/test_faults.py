@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from battery_inputs import tiny_run_config
+from battery_inputs import copy_run, tiny_run_config
 from typer.testing import CliRunner
 
 from cxrfuse.cli import app
@@ -140,6 +140,46 @@ def test_two_trains_of_one_config_both_finish(battery_phantoms: Path, tmp_path: 
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     predict = runner.invoke(app, ["evaluate", str(run), "--n-boot", "5"])
     assert predict.exit_code == 0, predict.output
+
+
+def test_a_reader_during_embed_never_sees_a_half_written_shard(battery_phantoms: Path,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    """While ``embed`` writes shards in another process, opening the store (as ``train`` does,
+    digests checked) only ever finds whole shards: no read fails, none removes a shard as
+    damaged, and the finished store equals an undisturbed one."""
+    from cxrfuse.store.images import load_image_embeddings
+
+    clean, store = tmp_path / "clean", tmp_path / "store"
+    argv = [a if a != "16" else "4" for a in _embed(battery_phantoms, store)]  # many shards
+    proc = _cli(*argv)
+    seen: set[int] = set()
+    reads = 0
+    while proc.poll() is None:
+        for folder in [p.parent for p in store.glob("*/images-00000.ids.json")]:
+            opened = load_image_embeddings(folder, require_meta=False)  # raises on a bad shard
+            seen.add(len(opened.image_ids))
+            reads += 1
+        time.sleep(0.01)
+    assert proc.returncode == 0, proc.stderr.read()  # type: ignore[union-attr]
+    assert runner.invoke(app, [a if a != "16" else "4" for a in _embed(battery_phantoms, clean)]).exit_code == 0
+    assert _arrays(store) == _arrays(clean)
+    assert reads > 0, "the store was never opened while embed ran"
+    print(f"{reads} reads during embed; image counts seen: {sorted(seen)}")
+
+
+def test_evaluate_waits_for_the_writer_of_its_run(battery_run: Path, tmp_path: Path) -> None:
+    """``cxrfuse evaluate`` takes the run directory's lock: while another writer holds it, it
+    says whom it waits for and evaluates once the lock is free."""
+    from cxrfuse.files import folder_lock
+
+    run = copy_run(battery_run, tmp_path / "run")
+    with folder_lock(run, "test"):
+        proc = _cli("evaluate", str(run), "--n-boot", "5", "--no-leakage")
+        time.sleep(3)
+        assert proc.poll() is None  # still waiting
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()  # type: ignore[union-attr]
+    assert f"waiting for the lock held by pid {os.getpid()}" in proc.stderr.read()  # type: ignore[union-attr]
+    assert json.loads((run / "metrics.json").read_text())["n_boot"] == 5
 
 
 def test_no_wait_names_the_holder_and_a_killed_holder_is_taken_over(

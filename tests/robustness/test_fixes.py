@@ -112,3 +112,36 @@ def test_a_report_without_headings_is_a_warning_in_the_answer(battery_run: Path,
     answer = json.loads(result.output)
     assert any("no section headings" in w for w in answer["warnings"]), answer["warnings"]
     assert set(answer["probabilities"]) == set(answer["decisions"])
+    # the image is one gray value: its probabilities carry no image evidence, and it says so
+    assert any(w.startswith(f"{image}: blank image (every pixel the model reads is 90)")
+               for w in answer["warnings"]), answer["warnings"]  # fmt: skip
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig"])
+def test_configs_and_run_json_in_utf16_or_with_a_bom_read_like_utf8(
+        battery_run: Path, battery_phantoms: Path, tmp_path: Path, encoding: str) -> None:  # fmt: skip
+    """A YAML config or a hand-edited run.json saved as UTF-16 or with a BOM (Windows
+    editors) is read as the same values, not refused as 'unexpected'."""
+    from cxrfuse.config.common import read_yaml_config
+    from cxrfuse.rundir import RunDir
+
+    payload = tiny_run_config(tmp_path, battery_phantoms)
+    plain, wide = tmp_path / "plain.yaml", tmp_path / "wide.yaml"
+    plain.write_text(yaml.safe_dump(payload), encoding="utf-8")
+    wide.write_text(yaml.safe_dump(payload), encoding=encoding)
+    assert read_yaml_config(wide) == read_yaml_config(plain) == payload
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(battery_run, run)
+    info = (run / "run.json").read_text(encoding="utf-8")
+    (run / "run.json").write_text(info, encoding=encoding)
+    assert RunDir(run).info() == RunDir(battery_run).info()
+
+
+def test_an_oversized_report_is_refused_by_the_python_api_too(battery_run: Path) -> None:
+    from cxrfuse.inference import Predictor
+    from cxrfuse.inference.predict import MAX_TEXT_CHARS
+
+    with pytest.raises(DataError, match=r"report: 20,001 characters, over the limit of 20,000"):
+        Predictor(battery_run).predict(report="x" * (MAX_TEXT_CHARS + 1), indication="cough")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
+from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,8 +36,30 @@ def _table(title: str, frame: Any) -> Table:
     return table
 
 
+def holding_the_lock(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` run holding the advisory lock of the run or experiment directory it writes
+    (``files.folder_lock``): a second writer (``train``, ``experiment``, another ``evaluate``)
+    waits for it, or with ``--no-wait`` stops naming the holder."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        from cxrfuse.files import folder_lock, set_lock_wait
+        from cxrfuse.rundir import RunDir
+
+        set_lock_wait(not kwargs.get("no_wait", False))
+        path = Path(kwargs["path"])
+        if not path.is_dir():  # the command names what is missing
+            return command(*args, **kwargs)
+        what = "the run directory" if RunDir(path).exists() else "the experiment directory"
+        with folder_lock(path, what):
+            return command(*args, **kwargs)
+
+    return wrapper
+
+
 @app.command("evaluate")
 @friendly_errors
+@holding_the_lock
 def evaluate_cmd(
     path: Annotated[
         Path,
@@ -73,6 +97,7 @@ def evaluate_cmd(
     recalibrate: Annotated[Recalibrate | None, typer.Option(help="With --on: recalibrate on a patient-level part of the external set.")] = None,
     calibration_fraction: Annotated[float, typer.Option(min=0.01, max=0.99, help="With --recalibrate: fraction of external patients to fit on.")] = 0.2,
     align: Annotated[list[str] | None, typer.Option(help="With --on: RUN_LABEL=EXTERNAL_LABEL (or =!LABEL for its complement), over the built-in alignment; repeatable.")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="If another process is writing the run (or experiment) directory, stop (exit 2, the holder named) instead of waiting for it.")] = False,
 ) -> None:
     """Metrics with 95 % bootstrap intervals at val-chosen thresholds; for an experiment also the
     unimodal vs multimodal table, fused vs best-unimodal tests and complementarity.

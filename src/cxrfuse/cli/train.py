@@ -205,13 +205,20 @@ def predict_cmd(
 
     text = None
     if report is not None:
+        from cxrfuse.inference.predict import MAX_TEXT_CHARS, check_text_length
+
         if not report.is_file():
             raise DataError(f"{report}: no such report file")
+        if report.stat().st_size > 4 * MAX_TEXT_CHARS:  # UTF-8: at most 4 bytes a character
+            raise DataError(f"{report}: {report.stat().st_size:,} bytes, over the limit of "
+                            f"{MAX_TEXT_CHARS:,} characters for a report; give the study's "
+                            "report alone")  # fmt: skip
         try:
             text = report.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise DataError(f"{report}: not UTF-8 text (byte {err.start}: {err.reason}); "
                             "save the report as UTF-8") from err
+        check_text_length(str(report), report=text)
     if sr is not None and sr.suffix.lower() != ".dcm":
         raise ConfigError(f"--sr {sr}: give a file name ending in .dcm")
     if draft_sr and sr is None:

@@ -56,7 +56,7 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def load_yaml(text: str) -> Any:
+def load_yaml(text: str | bytes) -> Any:
     """YAML as :func:`yaml.safe_load` reads it, aliases refused."""
     return yaml.load(text, Loader=_NoAliasLoader)
 
@@ -96,6 +96,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = load_yaml(value) if value.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from err
+    except RecursionError as err:
+        raise ConfigError(f"--set {key}=...: the value is nested too deeply") from err
     return key, parsed
 
 
@@ -175,9 +177,12 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = load_yaml(path.read_text())
+        raw = load_yaml(path.read_bytes())  # bytes: PyYAML reads UTF-16 / UTF-8 with a BOM too
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    except RecursionError as err:
+        raise ConfigError(f"{path}: nested too deeply to be a config (lists or mappings "
+                          "inside each other hundreds of levels down)") from err
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
+import struct
 import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,13 +42,31 @@ a larger file is refused with a DataError before its pixels are read (Pillow's o
 warns from 89 MP and refuses from 179 MP)."""
 
 
+_ROWS_PER_BLOCK = 256
+"""Rows of a 16-bit image scaled to 8 bits at a time (a few MB of temporaries, never a wide
+copy of the whole image)."""
+
+
+def scale16_to8(pixels: np.ndarray) -> np.ndarray:
+    """16-bit gray values (any integer array) as uint8: clipped to 0..65535, then
+    ``(v + 128) // 257``, a block of rows at a time so that no int64 copy of the whole image
+    is made (a 16-bit upload of a few MB once cost several hundred MB of temporaries)."""
+    out = np.empty(pixels.shape, dtype=np.uint8)
+    for start in range(0, pixels.shape[0], _ROWS_PER_BLOCK):
+        block = pixels[start : start + _ROWS_PER_BLOCK].astype(np.int64)
+        np.clip(block, 0, 65535, out=block)
+        block += 128
+        block //= 257
+        out[start : start + _ROWS_PER_BLOCK] = block
+    return out
+
+
 def gray8(img: Image.Image) -> Image.Image:
     """An 8-bit gray ("L") version of ``img``; 16-bit pixels are scaled by 1/257, not clipped."""
     if img.mode == "L":
         return img
     if img.mode in _SIXTEEN_BIT_MODES:
-        wide = np.asarray(img).astype(np.int64).clip(0, 65535)
-        return Image.fromarray(((wide + 128) // 257).astype(np.uint8), mode="L")
+        return Image.fromarray(scale16_to8(np.asarray(img)), mode="L")
     return img.convert("L")
 
 
@@ -137,6 +160,34 @@ def require_regular_file(path: object) -> None:
 
 
 
+DECODER_ERRORS: tuple[type[BaseException], ...] = (
+    SyntaxError, EOFError, struct.error, zlib.error, IndexError, KeyError, TypeError,
+    AttributeError, NotImplementedError, RuntimeError, OverflowError, ZeroDivisionError)
+"""What Pillow and pydicom raise on damaged bytes besides OSError / ValueError (a PNG chunk
+with a bad length: SyntaxError; a DICOM element of unknown VR: NotImplementedError; an
+odd-length US value: pydicom's BytesLengthException, ...)."""
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    """``err`` on one line, without Pillow's ``<_io.BytesIO object at 0x...>`` of an upload."""
+    text = str(err).split("Traceback (most recent call last)")[0]  # pydicom quotes its own
+    text = " ".join(re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextmanager
+def decoder_errors(what: str = "image") -> Iterator[None]:
+    """Turn a decoder's failure on damaged bytes into a one-line ValueError (OSError and
+    ValueError pass through), so that every caller's ``except (OSError, ValueError)`` names
+    the file instead of an upload ending in a server error."""
+    from pydicom.errors import BytesLengthException
+
+    try:
+        yield
+    except (*DECODER_ERRORS, BytesLengthException) as err:
+        raise ValueError(f"damaged {what} ({type(err).__name__}: {_one_line(err)})") from err
+
+
 def open_checked(path: str | Path) -> Image.Image:
     """An image file opened lazily (no pixel decoded yet), refused with a :class:`DataError`
     naming the file when it is over :data:`MAX_PIXELS`."""
@@ -163,7 +214,7 @@ def decode_resized(path: str | Path, size: int, fit: str = LEGACY_FIT) -> np.nda
     An image over :data:`MAX_PIXELS` raises :class:`DataError` naming the file and its size."""
     if is_dicom_file(path):
         return fit_square(Image.fromarray(dicom_file_gray8(path), "L"), size, fit)
-    with open_checked(path) as img:
+    with open_checked(path) as img, decoder_errors(f"{img.format or 'image'} file"):
         if img.format == "JPEG":
             img.draft("L", (size, size))  # decode at the smallest DCT scale still >= size
         img.load()
@@ -192,9 +243,38 @@ def _dicom(data: bytes, pixels: bool):
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
-    except (InvalidDicomError, EOFError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"not a readable DICOM file ({err})") from err
+        with decoder_errors("DICOM file"):
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
+            ds.walk(lambda *_: None)  # parse every element now (unknown VR, odd length, ...)
+    except (InvalidDicomError, ValueError) as err:
+        raise ValueError(f"not a readable DICOM file ({_one_line(err)})") from err
+    return ds
+
+
+def _dicom_one(ds: object, keyword: str, default: object = None) -> object:
+    """The single value of a DICOM element (``default`` when absent or empty); a ValueError
+    naming it when it holds several values (``Rows`` of ``512\\512``)."""
+    from pydicom.multival import MultiValue
+
+    value = getattr(ds, keyword, None)
+    if value is None or value == "":
+        return default
+    if isinstance(value, list | tuple | MultiValue):
+        shown = "\\".join(str(v) for v in value)[:60]
+        message = f"DICOM element {keyword} holds {len(value)} values ({shown}); one is expected"
+        raise ValueError(message)  # noqa: TRY004 - every decoder failure is a ValueError
+    return value
+
+
+def _dicom_int(ds: object, keyword: str, default: int) -> int:
+    value = _dicom_one(ds, keyword, default)
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"DICOM element {keyword} is not a whole number ({value!r})") from err
+    if number != value and not isinstance(value, str):
+        raise ValueError(f"DICOM element {keyword} is not a whole number ({value!r})")
+    return number
 
 
 def _dicom_view(ds: object) -> str | None:
@@ -225,16 +305,20 @@ def read_header(data: bytes) -> ImageHeader:
         raise ValueError("not a PNG, JPEG or DICOM file (checked from its bytes)")
     if kind == "dicom":
         ds = _dicom(data, pixels=False)
-        rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
-        if not rows or not cols:
+        rows, cols = _dicom_int(ds, "Rows", 0), _dicom_int(ds, "Columns", 0)
+        if rows <= 0 or cols <= 0:
             raise ValueError("DICOM file without an image (no Rows/Columns)")
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        return ImageHeader(kind, cols, rows, frames, _dicom_view(ds))
+        frames = _dicom_int(ds, "NumberOfFrames", 1)
+        if frames < 1:
+            raise ValueError(f"DICOM element NumberOfFrames is {frames}; at least 1 is expected")
+        with decoder_errors("DICOM file"):
+            view = _dicom_view(ds)
+        return ImageHeader(kind, cols, rows, frames, view)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data)) as img, decoder_errors(f"{kind.upper()} file"):
             width, height = img.size
-    except (OSError, Image.DecompressionBombError) as err:
-        raise ValueError(f"not a readable {kind.upper()} file ({err})") from err
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"not a readable {kind.upper()} file ({_one_line(err)})") from err
     return ImageHeader(kind, width, height)
 
 
@@ -299,16 +383,21 @@ def dicom_gray8(data: bytes) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ds = _dicom(data, pixels=True)
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ValueError("DICOM file without pixel data (no PixelData element)")
     problem = transfer_syntax_problem(ds)
     if problem:
         raise ValueError(problem)
+    photometric = str(_dicom_one(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    frames = _dicom_int(ds, "NumberOfFrames", 1)
+    colour = _dicom_int(ds, "SamplesPerPixel", 1) > 1
+    for keyword in ("BitsAllocated", "BitsStored", "PixelRepresentation"):
+        _dicom_one(ds, keyword)  # one value each, or pydicom's decoder fails on a list
     try:
-        array = ds.pixel_array
-    except (AttributeError, NotImplementedError, RuntimeError, ValueError) as err:
-        raise ValueError(f"cannot decode the DICOM pixel data ({err})") from err
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    colour = int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1
+        with decoder_errors("DICOM pixel data"):
+            array = ds.pixel_array
+    except ValueError as err:
+        raise ValueError(f"cannot decode the DICOM pixel data ({_one_line(err)})") from err
     if frames > 1:
         array = array[0]
     if colour:
@@ -318,14 +407,31 @@ def dicom_gray8(data: bytes) -> np.ndarray:
 
             rgb = convert_color_space(rgb, photometric, "RGB")
         return np.asarray(Image.fromarray(rgb.astype(np.uint8), "RGB").convert("L"))
-    values = apply_modality_lut(array, ds)
-    values = apply_voi_lut(values, ds)  # unchanged when the file has no VOI LUT or window
-    values = np.asarray(values, dtype=np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    if photometric == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return np.round(scaled * 255.0).astype(np.uint8)
+    with decoder_errors("DICOM rescale or window (modality / VOI LUT)"):
+        values = apply_modality_lut(array, ds)
+        values = apply_voi_lut(values, ds)  # unchanged when the file has no VOI LUT or window
+    return window_to_gray8(values, invert=photometric == "MONOCHROME1")
+
+
+def window_to_gray8(values: np.ndarray, invert: bool = False) -> np.ndarray:
+    """Values stretched from their minimum to their maximum onto 0-255 (inverted for
+    MONOCHROME1), in place on one float64 array (a writable float64 ``values`` is
+    overwritten): ``round((v - lo) / (hi - lo) * 255)``, the same arithmetic that once made
+    five full-size float64 temporaries."""
+    scaled = np.asarray(values, dtype=np.float64)
+    if not scaled.flags.writeable:
+        scaled = scaled.copy()
+    lo, hi = float(scaled.min()), float(scaled.max())
+    if hi > lo:
+        scaled -= lo
+        scaled /= hi - lo
+    else:
+        scaled.fill(0.0)
+    if invert:
+        np.subtract(1.0, scaled, out=scaled)
+    scaled *= 255.0
+    np.round(scaled, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def is_dicom_file(path: object) -> bool:
@@ -362,7 +468,7 @@ def gray8_bytes(data: bytes) -> np.ndarray:
     """Any PNG, JPEG or DICOM in ``data`` as a full-size HxW uint8 gray array."""
     if sniff_format(data) == "dicom":
         return dicom_gray8(data)
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data)) as img, decoder_errors(f"{img.format or 'image'} file"):
         img.load()
         return np.array(gray8(img), dtype=np.uint8)
 
@@ -381,10 +487,13 @@ def decode_native(path: str | Path) -> np.ndarray:
     is read, as in :func:`decode_resized`. A DICOM file gives :func:`dicom_gray8`'s uint8."""
     if is_dicom_file(path):
         return dicom_file_gray8(path)
-    with open_checked(path) as img:
+    with open_checked(path) as img, decoder_errors(f"{img.format or 'image'} file"):
         img.load()
         if img.mode in _SIXTEEN_BIT_MODES:
-            return np.asarray(img).astype(np.int64).clip(0, 65535).astype(np.uint16)
+            pixels = np.asarray(img)
+            if pixels.dtype == np.uint16:
+                return pixels.copy()
+            return pixels.clip(0, 65535).astype(np.uint16)
         return np.array(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
 
 
@@ -393,4 +502,4 @@ def native_gray8(pixels: np.ndarray) -> Image.Image:
     :func:`gray8`)."""
     if pixels.dtype == np.uint8:
         return Image.fromarray(pixels)
-    return Image.fromarray(((pixels.astype(np.int64) + 128) // 257).astype(np.uint8))
+    return Image.fromarray(scale16_to8(pixels))

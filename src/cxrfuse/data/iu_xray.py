@@ -447,16 +447,28 @@ def _r2gen_records(root: Path, reports: Path | None, findings: tuple[Finding, ..
     if not annotation.exists():
         raise DataError(f"{annotation}: file not found")
     try:
-        splits = json.loads(annotation.read_text())
-    except json.JSONDecodeError as exc:
+        splits = json.loads(annotation.read_bytes())  # bytes: UTF-8, UTF-16 or UTF-32
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{annotation}: malformed JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise DataError(f"{annotation}: JSON nested too deeply (arrays or objects inside each "
+                        "other hundreds of levels down)") from exc
+    if not isinstance(splits, dict):
+        raise DataError(f"{annotation}: expected an object of splits (train, val, test), got "
+                        f"a JSON {type(splits).__name__}")
     xml_source = Path(reports) if reports else bundled_reports()
     openi = {r.number: r for r in iter_openi_reports(xml_source, ProblemLog())}
     image_dir = root / "images" if (root / "images").is_dir() else root
     records = []
     for split, entries in splits.items():
+        if not isinstance(entries, list):
+            raise DataError(f"{annotation}: split {split!r} is a JSON {type(entries).__name__}, "
+                            "not a list of entries")  # fmt: skip
         for i, entry in enumerate(entries):
             where = f"{annotation}:{split}[{i}]"
+            if not isinstance(entry, dict):
+                problems.add("malformed-row", where, f"entry is a JSON {type(entry).__name__}, not an object")
+                continue
             match = re.match(r"CXR(\d+)_", str(entry.get("id", "")))
             if match is None or not isinstance(entry.get("image_path"), list):
                 problems.add("malformed-row", where, "entry needs an id like CXR2384_IM-0942 and an image_path list")

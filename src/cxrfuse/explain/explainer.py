@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from cxrfuse.data.images import LEGACY_FIT, decode_resized, gray8
+from cxrfuse.data.images import LEGACY_FIT, decode_native, decode_resized, native_gray8
 from cxrfuse.data.manifest import Manifest, label_slug
 from cxrfuse.data.phantoms import file_stem
 from cxrfuse.data.views import view_slots as slot_layout
@@ -217,8 +216,9 @@ class Explainer:
         for slot, view in view_slots(list(study["views"]), self.view_fusion):
             path = str(view["path"])
             try:
-                with Image.open(path) as img:
-                    original = np.asarray(gray8(img), dtype=np.float32) / 255.0
+                # full size, 8-bit gray as gray8 gives it; FIFOs, oversized and damaged files
+                # refused naming the file (data.images)
+                original = np.asarray(native_gray8(decode_native(path)), dtype=np.float32) / 255.0
                 # the model input decoded, fitted and resized exactly as the embedding store does
                 pixels = decode_resized(path, self.encoder.spec.input_size, self.fit)
                 tensor = self.encoder.preprocess(pixels)

@@ -53,6 +53,10 @@ DEFAULT_THRESHOLD = 0.5
 MIN_SIDE = 256
 """Views with a shorter side than this (or than the model input) are reported as unusual."""
 MAX_ASPECT = 1.6
+MAX_TEXT_CHARS = 20_000
+"""Longest report (or indication, comparison) predicted on: a chest radiograph report is a
+few thousand characters at most; a longer text is refused before any text work (a 5 MB one
+once ran for minutes in section parsing and masking)."""
 """Views longer than this ratio lose much of themselves to the central square crop."""
 
 
@@ -109,6 +113,11 @@ class Prediction:
     """Per label, the kinds of the run's test-set verdicts (``chance``, ``trivial``, ...):
     a label with ``chance`` or ``trivial`` has decisions no better than a trivial rule."""
 
+    @property
+    def blank(self) -> bool:
+        """Whether every view the head read is blank (:func:`is_blank`; False with none read)."""
+        return bool(self.pixels) and all(is_blank(p) for p in self.pixels)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON fields (not the model inputs: ``asdict`` would deep-copy every tensor)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)
@@ -145,6 +154,21 @@ def upload_order_views(reads: list[ViewRead]) -> list[ViewRead]:
     return reads
 
 
+def is_blank(pixels: np.ndarray) -> bool:
+    """Whether a view's model-input pixels are all one value (a blank, black or white image)."""
+    return pixels.size > 0 and int(pixels.min()) == int(pixels.max())
+
+
+def blank_view_warnings(reads: Sequence[ViewRead], pixels: Sequence[np.ndarray]) -> list[str]:
+    """A warning for each view the head reads whose model input is one flat value: the model
+    sees no anatomy in it, so its probabilities carry no image evidence. ``pixels`` are in
+    slot order (:meth:`Predictor.image_inputs`)."""
+    read = sorted((r for r in reads if r.slot is not None), key=lambda r: r.slot)  # type: ignore[arg-type, return-value]
+    return [f"{r.name}: blank image (every pixel the model reads is {int(p.flat[0])}): it shows "
+            "no anatomy, so the probabilities carry no evidence from it"
+            for r, p in zip(read, pixels) if is_blank(p)]  # fmt: skip
+
+
 def run_verdicts(run: RunDir) -> list[Verdict]:
     """The verdicts of the run's evaluation (``metrics.json``); none when it was never
     evaluated or its metrics cannot be read (prediction must not fail on them)."""
@@ -169,10 +193,22 @@ def _thresholds(run: LoadedRun) -> tuple[dict[str, float], str | None, list[str]
     return thresholds, method, warnings
 
 
+def check_text_length(where: str | None = None, **fields: str | None) -> None:
+    """A DataError naming the field (or ``where``: the file it came from) when a text is longer
+    than :data:`MAX_TEXT_CHARS`."""
+    for name, value in fields.items():
+        if value is not None and len(value) > MAX_TEXT_CHARS:
+            raise DataError(f"{where or name}: {len(value):,} characters, over the limit of "
+                            f"{MAX_TEXT_CHARS:,} for a {name} (a chest radiograph report is a few "
+                            "thousand); give the study's report alone")  # fmt: skip
+
+
 def study_text(report: str | None = None, indication: str | None = None,
                comparison: str | None = None) -> str | None:  # fmt: skip
     """One report text with section headings from a full ``report`` and/or the separate
-    ``indication`` and ``comparison`` fields (None when all are empty)."""
+    ``indication`` and ``comparison`` fields (None when all are empty); a field over
+    :data:`MAX_TEXT_CHARS` is a DataError naming it."""
+    check_text_length(report=report, indication=indication, comparison=comparison)
     parts = [f"{name.upper()}: {value.strip()}"
              for name, value in (("comparison", comparison), ("indication", indication))
              if value and value.strip()]  # fmt: skip
@@ -430,6 +466,7 @@ class Predictor:
         """Probabilities, thresholds, decisions and warnings for one study: its images
         (frontal first, then lateral, unless ``views`` or DICOM headers say which is which)
         and its text (a full ``report`` with headings, or ``indication`` / ``comparison``)."""
+        check_text_length(report=report, indication=indication, comparison=comparison)  # first
         study = [im if isinstance(im, StudyImage) else StudyImage.from_path(im) for im in images]
         if views is not None:
             if len(views) != len(study):
@@ -457,6 +494,7 @@ class Predictor:
                          f"{r.view.lower()} from the upload order (frontal first, then lateral): "
                          "give the views to be sure" for r in reads if r.view_source == UPLOAD_ORDER]
             warnings += self._view_kind_warnings(reads)
+            warnings += blank_view_warnings(reads, pixels)
             for kind in self.empty_slots(reads):
                 warnings.append(f"no {kind} view given: the {kind} slot of this model "
                                 f"({self.run.sidecar.image.views} view fusion) is left empty "

@@ -65,9 +65,12 @@ def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: missing ({what})")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes())  # bytes: UTF-8, UTF-16 or UTF-32 (RFC 8259)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from err
+    except RecursionError as err:
+        raise DataError(f"{path}: JSON nested too deeply (arrays or objects inside each other "
+                        f"hundreds of levels down); {what}") from err
 
 
 def _validated(model: type[M], raw: Any, path: Path) -> M:

@@ -2,13 +2,16 @@
 
 * ``GET /``: the web page (one self-contained HTML file: no external script, style or font);
 * ``GET /health``: liveness and the run served;
+* ``GET /docs``, ``GET /redoc``: the API's pages (Swagger UI, ReDoc) from local copies: they
+  load nothing from outside the server; ``GET /openapi.json``: the schema;
 * ``GET /v1/model``: the model card;
 * ``POST /v1/predict`` (multipart): ``images`` (PNG, JPEG or DICOM, sniffed from the bytes),
   ``views`` (one per image, optional), ``indication``, ``comparison``, ``report``,
   ``explain`` (overlays + attribution), ``draft`` (report draft).
 
-Limits: the request body (``max_request_bytes``, refused with 413 before it is parsed), the
-number of images and text length, image pixels (checked from the header before decoding);
+Limits: the request body (``max_request_bytes``, refused with 413 before it is parsed; a body
+not fully received within ``body_timeout_s`` is dropped with 408, so a client that sends its
+headers and then trickles the body holds no memory past it), the number of images and text length, image pixels (checked from the header before decoding);
 ``max_concurrency`` requests at a time, further ones wait up to ``queue_timeout_s`` and then
 get 503. Every client error is a JSON body ``{"error": "..."}`` naming the bad file or field;
 nothing of a request's text or images is logged, and server errors answer without a traceback.
@@ -24,12 +27,14 @@ from typing import Annotated, Any
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cxrfuse.inference import StudyImage
+from cxrfuse.inference.predict import MAX_TEXT_CHARS
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.serve.page import PAGE
 from cxrfuse.serve.service import Service
@@ -46,9 +51,15 @@ class Limits:
 
     max_request_bytes: int = 64 * 1024 * 1024
     max_images: int = 8
-    max_text_chars: int = 20_000
+    max_text_chars: int = MAX_TEXT_CHARS
     max_concurrency: int = 2
     queue_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
+    """Seconds from the first body read to the last byte of the request body (a whole upload at
+    up to ~1 MB/s for the largest body)."""
+    max_pending_bodies: int = 8
+    """Request bodies read at once (each up to ``max_request_bytes``); more get 503 at once, so
+    held uploads can pin at most ``max_pending_bodies x max_request_bytes`` of memory."""
 
 
 class ErrorBody(BaseModel):
@@ -116,10 +127,15 @@ def _error(status: int, message: str) -> JSONResponse:
 
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 before anything parses it
-    (by its Content-Length, or by counting the bytes as they arrive)."""
+    (by its Content-Length, or by counting the bytes as they arrive); one not complete within
+    ``timeout`` seconds gets 408 and its bytes are dropped (uvicorn bounds neither: its
+    ``timeout_keep_alive`` covers only idle connections between requests); while
+    ``max_bodies`` bodies are being received a further one gets 503 at once (GET and HEAD
+    requests, which carry none, are never refused here)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, timeout: float = 60.0, max_bodies: int = 8) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
+        self.max_bodies, self.reading = max_bodies, 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,19 +146,21 @@ class BodyLimit:
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             await too_large(scope, receive, send)
             return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):  # no body read: never 503 here
+            await self.app(scope, receive, send)
+            return
+        if self.reading >= self.max_bodies:
+            busy = _error(503, f"{self.reading} uploads are being received; try again shortly")
+            busy.headers["connection"] = "close"
+            await busy(scope, receive, send)
+            return
+        self.reading += 1
+        try:
+            body = await self._read(scope, receive, send)
+        finally:
+            self.reading -= 1
+        if body is None:
+            return
         sent = False
 
         async def replay() -> Message:
@@ -153,6 +171,35 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None once an answer (413, 408) was sent or the client left."""
+        too_large = _error(413, f"request body over the limit of {self.limit:,} bytes")
+        chunks, size, more = [], 0, True
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        while more:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                chunks.clear()
+                log.warning("request body not complete after %g s (%d bytes); dropped",
+                            self.timeout, size)  # fmt: skip
+                slow = _error(408, f"request body not complete within {self.timeout:g} s "
+                                   f"({size:,} bytes received); send the upload at once")  # fmt: skip
+                slow.headers["connection"] = "close"
+                await slow(scope, receive, send)
+                return None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await too_large(scope, receive, send)
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
 
 
 def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu",
@@ -166,10 +213,14 @@ def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "
             raise CxrfuseError(f"no run directory to serve (give one, or set {RUN_ENV})")
         service = Service(target, device=device, backend=backend)
     gate = asyncio.Semaphore(limits.max_concurrency)
-    app = FastAPI(title="cxrfuse", version=service.card["cxrfuse_version"],
-                  description=f"Predictions of the cxrfuse run {service.card['run']}.")  # fmt: skip
+    # /docs and /redoc from fastapi-offline's copies of Swagger UI and ReDoc (served under
+    # /static-offline-docs): no CDN script, style or font; no online validator badge
+    app = FastAPIOffline(title="cxrfuse", version=service.card["cxrfuse_version"],
+                         description=f"Predictions of the cxrfuse run {service.card['run']}.",
+                         swagger_ui_parameters={"validatorUrl": None})  # fmt: skip
     app.state.service, app.state.limits = service, limits
-    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes, timeout=limits.body_timeout_s,
+                       max_bodies=limits.max_pending_bodies)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

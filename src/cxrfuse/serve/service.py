@@ -290,6 +290,8 @@ class Service:
                              and not prediction.inputs["image_mask"].any())  # fmt: skip
                 if drafter is not None and read_none:
                     warnings.append("no draft report: the model read no view of this study")
+                elif drafter is not None and prediction.blank:
+                    warnings.append("no draft report: every view the model read is blank")
                 elif drafter is not None and "image" in prediction.inputs:
                     answer["report_draft"] = drafter.draft(prediction.inputs["image"],
                                                            prediction.inputs["image_mask"])

@@ -117,6 +117,8 @@ def read_json(path: Path, *, remove: Sequence[Path] = ()) -> Any:
         return json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         damaged(path, f"not JSON: {err}", remove)
+    except RecursionError:
+        damaged(path, "JSON nested too deeply", remove)
 
 
 def load_npy(path: Path, *, remove: Sequence[Path] = ()) -> np.ndarray:

@@ -104,9 +104,11 @@ def load_space(source: str | Path | Mapping[str, Any] | None, config: RunConfig)
         if not path.is_file():
             raise ConfigError(f"{path}: no such search-space file")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = yaml.safe_load(path.read_bytes())  # PyYAML reads UTF-16 with a BOM too
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        except RecursionError as err:
+            raise ConfigError(f"{path}: nested too deeply to be a search space") from err
     if isinstance(raw, Mapping) and "params" not in raw:
         raw = {"params": raw}
     try:

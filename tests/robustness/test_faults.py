@@ -173,12 +173,16 @@ def test_evaluate_waits_for_the_writer_of_its_run(battery_run: Path, tmp_path: P
     from cxrfuse.files import folder_lock
 
     run = copy_run(battery_run, tmp_path / "run")
+    said = []
     with folder_lock(run, "test"):
         proc = _cli("evaluate", str(run), "--n-boot", "5", "--no-leakage")
-        time.sleep(3)
-        assert proc.poll() is None  # still waiting
-    assert proc.wait(timeout=600) == 0, proc.stderr.read()  # type: ignore[union-attr]
-    assert f"waiting for the lock held by pid {os.getpid()}" in proc.stderr.read()  # type: ignore[union-attr]
+        for line in proc.stderr:  # type: ignore[union-attr]  # start-up may take long under load
+            said.append(line)
+            if "waiting for the lock" in line:
+                break
+        assert proc.poll() is None, "".join(said)  # still waiting, the lock still held
+    assert proc.wait(timeout=600) == 0, "".join(said) + proc.stderr.read()  # type: ignore[union-attr]
+    assert f"waiting for the lock held by pid {os.getpid()}" in "".join(said)
     assert json.loads((run / "metrics.json").read_text())["n_boot"] == 5
 
 

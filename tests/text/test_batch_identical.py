@@ -18,7 +18,7 @@ from cxrfuse.data.manifest import label_column
 from cxrfuse.text import TextConfig, audit_leakage, prepare_text, prepare_texts
 from cxrfuse.text.audit import _families
 from cxrfuse.text.mask import compile_terms, mask_label_mentions, mask_many
-from cxrfuse.text.pipeline import _cache
+from cxrfuse.text.pipeline import _base_cache, _cache
 from cxrfuse.vocab import REPORT_SECTIONS
 
 CONFIGS = {
@@ -44,6 +44,7 @@ def test_prepared_texts_identical(iu_manifest: Manifest, name: str, task: str) -
         task = iu_manifest.labels[0]
     config = CONFIGS[name]
     _cache.clear()
+    _base_cache.clear()
     new = prepare_texts(iu_manifest, config, task).tolist()
     old = _reference_texts(iu_manifest, config, task)
     assert len(new) == len(old) == 3955

@@ -226,9 +226,13 @@ def audit_leakage(
         for probe in (False, True)
     }
     rows = []
+    scans: dict[tuple[bool, tuple[str, ...]], tuple[np.ndarray, Counter[str]]] = {}
     for kind, label, family, terms in families:
         values = manifest.df[label_column(label)].to_numpy(dtype=np.float64)
-        hit, found = _count(len(texts), corpora[kind == "probe"], compile_terms(tuple(terms)))
+        scan = (kind == "probe", tuple(terms))  # a family several labels share is searched once
+        if scan not in scans:
+            scans[scan] = _count(len(texts), corpora[scan[0]], compile_terms(scan[1]))
+        hit, found = scans[scan]
         rows.append(_row(kind, label, family, hit, found, values, top))
     counts = np.zeros(len(texts), dtype=np.int64)
     if config.mask_labels and texts:

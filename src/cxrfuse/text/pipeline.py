@@ -52,8 +52,11 @@ def prepare_text(row: Mapping[str, Any], config: TextConfig, labels: Sequence[st
 BLOCK = 8192
 """Texts prepared per block: one regex pass per block, and the progress bar's step."""
 
-_CACHE_SIZE = 3
+_CACHE_SIZE = 2
 _cache: OrderedDict[str, list[str]] = OrderedDict()
+"""Prepared texts by :func:`text_cache_key`: the last two sets of sectioned, cleaned texts
+(shared by every task) and, apart, the last two sets of prepared texts."""
+_base_cache: OrderedDict[str, list[str]] = OrderedDict()
 
 
 def text_cache_key(raw: Sequence[Sequence[Any]] | str, config: TextConfig, labels: Sequence[str]) -> str:
@@ -101,11 +104,11 @@ def _finish_block(texts: list[str], config: TextConfig, labels: Sequence[str]) -
     return texts
 
 
-def _remember(key: str, texts: list[str]) -> list[str]:
-    _cache[key] = texts
-    _cache.move_to_end(key)
-    while len(_cache) > _CACHE_SIZE:
-        _cache.popitem(last=False)
+def _remember(cache: OrderedDict[str, list[str]], key: str, texts: list[str]) -> list[str]:
+    cache[key] = texts
+    cache.move_to_end(key)
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
     return texts
 
 
@@ -128,9 +131,9 @@ def prepare_texts(
     sections = sections_digest(raw)
     base_key = text_cache_key(sections, base_config, [])
     key = text_cache_key(sections, config, labels) if config != base_config else base_key
-    texts = _cache.get(key)
+    texts = _cache.get(key) if key != base_key else _base_cache.get(key)
     if texts is None:
-        base = _cache.get(base_key)
+        base = _base_cache.get(base_key)
         n = len(manifest.df)
         texts = []
         fresh_base: list[str] = []
@@ -148,7 +151,9 @@ def prepare_texts(
                 texts.extend(_finish_block(block, config, labels) if key != base_key else block)
                 bar.update(size)
         if base is None:
-            _remember(base_key, fresh_base if key != base_key else texts)
-        _remember(key, texts)
-    _cache.move_to_end(key)
+            _remember(_base_cache, base_key, fresh_base if key != base_key else texts)
+        if key != base_key:
+            _remember(_cache, key, texts)
+    else:
+        (_cache if key != base_key else _base_cache).move_to_end(key)
     return pd.Series(list(texts), index=manifest.df.index, name="text", dtype="object")

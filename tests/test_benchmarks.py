@@ -45,6 +45,10 @@ def test_gpu_suite_dry_run_runs_every_step(tmp_path: Path) -> None:
     assert steps["distributed-extraction"]["figures"]["backend"] == "gloo"
     assert steps["distributed-extraction"]["figures"]["all_reduced"] == 8
     assert steps["lightning-ddp"]["figures"]["strategy"] == "ddp"
+    text = steps["text-embed"]["figures"]
+    assert text["minilm_shape_bf16_reports"] == 32 and text["bert_base_shape_bf16_reports_per_s"] > 0
+    assert set(text["projected_228k_seconds"]) == {"minilm_shape_bf16", "minilm_shape_fp32",
+                                                   "bert_base_shape_bf16", "bert_base_shape_fp32"}
     rows = steps["generation"]["figures"]["rows"]
     assert [r["reports"] for r in rows[:2]] == [2, 2] and rows[2]["seconds"] > 0
     table = (out / "gpu_suite.md").read_text()

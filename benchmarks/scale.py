@@ -268,8 +268,20 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # kB on Linux
 
 
+STAGE_IMPORTS = {
+    "ingest": ["cxrfuse.data.mimic_cxr"],
+    "split": ["cxrfuse.data", "cxrfuse.data.splits"],
+    "stats": ["cxrfuse.data", "cxrfuse.text"],
+    "evaluation": ["numpy", "cxrfuse.evaluation.bootstrap"],
+    "retrieval": ["numpy", "cxrfuse.data", "cxrfuse.generation.retrieval"],
+}
+
+
 def run_stage(stage: str, work: Path, n: int) -> dict[str, Any]:
-    """In this (child) process: one stage, timed from after its imports' baseline."""
+    """In this (child) process: one stage, timed after its imports (``rss_before_mb``: the
+    process's peak RSS then)."""
+    for module in STAGE_IMPORTS.get(stage, []):
+        importlib.import_module(module)
     before = _peak_rss_mb()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu, wall = usage.ru_utime + usage.ru_stime, time.perf_counter()

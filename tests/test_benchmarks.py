@@ -106,3 +106,26 @@ def test_near_duplicates_benchmark_runs(tmp_path: Path) -> None:
     assert "| byte-identical copy " in proc.stdout and "6/6" in proc.stdout
     same = next(line for line in proc.stdout.splitlines() if line.startswith("| same patient"))
     assert same.split("|")[2].strip() == "3"  # patients 0, 1, 2 have two images each
+
+
+def test_scale_dry_run_measures_every_stage(tmp_path: Path) -> None:
+    """benchmarks/scale.py --dry-run: a 2k-study synthetic MIMIC-CXR tree through every stage."""
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--dry-run",
+                           "--json", str(out), "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, env=_env(), timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    result = report["sizes"]["2000"]
+    for stage in ("ingest", "split", "stats", "evaluation", "retrieval"):
+        assert result[stage]["status"] == "ok", result[stage]
+        assert result[stage]["cpu_s"] > 0 and result[stage]["peak_rss_mb"] > result[stage]["rss_before_mb"] > 0
+    for stage in ("assembly", "training"):  # benchmarks/_head_training.py, when the branch has it
+        assert result[stage]["status"] in ("ok", "missing"), result[stage]
+    assert result["ingest"]["manifest_studies"] == 2000
+    assert result["stats"]["audits"] == 15 and result["stats"]["reports"] == 2000
+    assert result["stats"]["surviving_label_hits"] == 0  # masking covers the synthetic reports
+    assert result["audit_ms_per_report"] == result["stats"]["audit_ms_per_report"] > 0
+    assert result["retrieval"]["queries"] > 100 and result["retrieval"]["bank"] > 1000
+    assert {"audit_ms_per_report", "assembly_rss_ratio", "train_ratio"} <= set(result)
+    assert "| stats |" in proc.stdout

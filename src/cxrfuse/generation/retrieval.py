@@ -59,7 +59,7 @@ class SearchSpace:
         """(similarities, bank rows) of the ``k`` nearest bank rows of every query, best first.
 
         Streams the queries in blocks so that no more than ``block`` x bank similarities exist
-        at once (default: about 64 M, 256 MB), never the dense queries x bank matrix; the
+        at once (default: about 16 M, 64 MB), never the dense queries x bank matrix; the
         largest ``k`` asked is kept, so a later smaller ``k`` (the nearest-report baseline)
         costs nothing.
         """
@@ -81,7 +81,7 @@ class SearchSpace:
         return self._top
 
 
-SIMILARITY_BUDGET = 1 << 26
+SIMILARITY_BUDGET = 1 << 24
 """Query x bank similarities computed at once by :meth:`SearchSpace.top_k` (float32: 256 MB)."""
 
 _REPORTS: dict[int, tuple] = {}

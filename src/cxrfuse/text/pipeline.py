@@ -54,9 +54,9 @@ BLOCK = 8192
 
 _CACHE_SIZE = 2
 _cache: OrderedDict[str, list[str]] = OrderedDict()
-"""Prepared texts by :func:`text_cache_key`: the last two sets of sectioned, cleaned texts
-(shared by every task) and, apart, the last two sets of prepared texts."""
+"""The last two sets of prepared texts, by :func:`text_cache_key`."""
 _base_cache: OrderedDict[str, list[str]] = OrderedDict()
+"""The last two sets of sectioned, cleaned texts (every task of a manifest starts from them)."""
 
 
 def text_cache_key(raw: Sequence[Sequence[Any]] | str, config: TextConfig, labels: Sequence[str]) -> str:

@@ -119,7 +119,7 @@ def test_scale_dry_run_measures_every_stage(tmp_path: Path) -> None:
     result = report["sizes"]["2000"]
     for stage in ("ingest", "split", "stats", "evaluation", "retrieval"):
         assert result[stage]["status"] == "ok", result[stage]
-        assert result[stage]["cpu_s"] > 0 and result[stage]["peak_rss_mb"] > result[stage]["rss_before_mb"] > 0
+        assert result[stage]["cpu_s"] > 0 and result[stage]["peak_rss_mb"] >= result[stage]["rss_before_mb"] > 0
     for stage in ("assembly", "training"):  # benchmarks/_head_training.py, when the branch has it
         assert result[stage]["status"] in ("ok", "missing"), result[stage]
     assert result["ingest"]["manifest_studies"] == 2000

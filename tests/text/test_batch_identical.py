@@ -37,8 +37,11 @@ def _reference_texts(manifest: Manifest, config: TextConfig, task: str | None) -
     return [prepare_text(row, config, labels) for row in manifest.df[columns].to_dict("records")]
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-@pytest.mark.parametrize("task", ["normal-abnormal", "multilabel", "Cardiomegaly"])
+CASES = [*((name, "normal-abnormal") for name in CONFIGS),
+         *((name, task) for name in ("default", "stopwords") for task in ("multilabel", "Cardiomegaly"))]
+
+
+@pytest.mark.parametrize(("name", "task"), CASES)
 def test_prepared_texts_identical(iu_manifest: Manifest, name: str, task: str) -> None:
     if task == "Cardiomegaly" and task not in iu_manifest.labels:
         task = iu_manifest.labels[0]

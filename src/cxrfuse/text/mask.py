@@ -139,6 +139,15 @@ def _first_chars(items: Iterable) -> tuple[set[str] | None, bool]:
     return chars, True
 
 
+@lru_cache(maxsize=4096)
+def _term_first_chars(spelled: str) -> tuple[frozenset[str] | None, bool]:
+    """:func:`_first_chars` of one spelled term, parsed once per process (terms recur in
+    many families and unions)."""
+    first, nullable = _first_chars(parse(spelled, re.IGNORECASE))
+    return (None if first is None else frozenset(first)), nullable
+
+
+@lru_cache(maxsize=4096)
 def _specificity(term: str) -> tuple[int, int, str]:
     """Sort key: alternatives with more required text are tried first (regex alternation
     takes the first that matches, not the longest)."""
@@ -152,7 +161,7 @@ def _dispatch(terms: Sequence[str]) -> str:
     anywhere: list[str] = []
     for term in sorted(set(terms), key=_specificity, reverse=True):
         spelled = _spell(term)
-        first, nullable = _first_chars(parse(spelled, re.IGNORECASE))
+        first, nullable = _term_first_chars(spelled)
         if first is None or nullable:
             anywhere.append(spelled)
             continue

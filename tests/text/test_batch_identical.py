@@ -108,3 +108,13 @@ def test_audit_identical(iu_manifest: Manifest, name: str, task: str) -> None:
     assert got == rows
     assert audit.masks_per_study.tolist() == counts
     assert sum(r[3] for r in rows) > 0  # the audit found something to compare
+
+
+def test_progress_bar_names_the_step(iu_manifest: Manifest, capsys: pytest.CaptureFixture[str]) -> None:
+    _cache.clear()
+    _base_cache.clear()
+    audit_leakage(iu_manifest, TextConfig(), "multilabel", progress=True)
+    err = capsys.readouterr().err
+    assert "prepare texts" in err and "report" in err
+    audit_leakage(iu_manifest, TextConfig(), "multilabel", progress=True)  # cached: no bar
+    assert "prepare texts" not in capsys.readouterr().err

@@ -311,7 +311,10 @@ def measure_size(n: int, work: Path, stages: tuple[str, ...] = STAGES) -> dict[s
     out: dict[str, Any] = {"studies": n, "tree_seconds": round(time.perf_counter() - start, 1)}
     for stage in stages:
         if stage in ("assembly", "training"):
-            out[stage] = _external_stage(stage, work, n)
+            try:
+                out[stage] = _external_stage(stage, work, n)
+            except Exception as err:  # noqa: BLE001 - a failed stage is a result; the rest run
+                out[stage] = {"status": "failed", "error": f"{type(err).__name__}: {err}"[-2000:]}
         else:
             out[stage] = _child(stage, work, n)
         print(f"  {n} studies, {stage}: {_brief(out[stage])}", file=sys.stderr, flush=True)

@@ -355,7 +355,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         for r in results:
             s = r.get(stage, {})
             cells.append(f"{s.get('cpu_s')} s CPU, {s.get('wall_s')} s wall, {s.get('peak_rss_mb')} MB"
-                         if s.get("status") == "ok" else str(s.get("status")))  # fmt: skip
+                         if s.get("status") == "ok" else str(s.get("status", "not run")))  # fmt: skip
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     for key in ("audit_ms_per_report", "assembly_rss_ratio", "train_ratio"):
         lines.append(f"| {key} | " + " | ".join(str(r.get(key)) for r in results) + " |")

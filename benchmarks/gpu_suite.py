@@ -1,4 +1,4 @@
-"""The prepared GPU check (issue 16): every GPU figure of cxrfuse in one run of < 8 minutes.
+"""The prepared GPU check (issue 16): every GPU figure of cxrfuse in one run of < 9 minutes.
 
 Steps (each writes its figures; a failure or timeout is recorded and the next step runs):
 
@@ -15,7 +15,11 @@ Steps (each writes its figures; a failure or timeout is recorded and the next st
 - ``generation``: reports/s of the tiny random Mllama of the tests and a LoRA step;
 - ``lightning-ddp``: ``train_run`` with ``strategy: ddp`` on one device (one process);
 - ``distributed-extraction``: ``embed_images`` inside an initialised process group of one
-  rank (nccl on GPU, gloo on CPU).
+  rank (nccl on GPU, gloo on CPU);
+- ``text-embed``: report-embedding throughput (reports/s) for MIMIC-CXR's 228k reports:
+  MiniLM-L6-shaped and BERT-base-shaped encoders (random weights, no hub) on synthetic token
+  ids of 128 tokens, bf16 autocast and fp32, and cxrfuse's ``minilm`` encoder (tokenizer,
+  chunking, pooling) on synthetic report texts when its weights package is installed.
 
 ``--dry-run`` runs every step at toy size on the CPU in this process (CI calls it through
 ``benchmarks/gpu_suite.sh --dry-run``, so the script cannot rot); on a GPU each step runs in
@@ -50,7 +54,7 @@ from _common import image_paths, sync
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-TOTAL_BUDGET_S = 450  # all steps together (the issue's 8 minutes, less install and header)
+TOTAL_BUDGET_S = 495  # all steps together (the issue's 8 minutes + 45 s of text embedding, less install and header)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,10 @@ class Scale:
     vlm_tokens: int
     ddp_studies: int
     dist_images: int
+    text_reports: int = 228_000  # reports of the MiniLM-shaped pass (MIMIC-CXR's studies)
+    text_sample: int = 65_536  # reports of the BERT-base and fp32 passes (rate, then projected)
+    text_tokens: int = 128  # tokens a report (padded), MIMIC findings+impression's bulk
+    text_batch: int = 512
 
 
 GPU = Scale(images=4096, png_size=1024, input_size=224, batch=256, forward_batches=20,
@@ -89,7 +97,8 @@ TOY = Scale(images=8, png_size=96, input_size=32, batch=4, forward_batches=1,
             compile_backend="eager", head_studies=400, finetune_encoder="resnet18",
             finetune_batch=2, finetune_size=32, clip_batch=2, clip_tokens=8, clip_tiny_text=True,
             clip_image_size=32, clip_image_encoder="resnet18", steps=1, warmup=1,
-            vlm_reports=2, vlm_tokens=4, ddp_studies=200, dist_images=8)  # fmt: skip
+            vlm_reports=2, vlm_tokens=4, ddp_studies=200, dist_images=8, text_reports=32,
+            text_sample=16, text_tokens=16, text_batch=16)  # fmt: skip
 
 # Hard per-step timeouts (seconds) on the GPU run; the sum stays within TOTAL_BUDGET_S.
 BUDGET_S = {
@@ -101,6 +110,7 @@ BUDGET_S = {
     "generation": 30,
     "distributed-extraction": 25,
     "lightning-ddp": 30,
+    "text-embed": 45,
 }
 STEPS = list(BUDGET_S)
 
@@ -351,6 +361,75 @@ def step_generation(scale: Scale, device: torch.device, work: Path) -> dict[str,
     return {"rows": rows, "note": "a tiny random model: the code path's cost, not an 11B model's"}
 
 
+def _bert(layers: int, hidden: int, device: torch.device) -> torch.nn.Module:
+    """A randomly initialised BERT of the given shape (MiniLM-L6: 6 x 384, BERT-base: 12 x 768)."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=12,
+                        intermediate_size=4 * hidden, max_position_embeddings=512)  # fmt: skip
+    return BertModel(config).to(device).eval()
+
+
+def _reports_per_s(model: torch.nn.Module, n: int, scale: Scale, device: torch.device,
+                   bf16: bool) -> float:  # fmt: skip
+    """Mean-pooled embeddings of ``n`` synthetic reports of ``scale.text_tokens`` token ids."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (scale.text_batch, scale.text_tokens), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    with torch.inference_mode(), autocast(device, bf16):
+        model(input_ids=ids, attention_mask=mask)  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        done = 0
+        while done < n:
+            b = min(scale.text_batch, n - done)
+            hidden = model(input_ids=ids[:b], attention_mask=mask[:b]).last_hidden_state
+            (hidden * mask[:b, :, None]).sum(1).float().cpu()
+            done += b
+        sync(device)
+    return round(n / (time.perf_counter() - start), 1)
+
+
+def step_text_embed(scale: Scale, device: torch.device, work: Path) -> dict[str, Any]:
+    """Report embedding throughput (module docstring): reports/s and the projected time of
+    MIMIC-CXR's 228k reports."""
+    figures: dict[str, Any] = {"tokens_per_report": scale.text_tokens, "batch": scale.text_batch}
+    minilm = _bert(6, 384, device)
+    figures["minilm_shape_bf16_reports_per_s"] = _reports_per_s(minilm, scale.text_reports, scale, device, True)
+    figures["minilm_shape_bf16_reports"] = scale.text_reports
+    record(figures)
+    figures["minilm_shape_fp32_reports_per_s"] = _reports_per_s(minilm, scale.text_sample, scale, device, False)
+    del minilm
+    bert = _bert(12, 768, device)
+    figures["bert_base_shape_bf16_reports_per_s"] = _reports_per_s(bert, scale.text_sample, scale, device, True)
+    record(figures)
+    figures["bert_base_shape_fp32_reports_per_s"] = _reports_per_s(bert, scale.text_sample, scale, device, False)
+    del bert
+    figures["projected_228k_seconds"] = {
+        k.replace("_reports_per_s", ""): round(228_000 / v, 1)
+        for k, v in list(figures.items()) if k.endswith("_reports_per_s") and v}  # fmt: skip
+    record(figures)
+    try:
+        from cxrfuse.encoders import create_text_encoder
+
+        encoder = create_text_encoder("minilm", device=str(device))
+    except Exception as err:  # noqa: BLE001 - the weights package is optional on the GPU machine
+        figures["minilm_encoder"] = f"not measured: {type(err).__name__}: {err}"[:300]
+        return figures
+    from scale import NEGATIVE, OTHER, POSITIVE
+
+    pool = [s for group in POSITIVE.values() for s in group] + NEGATIVE + OTHER
+    rng = np.random.default_rng(0)
+    n = scale.text_sample
+    texts = [" ".join(pool[j] for j in rng.choice(len(pool), size=8)) for _ in range(n)]
+    start = time.perf_counter()
+    encoder.encode(texts, batch_size=scale.text_batch)
+    sync(device)
+    figures["minilm_encoder_reports_per_s"] = round(n / (time.perf_counter() - start), 1)
+    figures["minilm_encoder_reports"] = n
+    return figures
+
+
 def step_ddp(scale: Scale, device: torch.device, work: Path) -> dict[str, Any]:
     """``train_run`` under Lightning's DDP strategy with one process."""
     return step_fusion_head(scale, device, work, strategy="ddp")
@@ -398,6 +477,7 @@ STEP_FUNCTIONS: dict[str, Callable[[Scale, torch.device, Path], dict[str, Any]]]
     "generation": step_generation,
     "distributed-extraction": step_distributed,
     "lightning-ddp": step_ddp,
+    "text-embed": step_text_embed,
 }
 
 

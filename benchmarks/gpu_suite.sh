@@ -2,7 +2,7 @@
 # The prepared GPU check (issue 16): environment header, install from the project's own files,
 # then every step of benchmarks/gpu_suite.py (JSON + Markdown into --out).
 #
-#   bash benchmarks/gpu_suite.sh --out DIR             # on a GPU machine, < 8 minutes
+#   bash benchmarks/gpu_suite.sh --out DIR             # on a GPU machine, < 9 minutes
 #   bash benchmarks/gpu_suite.sh --dry-run --out DIR   # toy sizes on the CPU (CI runs this)
 #
 # Python: $PYTHON, else .venv/bin/python when it exists, else python3. Offline machines: the

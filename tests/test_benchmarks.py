@@ -45,6 +45,10 @@ def test_gpu_suite_dry_run_runs_every_step(tmp_path: Path) -> None:
     assert steps["distributed-extraction"]["figures"]["backend"] == "gloo"
     assert steps["distributed-extraction"]["figures"]["all_reduced"] == 8
     assert steps["lightning-ddp"]["figures"]["strategy"] == "ddp"
+    text = steps["text-embed"]["figures"]
+    assert text["minilm_shape_bf16_reports"] == 32 and text["bert_base_shape_bf16_reports_per_s"] > 0
+    assert set(text["projected_228k_seconds"]) == {"minilm_shape_bf16", "minilm_shape_fp32",
+                                                   "bert_base_shape_bf16", "bert_base_shape_fp32"}
     rows = steps["generation"]["figures"]["rows"]
     assert [r["reports"] for r in rows[:2]] == [2, 2] and rows[2]["seconds"] > 0
     table = (out / "gpu_suite.md").read_text()
@@ -128,3 +132,26 @@ def test_upload_memory_runs_both_scalings(tmp_path: Path) -> None:
     assert {(r["file"], r["path"], r["scaling"]) for r in rows} == {
         (f, p, s) for f in ("png", "dicom") for p in ("model input", "full size") for s in ("wide", "blocks")}
     assert all(r["peak_mib"][0] >= 0 for r in rows)
+
+
+def test_scale_dry_run_measures_every_stage(tmp_path: Path) -> None:
+    """benchmarks/scale.py --dry-run: a 2k-study synthetic MIMIC-CXR tree through every stage."""
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--dry-run",
+                           "--json", str(out), "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, env=_env(), timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    result = report["sizes"]["2000"]
+    for stage in ("ingest", "split", "stats", "evaluation", "retrieval"):
+        assert result[stage]["status"] == "ok", result[stage]
+        assert result[stage]["cpu_s"] > 0 and result[stage]["peak_rss_mb"] >= result[stage]["rss_before_mb"] > 0
+    for stage in ("assembly", "training"):  # benchmarks/_head_training.py, when the branch has it
+        assert result[stage]["status"] in ("ok", "missing"), result[stage]
+    assert result["ingest"]["manifest_studies"] == 2000
+    assert result["stats"]["audits"] == 15 and result["stats"]["reports"] == 2000
+    assert result["stats"]["surviving_label_hits"] == 0  # masking covers the synthetic reports
+    assert result["audit_ms_per_report"] == result["stats"]["audit_ms_per_report"] > 0
+    assert result["retrieval"]["queries"] > 100 and result["retrieval"]["bank"] > 1000
+    assert {"audit_ms_per_report", "assembly_rss_ratio", "train_ratio"} <= set(result)
+    assert "| stats |" in proc.stdout

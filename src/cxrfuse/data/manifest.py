@@ -238,8 +238,11 @@ class Manifest:
 
     def has_report(self) -> pd.Series:
         """Per study: True when any report section or the raw report has text."""
-        cols = [*REPORT_SECTIONS, "report"]
-        return self.df[cols].apply(lambda r: any(isinstance(x, str) and x.strip() for x in r), axis=1)
+        found = np.zeros(len(self.df), dtype=bool)
+        for col in [*REPORT_SECTIONS, "report"]:  # column by column: no Series per row
+            found |= np.fromiter((isinstance(x, str) and bool(x.strip()) for x in self.df[col].tolist()),
+                                 dtype=bool, count=len(self.df))  # fmt: skip
+        return pd.Series(found, index=self.df.index)
 
     # ------------------------------------------------------------------ validation and IO
     def validate(self, source: str = "manifest") -> None:

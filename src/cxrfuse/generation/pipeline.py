@@ -29,6 +29,7 @@ from cxrfuse.generation.retrieval import (
     nearest_reports,
     retrieve,
     store_vectors,
+    train_reports,
 )
 from cxrfuse.generation.vlm import generate_reports, load_vlm
 from cxrfuse.problems import DataError
@@ -80,7 +81,7 @@ def generate_retrieval(
     else:
         raise DataError("retrieval needs --clip RUN, or a MANIFEST with --store DIR")
     frame = retrieve(space, man, k=k, consensus=consensus)
-    baselines, info = baseline_reports(manifest_reports(man, ["train"]), list(frame["study_id"]),
+    baselines, info = baseline_reports(train_reports(man), list(frame["study_id"]),
                                        seed=score.get("seed", 0),
                                        nearest=nearest_reports(nearest_space, man),
                                        validation=_validation(man, split))  # fmt: skip

@@ -18,16 +18,17 @@ training studies form the bank: a val or test report is never retrievable.
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
 from cxrfuse.clip.embed import load_run as load_clip_run
 from cxrfuse.data.manifest import Manifest
@@ -52,6 +53,58 @@ class SearchSpace:
     bank_ids: list[str]
     bank: np.ndarray  # (N, D), unit rows
     description: str
+    _top: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    def top_k(self, k: int, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(similarities, bank rows) of the ``k`` nearest bank rows of every query, best first.
+
+        Streams the queries in blocks so that no more than ``block`` x bank similarities exist
+        at once (default: about 16 M, 64 MB), never the dense queries x bank matrix; the
+        largest ``k`` asked is kept, so a later smaller ``k`` (the nearest-report baseline)
+        costs nothing.
+        """
+        if self._top is not None and self._top[1].shape[1] >= k:
+            return self._top[0][:, :k], self._top[1][:, :k]
+        bank = torch.from_numpy(self.bank)
+        n = max(1, len(self.bank_ids))
+        step = block or max(1, SIMILARITY_BUDGET // n)
+        sims, rows = [], []
+        for lo in range(0, len(self.query_ids), step):
+            part = torch.from_numpy(self.query[lo:lo + step]) @ bank.T
+            top_sim, top = part.topk(k, dim=1)
+            sims.append(top_sim)
+            rows.append(top)
+        if not sims:
+            empty = torch.zeros((0, k))
+            return empty, empty.long()
+        self._top = (torch.cat(sims), torch.cat(rows))
+        return self._top
+
+
+SIMILARITY_BUDGET = 1 << 24
+"""Query x bank similarities computed at once by :meth:`SearchSpace.top_k` (float32: 256 MB)."""
+
+_REPORTS: dict[int, tuple] = {}
+
+
+def study_reports(manifest: Manifest) -> tuple[dict[str, str], dict[str, str]]:
+    """(every study's, the training split's) :func:`~cxrfuse.generation.baselines.manifest_reports`,
+    built once per manifest table: store vectors, the retrieval, its references, the baselines
+    and the nearest-report baseline share them."""
+    df = manifest.df
+    cached = _REPORTS.get(id(df))
+    if cached is None or cached[0]() is not df or cached[1] != len(df):
+        every = manifest_reports(manifest)
+        train = _split_ids(manifest, ["train"])
+        _REPORTS.clear()  # one manifest at a time: the table is held weakly, the texts are not
+        cached = _REPORTS[id(df)] = (weakref.ref(df), len(df), every,
+                                     {s: t for s, t in every.items() if s in train})
+    return cached[2], cached[3]
+
+
+def train_reports(manifest: Manifest) -> dict[str, str]:
+    """The training split's reports (see :func:`study_reports`)."""
+    return study_reports(manifest)[1]
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -95,7 +148,7 @@ def store_vectors(
         X = unit_rows(np.concatenate([X, indication_weight * unit_rows(T)], axis=1))
         description += f" + {indication_weight:g} x indication ({indication_encoder})"
     ids = manifest.df["study_id"].astype(str).to_numpy()
-    reports = manifest_reports(manifest, ["train"])
+    reports = train_reports(manifest)
     train = _split_ids(manifest, ["train"])
     bank_rows = [i for i, s in enumerate(ids) if s in train and s in reports and has_image[i]]
     queries = _split_ids(manifest, [split])
@@ -113,7 +166,7 @@ def clip_vectors(run_dir: str | Path, *, split: str = "test", progress: bool = T
     run = load_clip_run(run_dir, progress=progress)
     image, _, pairs = run.embed_split(split)
     train_image, _, train_pairs = run.embed_split("train")
-    reports = manifest_reports(run.manifest, ["train"])
+    reports = train_reports(run.manifest)
     bank_pairs = run.pairs("train")
     keep = [i for i, s in enumerate(bank_pairs.study_ids) if str(s) in reports]
     if not keep:
@@ -149,6 +202,26 @@ def consensus_sentences(texts: Sequence[str]) -> str | None:
     return ". ".join(shared) + "." if shared else None
 
 
+def _medoid_idf(bank_texts: Sequence[str], neighbour_texts: Sequence[str]) -> TfidfVectorizer:
+    """The tf-idf a fit on the whole bank gives, for the neighbours' terms only.
+
+    A ``TfidfVectorizer`` fitted on the bank keeps every uni- and bigram of it; the medoid only
+    ever transforms neighbour reports, whose terms are bank terms. So the vocabulary is the
+    neighbours' terms and their document frequencies are counted over the bank in one
+    streaming pass (binary counts, blocks of 20k reports): the same vectors, a fraction of the
+    memory.
+    """
+    vocabulary = CountVectorizer(ngram_range=(1, 2)).fit(neighbour_texts).vocabulary_
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=vocabulary)
+    counter = CountVectorizer(ngram_range=(1, 2), vocabulary=vocabulary, binary=True)
+    df = np.zeros(len(vocabulary), dtype=np.int64)
+    for lo in range(0, len(bank_texts), 20_000):
+        df += np.asarray(counter.transform(bank_texts[lo:lo + 20_000]).sum(axis=0)).ravel()
+    n = len(bank_texts)
+    vectorizer.idf_ = np.log((1 + n) / (1 + df)) + 1  # smooth_idf, as TfidfTransformer.fit
+    return vectorizer
+
+
 def choose_reports(space: SearchSpace, texts: dict[str, str], k: int = 1,
                    consensus: Consensus = "top1") -> pd.DataFrame:  # fmt: skip
     """One chosen training report per query: columns ``study_id``, ``generated``,
@@ -161,11 +234,12 @@ def choose_reports(space: SearchSpace, texts: dict[str, str], k: int = 1,
     if leaked:
         raise DataError(f"{len(leaked)} query studies are in the retrieval bank")
     k = min(k, len(space.bank_ids))
-    sim = torch.from_numpy(space.query) @ torch.from_numpy(space.bank).T
-    top_sim, top = sim.topk(k, dim=1)
+    top_sim, top = space.top_k(k)
     bank_texts = [texts[s] for s in space.bank_ids]
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(bank_texts) \
-        if consensus != "top1" and k > 1 else None  # fmt: skip
+    vectorizer = None
+    if consensus != "top1" and k > 1:
+        used = sorted(set(top.reshape(-1).tolist()))
+        vectorizer = _medoid_idf(bank_texts, [bank_texts[i] for i in used])
     rows = []
     for q, sid in enumerate(space.query_ids):
         picks = top[q].tolist()
@@ -188,8 +262,8 @@ def retrieve(space: SearchSpace, manifest: Manifest, *, k: int = 1,
              consensus: Consensus = "top1") -> pd.DataFrame:  # fmt: skip
     """Reports for the queries of ``space``, with ``split`` and ``reference`` (the study's own
     findings + impression) beside; queries without reference text are kept (reference "")."""
-    frame = choose_reports(space, manifest_reports(manifest, ["train"]), k, consensus)
-    own = manifest_reports(manifest)
+    frame = choose_reports(space, train_reports(manifest), k, consensus)
+    own = study_reports(manifest)[0]
     split = dict(zip(manifest.df["study_id"].astype(str), manifest.df["split"]))
     frame.insert(1, "split", [split.get(s) for s in frame["study_id"]])
     frame.insert(3, "reference", [own.get(s, "") for s in frame["study_id"]])
@@ -198,5 +272,5 @@ def retrieve(space: SearchSpace, manifest: Manifest, *, k: int = 1,
 
 def nearest_reports(space: SearchSpace, manifest: Manifest) -> dict[str, str]:
     """The nearest-neighbour baseline: study id -> the nearest training study's report."""
-    frame = choose_reports(space, manifest_reports(manifest, ["train"]), 1, "top1")
+    frame = choose_reports(space, train_reports(manifest), 1, "top1")
     return dict(zip(frame["study_id"], frame["generated"]))

@@ -27,7 +27,14 @@ import pandas as pd
 from rich.table import Table
 
 from cxrfuse.data.manifest import Manifest, label_column
-from cxrfuse.text.mask import NORMAL_FAMILY, compile_terms, label_families, probe_families
+from cxrfuse.text.mask import (
+    NORMAL_FAMILY,
+    SEPARATOR,
+    compile_terms,
+    joinable,
+    label_families,
+    probe_families,
+)
 from cxrfuse.text.pipeline import prepare_texts
 from cxrfuse.text.sections import TextConfig
 
@@ -141,22 +148,45 @@ def _families(labels: list[str]) -> list[tuple[str, str, str, list[str]]]:
     return out
 
 
-def _candidates(texts: list[str], terms: list[str]) -> list[int]:
+class _Corpus:
+    """Texts joined by :data:`~cxrfuse.text.mask.SEPARATOR`: one regex pass searches them all,
+    and each match is traced back to its text by its offset."""
+
+    def __init__(self, texts: list[str], subset: list[int] | None = None) -> None:
+        self.ids = np.arange(len(texts)) if subset is None else np.asarray(subset, dtype=np.int64)
+        parts = [texts[i] for i in self.ids]
+        self.joined = SEPARATOR.join(parts)
+        lengths = np.fromiter((len(p) + 1 for p in parts), dtype=np.int64, count=len(parts))
+        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if parts else np.zeros(0, np.int64)
+
+    def owners(self, offsets: list[int]) -> np.ndarray:
+        """Index (into the full text list) of the text holding each offset."""
+        if not offsets:
+            return np.zeros(0, dtype=np.int64)
+        return self.ids[np.searchsorted(self.starts, np.asarray(offsets), side="right") - 1]
+
+    def matches(self, pattern: re.Pattern[str]) -> tuple[np.ndarray, list[str]]:
+        """(owner of each match, matched text) of every match in the corpus."""
+        found = [(m.start(), m.group(0)) for m in pattern.finditer(self.joined)]
+        return self.owners([o for o, _ in found]), [f for _, f in found]
+
+
+def _candidates(corpus: _Corpus, terms: list[str]) -> list[int]:
     """Indices of texts matching any of ``terms`` (one pass instead of one per family)."""
-    pattern = compile_terms(tuple(terms))
-    return [i for i, text in enumerate(texts) if pattern.search(text)]
+    owners, _ = corpus.matches(compile_terms(tuple(terms)))
+    return sorted(set(owners.tolist()))
 
 
-def _count(texts: list[str], subset: list[int], pattern: re.Pattern[str]) -> tuple[np.ndarray, Counter[str]]:
+def _count(n: int, corpus: _Corpus, pattern: re.Pattern[str]) -> tuple[np.ndarray, Counter[str]]:
     """Per study: does the pattern match; overall: how often each matched string occurs."""
-    hit = np.zeros(len(texts), dtype=bool)
-    terms: Counter[str] = Counter()
-    for i in subset:
-        found = [m.group(0).lower() for m in pattern.finditer(texts[i])]
-        if found:
-            hit[i] = True
-            terms.update(re.sub(r"[\s-]+", " ", f) for f in found)
+    hit = np.zeros(n, dtype=bool)
+    owners, found = corpus.matches(pattern)
+    hit[owners] = True
+    terms: Counter[str] = Counter(_SPACES.sub(" ", f.lower()) for f in found)
     return hit, terms
+
+
+_SPACES = re.compile(r"[\s-]+")
 
 
 def _row(kind: str, label: str, family: str, hit: np.ndarray, terms: Counter[str],
@@ -180,24 +210,34 @@ def _masks_by_label(counts: np.ndarray, manifest: Manifest, labels: list[str]) -
 
 
 def audit_leakage(
-    manifest: Manifest, config: TextConfig, task: str | None = None, *, top: int = 5
+    manifest: Manifest, config: TextConfig, task: str | None = None, *, top: int = 5,
+    progress: bool = False,
 ) -> LeakageAudit:
     """Search the prepared text of every study for label terms, normal phrases and probes."""
     labels = manifest.task_labels(task)
-    texts = prepare_texts(manifest, config, task).tolist()
+    texts = prepare_texts(manifest, config, task, progress=progress).tolist()
+    if not joinable(texts):
+        raise ValueError("a prepared text holds a NUL character; the audit cannot search it")
+    everything = _Corpus(texts)
     families = _families(labels)
-    subsets = {
-        probe: _candidates(texts, [t for kind, _, _, terms in families
-                                   if (kind == "probe") == probe for t in terms])
+    corpora = {
+        probe: _Corpus(texts, _candidates(everything, [t for kind, _, _, terms in families
+                                                      if (kind == "probe") == probe for t in terms]))
         for probe in (False, True)
     }
     rows = []
+    scans: dict[tuple[bool, tuple[str, ...]], tuple[np.ndarray, Counter[str]]] = {}
     for kind, label, family, terms in families:
         values = manifest.df[label_column(label)].to_numpy(dtype=np.float64)
-        hit, found = _count(texts, subsets[kind == "probe"], compile_terms(tuple(terms)))
+        scan = (kind == "probe", tuple(terms))  # a family several labels share is searched once
+        if scan not in scans:
+            scans[scan] = _count(len(texts), corpora[scan[0]], compile_terms(scan[1]))
+        hit, found = scans[scan]
         rows.append(_row(kind, label, family, hit, found, values, top))
-    token = re.escape(config.mask_token)
-    counts = np.array([len(re.findall(token, t)) if config.mask_labels else 0 for t in texts])
+    counts = np.zeros(len(texts), dtype=np.int64)
+    if config.mask_labels and texts:
+        token = re.compile(re.escape(config.mask_token))
+        np.add.at(counts, everything.owners([m.start() for m in token.finditer(everything.joined)]), 1)
     return LeakageAudit(
         task=task,
         labels=labels,

@@ -57,6 +57,7 @@ __all__ = [
     "label_families",
     "label_patterns",
     "mask_label_mentions",
+    "mask_many",
     "normalise_label",
     "probe_families",
 ]
@@ -138,6 +139,15 @@ def _first_chars(items: Iterable) -> tuple[set[str] | None, bool]:
     return chars, True
 
 
+@lru_cache(maxsize=4096)
+def _term_first_chars(spelled: str) -> tuple[frozenset[str] | None, bool]:
+    """:func:`_first_chars` of one spelled term, parsed once per process (terms recur in
+    many families and unions)."""
+    first, nullable = _first_chars(parse(spelled, re.IGNORECASE))
+    return (None if first is None else frozenset(first)), nullable
+
+
+@lru_cache(maxsize=4096)
 def _specificity(term: str) -> tuple[int, int, str]:
     """Sort key: alternatives with more required text are tried first (regex alternation
     takes the first that matches, not the longest)."""
@@ -151,7 +161,7 @@ def _dispatch(terms: Sequence[str]) -> str:
     anywhere: list[str] = []
     for term in sorted(set(terms), key=_specificity, reverse=True):
         spelled = _spell(term)
-        first, nullable = _first_chars(parse(spelled, re.IGNORECASE))
+        first, nullable = _term_first_chars(spelled)
         if first is None or nullable:
             anywhere.append(spelled)
             continue
@@ -251,3 +261,38 @@ def mask_label_mentions(text: str, labels: Sequence[str], *, token: str = "[MASK
     if masked == text:
         return text
     return collapse.sub(token, absorb.sub(token, masked))
+
+
+SEPARATOR = "\x00"
+"""Joins texts into one corpus for a single regex pass. No term, prefix or separator pattern
+can match it (the tables use no wildcard or negated class) and it is not a word character, so
+a match never crosses it and whole-word checks at it behave as at the ends of a text."""
+
+
+def joinable(texts: Sequence[str]) -> bool:
+    """Whether ``texts`` can be searched as one corpus (none holds :data:`SEPARATOR`)."""
+    return not any(SEPARATOR in t for t in texts)
+
+
+def mask_many(texts: Sequence[str], labels: Sequence[str], *, token: str = "[MASK]") -> list[str]:
+    """:func:`mask_label_mentions` of every text, in one compiled pass over the joined texts.
+
+    Gives exactly the per-text result: matches cannot cross :data:`SEPARATOR`, and the
+    absorb / collapse passes run only on the texts the term pass changed, as per text.
+    """
+    texts = list(texts)
+    if not labels or not texts:
+        return texts
+    if not joinable(texts):
+        return [mask_label_mentions(t, labels, token=token) for t in texts]
+    pattern = compile_terms(_all_terms(tuple(labels)))
+    if pattern.search(token):
+        raise ValueError(f"mask token {token!r} is itself a term of {list(labels)}; choose another")
+    absorb, collapse = _token_patterns(token)
+    masked = pattern.sub(token, SEPARATOR.join(texts)).split(SEPARATOR)
+    changed = [i for i, (a, b) in enumerate(zip(texts, masked)) if a != b]
+    if changed:
+        joined = SEPARATOR.join(masked[i] for i in changed)
+        for i, text in zip(changed, collapse.sub(token, absorb.sub(token, joined)).split(SEPARATOR)):
+            masked[i] = text
+    return masked

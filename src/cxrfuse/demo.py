@@ -151,7 +151,7 @@ def run_demo(
         index=False), markup=False, highlight=False, soft_wrap=True)  # fmt: skip
     console.rule("7. report")
     html, md = write_report(exp_dir)
-    console.print(ExperimentDir(exp_dir).summary_md.read_text())
+    console.print(ExperimentDir(exp_dir).evaluation_md.read_text())
     console.print(f"markdown report: {md}")
     return html
 

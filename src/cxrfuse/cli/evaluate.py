@@ -78,7 +78,7 @@ def evaluate_cmd(
     unimodal vs multimodal table, fused vs best-unimodal tests and complementarity.
 
     Writes metrics.json and plots/ per run (ablation.json with --shuffle), and evaluation.json,
-    summary.csv and summary.md for an experiment. With --on, scores the run on another manifest
+    evaluation.csv and evaluation.md for an experiment. With --on, scores the run on another manifest
     (labels aligned across vocabularies, subgroups, optional recalibration) beside its internal
     test metrics: external.json, external.md, external_predictions.parquet and plots/.
     Example: `cxrfuse evaluate runs/exp/runs/multimodal-seed0 --n-boot 1000 --shuffle both`;
@@ -144,7 +144,7 @@ def evaluate_cmd(
         for run_dir in targets:
             _print_shuffle(run_dir, shuffle_run(run_dir, modalities, repeats=repeats, seed=seed))
     exp = ExperimentDir(path)
-    console.print(f"wrote [bold]{exp.summary_md}[/], {exp.summary_csv.name} and "
+    console.print(f"wrote [bold]{exp.evaluation_md}[/], {exp.evaluation_csv.name} and "
                   f"{exp.evaluation_path.name}")
 
 

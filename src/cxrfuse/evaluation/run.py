@@ -41,7 +41,6 @@ from cxrfuse.evaluation.plots import (
     plot_pr,
     plot_reliability,
     plot_roc,
-    plot_training_curves,
     plot_venn,
 )
 from cxrfuse.evaluation.subgroups import study_attributes, subgroup_metrics
@@ -255,8 +254,8 @@ def _run_plots(
         plot_confusion(result["test"]["per_label"], confusion),
         plot_reliability(result["test"]["per_label"], reliability),
     ]
-    if run.epochs_path.exists():
-        paths.append(plot_training_curves(run.epochs_path, run.training_curves))
+    if run.training_curves.exists():  # drawn by training (its one writer), listed here
+        paths.append(run.training_curves)
     return [str(p.relative_to(run.path)) for p in paths]
 
 
@@ -352,8 +351,8 @@ def evaluate_experiment(
 ) -> dict[str, Any]:
     """Evaluate every finished run of an experiment and compare modalities.
 
-    Writes ``evaluation.json`` (everything below), ``summary.csv`` (one row per run; columns
-    the training side wrote are kept) and ``summary.md``, plus per-setting ROC and Venn plots
+    Writes ``evaluation.json`` (everything below), ``evaluation.csv`` (one row per run; the
+    grid columns of the training side's ``summary.csv`` kept) and ``evaluation.md``, plus per-setting ROC and Venn plots
     under ``plots/``. ``reuse`` keeps a run's ``metrics.json`` when it is newer than its
     predictions and used the same threshold method and bootstrap.
     """
@@ -415,7 +414,7 @@ def evaluate_experiment(
     }
     result["conclusion"] = experiment_conclusion(result, {r["run"]: r["metrics"] for r in finished})
     exp.write_evaluation(result)
-    _write_summary(exp, records, comparisons, result["conclusion"], result["verdicts"])
+    _write_tables(exp, records, comparisons, result["conclusion"], result["verdicts"])
     return result
 
 
@@ -564,7 +563,7 @@ def _compare_setting(
     return out
 
 
-def _write_summary(
+def _write_tables(
     exp: ExperimentDir, records: list[dict[str, Any]], comparisons: list[dict[str, Any]],
     conclusion: str = "", verdicts: Sequence[Mapping[str, Any]] = (),
 ) -> None:
@@ -587,14 +586,12 @@ def _write_summary(
                 v["kind"] for v in r["metrics"]["test"].get("verdicts", [])))  # fmt: skip
         rows.append(row)
     ours = pd.DataFrame(rows)
-    theirs = exp.summary()
-    if theirs is not None:  # keep the grid columns the experiment runner wrote
-        key = "name" if "name" in theirs.columns else "run" if "run" in theirs.columns else None
-        if key:
-            theirs = theirs.rename(columns={key: "run"})
-            keep = [c for c in theirs.columns if c not in ours.columns or c == "run"]
-            ours = theirs[keep].merge(ours, on="run", how="outer")
-    exp.write_summary(ours, summary_markdown(exp.name, ours, comparisons, conclusion, verdicts))
+    theirs = exp.summary()  # the training side's run table (read, never written here)
+    if theirs is not None and "run" in theirs.columns:  # keep its grid columns
+        keep = [c for c in theirs.columns if c not in ours.columns or c == "run"]
+        ours = theirs[keep].merge(ours, on="run", how="outer")
+    exp.write_evaluation_tables(ours, summary_markdown(exp.name, ours, comparisons, conclusion,
+                                                       verdicts))
 
 
 def summary_markdown(name: str, runs: pd.DataFrame, comparisons: list[dict[str, Any]],

@@ -283,7 +283,7 @@ def shuffle_run(
     info = run.require(EVALUATED_KINDS, action="a shuffle test")
     check_shuffle(info, run, modalities)
     if thresholds is None:
-        stored = run.metrics()["thresholds"] if run.has_metrics() else {}
+        stored = run.metrics().thresholds if run.has_metrics() else {}
         thresholds = np.array([stored.get(n, 0.5) for n in info.labels])
     model = load_run(run)
     inputs, y = model.split_inputs("test")
@@ -428,10 +428,9 @@ def _cached_or_evaluate(
         and run.metrics_path.stat().st_mtime >= run.predictions_path.stat().st_mtime
     ):
         cached = run.metrics()
-        settings = (cached.get("threshold_method"), cached.get("n_boot"),
-                    cached.get("bootstrap_seed"))  # fmt: skip
-        if "verdicts" in cached["test"] and settings == (str(threshold), n_boot, seed):
-            return cached
+        settings = (cached.threshold_method, cached.n_boot, cached.bootstrap_seed)
+        if cached.test.verdicts is not None and settings == (str(threshold), n_boot, seed):
+            return cached.as_result()
     return evaluate_run(run, threshold, n_boot, seed, leakage=leakage, probe_cache=probes)
 
 

@@ -40,7 +40,7 @@ PHANTOM_NOTE = (
 
 def run_sections(run_dir: Path) -> tuple[str, list[Section]]:
     run = RunDir(run_dir).info().model_dump()
-    metrics = RunDir(run_dir).metrics()
+    metrics = RunDir(run_dir).metrics().as_result()
     title = f"cxrfuse report: run {metrics['run']}"
     top = Section("Overview")
     if "verdicts" in metrics["test"]:
@@ -523,7 +523,7 @@ def experiment_sections(exp_dir: Path) -> tuple[str, list[Section]]:
     runs = {r["run"]: r for r in evaluation["runs"]}
     finished = [(name, exp_dir / r["dir"]) for name, r in runs.items() if r.get("headline")]
     run_json = {name: RunDir(d).info().model_dump() for name, d in finished}
-    metrics = {name: RunDir(d).metrics() for name, d in finished}
+    metrics = {name: RunDir(d).metrics().as_result() for name, d in finished}
     title = f"cxrfuse report: experiment {evaluation['experiment']}"
     top = Section("Overview")
     if all("verdicts" in m["test"] for m in metrics.values()):

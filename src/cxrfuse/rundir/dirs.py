@@ -366,10 +366,11 @@ class RunDir(_Dir):
     def has_metrics(self) -> bool:
         return self.metrics_path.is_file()
 
-    def metrics(self) -> dict[str, Any]:
-        """``metrics.json``, validated; the plain mapping."""
+    def metrics(self) -> Metrics:
+        """``metrics.json``, validated (``.test`` typed; ``.as_result()`` the mapping
+        ``evaluate_run`` returns)."""
         raw = _read_json(self.metrics_path, f"run `cxrfuse evaluate {self.path}` first")
-        return _validated(Metrics, raw, self.metrics_path).model_dump()
+        return _validated(Metrics, raw, self.metrics_path)
 
     def ablation(self) -> dict[str, Any]:
         return _read_json(self.ablation_path, "ablation") if self.ablation_path.is_file() else {}

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxrfuse.evaluation.metrics import as_2d
 from cxrfuse.plotting import new_figure, save_figure
@@ -41,6 +40,8 @@ def _curves(
     path: str | Path,
     title: str,
 ) -> Path:
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
     y_true = as_2d(y_true)
     fig, axes = _grid(len(labels))
     for j, (ax, name) in enumerate(zip(axes, labels)):

@@ -27,10 +27,9 @@ from PIL import Image
 from rich.console import Console
 
 from cxrfuse.config import ExperimentConfig
-from cxrfuse.data import Manifest, read_manifest
+from cxrfuse.data import Manifest, assign_splits, read_manifest
 from cxrfuse.data.iu_xray import ingest_iu_xray
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
-from cxrfuse.data.splits import assign_splits
 from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.stats import render_summary
 

@@ -83,8 +83,8 @@ def evaluate_cmd(
     Example: `cxrfuse evaluate runs/exp/runs/multimodal-seed0 --n-boot 1000 --shuffle both`;
     `cxrfuse evaluate runs/iu/runs/image-seed0 --on nih.parquet --recalibrate platt`
     """
+    from cxrfuse.evaluation import evaluate_path
     from cxrfuse.evaluation.alignment import parse_mapping
-    from cxrfuse.evaluation.dispatch import evaluate_path
 
     done = evaluate_path(
         path, threshold, n_boot, seed, shuffle=shuffle.value if shuffle else None,

@@ -9,7 +9,7 @@ the next stage, :mod:`cxrfuse.store`.
 from cxrfuse.encoders import image, text  # noqa: F401  (their decorators fill the registry)
 from cxrfuse.encoders.factory import create_image_encoder, create_text_encoder, encoder_table
 from cxrfuse.encoders.hub import WeightsUnavailableError, is_offline
-from cxrfuse.encoders.image import ImageEncoder, to_model_input
+from cxrfuse.encoders.image import ImageEncoder, ViTEncoder, to_model_input
 from cxrfuse.encoders.registry import (
     ImageEncoderSpec,
     TextEncoderSpec,
@@ -21,14 +21,16 @@ from cxrfuse.encoders.registry import (
     register_image_encoder,
     register_text_encoder,
 )
-from cxrfuse.encoders.text import TextEncoder
+from cxrfuse.encoders.text import TextEncoder, TfidfEncoder
 
 __all__ = [
     "ImageEncoder",
     "ImageEncoderSpec",
     "TextEncoder",
     "TextEncoderSpec",
+    "TfidfEncoder",
     "UnknownEncoderError",
+    "ViTEncoder",
     "WeightsUnavailableError",
     "create_image_encoder",
     "create_text_encoder",

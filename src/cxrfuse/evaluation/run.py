@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cxrfuse.data import check_patient_leakage
 from cxrfuse.data.manifest import read_manifest
-from cxrfuse.data.splits import check_patient_leakage
 from cxrfuse.evaluation.ablation import (
     complementarity,
     format_table,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrfuse.encoders.image import ImageEncoder, ViTEncoder
+from cxrfuse.encoders import ImageEncoder, ViTEncoder
 from cxrfuse.problems import CxrfuseError
 
 if TYPE_CHECKING:

@@ -29,8 +29,7 @@ from cxrfuse.explain.explainer import CaptionFacts, Explainer, ViewExplanation
 from cxrfuse.explain.scoring import PhantomScores, score_on_phantoms, write_scores
 from cxrfuse.inference import LoadedRun, load_run
 from cxrfuse.problems import CxrfuseError
-from cxrfuse.rundir import RunDir, layout
-from cxrfuse.rundir.models import ImageSide
+from cxrfuse.rundir import ImageSide, RunDir, layout
 from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS, PHANTOM
 
 

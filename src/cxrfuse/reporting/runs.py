@@ -11,9 +11,16 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from cxrfuse.data import split_summary
 from cxrfuse.data.manifest import read_manifest
-from cxrfuse.data.splits import split_summary
-from cxrfuse.evaluation import HEADLINE, format_table, format_value, modality_name
+from cxrfuse.evaluation import (
+    HEADLINE,
+    experiment_conclusion,
+    format_table,
+    format_value,
+    modality_name,
+    run_conclusion,
+)
 from cxrfuse.evaluation.run import (
     COMPLEMENTARITY_INTRO,
     PAIRED_INTRO,
@@ -21,7 +28,6 @@ from cxrfuse.evaluation.run import (
     paired_table,
     resolve_manifest,
 )
-from cxrfuse.evaluation.verdicts import experiment_conclusion, run_conclusion
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.reporting.document import Section
 from cxrfuse.reporting.external import external_section, subgroup_section

@@ -32,6 +32,7 @@ from cxrfuse.evaluation.bootstrap import (
     seed_summary,
 )
 from cxrfuse.evaluation.dispatch import Evaluation, evaluate_path
+from cxrfuse.evaluation.experiment import evaluate_experiment
 from cxrfuse.evaluation.external import evaluate_external
 from cxrfuse.evaluation.metrics import (
     HEADLINE,
@@ -39,7 +40,7 @@ from cxrfuse.evaluation.metrics import (
     choose_thresholds,
     compute_metrics,
 )
-from cxrfuse.evaluation.run import evaluate_experiment, evaluate_run, shuffle_run
+from cxrfuse.evaluation.run import evaluate_run, shuffle_run
 from cxrfuse.evaluation.subgroups import subgroup_metrics
 from cxrfuse.evaluation.verdicts import (
     baselines,

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cxrfuse.evaluation.experiment import evaluate_experiment
 from cxrfuse.evaluation.external import evaluate_external
 from cxrfuse.evaluation.metrics import parse_threshold
-from cxrfuse.evaluation.run import evaluate_experiment, evaluate_run, shuffle_run
+from cxrfuse.evaluation.run import evaluate_run, shuffle_run
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import ExperimentDir, RunDir
 

@@ -21,13 +21,13 @@ from cxrfuse.evaluation import (
     modality_name,
     run_conclusion,
 )
-from cxrfuse.evaluation.run import (
+from cxrfuse.evaluation.experiment import (
     COMPLEMENTARITY_INTRO,
     PAIRED_INTRO,
     complementarity_table,
     paired_table,
-    resolve_manifest,
 )
+from cxrfuse.evaluation.run import resolve_manifest
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.reporting.document import Section
 from cxrfuse.reporting.external import external_section, subgroup_section

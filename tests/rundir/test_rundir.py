@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrfuse.encoders.text import TfidfEncoder
+from cxrfuse.encoders import TfidfEncoder
 from cxrfuse.fusion import build_head
 from cxrfuse.inference import build_head_from
 from cxrfuse.problems import CxrfuseError, DataError

@@ -6,7 +6,7 @@ Importing this package registers the built-in encoders. Computing and storing em
 the next stage, :mod:`cxrfuse.store`.
 """
 
-from cxrfuse.encoders import image, text  # noqa: F401  (their decorators fill the registry)
+from cxrfuse.encoders import image, text, tfidf  # noqa: F401  (their decorators fill the registry)
 from cxrfuse.encoders.factory import create_image_encoder, create_text_encoder, encoder_table
 from cxrfuse.encoders.hub import WeightsUnavailableError, is_offline
 from cxrfuse.encoders.image import ImageEncoder, ViTEncoder, to_model_input
@@ -21,7 +21,8 @@ from cxrfuse.encoders.registry import (
     register_image_encoder,
     register_text_encoder,
 )
-from cxrfuse.encoders.text import TextEncoder, TfidfEncoder
+from cxrfuse.encoders.text import TextEncoder
+from cxrfuse.encoders.tfidf import TfidfEncoder
 
 __all__ = [
     "ImageEncoder",

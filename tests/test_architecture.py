@@ -254,7 +254,7 @@ FACE_EXCEPTIONS = {
     "cxrfuse.reporting.external -> cxrfuse.evaluation.subgroups",
     "cxrfuse.reporting.generation -> cxrfuse.generation.outputs",
     "cxrfuse.reporting.generation -> cxrfuse.generation.table",
-    "cxrfuse.reporting.runs -> cxrfuse.evaluation.experiment",
+    "cxrfuse.reporting.experiment -> cxrfuse.evaluation.experiment",
     "cxrfuse.reporting.runs -> cxrfuse.evaluation.run",
     "cxrfuse.rundir.layout -> cxrfuse.config.run",
     "cxrfuse.serve.draft -> cxrfuse.generation.baselines",

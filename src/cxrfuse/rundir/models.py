@@ -246,7 +246,7 @@ class TestMetrics(_Open):
 
     __test__ = False  # not a pytest class
 
-    headline: dict[str, float | None]
+    headline: dict[str, float | None] = Field(default_factory=dict)
     per_label: dict[str, dict[str, Any]] = Field(default_factory=dict)
     baselines: dict[str, Any] = Field(default_factory=dict)
     verdicts: list[Verdict] | None = None

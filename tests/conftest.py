@@ -82,3 +82,23 @@ def tiny_phantoms(iu_manifest: Manifest, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("phantoms")
     make_phantoms(small, out, PhantomConfig(size=64, seed=0), progress=False)
     return out / "manifest.parquet"
+
+
+OFFLINE_CACHE_PACKAGES = ("encoders", "store")
+"""Test folders whose tests run with empty model caches (nothing loaded from a user's cache)."""
+
+
+@pytest.fixture(autouse=True)
+def offline_caches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                   tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """Under tests/encoders and tests/store: offline mode with empty torch / torchxrayvision /
+    Hugging Face caches (the home folder it returns)."""
+    if Path(str(request.node.path)).parent.name not in OFFLINE_CACHE_PACKAGES:
+        return None
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(home))  # torchxrayvision caches under ~/.torchxrayvision
+    return home

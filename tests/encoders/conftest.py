@@ -1,4 +1,5 @@
-"""Encoder tests run offline: hub and download caches point at empty temporary folders."""
+"""Encoder tests run offline: hub and download caches point at empty temporary folders
+(``offline_caches`` in tests/conftest.py, autouse here and in tests/store)."""
 
 from __future__ import annotations
 
@@ -31,18 +32,6 @@ WORDS = [f"w{i}" for i in range(40)] + [
 ]
 
 
-@pytest.fixture(autouse=True)
-def offline_caches(
-    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """Offline mode with empty torch / torchxrayvision / Hugging Face caches."""
-    home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
-    monkeypatch.setenv("HF_HOME", str(home / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HOME", str(home))  # torchxrayvision caches under ~/.torchxrayvision
-    return home
 
 
 

@@ -102,3 +102,46 @@ def offline_caches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(home))  # torchxrayvision caches under ~/.torchxrayvision
     return home
+
+
+TINY_BERT_WORDS = [f"w{i}" for i in range(40)] + [
+    "heart",
+    "size",
+    "normal",
+    "lungs",
+    "clear",
+    "no",
+    "pleural",
+    "effusion",
+    "pneumothorax",
+    "focal",
+    "consolidation",
+    "mild",
+    "cardiomegaly",
+    "left",
+    "right",
+    "base",
+    "opacity",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer, 32-wide BERT with a small word vocabulary, saved like a hub model."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (folder / "vocab.txt").write_text("\n".join(specials + TINY_BERT_WORDS) + "\n")
+    BertTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(specials) + len(TINY_BERT_WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(str(folder))
+    return folder

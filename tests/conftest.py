@@ -82,3 +82,66 @@ def tiny_phantoms(iu_manifest: Manifest, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("phantoms")
     make_phantoms(small, out, PhantomConfig(size=64, seed=0), progress=False)
     return out / "manifest.parquet"
+
+
+OFFLINE_CACHE_PACKAGES = ("encoders", "store")
+"""Test folders whose tests run with empty model caches (nothing loaded from a user's cache)."""
+
+
+@pytest.fixture(autouse=True)
+def offline_caches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                   tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """Under tests/encoders and tests/store: offline mode with empty torch / torchxrayvision /
+    Hugging Face caches (the home folder it returns)."""
+    if Path(str(request.node.path)).parent.name not in OFFLINE_CACHE_PACKAGES:
+        return None
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(home))  # torchxrayvision caches under ~/.torchxrayvision
+    return home
+
+
+TINY_BERT_WORDS = [f"w{i}" for i in range(40)] + [
+    "heart",
+    "size",
+    "normal",
+    "lungs",
+    "clear",
+    "no",
+    "pleural",
+    "effusion",
+    "pneumothorax",
+    "focal",
+    "consolidation",
+    "mild",
+    "cardiomegaly",
+    "left",
+    "right",
+    "base",
+    "opacity",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer, 32-wide BERT with a small word vocabulary, saved like a hub model."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (folder / "vocab.txt").write_text("\n".join(specials + TINY_BERT_WORDS) + "\n")
+    BertTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(specials) + len(TINY_BERT_WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(str(folder))
+    return folder

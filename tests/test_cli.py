@@ -95,3 +95,41 @@ def test_progress_in_a_log_file_is_one_plain_line_per_update(tmp_path, monkeypat
     lines = [line.strip("\r") for line in log.read_text().splitlines() if line.strip()]
     assert lines[-1].startswith("work: 100%|####################| 5/5"), lines
     assert all("\r" not in line for line in lines)
+
+
+def _commands(group, prefix=()):  # every leaf verb of the click tree, with its path
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_shared_options_read_the_same_in_every_verb() -> None:
+    """--device is auto everywhere with one help text; --dtype is only ever a storage dtype and
+    --precision only a compute precision; --offline / --no-wait / --set have one help each."""
+    import typer.main
+
+    from cxrfuse.cli.options import DEVICE_HELP
+
+    other = {("encoders", "--offline"),  # a filter of the listing, not an encoder swap
+             ("ingest csv", "--set"),  # a key of the CSV spec
+             ("generate finetune", "--set")}  # a LoRA setting (generation, edited elsewhere)
+    helps: dict[str, set[str]] = {}
+    devices = []
+    for path, command in _commands(typer.main.get_command(app)):
+        for param in command.params:
+            for flag in param.opts:
+                if flag in ("--device", "--dtype", "--precision", "--offline", "--no-wait", "--set") \
+                        and (" ".join(path), flag) not in other:
+                    helps.setdefault(flag, set()).add(param.help or "")
+                if flag == "--device":
+                    devices.append(" ".join(path))
+                    assert param.default == "auto", path
+    assert {"embed", "explain", "serve", "generate vlm"} <= set(devices)
+    assert helps["--device"] == {DEVICE_HELP}
+    assert all(len(texts) == 1 for texts in helps.values()), helps
+    assert "Storage" in next(iter(helps["--dtype"]))
+    assert "Compute precision" in next(iter(helps["--precision"]))
+    result = runner.invoke(app, ["explain", "no-such-run", "--device", "gpu"])
+    assert result.exit_code == 2 and "--device 'gpu'" in result.output

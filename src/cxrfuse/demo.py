@@ -27,10 +27,9 @@ from PIL import Image
 from rich.console import Console
 
 from cxrfuse.config import ExperimentConfig
-from cxrfuse.data import Manifest, read_manifest
+from cxrfuse.data import Manifest, assign_splits, read_manifest
 from cxrfuse.data.iu_xray import ingest_iu_xray
 from cxrfuse.data.phantoms import PhantomConfig, make_phantoms
-from cxrfuse.data.splits import assign_splits
 from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.stats import render_summary
 
@@ -105,8 +104,8 @@ def run_demo(
     """Run the demo into ``out``; return the path of the experiment's ``report.html``."""
     from cxrfuse.evaluation import evaluate_experiment, evaluate_run, shuffle_run
     from cxrfuse.explain.runs import attribute_run
+    from cxrfuse.generation import generate_retrieval
     from cxrfuse.generation.outputs import comparison_table
-    from cxrfuse.generation.pipeline import generate_retrieval
     from cxrfuse.reporting import write_report
     from cxrfuse.rundir import ExperimentDir, RunDir
     from cxrfuse.training import train_experiment
@@ -151,7 +150,7 @@ def run_demo(
         index=False), markup=False, highlight=False, soft_wrap=True)  # fmt: skip
     console.rule("7. report")
     html, md = write_report(exp_dir)
-    console.print(ExperimentDir(exp_dir).summary_md.read_text())
+    console.print(ExperimentDir(exp_dir).evaluation_md.read_text())
     console.print(f"markdown report: {md}")
     return html
 

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def new_figure(**kwargs: Any) -> Figure:
-    """A figure that renders to files (``figsize`` and other :class:`Figure` arguments)."""
+    """A figure that renders to files (``figsize`` and other :class:`Figure` arguments);
+    matplotlib loads on the first figure, not when a module that draws is imported."""
+    from matplotlib.figure import Figure
+
     return Figure(**kwargs)
 
 

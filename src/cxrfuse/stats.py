@@ -10,8 +10,8 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
+from cxrfuse.data import patients_in_two_splits, split_summary
 from cxrfuse.data.manifest import Manifest
-from cxrfuse.data.splits import patients_in_two_splits, split_summary
 from cxrfuse.vocab import REPORT_SECTIONS
 
 

@@ -12,9 +12,9 @@ from cxrfuse.encoders import WeightsUnavailableError, create_text_encoder
 from cxrfuse.encoders.text import (
     EncoderNotFittedError,
     HFTextEncoder,
-    TfidfEncoder,
     minilm_model_dir,
 )
+from cxrfuse.encoders.tfidf import TfidfEncoder
 from cxrfuse.problems import CxrfuseError, DataError
 
 REPORTS = [

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import SGDClassifier
-from sklearn.metrics import f1_score, log_loss, roc_auc_score
+from sklearn.metrics import f1_score, log_loss, precision_score, recall_score, roc_auc_score
 
 from cxrfuse.config import RunConfig
 from cxrfuse.data.manifest import label_slug
+from cxrfuse.rundir import RunDir
+from cxrfuse.training.runner import plot_training_curves  # the curves are training's
 
 LABELS = ["Cardiomegaly", "Opacity", "Calcified Granuloma"]
 TEXT_CONFIG = {"sections": ["findings", "impression"], "mask_labels": True}
@@ -63,13 +65,17 @@ def build_run(
             mask = train if part == "train" else split == "val"
             probs = np.stack([m.predict_proba(x[mask])[:, 1] for m in models], axis=1)
             ys = y[mask]
-            stats: dict[str, list[float]] = {"loss": [], "f1": [], "auroc": [], "accuracy": []}
+            stats: dict[str, list[float]] = {"loss": [], "f1": [], "auroc": [], "accuracy": [],
+                                             "precision": [], "recall": []}
             for j in range(len(LABELS)):
                 k = ~np.isnan(ys[:, j])
                 stats["loss"].append(log_loss(ys[k, j], probs[k, j], labels=[0, 1]))
                 stats["f1"].append(f1_score(ys[k, j], probs[k, j] >= 0.5, zero_division=0))
                 stats["auroc"].append(roc_auc_score(ys[k, j], probs[k, j]))
                 stats["accuracy"].append(float(((probs[k, j] >= 0.5) == ys[k, j]).mean()))
+                stats["precision"].append(precision_score(ys[k, j], probs[k, j] >= 0.5,
+                                                          zero_division=0))
+                stats["recall"].append(recall_score(ys[k, j], probs[k, j] >= 0.5, zero_division=0))
             rows.append(
                 {
                     "epoch": epoch,
@@ -79,6 +85,7 @@ def build_run(
                 }
             )
     pd.DataFrame(rows).to_csv(run_dir / "epochs.csv", index=False)
+    plot_training_curves(pd.DataFrame(rows), RunDir(run_dir).training_curves, name)
     keep = np.isin(split, ["val", "test"])
     preds = manifest.df.loc[keep, ["study_id", "patient_id", "split"]].reset_index(drop=True)
     probs = np.stack([m.predict_proba(x[keep])[:, 1] for m in models], axis=1)

@@ -152,8 +152,8 @@ def test_external_validation_end_to_end(world: dict[str, Path]) -> None:
             assert frame.at[sid, p_column(name)] == pytest.approx(one.probabilities[name], abs=1e-5)
     internal = RunDir(world["run"]).metrics()
     row = next(r for r in saved["side_by_side"] if r["label"] == "Cardiomegaly")
-    assert row["internal_auroc"] == internal["test"]["per_label"]["Cardiomegaly"]["auroc"]
-    assert saved["thresholds"]["Cardiomegaly"] == internal["thresholds"]["Cardiomegaly"]
+    assert row["internal_auroc"] == internal.test.per_label["Cardiomegaly"]["auroc"]
+    assert saved["thresholds"]["Cardiomegaly"] == internal.thresholds["Cardiomegaly"]
     recal = saved["recalibration"]
     part = frame["calibration_part"].to_numpy()
     assert recal["calibration_studies"] == int(part.sum()) and 0 < part.sum() < len(frame)

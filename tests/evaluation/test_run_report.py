@@ -76,14 +76,31 @@ def test_evaluate_run_rejects_unfinished_runs_and_bad_predictions(run_dir: Path)
 def evaluated(experiment_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     exp = tmp_path_factory.mktemp("evaluated") / experiment_dir.name
     shutil.copytree(experiment_dir, exp)
+    runs = sorted(p.name for p in (exp / "runs").iterdir())  # the training side's run table
+    pd.DataFrame({"run": runs, "training.lr": 0.01, "test_auroc": 0.5}).to_csv(
+        exp / "summary.csv", index=False)
+    (exp / "summary.md").write_text("# training's table\n")
     return exp, evaluate_experiment(exp, n_boot=200, seed=0)
+
+
+def test_evaluation_leaves_the_training_files_alone(evaluated: tuple[Path, dict],
+                                                    experiment_dir: Path) -> None:
+    """One writer per file: the training curves and summary.* are training's; the evaluation
+    writes evaluation.csv / .md and keeps the grid columns of summary.csv."""
+    exp, _ = evaluated
+    assert (exp / "summary.md").read_text() == "# training's table\n"
+    assert list(pd.read_csv(exp / "summary.csv").columns) == ["run", "training.lr", "test_auroc"]
+    table = pd.read_csv(exp / "evaluation.csv")
+    assert (table["training.lr"] == 0.01).all() and table["auroc"].notna().sum() == 6
+    for run in (experiment_dir / "runs").glob("*/plots/training_curves.png"):
+        assert (exp / run.relative_to(experiment_dir)).read_bytes() == run.read_bytes()
 
 
 def test_evaluate_experiment_groups_seeds_and_compares_modalities(
     evaluated: tuple[Path, dict],
 ) -> None:
     exp, result = evaluated
-    summary = pd.read_csv(exp / "summary.csv")
+    summary = pd.read_csv(exp / "evaluation.csv")
     assert len(summary) == 7 and (summary["status"] == "failed").sum() == 1
     assert summary.loc[summary["status"] == "failed", "error"].item() == "CUDA out of memory"
     assert summary["auroc"].notna().sum() == 6
@@ -107,7 +124,7 @@ def test_evaluate_experiment_groups_seeds_and_compares_modalities(
     )
     for rel in setting["plots"]:
         assert (exp / rel).exists()
-    md = (exp / "summary.md").read_text()
+    md = (exp / "evaluation.md").read_text()
     assert "| Multimodal |" in md and "only text" in md and "DeLong" in md
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrfuse.encoders.text import TfidfEncoder
+from cxrfuse.encoders import TfidfEncoder
 from cxrfuse.fusion import build_head
 from cxrfuse.inference import build_head_from
 from cxrfuse.problems import CxrfuseError, DataError
@@ -155,3 +155,25 @@ def test_every_directory_class_shares_the_base(cls: type, tmp_path: Path) -> Non
     assert os.fspath(folder) == str(tmp_path / "some name")
     assert folder.subgroup_plot("age group").parent == folder.plots_dir
     assert folder.subgroup_plot("age group").name.count(" ") == 0
+
+
+def test_metrics_test_is_typed_and_as_result_keeps_the_file(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    raw = {"run": "r", "labels": ["a"], "modalities": ["text"], "threshold_method": "f1",
+           "thresholds": {"a": 0.4}, "n_boot": 10, "val": {},
+           "test": {"headline": {"auroc": 0.8}, "per_label": {"a": {"auroc": 0.8}},
+                    "verdicts": [{"label": "a", "kind": "chance", "message": "m"}]},
+           "ci": {"headline/auroc": {"low": 0.7, "high": 0.9}}}
+    run.metrics_path.write_text(json.dumps(raw))
+    metrics = run.metrics()
+    assert metrics.test.headline["auroc"] == 0.8 and metrics.test.per_label["a"]["auroc"] == 0.8
+    assert [v.kind for v in metrics.verdicts] == ["chance"] and metrics.test.baselines == {}
+    assert metrics.as_result() == raw  # the keys the file holds, nothing added
+    legacy = raw | {"test": {"headline": {"auroc": 0.8}}}  # written before verdicts existed
+    run.metrics_path.write_text(json.dumps(legacy))
+    assert run.metrics().test.verdicts is None and run.metrics().verdicts == []
+    run.metrics_path.write_text(json.dumps(raw | {"test": {"headline": {}, "verdicts": [
+        {"kind": "no-such-kind", "message": "m"}]}}))  # fmt: skip
+    with pytest.raises(DataError, match="metrics.json"):
+        run.metrics()

@@ -54,6 +54,12 @@ def test_health_and_model_card(client: TestClient, served_run: Path) -> None:
     auroc = card["test_metrics"]["headline"]["auroc"]
     assert 0 <= auroc["value"] <= 1 and auroc["ci"] is not None
     assert any("synthetic phantom" in w for w in card["warnings"])
+    # one declaration of the answers: both /v1 routes name their pydantic model in the schema
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, method, model in (("/v1/model", "get", "ModelCard"),
+                                ("/v1/predict", "post", "PredictAnswer")):
+        schema = paths[path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{model}"}
     page = client.get("/")
     assert page.status_code == 200 and "<script>" in page.text
     assert "src=" not in page.text.replace('img.src = "data:', "")  # nothing loaded from outside

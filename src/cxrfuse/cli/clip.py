@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cxrfuse.cli import app, console, friendly_errors
+from cxrfuse.cli.options import OfflineOption, ProgressOption, SetOption
 
 clip_app = typer.Typer(
     help="CLIP-style contrastive image-report model: train, linear probe, zero-shot, retrieval "
@@ -18,7 +19,6 @@ clip_app = typer.Typer(
 app.add_typer(clip_app, name="clip")
 
 RunDir = Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A `cxrfuse clip train` run.")]
-Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 Split = Annotated[str | None, typer.Option(help="train, val or test (default: from the config).")]
 
 
@@ -26,11 +26,9 @@ Split = Annotated[str | None, typer.Option(help="train, val or test (default: fr
 @friendly_errors
 def clip_train_cmd(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="CLIP config (YAML).")],
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a config key: key.path=value (YAML value); repeatable.")] = None,
-    offline: Annotated[bool, typer.Option(
-        "--offline", help="Use image.offline_encoder and text.offline_encoder.")] = False,
-    progress: Progress = True,
+    set_: SetOption = None,
+    offline: OfflineOption = False,
+    progress: ProgressOption = True,
     tracking: Annotated[str | None, typer.Option(
         "--tracking", metavar="mlflow|tensorboard|csv|none",
         help="Log params and every epoch's metrics to this tracker (sets tracking.kind).")] = None,
@@ -68,7 +66,7 @@ def clip_probe_cmd(
     run_dir: RunDir,
     task: Annotated[str | None, typer.Option(help="Task or label (default: probe.task).")] = None,
     n_boot: Annotated[int | None, typer.Option(help="Bootstrap resamples (default: config).")] = None,
-    progress: Progress = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Linear probing: frozen CLIP image + report embeddings -> 2 x 512 MLP, with image-only and
     report-only baselines; thresholds on val, metrics on test (probe.json, probe.md).
@@ -87,7 +85,7 @@ def clip_zero_shot_cmd(
     run_dir: RunDir,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     task: Annotated[str | None, typer.Option(help="Task or label (default: zero_shot.task).")] = None,
-    progress: Progress = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Zero-shot classification from positive and negative prompts per label (AUROC per label;
     zero_shot.json, zero_shot.md).
@@ -102,7 +100,7 @@ def clip_zero_shot_cmd(
 
 @clip_app.command("retrieve")
 @friendly_errors
-def clip_retrieve_cmd(run_dir: RunDir, split: Split = None, progress: Progress = True) -> None:
+def clip_retrieve_cmd(run_dir: RunDir, split: Split = None, progress: ProgressOption = True) -> None:
     """Image-to-report and report-to-image Recall@1/5/10 with chance level beside it
     (retrieval.json, retrieval.md).
 

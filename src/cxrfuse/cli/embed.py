@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,26 +12,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from cxrfuse.cli import app, console, csv_list, friendly_errors
+from cxrfuse.cli.options import (
+    DeviceOption,
+    NoWaitOption,
+    Precision,
+    PrecisionOption,
+    ProgressOption,
+    StoreDtype,
+    StoreDtypeOption,
+    device_name,
+)
 from cxrfuse.problems import CxrfuseError
 
 MAX_FAILURES_SHOWN = 20
-
-
-class StoreDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 @app.command("embed")
@@ -50,18 +42,18 @@ def embed_cmd(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 4 on a CPU, 256 on a GPU).")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="DataLoader workers decoding images (default: 0 = in line on a CPU of up to 2 cores, else 1; spare cores on GPU).")] = None,
     shard_size: Annotated[int, typer.Option(min=1, help="Images per store shard (the unit of resumption).")] = 1024,
-    dtype: Annotated[StoreDtype, typer.Option(help="Storage dtype of the vectors.")] = StoreDtype.float32,
-    precision: Annotated[Precision, typer.Option(help="Compute precision: auto = bfloat16 autocast on GPU, float32 on CPU.")] = Precision.auto,
+    dtype: StoreDtypeOption = StoreDtype.float32,
+    precision: PrecisionOption = Precision.auto,
     input_size: Annotated[int | None, typer.Option(min=8, help="Override the encoder's input size (pixels).")] = None,
     fit: Annotated[str, typer.Option(help="How a non-square image becomes the square input: pad (letterboxed, as new runs) or crop (central square, as runs before the option).")] = "pad",
     cache: Annotated[Path | None, typer.Option(help="Decoded-image cache folder: decode and resize each image once, reuse it for every encoder of that input size.")] = None,
-    device: Annotated[Device, typer.Option(help="Where the image model runs.")] = Device.auto,
+    device: DeviceOption = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="Run the image model through torch.compile.")] = False,
     nproc: Annotated[int, typer.Option(min=1, help="Local processes embedding images in parallel (gloo on CPU, one GPU each with nccl).")] = 1,
     svd_dim: Annotated[int | None, typer.Option(min=1, help="tfidf only: SVD dimension (default 256).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="If another process is writing the same store folder, stop (exit 2, the holder named) instead of waiting for it.")] = False,
+    progress: ProgressOption = True,
+    no_wait: NoWaitOption = False,
     verify: Annotated[Path | None, typer.Option(help="Only check every file of the store STORE against the digests recorded when it was written (a damaged shard is named and removed, so the next embed recomputes it).", metavar="STORE")] = None,
 ) -> None:
     """Embed a manifest's images and reports into the embedding store (resumable, keyed).
@@ -77,6 +69,10 @@ def embed_cmd(
     from cxrfuse.store.pipeline import verify_store
 
     set_lock_wait(not no_wait)
+    device_name(device)  # a bad --device fails first; the library resolves auto per rank
+    if precision is Precision.float16:
+        raise CxrfuseError("--precision float16: the image encoders run in float32 or bfloat16 "
+                           "autocast (store vectors as float16 with --dtype float16)")
     if verify is not None:
         counts = verify_store(verify)
         console.print(f"{verify}: {counts['folders']} store folder(s), {counts['files']} file(s) "
@@ -92,7 +88,7 @@ def embed_cmd(
         image_weights=image_weights, text_weights=text_weights,
         text_sections=csv_list(sections) or ["indication"], mask_labels=mask, task=task,
         batch_size=batch_size, num_workers=workers, shard_size=shard_size, input_size=input_size,
-        dtype=dtype.value, precision=precision.value, device=device.value, cache_dir=cache,
+        dtype=dtype.value, precision=precision.value, device=device, cache_dir=cache,
         compile=compile, nproc=nproc, progress=progress, text_options=text_options, fit=fit,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:

@@ -13,7 +13,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from cxrfuse.cli import app, console, friendly_errors
-from cxrfuse.problems import CxrfuseError
 
 
 class Recalibrate(str, Enum):
@@ -103,50 +102,57 @@ def evaluate_cmd(
     unimodal vs multimodal table, fused vs best-unimodal tests and complementarity.
 
     Writes metrics.json and plots/ per run (ablation.json with --shuffle), and evaluation.json,
-    summary.csv and summary.md for an experiment. With --on, scores the run on another manifest
+    evaluation.csv and evaluation.md for an experiment. With --on, scores the run on another manifest
     (labels aligned across vocabularies, subgroups, optional recalibration) beside its internal
     test metrics: external.json, external.md, external_predictions.parquet and plots/.
     Example: `cxrfuse evaluate runs/exp/runs/multimodal-seed0 --n-boot 1000 --shuffle both`;
     `cxrfuse evaluate runs/iu/runs/image-seed0 --on nih.parquet --recalibrate platt`
     """
-    if on is not None:
-        _evaluate_external(path, on, out, n_boot, seed, recalibrate, calibration_fraction, align)
+    from cxrfuse.evaluation import evaluate_path
+    from cxrfuse.evaluation.alignment import parse_mapping
+
+    done = evaluate_path(
+        path, threshold, n_boot, seed, shuffle=shuffle.value if shuffle else None,
+        repeats=repeats, leakage=leakage, on=on, out=out,
+        recalibration=recalibrate.value if recalibrate else None,
+        calibration_fraction=calibration_fraction, align=parse_mapping(align) if on else None,
+    )  # fmt: skip
+    if done.kind == "external":
+        _print_external(done.result)
         return
-    from cxrfuse.evaluation import evaluate_experiment, evaluate_run, shuffle_run
-    from cxrfuse.evaluation.ablation import format_table
-    from cxrfuse.evaluation.metrics import parse_threshold
-    from cxrfuse.rundir import ExperimentDir, RunDir
-
-    if threshold is not None:
-        parse_threshold(threshold)  # a bad value fails before any work
-    modalities = (
-        [] if shuffle is None else ["image", "text"] if shuffle is Shuffle.both else [shuffle.value]
-    )
-    run = RunDir(path)
-    if run.exists():
-        result = evaluate_run(
-            path, threshold, n_boot, seed, leakage=leakage, shuffle=modalities, repeats=repeats
-        )
-        from cxrfuse.reporting.runs import headline_table, per_label_table
-
-        console.print(_table(f"{result['run']}: test metrics (val-chosen thresholds, 95 % CI) "
-                             "beside the trivial rules", headline_table(result)))  # fmt: skip
-        if len(result["labels"]) > 1:
-            console.print(_table("per label (test)", per_label_table(result)))
-        _print_shuffle(path, result.get("shuffle", {}))
-        leak = result.get("leakage") or {}
-        if leak.get("warning"):
-            console.print(f"[bold red]leakage:[/] {leak['warning']}", markup=True)
-        elif leak.get("note"):
-            console.print(f"leakage probe: {leak['note']}", markup=False)
-        _print_verdicts(result["test"]["verdicts"])
-        console.print(f"wrote [bold]{run.metrics_path}[/] and plots in {run.plots_dir}")
+    if done.kind == "run":
+        _print_run(path, done.result)
         from cxrfuse.cli.train import after_evaluation  # model card + tracker run
 
         after_evaluation(path)
         return
-    result = evaluate_experiment(path, threshold, n_boot, seed, leakage=leakage)
+    _print_experiment(path, done.result, done.shuffles)
+
+
+def _print_run(path: Path, result: dict[str, Any]) -> None:
+    from cxrfuse.reporting.runs import headline_table, per_label_table
+    from cxrfuse.rundir import RunDir
+
+    run = RunDir(path)
+    console.print(_table(f"{result['run']}: test metrics (val-chosen thresholds, 95 % CI) "
+                         "beside the trivial rules", headline_table(result)))  # fmt: skip
+    if len(result["labels"]) > 1:
+        console.print(_table("per label (test)", per_label_table(result)))
+    _print_shuffle(path, result.get("shuffle", {}))
+    leak = result.get("leakage") or {}
+    if leak.get("warning"):
+        console.print(f"[bold red]leakage:[/] {leak['warning']}", markup=True)
+    elif leak.get("note"):
+        console.print(f"leakage probe: {leak['note']}", markup=False)
+    _print_verdicts(result["test"]["verdicts"])
+    console.print(f"wrote [bold]{run.metrics_path}[/] and plots in {run.plots_dir}")
+
+
+def _print_experiment(path: Path, result: dict[str, Any], shuffles: dict[Path, Any]) -> None:
     import pandas as pd
+
+    from cxrfuse.evaluation.ablation import format_table
+    from cxrfuse.rundir import ExperimentDir
 
     for comp in result["settings"]:
         console.print(
@@ -158,32 +164,16 @@ def evaluate_cmd(
     for run_result in result["runs"]:
         _print_verdicts(run_result.get("verdicts", []), run_result["run"])
     console.print(f"[bold]conclusion:[/] {escape(result['conclusion'])}")
-    if modalities:
-        targets = [
-            d.path
-            for d in ExperimentDir(path).run_dirs()
-            if d.status() == "finished" and set(modalities) <= set(d.info().modalities)
-        ]
-        if not targets:
-            raise CxrfuseError(f"no finished run uses all of {modalities}; nothing to shuffle")
-        for run_dir in targets:
-            _print_shuffle(run_dir, shuffle_run(run_dir, modalities, repeats=repeats, seed=seed))
+    for run_dir, shuffled in shuffles.items():
+        _print_shuffle(run_dir, shuffled)
     exp = ExperimentDir(path)
-    console.print(f"wrote [bold]{exp.summary_md}[/], {exp.summary_csv.name} and "
+    console.print(f"wrote [bold]{exp.evaluation_md}[/], {exp.evaluation_csv.name} and "
                   f"{exp.evaluation_path.name}")
 
 
-def _evaluate_external(path: Path, on: Path, out: Path | None, n_boot: int | None, seed: int,
-                       recalibrate: Recalibrate | None, fraction: float, align: list[str] | None) -> None:
-    from cxrfuse.evaluation.alignment import parse_mapping
-    from cxrfuse.evaluation.external import alignment_frame, evaluate_external, side_by_side_frame
-    from cxrfuse.rundir import RunDir
+def _print_external(result: dict[str, Any]) -> None:
+    from cxrfuse.evaluation.external import alignment_frame, side_by_side_frame
 
-    if not RunDir(path).exists():
-        raise CxrfuseError(f"{path}: --on needs a run directory (with run.json)")
-    result = evaluate_external(path, on, out, align=parse_mapping(align),
-                               recalibration=recalibrate.value if recalibrate else None,
-                               calibration_fraction=fraction, n_boot=n_boot, seed=seed)
     console.print(_table("label alignment", alignment_frame(result["alignment"])))
     console.print(_table(f"{result['run']}: internal test vs external ({result['dataset']}, "
                          f"{result['studies']['scored']} studies)", side_by_side_frame(result["side_by_side"])))

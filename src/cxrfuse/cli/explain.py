@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cxrfuse.cli import app, console, csv_list, err_console, friendly_errors
+from cxrfuse.cli.options import DeviceOption, ProgressOption, device_name
 from cxrfuse.problems import CxrfuseError
 
 if TYPE_CHECKING:
@@ -51,8 +52,8 @@ def explain_cmd(
     ] = False,
     removal: RemovalOption = "mean",
     out: OutOption = None,
-    device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    device: DeviceOption = "auto",
+    progress: ProgressOption = True,
 ) -> None:
     """Grad-CAM (or another pytorch-grad-cam method) through the fused classifier: one overlay
     PNG per view and label (the view beside its map) in RUN_DIR/explain/METHOD/, with index.csv.
@@ -66,6 +67,7 @@ def explain_cmd(
     from cxrfuse.explain.runs import attribute_run, explain_run
     from cxrfuse.rundir import RunDir, layout
 
+    device = device_name(device)
     explainer = None
     if RunDir(run_dir).kind() == "clip":  # a CLIP run explains its zero-shot scores
         from cxrfuse.clip.explain import clip_explainer

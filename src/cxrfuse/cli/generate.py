@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cxrfuse.cli import app, console, friendly_errors
+from cxrfuse.cli.options import DeviceOption, Precision, PrecisionOption, ProgressOption
 
 generate_app = typer.Typer(
     help="Radiology report generation (retrieval, vision-language models, LoRA fine-tuning) and "
@@ -20,7 +21,6 @@ app.add_typer(generate_app, name="generate")
 
 Out = Annotated[Path, typer.Option("--out", help="Generation directory to write.")]
 Split = Annotated[str, typer.Option(help="Split whose studies get a report.")]
-Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 NBoot = Annotated[int, typer.Option(min=0, help="Bootstrap resamples (clinical scores).")]
 NBootLanguage = Annotated[int, typer.Option(min=0, help="Bootstrap resamples (language "
                                                         "metrics; recomputed per resample).")]
@@ -88,7 +88,7 @@ def retrieval_cmd(
     n_boot_language: NBootLanguage = 200,
     meteor: Meteor = True,
     seed: Seed = 0,
-    progress: Progress = True,
+    progress: ProgressOption = True,
     no_wait: NoWait = False,
 ) -> None:
     """Write a report for every study of a split by retrieval from the training reports, scored
@@ -128,9 +128,8 @@ def vlm_cmd(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     num_beams: Annotated[int, typer.Option(min=1, help="1 = greedy.")] = 1,
     image_size: Annotated[int | None, typer.Option(help="Resize views to this side first.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, "
-                                            "bfloat16, float16.")] = "auto",
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.auto,
     baseline_store: Annotated[Path | None, typer.Option(
         help="Store for the nearest-neighbour baseline's image embeddings.")] = Path("store"),
     baseline_encoder: Annotated[str | None, typer.Option(
@@ -142,7 +141,7 @@ def vlm_cmd(
     n_boot_language: NBootLanguage = 200,
     meteor: Meteor = True,
     seed: Seed = 0,
-    progress: Progress = True,
+    progress: ProgressOption = True,
     no_wait: NoWait = False,
 ) -> None:
     """Generate reports with a vision-language model (the study's views, its indication and,
@@ -159,7 +158,7 @@ def vlm_cmd(
     gen, payload = generate_with_vlm(
         model, manifest, out, adapter=adapter, findings_run=findings_from, split=split,
         limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
-        image_size=image_size, device=device, dtype=dtype, baseline_store=baseline_store,
+        image_size=image_size, device=device, dtype=precision.value, baseline_store=baseline_store,
         baseline_encoder=encoder, labeler=_labeler(labeler, chexbert), progress=progress,
         score={"n_boot": n_boot, "n_boot_language": n_boot_language, "seed": seed,
                "meteor": meteor},
@@ -179,7 +178,7 @@ def finetune_cmd(
     findings_from: Annotated[Path | None, typer.Option(
         help="A cxrfuse classifier run whose predictions go into the training prompts.")] = None,
     tracking: Tracking = None,
-    progress: Progress = True,
+    progress: ProgressOption = True,
     no_wait: NoWait = False,
 ) -> None:
     """LoRA fine-tuning (peft) on the training split's image-report pairs: findings +

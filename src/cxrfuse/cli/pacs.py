@@ -52,7 +52,7 @@ def pacs_cmd(
 
     run: object = run_dir
     if overlays or draft:  # Grad-CAM and the draft report come from the serving stage
-        from cxrfuse.serve.service import Service
+        from cxrfuse.serve import Service
 
         run = Service(run_dir)
     summary = answer_studies(run, url, study=study, since=since, date=date,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cxrfuse.cli import app, console, friendly_errors
+from cxrfuse.cli.options import DeviceOption, device_name
 
 
 @app.command("serve")
@@ -17,7 +18,7 @@ def serve_cmd(
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (each loads the model once).")] = 1,
-    device: Annotated[str, typer.Option(help="Torch device of the image encoder: cpu or cuda.")] = "cpu",
+    device: DeviceOption = "auto",
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime: the run's model.onnx (`cxrfuse export RUN --to DIR --format onnx`) runs image encoder + head.")] = "torch",
 ) -> None:
     """Serve a run: the web page at /, GET /health, GET /v1/model (model card) and
@@ -29,5 +30,6 @@ def serve_cmd(
     """
     from cxrfuse.serve import serve
 
+    device = device_name(device)
     console.print(f"serving [bold]{run_dir}[/] on http://{host}:{port}/ ({workers} worker(s), {device}, {backend})")
     serve(run_dir, host=host, port=port, workers=workers, device=device, backend=backend)

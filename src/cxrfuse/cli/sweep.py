@@ -9,15 +9,8 @@ from typing import Annotated
 import typer
 
 from cxrfuse.cli import app, console, friendly_errors
-from cxrfuse.cli.train import (
-    OfflineOption,
-    ProgressOption,
-    RunsDirOption,
-    SetOption,
-    TrackingOption,
-    _evaluate,
-    tracking_override,
-)
+from cxrfuse.cli.options import OfflineOption, ProgressOption, SetOption
+from cxrfuse.cli.train import RunsDirOption, TrackingOption, _evaluate, tracking_override
 
 
 @app.command("sweep")

@@ -9,20 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from cxrfuse.cli import app, console, err_console, friendly_errors
+from cxrfuse.cli.options import NoWaitOption, OfflineOption, ProgressOption, SetOption
 from cxrfuse.problems import ConfigError, CxrfuseError, DataError
 
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a config key: key.path=value (value parsed as YAML); repeatable."),
-]
-OfflineOption = Annotated[
-    bool, typer.Option("--offline", help="Swap in each side's offline_encoder (efficientnet-lite, minilm, tfidf).")
-]
 RunsDirOption = Annotated[Path | None, typer.Option(help="Write runs under this folder instead of runs_dir.")]
 EvaluateOption = Annotated[
     bool, typer.Option("--evaluate/--no-evaluate", help="Write metrics.json (cxrfuse evaluate) after each run.")
 ]
-ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 TrackingOption = Annotated[
     str | None,
     typer.Option("--tracking", metavar="mlflow|tensorboard|csv|none",
@@ -34,7 +27,6 @@ TrackingOption = Annotated[
 def tracking_override(tracking: str | None) -> list[str]:
     """``--tracking KIND`` as a ``--set`` override (validated with the config, naming the key)."""
     return [] if tracking is None else [f"tracking.kind={tracking}"]
-NoWaitOption = Annotated[bool, typer.Option("--no-wait", help="If another process is writing the run (or experiment) directory or the store, stop (exit 2, the holder named) instead of waiting for it.")]
 
 
 def _evaluate(run_dir: Path) -> None:
@@ -205,7 +197,7 @@ def predict_cmd(
 
     text = None
     if report is not None:
-        from cxrfuse.inference.predict import MAX_TEXT_CHARS, check_text_length
+        from cxrfuse.inference import MAX_TEXT_CHARS, check_text_length
 
         if not report.is_file():
             raise DataError(f"{report}: no such report file")

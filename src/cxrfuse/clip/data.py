@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from cxrfuse.data.images import LEGACY_FIT, decode_resized
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.problems import DataError
 from cxrfuse.text import TextConfig, prepare_texts
@@ -100,17 +100,10 @@ def build_pairs(
 
 
 def load_grey(path: str | Path, size: int) -> np.ndarray:
-    """An image file as 8-bit grey, centre-cropped to a square and resized to ``size``."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            grey = img.convert("L") if img.mode != "L" else img
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image ({err})") from err
-    w, h = grey.size
-    side = min(w, h)
-    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-    return np.asarray(grey.resize((size, size), Image.BILINEAR, box=box, reducing_gap=3.0))
+    """An image file as 8-bit grey, its central square resized to ``size``: the one decoder
+    of :func:`cxrfuse.data.images.decode_resized` (16-bit scaled, pixel limit, crop fit as
+    CLIP runs have always used)."""
+    return decode_resized(path, size, LEGACY_FIT)
 
 
 class PairDataset(Dataset):

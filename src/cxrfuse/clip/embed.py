@@ -28,7 +28,7 @@ from cxrfuse.clip.data import (
     tokenize,
 )
 from cxrfuse.clip.model import ClipModel
-from cxrfuse.config.clip import ClipConfig
+from cxrfuse.config import ClipConfig
 from cxrfuse.data.manifest import Manifest, read_manifest
 from cxrfuse.problems import DataError
 from cxrfuse.rundir import RunDir

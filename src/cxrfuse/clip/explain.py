@@ -18,8 +18,8 @@ from torch import nn
 from cxrfuse.clip.embed import load_run
 from cxrfuse.clip.zero_shot import prompt_embeddings
 from cxrfuse.data.manifest import Manifest
-from cxrfuse.explain.explainer import Explainer
-from cxrfuse.fusion.heads import FusionHead
+from cxrfuse.explain import Explainer
+from cxrfuse.fusion import FusionHead
 
 
 class ZeroShotHead(FusionHead):

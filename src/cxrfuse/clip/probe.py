@@ -21,11 +21,11 @@ from cxrfuse.clip.embed import ClipRun, as_numpy, load_run
 from cxrfuse.data.manifest import label_column
 from cxrfuse.evaluation import bootstrap_ci, choose_thresholds, compute_metrics
 from cxrfuse.rundir import RunDir, layout
-from cxrfuse.training.estimator import FusionClassifier
+from cxrfuse.training import FusionClassifier
+from cxrfuse.vocab import LEAKY_SECTIONS
 
 PROBES: dict[str, list[str]] = {"image": ["image"], "report": ["text"],
                                 "image+report": ["image", "text"]}  # fmt: skip
-LEAKY_SECTIONS = frozenset({"findings", "impression"})
 
 
 def _split_arrays(run: ClipRun, split: str, labels: list[str],

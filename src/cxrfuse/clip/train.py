@@ -36,9 +36,9 @@ from cxrfuse.clip.model import (
     resolve_text_source,
 )
 from cxrfuse.clip.retrieval import recall_at_k
-from cxrfuse.config.clip import ClipConfig
+from cxrfuse.config import ClipConfig
+from cxrfuse.data import check_patient_leakage
 from cxrfuse.data.manifest import read_manifest
-from cxrfuse.data.splits import check_patient_leakage
 from cxrfuse.encoders import create_image_encoder
 from cxrfuse.files import first_rank, folder_lock
 from cxrfuse.plotting import new_figure, save_figure

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from cxrfuse.clip.embed import ClipRun, as_numpy, load_run
-from cxrfuse.config.clip import ZeroShotConfig
+from cxrfuse.config import ZeroShotConfig
 from cxrfuse.rundir import RunDir, layout
 from cxrfuse.rundir.modelcard import write_model_card
 

@@ -37,26 +37,10 @@ from cxrfuse.config.common import (
     set_dotted,
     validate_config,
 )
-from cxrfuse.config.ingest import load_table_spec, validate_table_spec
-from cxrfuse.config.run import (
+from cxrfuse.config.experiment import (
     EXPERIMENT_KEYS,
-    AugmentConfig,
-    DataConfig,
-    EarlyStoppingConfig,
-    EvaluationConfig,
     ExperimentConfig,
-    FinetuneConfig,
-    ImageSideConfig,
-    LossConfig,
-    ModelConfig,
     OverrideRule,
-    RunConfig,
-    ScheduleConfig,
-    SubsampleConfig,
-    TextSideConfig,
-    TrackingConfig,
-    TrainingConfig,
-    apply_offline,
     apply_offline_experiment,
     default_mlflow_uri,
     is_experiment,
@@ -64,8 +48,26 @@ from cxrfuse.config.run import (
     load_experiment_config,
     load_run_config,
     run_name,
-    validate_run,
     value_slug,
+)
+from cxrfuse.config.ingest import load_table_spec, validate_table_spec
+from cxrfuse.config.run import (
+    AugmentConfig,
+    DataConfig,
+    EarlyStoppingConfig,
+    EvaluationConfig,
+    FinetuneConfig,
+    ImageSideConfig,
+    LossConfig,
+    ModelConfig,
+    RunConfig,
+    ScheduleConfig,
+    SubsampleConfig,
+    TextSideConfig,
+    TrackingConfig,
+    TrainingConfig,
+    apply_offline,
+    validate_run,
 )
 
 __all__ = [

@@ -8,5 +8,22 @@
 """
 
 from cxrfuse.data.manifest import SCHEMA_VERSION, Manifest, label_column, read_manifest
+from cxrfuse.data.splits import (
+    assign_folds,
+    assign_splits,
+    check_patient_leakage,
+    patients_in_two_splits,
+    split_summary,
+)
 
-__all__ = ["SCHEMA_VERSION", "Manifest", "label_column", "read_manifest"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Manifest",
+    "assign_folds",
+    "assign_splits",
+    "check_patient_leakage",
+    "label_column",
+    "patients_in_two_splits",
+    "read_manifest",
+    "split_summary",
+]

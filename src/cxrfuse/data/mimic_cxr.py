@@ -31,14 +31,13 @@ from cxrfuse.data.labels import CHEXPERT_LABELS
 from cxrfuse.data.manifest import LABEL_PREFIX, Manifest, label_column, normalise_view
 from cxrfuse.data.tables import read_csv
 from cxrfuse.problems import DataError, ProblemLog
-from cxrfuse.vocab import FRONTAL_VIEWS, VIEW_POSITIONS
+from cxrfuse.vocab import FRONTAL_VIEWS, NO_FINDING, VIEW_POSITIONS
 
 DATASET = "mimic-cxr"
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
 CHEXPERT_CSV = "mimic-cxr-2.0.0-chexpert.csv"
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
 REPORTS_ZIP = "mimic-cxr-reports.zip"
-NO_FINDING = "No Finding"
 SPLIT_NAMES = {"train": "train", "validate": "val", "val": "val", "test": "test"}
 Policy = Literal["ignore", "zero", "one"]
 POLICY_VALUES: dict[str, float] = {"ignore": math.nan, "zero": 0.0, "one": 1.0}

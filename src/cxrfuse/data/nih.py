@@ -25,9 +25,9 @@ from cxrfuse.data.manifest import Manifest, label_column, normalise_view
 from cxrfuse.data.mimic_cxr import task_slug, view_filter
 from cxrfuse.data.tables import read_csv
 from cxrfuse.problems import DataError, ProblemLog
+from cxrfuse.vocab import NO_FINDING
 
 DATASET = "nih-cxr14"
-NO_FINDING = "No Finding"
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _AGE = r"^(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>[YyMmDd])?$"

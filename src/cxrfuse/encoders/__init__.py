@@ -6,10 +6,10 @@ Importing this package registers the built-in encoders. Computing and storing em
 the next stage, :mod:`cxrfuse.store`.
 """
 
-from cxrfuse.encoders import image, text  # noqa: F401  (their decorators fill the registry)
+from cxrfuse.encoders import image, text, tfidf  # noqa: F401  (their decorators fill the registry)
 from cxrfuse.encoders.factory import create_image_encoder, create_text_encoder, encoder_table
 from cxrfuse.encoders.hub import WeightsUnavailableError, is_offline
-from cxrfuse.encoders.image import ImageEncoder, to_model_input
+from cxrfuse.encoders.image import ImageEncoder, ViTEncoder, to_model_input
 from cxrfuse.encoders.registry import (
     ImageEncoderSpec,
     TextEncoderSpec,
@@ -22,13 +22,16 @@ from cxrfuse.encoders.registry import (
     register_text_encoder,
 )
 from cxrfuse.encoders.text import TextEncoder
+from cxrfuse.encoders.tfidf import TfidfEncoder
 
 __all__ = [
     "ImageEncoder",
     "ImageEncoderSpec",
     "TextEncoder",
     "TextEncoderSpec",
+    "TfidfEncoder",
     "UnknownEncoderError",
+    "ViTEncoder",
     "WeightsUnavailableError",
     "create_image_encoder",
     "create_text_encoder",

@@ -6,7 +6,7 @@ Typical use::
     from cxrfuse.evaluation import evaluate_run, evaluate_experiment
 
     metrics = evaluate_run("runs/exp/runs/multimodal-seed0", threshold="f1", n_boot=1000)
-    evaluate_experiment("runs/exp")            # summary.csv / summary.md, paired tests, Venn
+    evaluate_experiment("runs/exp")            # evaluation.csv / .md, paired tests, Venn
     evaluate_external("runs/exp/runs/image-seed0", "nih.parquet")   # another manifest, aligned
 
 The array-level functions (:func:`compute_metrics`, :func:`bootstrap_ci`, :func:`delong_test`,
@@ -31,6 +31,8 @@ from cxrfuse.evaluation.bootstrap import (
     paired_bootstrap,
     seed_summary,
 )
+from cxrfuse.evaluation.dispatch import Evaluation, evaluate_path
+from cxrfuse.evaluation.experiment import evaluate_experiment
 from cxrfuse.evaluation.external import evaluate_external
 from cxrfuse.evaluation.metrics import (
     HEADLINE,
@@ -38,7 +40,7 @@ from cxrfuse.evaluation.metrics import (
     choose_thresholds,
     compute_metrics,
 )
-from cxrfuse.evaluation.run import evaluate_experiment, evaluate_run, shuffle_run
+from cxrfuse.evaluation.run import evaluate_run, shuffle_run
 from cxrfuse.evaluation.subgroups import subgroup_metrics
 from cxrfuse.evaluation.verdicts import (
     baselines,
@@ -50,6 +52,7 @@ from cxrfuse.evaluation.verdicts import (
 
 __all__ = [
     "HEADLINE",
+    "Evaluation",
     "align_labels",
     "baselines",
     "bootstrap_ci",
@@ -61,6 +64,7 @@ __all__ = [
     "delong_test",
     "evaluate_experiment",
     "evaluate_external",
+    "evaluate_path",
     "evaluate_run",
     "experiment_conclusion",
     "format_table",

@@ -16,10 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import make_pipeline
 from tqdm.auto import tqdm
 
 from cxrfuse.data.manifest import Manifest
@@ -275,6 +271,10 @@ def _probe_scores(
 ) -> np.ndarray | None:
     """The probe's scores of the test rows (fitted on the train rows), None when either split
     has one class."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
     fit, score = train & ~np.isnan(y), test & ~np.isnan(y)
     if len(np.unique(y[fit])) < 2 or len(np.unique(y[score])) < 2:
         return None
@@ -296,6 +296,8 @@ def _probe_scores(
 def _probe_auroc(
     texts: pd.Series, y: np.ndarray, train: np.ndarray, test: np.ndarray
 ) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
     scores = _probe_scores(texts, y, train, test)
     if scores is None:
         return None
@@ -356,6 +358,8 @@ def leakage_probe(
     warning: "too few studies to tell" with their number, or no sign of a gap) and
     ``conclusion`` (one clause for the report's opening paragraph).
     """
+    from sklearn.metrics import roc_auc_score
+
     split = manifest.df["split"].to_numpy()
     train, test = split == "train", split == "test"
     if not train.any() or not test.any():

@@ -147,7 +147,7 @@ def recalibrate(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray, part: np.n
 def internal_metrics(run: RunDir, n_boot: int | None, seed: int) -> dict[str, Any]:
     """The run's ``metrics.json`` (evaluating first, without the leakage probe, if needed)."""
     if run.has_metrics():
-        return run.metrics()
+        return run.metrics().as_result()
     return evaluate_run(run, n_boot=n_boot, seed=seed, leakage=False)
 
 

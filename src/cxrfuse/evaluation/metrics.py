@@ -14,17 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_curve,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-    roc_curve,
-)
 
 from cxrfuse.problems import CxrfuseError
 
@@ -101,6 +90,8 @@ def choose_threshold(
     ``"f1"`` (max F1 on the precision-recall curve). Call it on the **validation** split.
     Returns the threshold and a warning (None when fine); a label with one class falls back to 0.5.
     """
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
     method = parse_threshold(method)
     if isinstance(method, float):
         return method, None
@@ -182,6 +173,16 @@ def label_metrics(
     y: np.ndarray, p: np.ndarray, threshold: float, n_bins: int = 10
 ) -> dict[str, Any]:
     """Metrics of one label on its known rows (a one-class label: NaN AUROC/AUPRC, a warning)."""
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        confusion_matrix,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
     known = ~np.isnan(y)
     y, p = y[known].astype(int), p[known]
     pred = (p >= threshold).astype(int)
@@ -230,6 +231,15 @@ def compute_metrics(
     own metrics for a single label and the macro averages otherwise. Macro averages skip
     labels whose metric is NaN (and say so in ``warnings``).
     """
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
     y_true, y_prob = check_inputs(y_true, y_prob)
     n, n_labels = y_true.shape
     names = label_names(labels, n_labels)

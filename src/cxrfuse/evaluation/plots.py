@@ -1,4 +1,4 @@
-"""Evaluation plots as matplotlib PNGs: ROC and PR curves, training curves, confusion matrices,
+"""Evaluation plots as matplotlib PNGs: ROC and PR curves, confusion matrices,
 reliability diagram, Venn diagram of the two unimodal models' correct predictions."""
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxrfuse.evaluation.metrics import as_2d
 from cxrfuse.plotting import new_figure, save_figure
@@ -42,6 +40,8 @@ def _curves(
     path: str | Path,
     title: str,
 ) -> Path:
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
     y_true = as_2d(y_true)
     fig, axes = _grid(len(labels))
     for j, (ax, name) in enumerate(zip(axes, labels)):
@@ -95,25 +95,6 @@ def plot_pr(
 ) -> Path:
     """Like :func:`plot_roc`; the dotted line is the label's prevalence (a random model)."""
     return _curves("pr", y_true, probs, labels, path, title)
-
-
-def plot_training_curves(
-    epochs: pd.DataFrame | str | Path,
-    path: str | Path,
-    metrics: Sequence[str] = ("loss", "auroc", "f1", "accuracy"),
-) -> Path:
-    """Train and validation curves per metric from an ``epochs.csv`` table."""
-    frame = pd.read_csv(epochs) if isinstance(epochs, str | Path) else epochs
-    present = [m for m in metrics if m in frame.columns and frame[m].notna().any()]
-    fig, axes = _grid(max(len(present), 1), width=3.6, height=3.0)
-    for ax, metric in zip(axes, present):
-        for split, part in frame.groupby("split"):
-            ax.plot(part["epoch"], part[metric], marker=".", label=str(split))
-        ax.set_title(metric)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
-    fig.suptitle("Training curves")
-    return _save(fig, path)
 
 
 def plot_confusion(

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from cxrfuse.explain.gradcam import OutputKind
-from cxrfuse.fusion.heads import FusionHead
+from cxrfuse.fusion import FusionHead
 from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import layout

@@ -28,7 +28,7 @@ from cxrfuse.data.images import LEGACY_FIT, decode_native, decode_resized, nativ
 from cxrfuse.data.manifest import Manifest, label_slug
 from cxrfuse.data.phantoms import file_stem
 from cxrfuse.data.views import view_slots as slot_layout
-from cxrfuse.encoders.image import ImageEncoder
+from cxrfuse.encoders import ImageEncoder
 from cxrfuse.explain.gradcam import (
     FusedImageClassifier,
     OutputKind,
@@ -37,7 +37,7 @@ from cxrfuse.explain.gradcam import (
     positive_probability,
 )
 from cxrfuse.explain.overlay import MapDrawing, map_note, write_overlay
-from cxrfuse.fusion.heads import FusionHead
+from cxrfuse.fusion import FusionHead
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import layout
 

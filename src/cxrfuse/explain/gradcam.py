@@ -25,59 +25,50 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam import (
-    AblationCAM,
-    EigenCAM,
-    EigenGradCAM,
-    GradCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    RandomCAM,
-    ScoreCAM,
-    XGradCAM,
-)
-from pytorch_grad_cam.ablation_layer import AblationLayerVit
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from cxrfuse.encoders.image import ImageEncoder, ViTEncoder
+from cxrfuse.encoders import ImageEncoder, ViTEncoder
 from cxrfuse.problems import CxrfuseError
 
 if TYPE_CHECKING:
-    from cxrfuse.fusion.heads import FusionHead
+    from pytorch_grad_cam.base_cam import BaseCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cxrfuse.fusion import FusionHead
 
 OutputKind = Literal["sigmoid", "softmax"]
 
-CAM_METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "gradcam-elementwise": GradCAMElementWise,
-    "eigencam": EigenCAM,
-    "eigengradcam": EigenGradCAM,
-    "scorecam": ScoreCAM,
-    "ablationcam": AblationCAM,
-    "random": RandomCAM,
+CAM_METHODS: dict[str, str] = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "gradcam-elementwise": "GradCAMElementWise",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+    "random": "RandomCAM",
 }
-"""CAM method name (the ``--method`` choices) -> pytorch-grad-cam class."""
+"""CAM method name (the ``--method`` choices) -> its pytorch-grad-cam class name (the
+package loads when a map is computed: it pulls torchvision's model zoo, scikit-learn and
+matplotlib, seconds a verb that draws no map should not wait)."""
 
 
 def cam_class(method: str) -> type[BaseCAM]:
     """The pytorch-grad-cam class of ``method``; a clear error naming the choices."""
     try:
-        return CAM_METHODS[method.lower()]
+        name = CAM_METHODS[method.lower()]
     except KeyError:
         raise CxrfuseError(
             f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}"
         ) from None
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, name)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -198,6 +189,8 @@ def non_inplace_relu(module: nn.Module) -> Iterator[None]:
 
 def label_target(labels: Sequence[str], label: str, output: OutputKind) -> ClassifierOutputTarget:
     """The CAM target of ``label``: its logit (sigmoid heads) or the positive logit (softmax)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     if label not in labels:
         raise CxrfuseError(f"label {label!r} is not one of this model's labels: {list(labels)}")
     if output == "softmax":
@@ -247,7 +240,9 @@ def compute_cam(
     encoder = model.encoder
     batch_size = cam_options.pop("batch_size", None)
     options: dict[str, Any] = {"reshape_transform": reshape_transform(encoder), **cam_options}
-    if cls is AblationCAM and isinstance(encoder, ViTEncoder):
+    if cls.__name__ == "AblationCAM" and isinstance(encoder, ViTEncoder):
+        from pytorch_grad_cam.ablation_layer import AblationLayerVit
+
         options.setdefault("ablation_layer", AblationLayerVit())
     maps: np.ndarray | None = None
     grid: tuple[int, ...] = ()
@@ -274,6 +269,8 @@ def compute_cam(
     maps = np.asarray(maps, dtype=np.float32)
     raw_maps = None
     if len(raw) == 1 and raw[0].shape[0] == maps.shape[0]:  # one target layer, one batch
+        import cv2
+
         size = (maps.shape[2], maps.shape[1])
         raw_maps = np.stack([cv2.resize(r, size, interpolation=cv2.INTER_LINEAR)
                              for r in raw[0]])  # as pytorch-grad-cam resizes its maps

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -62,6 +61,8 @@ def cam_to_original(
     ``region`` (:func:`cxrfuse.data.images.square_region`, the legacy central-square crop by
     default) is where the model's square lies on the original; the map is stretched over it,
     zero outside it (margins the crop dropped; the pad's bars fall outside the image)."""
+    import cv2
+
     height, width = shape
     region = region or square_region(width, height, LEGACY_FIT)
     cam = np.asarray(cam, dtype=np.float32)
@@ -92,6 +93,8 @@ CHAR_WIDTH = 7
 
 def colour(values: np.ndarray) -> np.ndarray:
     """RGB float in [0, 1] of values in [0, 1] (the jet colour map, as pytorch-grad-cam)."""
+    import cv2
+
     index = np.uint8(np.round(255 * np.clip(values, 0.0, 1.0)))
     return cv2.cvtColor(cv2.applyColorMap(index, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB) / 255.0
 
@@ -133,6 +136,8 @@ def overlay_panel(
     (any square size): a :class:`MapDrawing`, or an array already in [0, 1] (shown as it is,
     the bar running 0 to 1). Large views are shrunk so that their longer side is ``max_side``.
     """
+    import cv2
+
     drawing = cam if isinstance(cam, MapDrawing) else MapDrawing(np.asarray(cam), scale=1.0)
     original = np.asarray(original, dtype=np.float32)
     full_h, full_w = original.shape[:2]

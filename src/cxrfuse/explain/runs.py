@@ -29,8 +29,7 @@ from cxrfuse.explain.explainer import CaptionFacts, Explainer, ViewExplanation
 from cxrfuse.explain.scoring import PhantomScores, score_on_phantoms, write_scores
 from cxrfuse.inference import LoadedRun, load_run
 from cxrfuse.problems import CxrfuseError
-from cxrfuse.rundir import RunDir, layout
-from cxrfuse.rundir.models import ImageSide
+from cxrfuse.rundir import ImageSide, RunDir, layout
 from cxrfuse.vocab import FRONTAL_VIEWS, LATERAL_VIEWS, PHANTOM
 
 
@@ -72,12 +71,12 @@ def caption_facts(run: LoadedRun) -> CaptionFacts:
         raw = rundir.metrics()
     except CxrfuseError:
         return facts
-    per_label = (raw.get("test") or {}).get("per_label") or {}
+    per_label = raw.test.per_label
     for label in run.labels:
         value = (per_label.get(label) or {}).get("auroc")
         if value is None:
             continue
-        ci = (raw.get("ci") or {}).get(f"label/{label}/auroc") or {}
+        ci = raw.ci.get(f"label/{label}/auroc") or {}
         facts.auroc[label] = (float(value), ci.get("low"), ci.get("high"))
     return facts
 

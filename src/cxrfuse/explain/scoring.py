@@ -27,9 +27,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pytorch_grad_cam.utils.image import scale_cam_image
-from scipy.ndimage import distance_transform_edt
-from scipy.stats import binomtest
 from tqdm import tqdm
 
 from cxrfuse.data.manifest import Manifest, label_slug
@@ -69,6 +66,8 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 def hit_region(mask: np.ndarray, tolerance_px: float) -> np.ndarray:
     """The mask dilated by ``tolerance_px`` (Euclidean)."""
+    from scipy.ndimage import distance_transform_edt
+
     if tolerance_px <= 0:
         return mask.astype(bool)
     return distance_transform_edt(~mask.astype(bool)) <= tolerance_px
@@ -91,6 +90,8 @@ def random_maps(
     grid: tuple[int, int], size: int, n: int, rng: np.random.Generator
 ) -> np.ndarray:
     """``n`` maps of uniform noise on ``grid``, upsampled to ``size`` like a CAM, in [0, 1]."""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
     noise = rng.uniform(size=(n, *grid)).astype(np.float32)
     return scale_cam_image(noise, (size, size))
 
@@ -286,6 +287,8 @@ def phantom_folder(manifest: Manifest) -> Path:
 def summarise(cases: pd.DataFrame) -> pd.DataFrame:
     """Per label (and ``all``): hit rate with a 95% Wilson interval and a one-sided binomial
     p-value against the random-map hit rate, random and prior hit rates, masses, deletion AUCs."""
+    from scipy.stats import binomtest
+
     groups = [(lab, g) for lab, g in cases.groupby("label", sort=False)] + [("all", cases)]
     rows = []
     for label, g in groups:

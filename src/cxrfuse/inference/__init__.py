@@ -9,22 +9,26 @@ predict``, evaluation's shuffle tests, explanations and the server all load mode
 """
 
 from cxrfuse.inference.predict import (
+    MAX_TEXT_CHARS,
     Prediction,
     Predictor,
     StudyImage,
     ViewRead,
+    check_text_length,
     predict,
     study_text,
 )
 from cxrfuse.inference.runs import LoadedRun, build_head_from, load_finetuned_encoder, load_run
 
 __all__ = [
+    "MAX_TEXT_CHARS",
     "LoadedRun",
     "Prediction",
     "Predictor",
     "StudyImage",
     "ViewRead",
     "build_head_from",
+    "check_text_length",
     "load_finetuned_encoder",
     "load_run",
     "predict",

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrfuse.fusion.heads import probabilities
+from cxrfuse.fusion import probabilities
 from cxrfuse.inference.predict import Predictor, study_text
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import layout

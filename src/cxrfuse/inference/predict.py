@@ -37,7 +37,7 @@ from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.encoders.text import TextEncoder
 from cxrfuse.inference.runs import LoadedRun, load_run
 from cxrfuse.problems import ConfigError, CxrfuseError, DataError
-from cxrfuse.rundir import Metrics, RunDir, Verdict
+from cxrfuse.rundir import RunDir, Verdict
 from cxrfuse.text import TextConfig, label_patterns, prepare_text
 from cxrfuse.vocab import (
     FRONTAL_VIEWS,
@@ -175,7 +175,7 @@ def run_verdicts(run: RunDir) -> list[Verdict]:
     if not run.has_metrics():
         return []
     try:
-        return Metrics.model_validate(run.metrics()).verdicts
+        return run.metrics().verdicts
     except (CxrfuseError, ValueError):
         return []
 

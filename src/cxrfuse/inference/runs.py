@@ -15,12 +15,16 @@ import torch
 
 from cxrfuse.config import RunConfig
 from cxrfuse.data.manifest import Manifest, read_manifest
-from cxrfuse.encoders import create_image_encoder, create_text_encoder
+from cxrfuse.encoders import (
+    ImageEncoder,
+    TextEncoder,
+    TfidfEncoder,
+    create_image_encoder,
+    create_text_encoder,
+)
 from cxrfuse.encoders.hub import STATE_DICT_SUFFIXES
-from cxrfuse.encoders.image import ImageEncoder
 from cxrfuse.encoders.registry import get_image_encoder_spec, list_text_encoders
 from cxrfuse.encoders.surgery import adapt_to_grayscale
-from cxrfuse.encoders.text import TextEncoder, TfidfEncoder
 from cxrfuse.fusion import INPUT_KEYS, FusionHead, build_head, head_probabilities
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.rundir import HeadSidecar, RunDir, RunInfo

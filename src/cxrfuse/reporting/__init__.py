@@ -16,8 +16,9 @@ from cxrfuse.files import write_text
 from cxrfuse.problems import DataError
 from cxrfuse.reporting.clip import clip_sections
 from cxrfuse.reporting.document import Block, Section, render_html, render_markdown
+from cxrfuse.reporting.experiment import experiment_sections
 from cxrfuse.reporting.generation import finetune_section, generation_sections
-from cxrfuse.reporting.runs import experiment_sections, run_sections
+from cxrfuse.reporting.runs import run_sections
 from cxrfuse.rundir import ExperimentDir, GenerationDir, RunDir
 
 __all__ = ["Block", "Section", "render_html", "render_markdown", "write_report"]

@@ -370,10 +370,11 @@ class RunDir(_Dir):
     def has_metrics(self) -> bool:
         return self.metrics_path.is_file()
 
-    def metrics(self) -> dict[str, Any]:
-        """``metrics.json``, validated; the plain mapping."""
+    def metrics(self) -> Metrics:
+        """``metrics.json``, validated (``.test`` typed; ``.as_result()`` the mapping
+        ``evaluate_run`` returns)."""
         raw = _read_json(self.metrics_path, f"run `cxrfuse evaluate {self.path}` first")
-        return _validated(Metrics, raw, self.metrics_path).model_dump()
+        return _validated(Metrics, raw, self.metrics_path)
 
     def ablation(self) -> dict[str, Any]:
         return _read_json(self.ablation_path, "ablation") if self.ablation_path.is_file() else {}
@@ -410,6 +411,8 @@ class ExperimentDir(_Dir):
     summary_csv = property(lambda self: self.path / layout.SUMMARY_CSV)
     summary_md = property(lambda self: self.path / layout.SUMMARY_MD)
     evaluation_path = property(lambda self: self.path / layout.EVALUATION)
+    evaluation_csv = property(lambda self: self.path / layout.EVALUATION_CSV)
+    evaluation_md = property(lambda self: self.path / layout.EVALUATION_MD)
     backbones_csv = property(lambda self: self.path / f"{layout.BACKBONES}.csv")
     backbones_md = property(lambda self: self.path / f"{layout.BACKBONES}.md")
 
@@ -439,8 +442,17 @@ class ExperimentDir(_Dir):
                                                            sort_keys=False))  # fmt: skip
 
     def write_summary(self, table: pd.DataFrame, markdown: str) -> None:
+        """The training side's run table (``training.experiment`` only)."""
         self._write_table(self.summary_csv, table, csv=True)
         write_text(self.summary_md, markdown)
+
+    def write_evaluation_tables(self, table: pd.DataFrame, markdown: str) -> None:
+        """The evaluation's run table and Markdown (``evaluation`` only)."""
+        self._write_table(self.evaluation_csv, table, csv=True)
+        write_text(self.evaluation_md, markdown)
+
+    def evaluation_table(self) -> pd.DataFrame | None:
+        return pd.read_csv(self.evaluation_csv) if self.evaluation_csv.is_file() else None
 
     def summary(self) -> pd.DataFrame | None:
         return pd.read_csv(self.summary_csv) if self.summary_csv.is_file() else None

@@ -133,8 +133,14 @@ RUNS = EXPERIMENT_RUNS_FOLDER
 them)."""
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
+"""The training side's run table (grid values, status, best epoch, test metrics at 0.5); only
+``training.experiment`` writes them."""
 EVALUATION = "evaluation.json"
 """``cxrfuse evaluate`` on an experiment: per-setting modality tables and paired tests."""
+EVALUATION_CSV = "evaluation.csv"
+EVALUATION_MD = "evaluation.md"
+"""The evaluation's run table (val-chosen thresholds, intervals, verdicts; the grid columns of
+``summary.csv`` kept) and its Markdown; only ``evaluation`` writes them."""
 SWEEP_STUDY = "study.db"
 """``cxrfuse sweep``: the Optuna study (SQLite; a killed sweep resumes from it)."""
 SWEEP_MANIFEST = "search_manifest.parquet"

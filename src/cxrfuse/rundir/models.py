@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 RunKind = Literal["head", "finetune", "clip"]
 RunStatus = Literal["running", "finished", "failed"]
@@ -239,9 +239,23 @@ class Verdict(_Model):
     message: str
 
 
+class TestMetrics(_Open):
+    """``metrics.json`` ``test``: headline metrics (macro over labels), the per-label tables,
+    the trivial baselines per label and the verdicts (None in files written before verdicts
+    existed)."""
+
+    __test__ = False  # not a pytest class
+
+    headline: dict[str, float | None] = Field(default_factory=dict)
+    per_label: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    baselines: dict[str, Any] = Field(default_factory=dict)
+    verdicts: list[Verdict] | None = None
+
+
 class Metrics(_Open):
-    """``metrics.json``: a run's evaluation (the nested tables stay plain mappings;
-    ``test.baselines`` per label, ``test.verdicts`` typed through :attr:`verdicts`)."""
+    """``metrics.json``: a run's evaluation; :attr:`test` typed (:class:`TestMetrics`), the
+    interval tables (``ci``) and ``val`` plain mappings. :meth:`as_result` is the mapping
+    ``evaluate_run`` returns."""
 
     run: str
     task: str | None = None
@@ -255,30 +269,27 @@ class Metrics(_Open):
     n_boot: int
     bootstrap_seed: int = 0
     val: dict[str, Any]
-    test: dict[str, Any]
+    test: TestMetrics
     ci: dict[str, Any] = Field(default_factory=dict)
     evaluated: str | None = None
     environment: dict[str, Any] = Field(default_factory=dict)
     leakage: dict[str, Any] | None = None
     plots: list[str] = Field(default_factory=list)
 
-    @field_validator("test")
-    @classmethod
-    def _typed_verdicts(cls, test: dict[str, Any]) -> dict[str, Any]:
-        """``test.verdicts`` must be a list of :class:`Verdict` (a hand-edited file fails here)."""
-        for v in test.get("verdicts", []):
-            Verdict.model_validate(v)
-        return test
-
     @property
     def verdicts(self) -> list[Verdict]:
         """The run's verdicts (empty for files written before verdicts existed)."""
-        return [Verdict.model_validate(v) for v in self.test.get("verdicts", [])]
+        return list(self.test.verdicts or [])
 
     @property
     def baselines(self) -> dict[str, Any]:
         """Per label: prevalence, always-positive / always-negative metrics, chance AUROC."""
-        return dict(self.test.get("baselines", {}))
+        return dict(self.test.baselines)
+
+    def as_result(self) -> dict[str, Any]:
+        """The file as the mapping :func:`cxrfuse.evaluation.evaluate_run` returns (the keys
+        the file holds, verdicts validated)."""
+        return self.model_dump(exclude_unset=True)
 
 
 LoraStatus = Literal["running", "finished", "early-stopped", "failed"]

@@ -28,14 +28,14 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cxrfuse.inference import StudyImage
-from cxrfuse.inference.predict import MAX_TEXT_CHARS
+from cxrfuse.inference import MAX_TEXT_CHARS, StudyImage
 from cxrfuse.problems import CxrfuseError
+from cxrfuse.rundir import Verdict
 from cxrfuse.serve.page import PAGE
 from cxrfuse.serve.service import Service
 
@@ -119,6 +119,52 @@ class PredictAnswer(BaseModel):
     report_draft: dict[str, Any] | None
     dicom: list[DicomObject] | None = Field(
         None, description="With dicom=true: the study's DICOM objects (docs/dicom.md)")
+
+
+class CardMetrics(BaseModel):
+    """The run's test metrics on the model card: value and 95 % interval per headline metric,
+    AUROC / F1 per label, the trivial baselines."""
+
+    split: str
+    n_boot: int | None
+    headline: dict[str, dict[str, Any]]
+    per_label: dict[str, dict[str, Any]]
+    baselines: dict[str, Any]
+
+
+class TrainingData(BaseModel):
+    manifest: str | None
+    n: dict[str, int]
+    images: str | None
+    synthetic_images: bool
+
+
+class ModelCard(BaseModel):
+    """``GET /v1/model``: what the served run is, how its thresholds were chosen, what it was
+    trained on and how it did on its test split."""
+
+    model_config = ConfigDict(extra="allow")  # fields a newer service adds pass through
+
+    run: str
+    kind: str
+    task: str | None
+    labels: list[str]
+    output: str
+    thresholds: dict[str, float]
+    threshold_method: str | None
+    threshold_split: str | None
+    modalities: list[str]
+    encoders: dict[str, dict[str, Any]]
+    training_data: TrainingData
+    test_metrics: CardMetrics | None
+    trained: str | None
+    seed: int | None
+    cxrfuse_version: str
+    served_on: str
+    verdicts: list[Verdict]
+    no_skill: dict[str, list[str]]
+    warnings: list[str]
+    backend: str
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -243,7 +289,7 @@ def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "
         """Liveness: the run served."""
         return {"status": "ok", "run": service.card["run"]}
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", response_model=ModelCard)
     async def model() -> dict[str, Any]:
         """The model card: task, labels, thresholds and how they were chosen, encoders,
         training data (synthetic or not), test metrics with intervals, versions."""

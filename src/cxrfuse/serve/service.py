@@ -362,15 +362,13 @@ def model_card(service: Service) -> dict[str, Any]:
         except CxrfuseError:
             raw = None
         if raw is not None:
-            headline = raw.get("test", {}).get("headline", {})
-            metrics = {"split": "test", "n_boot": raw.get("n_boot"),
-                       "headline": {name: {"value": value,
-                                           "ci": raw.get("ci", {}).get(f"headline/{name}")}
-                                    for name, value in headline.items()},
+            metrics = {"split": "test", "n_boot": raw.n_boot,
+                       "headline": {name: {"value": value, "ci": raw.ci.get(f"headline/{name}")}
+                                    for name, value in raw.test.headline.items()},
                        "per_label": {name: {"auroc": m.get("auroc"), "f1": m.get("f1"),
-                                            "auroc_ci": raw.get("ci", {}).get(f"label/{name}/auroc")}
-                                     for name, m in raw.get("test", {}).get("per_label", {}).items()},
-                       "baselines": raw.get("test", {}).get("baselines", {})}  # fmt: skip
+                                            "auroc_ci": raw.ci.get(f"label/{name}/auroc")}
+                                     for name, m in raw.test.per_label.items()},
+                       "baselines": raw.test.baselines}  # fmt: skip
     if sidecar.image is not None:  # how a non-square view became the model's square input
         encoders["image"]["fit"] = sidecar.image.fit
     return {

@@ -25,8 +25,8 @@ from torch.utils.data import (
 )
 
 from cxrfuse.config import RunConfig
+from cxrfuse.data import check_patient_leakage
 from cxrfuse.data.manifest import read_manifest
-from cxrfuse.data.splits import check_patient_leakage
 from cxrfuse.encoders import create_image_encoder, create_text_encoder
 from cxrfuse.problems import DataError
 from cxrfuse.store import StudyArrays, assemble, embed_images, embed_texts

@@ -24,8 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from cxrfuse.config import EarlyStoppingConfig, ScheduleConfig, TrainingConfig
-from cxrfuse.fusion import probabilities
-from cxrfuse.fusion.heads import build_head
+from cxrfuse.fusion import build_head, probabilities
 from cxrfuse.runtime import seed_everything
 from cxrfuse.training.data import make_loader
 from cxrfuse.training.fit import fit_module

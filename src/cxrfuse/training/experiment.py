@@ -13,8 +13,8 @@ import pandas as pd
 import yaml
 
 from cxrfuse.config import ExperimentConfig, RunConfig, value_slug
+from cxrfuse.data import check_patient_leakage
 from cxrfuse.data.manifest import read_manifest
-from cxrfuse.data.splits import check_patient_leakage
 from cxrfuse.files import folder_lock
 from cxrfuse.problems import CxrfuseError, os_fault
 from cxrfuse.rundir import ExperimentDir, RunDir, p_column, y_column

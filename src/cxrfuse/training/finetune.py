@@ -28,8 +28,7 @@ from cxrfuse.config import RunConfig
 from cxrfuse.data.images import decode_resized
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.data.views import view_slots as slot_layout
-from cxrfuse.encoders import create_image_encoder, to_model_input
-from cxrfuse.encoders.image import ImageEncoder
+from cxrfuse.encoders import ImageEncoder, create_image_encoder, to_model_input
 from cxrfuse.encoders.surgery import adapt_to_grayscale, freeze_backbone
 from cxrfuse.fusion import FusionHead
 from cxrfuse.problems import DataError

@@ -28,7 +28,7 @@ import torch
 from cxrfuse.config import RunConfig
 from cxrfuse.data.manifest import read_manifest
 from cxrfuse.data.views import read_view_counts
-from cxrfuse.encoders.text import TfidfEncoder
+from cxrfuse.encoders import TfidfEncoder
 from cxrfuse.files import first_rank, folder_lock
 from cxrfuse.fusion import FusionHead, build_head
 from cxrfuse.plotting import new_figure, save_figure

@@ -32,8 +32,7 @@ import lightning.pytorch as pl
 import pandas as pd
 from pydantic import Field, ValidationError, model_validator
 
-from cxrfuse.config import RunConfig, Strict, format_validation_error, set_dotted
-from cxrfuse.config.run import validate_run
+from cxrfuse.config import RunConfig, Strict, format_validation_error, set_dotted, validate_run
 from cxrfuse.data import read_manifest
 from cxrfuse.files import sha256_json, write_json, write_text
 from cxrfuse.plotting import new_figure, save_figure

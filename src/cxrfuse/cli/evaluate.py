@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cxrfuse.cli import app, console, friendly_errors
+from cxrfuse.cli.options import NoWaitOption
 
 
 class Recalibrate(str, Enum):
@@ -96,7 +97,7 @@ def evaluate_cmd(
     recalibrate: Annotated[Recalibrate | None, typer.Option(help="With --on: recalibrate on a patient-level part of the external set.")] = None,
     calibration_fraction: Annotated[float, typer.Option(min=0.01, max=0.99, help="With --recalibrate: fraction of external patients to fit on.")] = 0.2,
     align: Annotated[list[str] | None, typer.Option(help="With --on: RUN_LABEL=EXTERNAL_LABEL (or =!LABEL for its complement), over the built-in alignment; repeatable.")] = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="If another process is writing the run (or experiment) directory, stop (exit 2, the holder named) instead of waiting for it.")] = False,
+    no_wait: NoWaitOption = False,
 ) -> None:
     """Metrics with 95 % bootstrap intervals at val-chosen thresholds; for an experiment also the
     unimodal vs multimodal table, fused vs best-unimodal tests and complementarity.

@@ -8,7 +8,13 @@ from typing import Annotated, Any
 import typer
 
 from cxrfuse.cli import app, console, friendly_errors
-from cxrfuse.cli.options import DeviceOption, Precision, PrecisionOption, ProgressOption
+from cxrfuse.cli.options import (
+    DeviceOption,
+    NoWaitOption,
+    Precision,
+    PrecisionOption,
+    ProgressOption,
+)
 
 generate_app = typer.Typer(
     help="Radiology report generation (retrieval, vision-language models, LoRA fine-tuning) and "
@@ -28,9 +34,6 @@ Meteor = Annotated[bool, typer.Option("--meteor/--no-meteor", help="METEOR (need
 Labeler = Annotated[str, typer.Option(help="rules (built in) or chexbert (needs --chexbert).")]
 Chexbert = Annotated[Path | None, typer.Option(help="CheXbert checkpoint (chexbert.pth).")]
 Seed = Annotated[int, typer.Option(help="Seed of the baselines and the bootstrap.")]
-NoWait = Annotated[bool, typer.Option(
-    "--no-wait", help="If another process is writing the generation directory, stop (exit 2, "
-    "the holder named) instead of waiting for it.")]
 Tracking = Annotated[str | None, typer.Option(
     "--tracking", metavar="mlflow|tensorboard|csv|none",
     help="Log the LoRA settings and every epoch's train / val loss to this tracker, as training "
@@ -89,7 +92,7 @@ def retrieval_cmd(
     meteor: Meteor = True,
     seed: Seed = 0,
     progress: ProgressOption = True,
-    no_wait: NoWait = False,
+    no_wait: NoWaitOption = False,
 ) -> None:
     """Write a report for every study of a split by retrieval from the training reports, scored
     beside the baselines (a test or val report is never retrievable).
@@ -142,7 +145,7 @@ def vlm_cmd(
     meteor: Meteor = True,
     seed: Seed = 0,
     progress: ProgressOption = True,
-    no_wait: NoWait = False,
+    no_wait: NoWaitOption = False,
 ) -> None:
     """Generate reports with a vision-language model (the study's views, its indication and,
     optionally, a classifier's findings in the prompt), scored beside the baselines. Offline
@@ -179,7 +182,7 @@ def finetune_cmd(
         help="A cxrfuse classifier run whose predictions go into the training prompts.")] = None,
     tracking: Tracking = None,
     progress: ProgressOption = True,
-    no_wait: NoWait = False,
+    no_wait: NoWaitOption = False,
 ) -> None:
     """LoRA fine-tuning (peft) on the training split's image-report pairs: findings +
     impression as the target, the indication as input only; validation loss per epoch, early
@@ -243,7 +246,7 @@ def score_cmd(
     n_boot_language: NBootLanguage = 200,
     meteor: Meteor = True,
     seed: Seed = 0,
-    no_wait: NoWait = False,
+    no_wait: NoWaitOption = False,
 ) -> None:
     """Score any systems' reports: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, R2Gen
     normalisation) and CheXpert clinical F1 (14 and 5 observations), with 95 % intervals,

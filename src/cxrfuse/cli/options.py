@@ -44,8 +44,9 @@ OfflineOption = Annotated[
 ]
 NoWaitOption = Annotated[
     bool,
-    typer.Option("--no-wait", help="If another process is writing the same run, experiment or store "
-                 "folder, stop (exit 2, the holder named) instead of waiting for it."),
+    typer.Option("--no-wait", help="If another process is writing the folder this verb writes (a run, "
+                 "experiment, store or generation directory), stop (exit 2, the holder named) "
+                 "instead of waiting for it."),
 ]  # fmt: skip
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 SetOption = Annotated[

@@ -181,15 +181,19 @@ class FusionModule(pl.LightningModule):
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     @torch.no_grad()
-    def predict_arrays(self, tensors: dict[str, torch.Tensor], batch_size: int = 4096) -> np.ndarray:
-        """Positive-class probabilities (n, n_labels) in eval mode, float32 on this device."""
+    def predict_arrays(self, tensors: dict[str, torch.Tensor], batch_size: int = 4096, *,
+                       rows: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """Positive-class probabilities (n, n_labels) in eval mode, float32 on this device, of
+        every row of ``tensors`` or of ``rows`` (gathered batch by batch, in that order)."""
         was_training = self.training
         self.eval()
-        n = len(next(iter(tensors.values())))
+        n = len(next(iter(tensors.values()))) if rows is None else len(rows)
+        index = None if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64))
         out = []
         for start in range(0, n, batch_size):
-            batch = {k: v[start:start + batch_size].to(self.device) for k, v in tensors.items()
-                     if k != "y"}
+            pick = slice(start, start + batch_size)
+            batch = {k: (v[pick] if index is None else v.index_select(0, index[pick])).to(self.device)
+                     for k, v in tensors.items() if k != "y"}  # fmt: skip
             out.append(probabilities(self(batch), self.output).cpu())
         self.train(was_training)
         return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)

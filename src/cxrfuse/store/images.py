@@ -66,7 +66,7 @@ Batch = tuple[list[int], torch.Tensor, torch.Tensor, list[str], list[bool]]
 
 GPU_BATCH = 256
 
-ASSEMBLY_BLOCK = 16_384
+ASSEMBLY_BLOCK = 4096
 """Studies per block when study arrays are filled from the shards (bounds the temporaries)."""
 
 DTYPES = ("float32", "float16")

@@ -64,10 +64,10 @@ class TextEmbeddings:
         mask = np.zeros(len(ids), dtype=bool)
         where = np.flatnonzero(found >= 0)
         source = index.to_numpy()[found[where]]
-        for lo in range(0, len(where), 65_536):
-            pick, row = where[lo:lo + 65_536], source[lo:lo + 65_536]
+        for lo in range(0, len(where), 4096):
+            pick, row = where[lo:lo + 4096], source[lo:lo + 4096]
             X[pick], mask[pick] = self.vectors[row], np.asarray(self.mask)[row]
-        release_pages(self.vectors)
+            release_pages(self.vectors)
         return X, mask
 
 

@@ -15,6 +15,8 @@ as functions the scale benchmark (``benchmarks/scale.py``) imports and a script 
   assembly), ``assembly_rss_before`` (RSS before, manifest and stores open),
   ``assembly_rss_ratio`` (the peak's growth over the arrays' bytes) and
   ``assembly_process_rss_ratio`` (the whole process's peak over the arrays' bytes).
+* :func:`measure_bootstrap`: ``bootstrap_ci`` (1,000 replicates, 14 labels) on random test
+  studies: ``bootstrap_seconds``, ``bootstrap_cpu_seconds``, ``bootstrap_rss_growth``.
 
     python benchmarks/_head_training.py --studies 10000 50000 --json out.json
 """
@@ -264,10 +266,38 @@ def measure_assembly(n_studies: int, *, views: str = "mean",
         return _in_child(_assembly_child, n_studies, views, tmp)
 
 
+# ---- bootstrap intervals ------------------------------------------------------------------
+
+
+def _bootstrap_child(n: int, n_labels: int, n_boot: int) -> dict[str, Any]:
+    import numpy as np
+
+    from cxrfuse.evaluation.bootstrap import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((n, n_labels)) < 0.2).astype(float)
+    p = 1 / (1 + np.exp(-(1.5 * y - 0.7 + rng.normal(size=(n, n_labels)))))  # all distinct
+    before = _rss()
+    _reset_peak()
+    start, cpu = time.perf_counter(), time.process_time()
+    bootstrap_ci(y, p, 0.5, n_boot=n_boot, seed=0)
+    return {"bootstrap_studies": n, "bootstrap_labels": n_labels, "bootstrap_replicates": n_boot,
+            "bootstrap_seconds": round(time.perf_counter() - start, 2),
+            "bootstrap_cpu_seconds": round(time.process_time() - cpu, 2),
+            "bootstrap_rss_growth": _rss("VmHWM") - before}  # fmt: skip
+
+
+def measure_bootstrap(n_studies: int, *, n_labels: int = 14, n_boot: int = 1000) -> dict[str, Any]:
+    """``bootstrap_ci`` on ``n_studies`` random test studies x ``n_labels`` labels, in a fresh
+    process: wall and CPU seconds and the peak RSS growth during the call (bytes)."""
+    return _in_child(_bootstrap_child, n_studies, n_labels, n_boot)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--studies", type=int, nargs="+", default=[10_000])
-    parser.add_argument("--only", choices=["assembly", "training"])
+    parser.add_argument("--only", choices=["assembly", "training", "bootstrap"])
+    parser.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates")
     parser.add_argument("--views", nargs="+", default=["mean"])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -281,6 +311,9 @@ def main() -> None:
                 print(json.dumps(results[-1]), flush=True)
         if args.only in (None, "training"):
             results.append(measure(n, epochs=args.epochs, batch_size=args.batch_size))
+            print(json.dumps(results[-1]), flush=True)
+        if args.only in (None, "bootstrap"):
+            results.append(measure_bootstrap(n, n_boot=args.replicates))
             print(json.dumps(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -161,7 +161,7 @@ def _reference_ci(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict:
     return {k: _interval(np.concatenate(v)) for k, v in chunks.items()}
 
 
-@pytest.mark.parametrize("block_elements", [2_000_000, 5_000])
+@pytest.mark.parametrize("block_elements", [8_000_000, 5_000])
 def test_blocks_of_replicates_give_the_same_intervals(monkeypatch, block_elements: int) -> None:
     """Scoring a few replicates at a time (flat memory) changes no interval, for the same
     seed: the same draws, counted block by block (5,000 elements: one replicate a block)."""

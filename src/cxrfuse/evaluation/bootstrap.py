@@ -34,9 +34,9 @@ from cxrfuse.problems import CxrfuseError
 
 ALPHA = 0.05
 
-BLOCK_ELEMENTS = 2_000_000
+BLOCK_ELEMENTS = 8_000_000
 """Replicates x studies x (labels + 1) scored at once by :func:`bootstrap_ci` and
-:func:`paired_bootstrap` (about 100 MB of temporaries, whatever the number of studies)."""
+:func:`paired_bootstrap` (about 200 MB of temporaries, whatever the number of studies)."""
 
 
 def resample_counts(n: int, n_boot: int, seed: int = 0, chunk: int = 100) -> Iterator[np.ndarray]:

@@ -176,7 +176,8 @@ class ImageEmbeddings:
         the manifest's studies at ``rows`` (all, in order, by default): the embedded views
         of each study, in manifest order, placed by :func:`cxrfuse.data.views.view_slots`;
         ``mean`` / ``attention`` are as wide as the widest of these studies."""
-        df = manifest.df if rows is None else manifest.df.iloc[np.asarray(rows)]
+        df = manifest.df[["study_id", "views"]]  # not a copy of the report columns
+        df = df if rows is None else df.iloc[np.asarray(rows)]
         keys: list[str] = []
         positions: list[str] = []
         counts = np.zeros(len(df), dtype=np.int64)

@@ -152,6 +152,10 @@ class IndexBatches:
         return math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # a DataLoader's iterator draws its workers' base seed from the global generator; so
+        # does each pass here, so that a seeded run draws the same dropout masks as with
+        # DataLoaders (lazily: Lightning calls iter() once more only to check it can)
+        torch.empty((), dtype=torch.int64).random_()
         order = self.rows
         if self.order is not None:
             order = self.rows[torch.as_tensor(list(self.order), dtype=torch.long)]

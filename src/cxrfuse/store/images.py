@@ -232,21 +232,20 @@ class ImageEmbeddings:
         mask = slots >= 0
         if mode == "mean":
             X = np.zeros((n, 1, dim), dtype=np.float32)
-            count = mask.sum(1)
-            for lo in range(0, n, ASSEMBLY_BLOCK):
-                block = slice(lo, min(lo + ASSEMBLY_BLOCK, n))
-                acc, buf = X[block, 0], np.empty((0, dim), np.float32)
-                for j in range(width):
-                    have = np.flatnonzero(mask[block, j])
-                    if not len(have):
-                        break
-                    buf = np.empty((len(have), dim), dtype=np.float32)
-                    self.gather(slots[block, j][have], buf)
-                    acc[have] += buf  # view by view, in slot order, as numpy's mean sums
+            step = max(1, ASSEMBLY_BLOCK // width)
+            for lo in range(0, n, step):
+                block = slice(lo, min(lo + step, n))
+                views = np.zeros((block.stop - lo, width, dim), dtype=np.float32)
+                where = np.flatnonzero(mask[block].reshape(-1))
+                buf = np.empty((len(where), dim), dtype=np.float32)
+                self.gather(slots[block].reshape(-1)[where], buf)
+                views.reshape(-1, dim)[where] = buf
                 del buf
-                divide = np.flatnonzero(count[block] > 1)
-                acc[divide] /= count[block][divide, None].astype(np.float32)
-            return X, (count > 0)[:, None]
+                # the head's mean fusion (fusion.heads.ViewFusion), the same float operations
+                weights = torch.from_numpy(mask[block]).to(torch.float32)[..., None]
+                total = (torch.from_numpy(views) * weights).sum(1)
+                X[block, 0] = (total / weights.sum(1).clamp(min=1.0)).numpy()
+            return X, mask.any(1)[:, None]
         X = np.zeros((n, width, dim), dtype=np.float32)
         flat, where = X.reshape(n * width, dim), np.flatnonzero(mask.reshape(-1))
         step = ASSEMBLY_BLOCK * max(width, 1)

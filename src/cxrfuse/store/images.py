@@ -235,14 +235,17 @@ class ImageEmbeddings:
             step = max(1, ASSEMBLY_BLOCK // width)
             for lo in range(0, n, step):
                 block = slice(lo, min(lo + step, n))
-                views = np.zeros((block.stop - lo, width, dim), dtype=np.float32)
-                where = np.flatnonzero(mask[block].reshape(-1))
+                wide = max(1, int(mask[block].sum(1).max(initial=0)))  # views fill slots 0..k-1
+                here, rows = mask[block, :wide], slots[block, :wide]
+                views = np.zeros((block.stop - lo, wide, dim), dtype=np.float32)
+                where = np.flatnonzero(here.reshape(-1))
                 buf = np.empty((len(where), dim), dtype=np.float32)
-                self.gather(slots[block].reshape(-1)[where], buf)
+                self.gather(rows.reshape(-1)[where], buf)
                 views.reshape(-1, dim)[where] = buf
                 del buf
                 # the head's mean fusion (fusion.heads.ViewFusion), the same float operations
-                weights = torch.from_numpy(mask[block]).to(torch.float32)[..., None]
+                # (zero-padded slots add nothing, so the block's own width gives the same sums)
+                weights = torch.from_numpy(np.ascontiguousarray(here)).to(torch.float32)[..., None]
                 total = (torch.from_numpy(views) * weights).sum(1)
                 X[block, 0] = (total / weights.sum(1).clamp(min=1.0)).numpy()
             return X, mask.any(1)[:, None]

@@ -236,11 +236,11 @@ class ImageEmbeddings:
             for lo in range(0, n, step):
                 block = slice(lo, min(lo + step, n))
                 wide = max(1, int(mask[block].sum(1).max(initial=0)))  # views fill slots 0..k-1
-                here, rows = mask[block, :wide], slots[block, :wide]
+                here, picks = mask[block, :wide], slots[block, :wide]
                 views = np.zeros((block.stop - lo, wide, dim), dtype=np.float32)
                 where = np.flatnonzero(here.reshape(-1))
                 buf = np.empty((len(where), dim), dtype=np.float32)
-                self.gather(rows.reshape(-1)[where], buf)
+                self.gather(picks.reshape(-1)[where], buf)
                 views.reshape(-1, dim)[where] = buf
                 del buf
                 # the head's mean fusion (fusion.heads.ViewFusion), the same float operations

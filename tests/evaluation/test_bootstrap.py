@@ -144,3 +144,33 @@ def test_a_label_without_any_known_value_has_no_interval_instead_of_failing():
     ci = bootstrap_ci(y, p, labels=["a", "b"], n_boot=50)
     assert ci["label/b/auroc"]["low"] is None and ci["label/b/auroc"]["valid"] == 0
     assert ci["label/a/auroc"]["low"] is not None
+
+
+def _reference_ci(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict:
+    """The intervals as computed before blocks: every 100-replicate chunk of resample_counts
+    scored at once."""
+    from cxrfuse.evaluation.bootstrap import _interval, replicate_metrics
+    from cxrfuse.evaluation.metrics import label_names
+
+    names = label_names(None, y.shape[1])
+    thr = np.full(y.shape[1], 0.5)
+    chunks: dict[str, list[np.ndarray]] = {}
+    for w in resample_counts(len(y), n_boot, seed):
+        for key, value in replicate_metrics(w, y, p, thr, names).items():
+            chunks.setdefault(key, []).append(value)
+    return {k: _interval(np.concatenate(v)) for k, v in chunks.items()}
+
+
+@pytest.mark.parametrize("block_elements", [8_000_000, 5_000])
+def test_blocks_of_replicates_give_the_same_intervals(monkeypatch, block_elements: int) -> None:
+    """Scoring a few replicates at a time (flat memory) changes no interval, for the same
+    seed: the same draws, counted block by block (5,000 elements: one replicate a block)."""
+    from cxrfuse.evaluation import bootstrap
+
+    y, p = scores(1500, 0.8, seed=2, n_labels=3)
+    y[::7, 1] = np.nan  # unknown labels
+    monkeypatch.setattr(bootstrap, "BLOCK_ELEMENTS", block_elements)
+    got = bootstrap_ci(y, p, 0.5, n_boot=230, seed=5)
+    assert got == _reference_ci(y, p, 230, 5)
+    if block_elements < 10_000:
+        assert bootstrap._block(1500, 7) == 1

@@ -124,8 +124,18 @@ def test_bad_config_and_unfinished_run_give_clear_errors(tiny_phantoms: Path, tm
 
 
 def test_experiment_skips_finished_runs_and_survives_a_failure(
-    tiny_phantoms: Path, tmp_path: Path
+    tiny_phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import cxrfuse.training.experiment as experiment_module
+
+    built: list[str] = []
+    build = experiment_module.build_study_arrays
+
+    def counting(config, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(config.data.task)
+        return build(config, **kwargs)
+
+    monkeypatch.setattr(experiment_module, "build_study_arrays", counting)
     base = tiny_config(tmp_path, tiny_phantoms, **{"model.modalities": ["text"]})
     experiment = {"name": "grid", "runs_dir": str(tmp_path / "runs"), "base": base,
                   "grid": {"data.task": ["normal-abnormal", "no-such-task"]}, "seeds": [0, 1]}
@@ -141,6 +151,7 @@ def test_experiment_skips_finished_runs_and_survives_a_failure(
                       "no-such-task-seed0": "failed", "no-such-task-seed1": "failed"}
     failed = json.loads((out / "runs" / "no-such-task-seed0" / "run.json").read_text())
     assert "no-such-task" in failed["error"]
+    assert built.count("normal-abnormal") == 1  # assembled once for both seeds
     assert summary["test_auroc"].notna().sum() == 2
     assert "± " in (out / "summary.md").read_text()
     weights = out / "runs" / "normal-abnormal-seed0" / "model.safetensors"

@@ -6,6 +6,11 @@ computed from count-weighted sums in one vectorised pass (the weighted metrics e
 scikit-learn's on the resampled data; the tests check this), so 1000 replicates of 4000
 studies take seconds. Two models compared on the same studies share the same replicates
 (a paired bootstrap).
+
+Memory stays flat in the number of studies: the replicates are drawn 100 at a time as int32
+study indices (the same numbers, seed for seed, as :func:`resample_counts`) and counted and
+scored a few replicates at a time, so that replicates x studies x labels stays under
+:data:`BLOCK_ELEMENTS`; each label's tied-score groups are built once per call, not per block.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from cxrfuse.problems import CxrfuseError
 
 ALPHA = 0.05
 
+BLOCK_ELEMENTS = 8_000_000
+"""Replicates x studies x (labels + 1) scored at once by :func:`bootstrap_ci` and
+:func:`paired_bootstrap` (about 200 MB of temporaries, whatever the number of studies)."""
+
 
 def resample_counts(n: int, n_boot: int, seed: int = 0, chunk: int = 100) -> Iterator[np.ndarray]:
     """Bootstrap replicates as (b, n) count matrices, ``chunk`` at a time; the same seed gives the
@@ -41,6 +50,29 @@ def resample_counts(n: int, n_boot: int, seed: int = 0, chunk: int = 100) -> Ite
         flat = (idx + np.arange(b)[:, None] * n).ravel()
         yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
         done += b
+
+
+def _count_blocks(n: int, n_boot: int, seed: int, block: int) -> Iterator[np.ndarray]:
+    """The replicates of :func:`resample_counts` (same seed: same replicates, same order) as
+    (b, n) float64 counts, at most ``block`` at a time; each draw of 100 replicates is kept
+    as int32 indices (400 bytes a study) while its blocks are counted."""
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_boot:
+        b = min(100, n_boot - done)
+        idx = rng.integers(0, n, size=(b, n), dtype=np.int32)  # = resample_counts' int64 draw
+        for lo in range(0, b, block):
+            part = idx[lo:lo + block]
+            counts = np.empty((len(part), n), dtype=np.float64)
+            for r, row in enumerate(part):
+                counts[r] = np.bincount(row, minlength=n)
+            yield counts
+        done += b
+
+
+def _block(n: int, width: int) -> int:
+    """Replicates per block for ``n`` studies scored on ``width`` label columns."""
+    return int(min(100, max(1, BLOCK_ELEMENTS // max(1, n * width))))
 
 
 def _group_matrix(p: np.ndarray, values: np.ndarray) -> tuple[sparse.csr_matrix, int]:
@@ -56,19 +88,27 @@ def _by_group(w: np.ndarray, group: sparse.csr_matrix) -> np.ndarray:
     return np.ascontiguousarray(group.T @ w.T, dtype=np.float32)
 
 
-def weighted_ranking(w: np.ndarray, y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+def score_groups(y: np.ndarray, p: np.ndarray) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """The positive and negative tied-score group matrices of :func:`weighted_ranking`."""
+    return (_group_matrix(p, (y == 1).astype(float))[0],
+            _group_matrix(p, (y == 0).astype(float))[0])  # fmt: skip
+
+
+def weighted_ranking(w: np.ndarray, y: np.ndarray, p: np.ndarray,
+                     groups: tuple[sparse.csr_matrix, sparse.csr_matrix] | None = None
+                     ) -> dict[str, np.ndarray]:  # fmt: skip
     """AUROC and average precision for each row of weights ``w`` (b, m); NaN for one-class rows.
 
     Ties are handled like scikit-learn: AUROC counts a tie as one half, average precision
     steps at each distinct score. With ``cpos``/``cneg`` the cumulative weights up to each
     score group (ascending): AUROC = (sum pos * cneg - sum pos * neg / 2) / (P N), and AP =
     sum pos * precision / P, where a group's precision counts the weights at or above it.
+    ``groups``: :func:`score_groups` of ``y``, ``p``, when the caller built them already.
     """
     if len(y) == 0:  # a label with no known value: undefined in every replicate
         nan = np.full(w.shape[0], np.nan)
         return {"auroc": nan, "auprc": nan.copy()}
-    pos_group, _ = _group_matrix(p, (y == 1).astype(float))
-    neg_group, _ = _group_matrix(p, (y == 0).astype(float))
+    pos_group, neg_group = groups if groups is not None else score_groups(y, p)
     wpos, wneg = _by_group(w, pos_group), _by_group(w, neg_group)
     cpos, cneg = np.cumsum(wpos, axis=0), np.cumsum(wneg, axis=0)
     n_pos, n_neg = cpos[-1].astype(np.float64), cneg[-1].astype(np.float64)
@@ -107,16 +147,28 @@ def replicate_metrics(
     thresholds: np.ndarray,
     labels: Sequence[str],
     micro: bool = True,
+    groups: dict[Any, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every metric for each replicate (row of ``w``): keys ``label/<name>/<metric>``,
-    ``macro/<metric>``, ``micro/<metric>``, ``exact_match`` and ``headline/<metric>``."""
+    ``macro/<metric>``, ``micro/<metric>``, ``exact_match`` and ``headline/<metric>``.
+    ``groups``: a dict kept across calls on the same ``y_true`` and ``y_prob`` (blocks of
+    replicates), which holds each label's tied-score groups once built."""
     out: dict[str, np.ndarray] = {}
     known = ~np.isnan(y_true)
     pred = y_prob >= thresholds
+
+    def grouped(key: Any, y: np.ndarray, p: np.ndarray) -> Any:
+        if groups is None or not len(y):
+            return None
+        if key not in groups:
+            groups[key] = score_groups(y, p)
+        return groups[key]
+
     for j, name in enumerate(labels):
         k = known[:, j]
         y, p = y_true[k, j], y_prob[k, j]
-        values = {**weighted_threshold(w[:, k], y, pred[k, j]), **weighted_ranking(w[:, k], y, p)}
+        values = {**weighted_threshold(w[:, k], y, pred[k, j]),
+                  **weighted_ranking(w[:, k], y, p, grouped(j, y, p))}  # fmt: skip
         out.update({f"label/{name}/{m}": v for m, v in values.items()})
     for m in HEADLINE:
         stack = np.stack([out[f"label/{name}/{m}"] for name in labels], axis=1)
@@ -130,9 +182,9 @@ def replicate_metrics(
         out.update(
             {f"micro/{m}": v for m, v in weighted_threshold(wm, yk, pred[rows, cols]).items()}
         )
-        out.update(
-            {f"micro/{m}": v for m, v in weighted_ranking(wm, yk, y_prob[rows, cols]).items()}
-        )
+        pk = y_prob[rows, cols]
+        out.update({f"micro/{m}": v for m, v in
+                    weighted_ranking(wm, yk, pk, grouped("micro", yk, pk)).items()})  # fmt: skip
     complete = known.all(axis=1)
     correct = (pred == np.nan_to_num(y_true).astype(bool)).all(axis=1) & complete
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -158,11 +210,12 @@ def _interval(samples: np.ndarray, alpha: float = ALPHA) -> dict[str, float | No
 
 
 def _collect(
-    n: int, n_boot: int, seed: int, compute: Any, progress: bool, desc: str
+    n: int, n_boot: int, seed: int, compute: Any, progress: bool, desc: str, width: int = 1
 ) -> dict[str, np.ndarray]:
+    """``compute(counts)`` of every replicate, in blocks sized for ``width`` label columns."""
     chunks: dict[str, list[np.ndarray]] = {}
     bar = tqdm(total=n_boot, desc=desc, disable=not progress, leave=False)
-    for w in resample_counts(n, n_boot, seed):
+    for w in _count_blocks(n, n_boot, seed, _block(n, width)):
         for key, value in compute(w).items():
             chunks.setdefault(key, []).append(value)
         bar.update(len(w))
@@ -190,13 +243,15 @@ def bootstrap_ci(
     y_true, y_prob = check_inputs(y_true, y_prob)
     names = label_names(labels, y_true.shape[1])
     thr = per_label_thresholds(thresholds, y_true.shape[1])
+    groups: dict[Any, Any] = {}
     samples = _collect(
         len(y_true),
         n_boot,
         seed,
-        lambda w: replicate_metrics(w, y_true, y_prob, thr, names),
+        lambda w: replicate_metrics(w, y_true, y_prob, thr, names, groups=groups),
         progress,
         "bootstrap",
+        width=2 * y_true.shape[1] + 1,
     )
     return {key: _interval(v, alpha) for key, v in samples.items()}
 
@@ -232,13 +287,17 @@ def paired_bootstrap(
     ones = np.ones((1, len(y_true)))
     keys = [f"headline/{m}" for m in metrics]
 
+    groups_a: dict[Any, Any] = {}
+    groups_b: dict[Any, Any] = {}
+
     def diff(w: np.ndarray) -> dict[str, np.ndarray]:
-        a = replicate_metrics(w, y_true, prob_a, ta, names, micro=False)
-        b = replicate_metrics(w, y_true, prob_b, tb, names, micro=False)
+        a = replicate_metrics(w, y_true, prob_a, ta, names, micro=False, groups=groups_a)
+        b = replicate_metrics(w, y_true, prob_b, tb, names, micro=False, groups=groups_b)
         return {k: a[k] - b[k] for k in keys}
 
     observed = diff(ones)
-    samples = _collect(len(y_true), n_boot, seed, diff, False, "paired bootstrap")
+    samples = _collect(len(y_true), n_boot, seed, diff, False, "paired bootstrap",
+                       width=2 * n_labels + 1)
     out = {}
     for m, key in zip(metrics, keys):
         d = samples[key][np.isfinite(samples[key])]
@@ -335,6 +394,7 @@ __all__ = [
     "paired_bootstrap",
     "replicate_metrics",
     "resample_counts",
+    "score_groups",
     "seed_summary",
     "weighted_ranking",
     "weighted_threshold",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -44,6 +45,7 @@ from cxrfuse.store.integrity import (
     nonfinite_rows,
     open_array,
     read_json,
+    release_pages,
     verify_file,
     write_npy_digest,
 )
@@ -63,6 +65,9 @@ Batch = tuple[list[int], torch.Tensor, torch.Tensor, list[str], list[bool]]
 """A collated batch: indices, (B, S, S) uint8 pixels, decoded ok, errors, freshly decoded."""
 
 GPU_BATCH = 256
+
+ASSEMBLY_BLOCK = 4096
+"""Studies per block when study arrays are filled from the shards (bounds the temporaries)."""
 
 DTYPES = ("float32", "float16")
 
@@ -128,6 +133,7 @@ class ImageEmbeddings:
     views: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     _vectors: np.ndarray | None = field(default=None, repr=False)
+    _rows: pd.Series | None = field(default=None, repr=False)
     reused: bool = False  # True when a finished store was loaded instead of computed
 
     @property
@@ -136,7 +142,8 @@ class ImageEmbeddings:
 
     @property
     def vectors(self) -> np.ndarray:
-        """(N, D) vectors; the memory map itself when there is one shard."""
+        """(N, D) vectors; the memory map itself when there is one shard, else every shard
+        concatenated in RAM (study assembly reads rows from the shards instead: :meth:`gather`)."""
         if self._vectors is None:
             if not self.shards:
                 self._vectors = np.zeros((0, self.dim), dtype=self.meta.get("dtype", "float32"))
@@ -153,34 +160,103 @@ class ImageEmbeddings:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def _rows_by_study(self) -> dict[str, dict[str, int]]:
-        rows: dict[str, dict[str, int]] = {}
-        for i, (sid, iid) in enumerate(zip(self.study_ids, self.image_ids)):
-            rows.setdefault(sid, {})[iid] = i
-        return rows
+    def _row_of(self) -> pd.Series:
+        """Store row of each ``study_id<US>image_id`` key (the last row of a repeated key)."""
+        if self._rows is None:
+            keys = [f"{s}\x1f{i}" for s, i in zip(self.study_ids, self.image_ids)]
+            rows = pd.Series(np.arange(len(keys), dtype=np.int64), index=pd.Index(keys))
+            if not rows.index.is_unique:
+                rows = rows[~rows.index.duplicated(keep="last")]
+            self._rows = rows
+        return self._rows
 
-    def study_slots(self, manifest: Manifest, mode: ViewMode) -> tuple[np.ndarray, np.ndarray]:
+    def slot_rows(self, manifest: Manifest, mode: ViewMode,
+                  rows: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """(n, V) store rows in the slots of the view fusion ``mode`` (-1: empty slot) of
+        the manifest's studies at ``rows`` (all, in order, by default): the embedded views
+        of each study, in manifest order, placed by :func:`cxrfuse.data.views.view_slots`;
+        ``mean`` / ``attention`` are as wide as the widest of these studies."""
+        df = manifest.df[["study_id", "views"]]  # not a copy of the report columns
+        df = df if rows is None else df.iloc[np.asarray(rows)]
+        keys: list[str] = []
+        positions: list[str] = []
+        counts = np.zeros(len(df), dtype=np.int64)
+        for i, (sid, views) in enumerate(zip(df["study_id"], df["views"])):
+            for v in views:
+                keys.append(f"{sid}\x1f{v['image_id']}")
+                positions.append(str(v["view"]))
+            counts[i] = len(views)
+        index = self._row_of()
+        found = index.index.get_indexer(pd.Index(keys, dtype=object)) if keys else np.zeros(0, np.int64)
+        store_row = np.where(found >= 0, index.to_numpy()[found], -1)
+        study = np.repeat(np.arange(len(df)), counts)
+        known = np.bincount(study[store_row >= 0], minlength=len(df))
+        fixed = len(view_slots([], mode))  # frontal 1, concat 2; mean / attention 0: per view
+        width = fixed or max(int(known.max(initial=0)), 1)
+        slots = np.full((len(df), width), -1, dtype=np.int64)
+        ends = np.cumsum(counts)
+        for i in range(len(df)):
+            start = ends[i] - counts[i]
+            present = [k for k in range(start, ends[i]) if store_row[k] >= 0]
+            layout = view_slots([positions[k] for k in present], mode)
+            for j, pick in enumerate(layout):
+                if pick is not None:
+                    slots[i, j] = store_row[present[pick]]
+        return slots
+
+    def gather(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """``out[k] = vector of store row rows[k]``, read from the shards' memory maps (no
+        shard is concatenated in RAM; the pages read leave the process's resident set)."""
+        if not len(rows):
+            return
+        bounds = np.cumsum([0] + [len(s) for s in self.shards])
+        shard = np.searchsorted(bounds, rows, side="right") - 1
+        for s in np.unique(shard):
+            pick = np.flatnonzero(shard == s)
+            out[pick] = self.shards[s][rows[pick] - bounds[s]]
+            release_pages(self.shards[s])
+
+    def study_slots(self, manifest: Manifest, mode: ViewMode,
+                    rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """(n, V, D) view embeddings and (n, V) mask in the slots of the head's view fusion
-        ``mode`` (:func:`cxrfuse.data.views.view_slots` over each study's embedded views, in
-        manifest order); ``mean`` / ``attention`` are padded to the widest study. Empty slots
-        are zeros with mask False."""
-        vectors = self.vectors
-        dim = vectors.shape[1] if vectors.ndim == 2 else self.dim
-        rows = self._rows_by_study()
-        per_study: list[list[int | None]] = []
-        for sid, views in zip(manifest.df["study_id"], manifest.df["views"]):
-            known = rows.get(str(sid), {})
-            items = [(str(v["view"]), known[str(v["image_id"])])
-                     for v in views if str(v["image_id"]) in known]  # fmt: skip
-            layout = view_slots([view for view, _ in items], mode)
-            per_study.append([None if i is None else items[i][1] for i in layout])
-        width = max([len(slots) for slots in per_study] + [len(view_slots([], mode)), 1])
-        X = np.zeros((len(per_study), width, dim), dtype=np.float32)
-        mask = np.zeros((len(per_study), width), dtype=bool)
-        for i, slots in enumerate(per_study):
-            for j, row in enumerate(slots):
-                if row is not None:
-                    X[i, j], mask[i, j] = vectors[row], True
+        ``mode`` for the manifest's studies at ``rows`` (all by default; the slots of
+        :meth:`slot_rows`). Empty slots are zeros with mask False.
+
+        ``mean`` is one slot: the mean of the study's embedded views (what the head's mean
+        fusion computes from every view), so one study with many views widens nothing.
+        ``attention`` is as wide as the widest study. The arrays are allocated once and
+        filled in blocks of studies straight from the memory-mapped shards."""
+        slots = self.slot_rows(manifest, mode, rows)
+        dim = self.dim
+        n, width = slots.shape
+        mask = slots >= 0
+        if mode == "mean":
+            X = np.zeros((n, 1, dim), dtype=np.float32)
+            step = max(1, ASSEMBLY_BLOCK // width)
+            for lo in range(0, n, step):
+                block = slice(lo, min(lo + step, n))
+                wide = max(1, int(mask[block].sum(1).max(initial=0)))  # views fill slots 0..k-1
+                here, picks = mask[block, :wide], slots[block, :wide]
+                views = np.zeros((block.stop - lo, wide, dim), dtype=np.float32)
+                where = np.flatnonzero(here.reshape(-1))
+                buf = np.empty((len(where), dim), dtype=np.float32)
+                self.gather(picks.reshape(-1)[where], buf)
+                views.reshape(-1, dim)[where] = buf
+                del buf
+                # the head's mean fusion (fusion.heads.ViewFusion), the same float operations
+                # (zero-padded slots add nothing, so the block's own width gives the same sums)
+                weights = torch.from_numpy(np.ascontiguousarray(here)).to(torch.float32)[..., None]
+                total = (torch.from_numpy(views) * weights).sum(1)
+                X[block, 0] = (total / weights.sum(1).clamp(min=1.0)).numpy()
+            return X, mask.any(1)[:, None]
+        X = np.zeros((n, width, dim), dtype=np.float32)
+        flat, where = X.reshape(n * width, dim), np.flatnonzero(mask.reshape(-1))
+        step = ASSEMBLY_BLOCK * max(width, 1)
+        for lo in range(0, len(where), step):
+            pick = where[lo:lo + step]
+            buf = np.empty((len(pick), dim), dtype=np.float32)
+            self.gather(slots.reshape(-1)[pick], buf)
+            flat[pick] = buf
         return X, mask
 
     def study_matrix(
@@ -198,11 +274,7 @@ class ImageEmbeddings:
             return X[:, 0], mask[:, 0]
         if mode == "mean":
             X, mask = self.study_slots(manifest, "mean")
-            count = mask.sum(1)
-            means = np.zeros((len(X), X.shape[2]), dtype=np.float32)
-            for i in np.flatnonzero(count):
-                means[i] = X[i, mask[i]].mean(0)
-            return means, count > 0
+            return X[:, 0], mask[:, 0]
         if mode == "concat":
             X, mask = self.study_slots(manifest, "concat")
             return X.reshape(len(X), -1), mask

@@ -15,9 +15,11 @@ disks read): ``benchmarks/store_digest.py`` measures it against BLAKE2b and xxHa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,9 +141,19 @@ def open_array(path: Path, expected: str | None, ids: Sequence[str], *,
     array = load_npy(path, remove=remove)
     if fresh:
         check_finite(array, path, ids)
+        release_pages(array)
         if stamp is not None:
             _verified.add(stamp)
     return array
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped array from this process's resident set (the file
+    stays in the OS page cache); anything else is left alone."""
+    mapped = getattr(array, "_mmap", None)
+    if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):  # closed map, or no madvise here
+            mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def _stamp(path: Path, expected: str | None) -> tuple[str, int, int, str] | None:

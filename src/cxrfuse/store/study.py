@@ -3,8 +3,8 @@ row per study, in the shapes the fusion heads read.
 
 :func:`assemble` builds a :class:`StudyArrays` for the studies with a split and at least one
 known label of a task: image view embeddings (n, V, D) with their view mask (n, V), in the
-slots of the head's view fusion (:func:`cxrfuse.data.views.view_slots`), and report embeddings (n, Dt) with
-their text mask (n,).
+slots of the head's view fusion (:func:`cxrfuse.data.views.view_slots`; ``mean``: one slot, the
+mean of the views), and report embeddings (n, Dt) with their text mask (n,).
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ class StudyArrays:
         return np.flatnonzero(self.split == split)
 
     def subset(self, rows: np.ndarray) -> StudyArrays:
-        """The studies at ``rows`` (a copy of every per-study array)."""
+        """The studies at ``rows`` (a copy of every per-study array; training indexes the
+        arrays instead, :mod:`cxrfuse.training.data`)."""
         pick = {
             name: None if getattr(self, name) is None else getattr(self, name)[rows]
             for name in ("study_ids", "patient_ids", "split", "y", *INPUT_KEYS)
@@ -83,11 +84,12 @@ class StudyArrays:
 
 
 def study_level_image(
-    embeddings: ImageEmbeddings, manifest: Manifest, views: str
+    embeddings: ImageEmbeddings, manifest: Manifest, views: str, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(n, V, D) view embeddings and (n, V) mask for a view fusion mode of the heads."""
-    X, mask = embeddings.study_slots(manifest, views)  # type: ignore[arg-type]
-    return np.ascontiguousarray(X, dtype=np.float32), mask.astype(bool)
+    """(n, V, D) view embeddings and (n, V) mask for a view fusion mode of the heads, of the
+    manifest's studies at ``rows`` (all by default); ``mean`` is one slot, the views' mean."""
+    X, mask = embeddings.study_slots(manifest, views, rows)  # type: ignore[arg-type]
+    return np.ascontiguousarray(X, dtype=np.float32), mask.astype(bool, copy=False)
 
 
 def assemble(
@@ -98,7 +100,11 @@ def assemble(
     views: str = "mean",
     text: TextEmbeddings | None = None,
 ) -> StudyArrays:
-    """Study arrays of the studies with a split and at least one known label of ``task``."""
+    """Study arrays of the studies with a split and at least one known label of ``task``.
+
+    Only those studies are assembled, each array allocated once at its final size and
+    filled from the memory-mapped store (no per-study lists of vectors, no copy afterwards).
+    """
     labels = manifest.task_labels(task)
     y = manifest.label_matrix(task)
     split = manifest.df["split"].to_numpy(dtype=object)
@@ -106,21 +112,20 @@ def assemble(
         raise DataError(
             "the manifest has no train/val/test split; run `cxrfuse split MANIFEST` first"
         )
-    keep = np.isin(split, SPLITS) & (~np.isnan(y)).any(axis=1)
+    keep = np.flatnonzero(np.isin(split, SPLITS) & (~np.isnan(y)).any(axis=1))
     arrays = StudyArrays(
-        study_ids=manifest.df["study_id"].to_numpy(dtype=object),
-        patient_ids=manifest.df["patient_id"].to_numpy(dtype=object),
-        split=split,
-        y=y.astype(np.float32),
+        study_ids=manifest.df["study_id"].to_numpy(dtype=object)[keep],
+        patient_ids=manifest.df["patient_id"].to_numpy(dtype=object)[keep],
+        split=split[keep],
+        y=y[keep].astype(np.float32, copy=False),
         labels=labels,
         images_kind=manifest.images,
     )
+    del y
     if image is not None:
-        arrays.image, arrays.image_mask = study_level_image(image, manifest, views)
+        arrays.image, arrays.image_mask = study_level_image(image, manifest, views, keep)
     if text is not None:
-        X, mask = text.study_matrix(manifest)
-        arrays.text, arrays.text_mask = X.astype(np.float32), mask.astype(bool)
-    arrays = arrays.subset(np.flatnonzero(keep))
+        arrays.text, arrays.text_mask = text.study_matrix(manifest, keep)
     for name in ("train", "val"):
         if not (arrays.split == name).any():
             raise DataError(f"no study of split {name!r} has a known label of task {task!r}")

@@ -22,6 +22,7 @@ from cxrfuse.store.integrity import (
     nonfinite_rows,
     open_array,
     read_json,
+    release_pages,
     verify_file,
     write_npy_digest,
 )
@@ -49,15 +50,24 @@ class TextEmbeddings:
     def __len__(self) -> int:
         return len(self.study_ids)
 
-    def study_matrix(self, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
-        """(n_studies, D) vectors and mask in ``manifest`` order (zeros for unknown studies)."""
-        rows = {sid: i for i, sid in enumerate(self.study_ids)}
-        X = np.zeros((len(manifest), self.vectors.shape[1]), dtype=np.float32)
-        mask = np.zeros(len(manifest), dtype=bool)
-        for i, sid in enumerate(manifest.df["study_id"]):
-            row = rows.get(str(sid))
-            if row is not None:
-                X[i], mask[i] = self.vectors[row], self.mask[row]
+    def study_matrix(self, manifest: Manifest,
+                     rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """(n, D) vectors and mask of the manifest's studies at ``rows`` (all by default), in
+        that order (zeros for unknown studies); rows are read from the memory map in blocks."""
+        ids = manifest.df["study_id"] if rows is None else manifest.df["study_id"].iloc[rows]
+        index = pd.Series(np.arange(len(self.study_ids), dtype=np.int64),
+                          index=pd.Index(self.study_ids, dtype=object))  # fmt: skip
+        if not index.index.is_unique:
+            index = index[~index.index.duplicated(keep="last")]
+        found = index.index.get_indexer(pd.Index(ids.astype(str), dtype=object))
+        X = np.zeros((len(ids), self.vectors.shape[1]), dtype=np.float32)
+        mask = np.zeros(len(ids), dtype=bool)
+        where = np.flatnonzero(found >= 0)
+        source = index.to_numpy()[found[where]]
+        for lo in range(0, len(where), 4096):
+            pick, row = where[lo:lo + 4096], source[lo:lo + 4096]
+            X[pick], mask[pick] = self.vectors[row], np.asarray(self.mask)[row]
+            release_pages(self.vectors)
         return X, mask
 
 

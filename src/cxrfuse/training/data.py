@@ -4,16 +4,23 @@
 (labels, splits, view and report embeddings, in manifest order), embedding first what the
 store lacks (with the store's own functions, so a later ``cxrfuse embed`` or run finds it).
 
-Batches are sliced from whole tensors (:func:`make_loader`): the data loader's sampler yields
-lists of row indices and the dataset returns every tensor indexed by such a list at once,
-instead of one ``__getitem__`` per study and a collate step.
+Batches are gathered from whole tensors by index. :class:`IndexBatches` (one process, no
+loader workers: every run on one device) is a plain iterable over the study arrays' tensors,
+built once without copying them, and a vector of row indices: each batch is one
+``index_select`` per tensor (into pinned memory on a GPU), with no Dataset, DataLoader or
+collate step and no copy of the training rows. :func:`make_loader` (DDP, loader workers)
+is a DataLoader whose sampler yields lists of row indices and whose dataset returns every
+tensor indexed by such a list at once.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import (
     BatchSampler,
@@ -24,7 +31,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from cxrfuse.config import RunConfig
+from cxrfuse.config import RunConfig, TrainingConfig
 from cxrfuse.data import check_patient_leakage
 from cxrfuse.data.manifest import read_manifest
 from cxrfuse.encoders import create_image_encoder, create_text_encoder
@@ -116,3 +123,74 @@ def make_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
+
+
+class IndexBatches:
+    """Batches of the rows ``rows`` of whole ``tensors`` (see the module docstring).
+
+    Each pass shuffles like a DataLoader over a ``RandomSampler`` seeded with ``seed`` (the
+    same order, epoch by epoch) when ``shuffle``; ``sampler`` (positions into ``rows``, e.g.
+    weighted) replaces it. ``pin_memory`` gathers each batch into page-locked memory (for a
+    GPU: the copy to the device can overlap compute)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], rows: np.ndarray | None,
+                 batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 sampler: Sampler[int] | None = None, pin_memory: bool = False) -> None:  # fmt: skip
+        self.tensors = tensors
+        n = len(next(iter(tensors.values())))
+        self.rows = (torch.arange(n) if rows is None
+                     else torch.as_tensor(np.asarray(rows, dtype=np.int64)))  # fmt: skip
+        self.batch_size = int(batch_size)
+        if sampler is None and shuffle:
+            generator = torch.Generator().manual_seed(int(seed))
+            sampler = RandomSampler(range(len(self.rows)), generator=generator)
+        self.order = sampler  # not `.sampler`: Lightning would take this for a DataLoader
+        self.pin_memory = pin_memory
+
+    def __len__(self) -> int:
+        n = len(self.rows) if self.order is None else len(self.order)  # type: ignore[arg-type]
+        return math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # a DataLoader's iterator draws its workers' base seed from the global generator; so
+        # does each pass here, so that a seeded run draws the same dropout masks as with
+        # DataLoaders (lazily: Lightning calls iter() once more only to check it can)
+        torch.empty((), dtype=torch.int64).random_()
+        order = self.rows
+        if self.order is not None:
+            order = self.rows[torch.as_tensor(list(self.order), dtype=torch.long)]
+        for start in range(0, len(order), self.batch_size):
+            yield self.batch(order[start:start + self.batch_size])
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every tensor's rows at ``index`` (row numbers of the whole tensors)."""
+        out = {}
+        for name, tensor in self.tensors.items():
+            if self.pin_memory:
+                buffer = torch.empty((len(index), *tensor.shape[1:]), dtype=tensor.dtype,
+                                     pin_memory=True)  # fmt: skip
+                out[name] = torch.index_select(tensor, 0, index, out=buffer)
+            else:
+                out[name] = tensor.index_select(0, index)
+        return out
+
+
+def one_process(training: TrainingConfig) -> bool:
+    """Whether a run trains in this one process on one device without loader workers (then
+    :class:`IndexBatches` feeds it; DDP and loader workers need a DataLoader)."""
+    if training.num_workers or training.num_nodes > 1 or training.strategy.startswith("ddp"):
+        return False
+    devices = training.devices
+    if isinstance(devices, list):
+        return len(devices) == 1
+    if isinstance(devices, str) and devices != "auto":
+        devices = int(devices) if devices.lstrip("-").isdigit() else devices
+    if devices == "auto" or devices == -1:
+        gpu = torch.cuda.is_available() and training.accelerator in ("auto", "gpu", "cuda")
+        return not gpu or torch.cuda.device_count() <= 1
+    return devices == 1
+
+
+def uses_gpu(training: TrainingConfig) -> bool:
+    """Whether the trainer will run on a CUDA GPU."""
+    return torch.cuda.is_available() and training.accelerator in ("auto", "gpu", "cuda")

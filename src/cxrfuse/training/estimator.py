@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 from cxrfuse.config import EarlyStoppingConfig, ScheduleConfig, TrainingConfig
 from cxrfuse.fusion import build_head, probabilities
 from cxrfuse.runtime import seed_everything
-from cxrfuse.training.data import make_loader
+from cxrfuse.training.data import IndexBatches, uses_gpu
 from cxrfuse.training.fit import fit_module
 from cxrfuse.training.losses import build_loss
 from cxrfuse.training.module import FusionModule
@@ -146,9 +146,6 @@ class FusionClassifier(ClassifierMixin, BaseEstimator):
         tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
         tensors["y"] = torch.from_numpy(y2)
 
-        def pick(rows: np.ndarray) -> dict[str, torch.Tensor]:
-            return {k: v[torch.as_tensor(rows)] for k, v in tensors.items()}
-
         training = self._training_config()
         loss = build_loss(self.loss, "sigmoid", pos_weight=self.pos_weight, alpha=self.alpha,
                           gamma=self.gamma)
@@ -157,8 +154,9 @@ class FusionClassifier(ClassifierMixin, BaseEstimator):
         with tempfile.TemporaryDirectory(prefix="cxrfuse-fit-") as tmp:
             self.fit_info_ = fit_module(
                 module,
-                make_loader(pick(train), self.batch_size, shuffle=True, seed=self.random_state),
-                make_loader(pick(val), max(self.batch_size, 4096)),
+                IndexBatches(tensors, train, self.batch_size, shuffle=True, seed=self.random_state,
+                             pin_memory=uses_gpu(training)),
+                IndexBatches(tensors, val, max(self.batch_size, 4096), pin_memory=uses_gpu(training)),
                 training, Path(tmp) / "checkpoints", progress=self.verbose,
             )
         self.history_ = list(module.history)

@@ -4,8 +4,10 @@ same config are skipped, a failed run is recorded and the grid goes on), then
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ from cxrfuse.data.manifest import read_manifest
 from cxrfuse.files import folder_lock
 from cxrfuse.problems import CxrfuseError, os_fault
 from cxrfuse.rundir import ExperimentDir, RunDir, p_column, y_column
+from cxrfuse.store import StudyArrays
+from cxrfuse.training.data import build_study_arrays
+from cxrfuse.training.inputs import StoredEmbeddings
 from cxrfuse.training.module import epoch_metrics
 from cxrfuse.training.runner import train_run
 
@@ -49,6 +54,7 @@ def _train_locked(experiment: ExperimentConfig, exp: ExperimentDir, progress: bo
     for manifest in sorted({str(config.data.manifest) for config in runs}):
         if Path(manifest).is_file():  # a missing one fails each run, named
             check_patient_leakage(read_manifest(manifest), manifest)
+    arrays = ArraysCache(runs, progress)
     for i, config in enumerate(runs, 1):
         prefix = f"[{i}/{len(runs)}] {config.name}"
         run = RunDir(config.run_dir)
@@ -61,7 +67,7 @@ def _train_locked(experiment: ExperimentConfig, exp: ExperimentDir, progress: bo
                 say(f"{prefix}: finished before, skipped")
             continue
         try:
-            train_run(config, progress=progress)
+            train_run(config, progress=progress, source=arrays.source(config))
         except Exception as err:  # a failed run must not stop the grid
             if os_fault(err) is not None:
                 raise  # a full disk or a read-only folder would fail every run after it
@@ -72,6 +78,61 @@ def _train_locked(experiment: ExperimentConfig, exp: ExperimentDir, progress: bo
             after_run(config.run_dir)
     write_summary(experiment, runs)
     return exp.path
+
+
+def _inputs_key(config: RunConfig) -> str:
+    """What a run's study arrays depend on, besides its modalities."""
+    return json.dumps([str(config.data.manifest), str(config.data.store), config.data.task,
+                       config.image.model_dump(mode="json"), config.text.model_dump(mode="json")],
+                      sort_keys=True)  # fmt: skip
+
+
+class ArraysCache:
+    """The study arrays of an experiment's runs, assembled once for all the runs that read the
+    same manifest, store, task and image and text sides (seeds, losses, heads, modalities),
+    with every modality any of them reads; each run gets them restricted to its own
+    modalities (no copy). Only the arrays of the latest inputs are kept."""
+
+    def __init__(self, runs: Sequence[RunConfig], progress: bool) -> None:
+        self.progress = progress
+        self.modalities: dict[str, set[str]] = {}
+        for config in runs:
+            if config.training.mode == "embeddings":
+                key = _inputs_key(config)
+                self.modalities.setdefault(key, set()).update(config.model.modalities)
+        self.built: dict[str, StudyArrays] = {}
+
+    def source(self, config: RunConfig) -> StoredEmbeddings | None:
+        """The run's input source on the shared arrays; None (the run builds its own) for a
+        fine-tuning run or when assembling fails (the run then fails with the error)."""
+        if config.training.mode != "embeddings":
+            return None
+        key = _inputs_key(config)
+        if key not in self.built:
+            every = sorted(self.modalities[key])
+            union = config.model_copy(update={
+                "model": config.model.model_copy(update={"modalities": every})})  # fmt: skip
+            try:
+                self.built = {key: build_study_arrays(union, progress=self.progress)}
+            except Exception:  # noqa: BLE001 - train_run meets it again and records it
+                self.built = {}
+                return None
+        return StoredEmbeddings(config, self.progress,
+                                only_modalities(self.built[key], config.model.modalities))
+
+
+def only_modalities(arrays: StudyArrays, modalities: Sequence[str]) -> StudyArrays:
+    """``arrays`` without the modalities a run does not read (the same arrays, not copies)."""
+    info = {**arrays.info, "stores": dict(arrays.info.get("stores", {}))}
+    change: dict[str, Any] = {"info": info}
+    for side, keys in (("image", ("image", "image_mask")), ("text", ("text", "text_mask"))):
+        if side not in modalities:
+            change.update(dict.fromkeys(keys))
+            info.pop(side, None)
+            info["stores"][side] = None
+    if "text" not in modalities:
+        change["text_encoder"] = None
+    return replace(arrays, **change)
 
 
 def same_except_tracking(run: RunDir, config: RunConfig) -> bool:

@@ -35,7 +35,13 @@ from cxrfuse.store import (
     study_level_image,
 )
 from cxrfuse.training.augment import build_augment
-from cxrfuse.training.data import build_study_arrays, make_loader
+from cxrfuse.training.data import (
+    IndexBatches,
+    build_study_arrays,
+    make_loader,
+    one_process,
+    uses_gpu,
+)
 from cxrfuse.training.finetune import (
     FinetuneModel,
     FinetuneModule,
@@ -96,9 +102,18 @@ class StoredEmbeddings:
     progress: bool = True
     arrays: StudyArrays = None  # type: ignore[assignment]
 
+    _tensors: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False)
+
     def __post_init__(self) -> None:
         if self.arrays is None:
             self.arrays = build_study_arrays(self.config, progress=self.progress)
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The study arrays as tensors, made once and sharing the arrays' memory."""
+        if self._tensors is None:
+            self._tensors = self.arrays.tensors()
+        return self._tensors
 
     def build_model(self, make_head: HeadFactory) -> nn.Module:
         return make_head(self.arrays.image_dim, self.arrays.n_views)
@@ -107,16 +122,24 @@ class StoredEmbeddings:
         return _module(FusionModule, model, loss, self.config)
 
     def loaders(self, train_rows: np.ndarray, val_rows: np.ndarray,
-                sampler: Sampler[int] | None) -> tuple[DataLoader, DataLoader]:  # fmt: skip
+                sampler: Sampler[int] | None) -> tuple[Any, Any]:  # fmt: skip
+        """Batches gathered by index from the tensors (:class:`IndexBatches`), or DataLoaders
+        of copied rows under DDP or with loader workers."""
         training = self.config.training
+        eval_batch = max(training.batch_size, EVAL_BATCH)
+        if one_process(training):
+            pin = uses_gpu(training)
+            train = IndexBatches(self.tensors, train_rows, training.batch_size, shuffle=True,
+                                 seed=self.config.seed, sampler=sampler, pin_memory=pin)  # fmt: skip
+            return train, IndexBatches(self.tensors, val_rows, eval_batch, pin_memory=pin)
         train = make_loader(self.arrays.tensors(train_rows), training.batch_size, shuffle=True,
                             seed=self.config.seed, sampler=sampler,
                             num_workers=training.num_workers)  # fmt: skip
-        val = make_loader(self.arrays.tensors(val_rows), max(training.batch_size, EVAL_BATCH))
+        val = make_loader(self.arrays.tensors(val_rows), eval_batch)
         return train, val
 
     def predict(self, module: FusionModule, rows: np.ndarray, progress: bool) -> np.ndarray:
-        return module.predict_arrays(self.arrays.tensors(rows))
+        return module.predict_arrays(self.tensors, rows=rows)
 
     def image_record(self, run: RunDir, module: FusionModule) -> ImageRecord:
         image = self.arrays.info.get("image")

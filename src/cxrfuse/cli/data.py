@@ -18,11 +18,16 @@ _csv = csv_list
 
 
 def _report_ingest(manifest: Any, problems: ProblemLog, out: Path) -> None:
-    from cxrfuse.data.image_hashes import HASH_AT_INGEST_MAX, add_image_hashes, missing_hashes
+    from cxrfuse.data.image_hashes import (
+        HASH_AT_INGEST_MAX,
+        add_image_hashes,
+        cache_path_for,
+        missing_hashes,
+    )
 
     todo = missing_hashes(manifest)
     if 0 < todo <= HASH_AT_INGEST_MAX:
-        manifest, unreadable = add_image_hashes(manifest, progress=True)
+        manifest, unreadable = add_image_hashes(manifest, progress=True, cache=cache_path_for(out))
         for item in unreadable:
             problems.add("unreadable-image", item["path"], f"cannot hash: {item['error']}")
     elif todo:
@@ -180,6 +185,7 @@ def split_cmd(
     folds: Annotated[int, typer.Option(help="Also assign k-fold indices over train+val (0 = none).")] = 0,
     keep_existing: Annotated[bool, typer.Option(help="Keep a split the source already has (MIMIC, R2Gen).")] = False,
     overlap: Annotated[bool, typer.Option(help="Hash the images (stored in the manifest) and report copies and near duplicates shared across splits and patients.")] = True,
+    workers: Annotated[int | None, typer.Option(help="Processes that hash images (default: the CPUs).")] = None,
 ) -> None:
     """Patient-level, stratified, seeded train/val/test split (and optional k folds), stored in the manifest.
 
@@ -198,10 +204,11 @@ def split_cmd(
         manifest = assign_folds(manifest, folds, seed=seed, task=task)
     report = None
     if overlap:
-        from cxrfuse.data.image_hashes import add_image_hashes, manifest_overlap
+        from cxrfuse.data.image_hashes import cache_path_for, hash_images, manifest_overlap
 
-        manifest, _ = add_image_hashes(manifest, progress=True)
-        report = manifest_overlap(manifest)
+        manifest, _, counts = hash_images(manifest, progress=True, workers=workers,
+                                          cache=cache_path_for(manifest_path))  # fmt: skip
+        report = {**manifest_overlap(manifest), "hashing": counts.to_dict()}
     path = manifest.save(out or manifest_path)
     console.print(render_summary(manifest, overlap=report))
     console.print(f"wrote [bold]{path}[/] (no patient is in two splits)")
@@ -239,7 +246,8 @@ def stats_cmd(
     sections: Annotated[str, typer.Option(help="Report sections the text models would read.")] = "findings,impression",
     mask: Annotated[bool, typer.Option(help="Audit the text after label-mention masking.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-    overlap: Annotated[bool, typer.Option(help="Report images shared across splits and patients (hashes the images the manifest has no hashes for; not saved).")] = True,
+    overlap: Annotated[bool, typer.Option(help="Report images shared across splits and patients (hashes the images the manifest has no hashes for: kept in the hash cache next to the manifest, not in it).")] = True,
+    workers: Annotated[int | None, typer.Option(help="Processes that hash images (default: the CPUs).")] = None,
 ) -> None:
     """Summarise a manifest: studies, views, sections, label prevalence, splits, problems, and the text leakage audit.
 
@@ -259,9 +267,11 @@ def stats_cmd(
     environment = environment_info()
     report = None
     if overlap:
-        from cxrfuse.data.image_hashes import add_image_hashes, manifest_overlap
+        from cxrfuse.data.image_hashes import cache_path_for, hash_images, manifest_overlap
 
-        report = manifest_overlap(add_image_hashes(manifest, progress=not as_json)[0])
+        hashed, _, counts = hash_images(manifest, progress=not as_json, workers=workers,
+                                        cache=cache_path_for(manifest_path))  # fmt: skip
+        report = {**manifest_overlap(hashed), "hashing": counts.to_dict()}
     if as_json:
         summary = manifest_summary(manifest)
         summary["image_overlap"] = report

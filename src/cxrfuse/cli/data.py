@@ -39,6 +39,25 @@ def _report_ingest(manifest: Any, problems: ProblemLog, out: Path) -> None:
         console.print(problems.summary())
 
 
+def _overlap(manifest: Any, manifest_path: Path, workers: int | None,
+             progress: bool) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """The manifest with its image hashes (through the hash cache next to it) and its overlap
+    report, with ``hashing``: how many were hashed now, taken from the cache or stored. A
+    warning (a damaged cache, rebuilt) is one ``warning:`` line on stderr."""
+    import warnings
+
+    from cxrfuse.cli import err_console
+    from cxrfuse.data.image_hashes import cache_path_for, hash_images, manifest_overlap
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        manifest, _, counts = hash_images(manifest, progress=progress, workers=workers,
+                                          cache=cache_path_for(manifest_path))  # fmt: skip
+    for item in caught:
+        err_console.print(f"[yellow]warning:[/] {item.message}", soft_wrap=True, highlight=False)
+    return manifest, {**manifest_overlap(manifest), "hashing": counts.to_dict()}
+
+
 class IULayout(str, Enum):
     openi = "openi"
     kaggle = "kaggle"
@@ -204,11 +223,7 @@ def split_cmd(
         manifest = assign_folds(manifest, folds, seed=seed, task=task)
     report = None
     if overlap:
-        from cxrfuse.data.image_hashes import cache_path_for, hash_images, manifest_overlap
-
-        manifest, _, counts = hash_images(manifest, progress=True, workers=workers,
-                                          cache=cache_path_for(manifest_path))  # fmt: skip
-        report = {**manifest_overlap(manifest), "hashing": counts.to_dict()}
+        manifest, report = _overlap(manifest, manifest_path, workers, progress=True)
     path = manifest.save(out or manifest_path)
     console.print(render_summary(manifest, overlap=report))
     console.print(f"wrote [bold]{path}[/] (no patient is in two splits)")
@@ -267,11 +282,7 @@ def stats_cmd(
     environment = environment_info()
     report = None
     if overlap:
-        from cxrfuse.data.image_hashes import cache_path_for, hash_images, manifest_overlap
-
-        hashed, _, counts = hash_images(manifest, progress=not as_json, workers=workers,
-                                        cache=cache_path_for(manifest_path))  # fmt: skip
-        report = {**manifest_overlap(hashed), "hashing": counts.to_dict()}
+        report = _overlap(manifest, manifest_path, workers, progress=not as_json)[1]
     if as_json:
         summary = manifest_summary(manifest)
         summary["image_overlap"] = report

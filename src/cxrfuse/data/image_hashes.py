@@ -236,8 +236,9 @@ def _hash_paths(paths: list[str], workers: int, progress: bool) -> Iterator[dict
     one worker or a handful of images), with a progress bar that a log can read."""
     from tqdm.auto import tqdm
 
+    # no interval set here: the CLI's TQDM_* log settings (one line every 15 s in a log) apply
     bar = tqdm(total=len(paths), desc="hash images", unit="img", disable=not progress or not paths,
-               mininterval=2.0, leave=False)  # fmt: skip
+               leave=False)  # fmt: skip
     try:
         if workers <= 1 or len(paths) < 2 * workers:
             for path in paths:

@@ -21,6 +21,7 @@ from cxrfuse.cli import app
 from cxrfuse.data import Manifest, read_manifest
 from cxrfuse.data.image_hashes import (
     NEAR_THRESHOLD,
+    POOL_MIN_PER_WORKER,
     add_image_hashes,
     cross_overlap,
     hamming,
@@ -242,6 +243,7 @@ def test_two_workers_give_the_same_hashes_and_problems_as_one(phantoms: Manifest
     bad.write_bytes(b"not a png")
     df.at[1, "views"] = [{**df.at[1, "views"][0], "path": str(bad)}, *df.at[1, "views"][1:]]
     manifest = phantoms.replace(df=df)
+    assert _n_images(manifest) >= 2 * POOL_MIN_PER_WORKER  # enough images for two worker processes
     one, problems1, counts1 = hash_images(manifest, workers=1)
     two, problems2, counts2 = hash_images(manifest, workers=2)
     assert counts2.workers == 2 and counts1.hashed == counts2.hashed == _n_images(manifest) - 1
@@ -277,6 +279,7 @@ def test_real_nih_hashes_are_the_same_with_two_workers_and_from_the_cache(tmp_pa
 
     nih, _ = ingest_nih(SHARED_NIH / "labels.csv", SHARED_NIH / "images")
     nih = nih.replace(df=nih.df.head(40).reset_index(drop=True))
+    assert 40 >= 2 * POOL_MIN_PER_WORKER  # two worker processes, not this one
     cache = tmp_path / "nih.image-hashes.parquet"
     one, _, _ = hash_images(nih, workers=1)
     two, problems, counts = hash_images(nih, workers=2, cache=cache)

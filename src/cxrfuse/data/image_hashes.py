@@ -52,6 +52,8 @@ HASH_VERSION = 1  # bump when either hash changes (cached hashes of another vers
 CACHE_SUFFIX = ".image-hashes.parquet"
 """The hash cache next to a manifest (:func:`cache_path_for`); the JSON cache of earlier
 versions (``image-hashes.json`` in the store) is not read: its images are hashed once more."""
+POOL_MIN_PER_WORKER = 16
+"""Fewer images than this per worker are hashed in this process (a worker costs ~0.3 s to start)."""
 HASH_AT_INGEST_MAX = 50_000
 """Ingest hashes the images of manifests up to this size (about 6 ms per 512-px PNG)."""
 
@@ -233,14 +235,15 @@ def default_workers() -> int:
 
 def _hash_paths(paths: list[str], workers: int, progress: bool) -> Iterator[dict[str, str] | str]:
     """:func:`_hash_one` of every path, in order, on ``workers`` processes (in this process for
-    one worker or a handful of images), with a progress bar that a log can read."""
+    one worker or too few images to pay for starting processes), with a progress bar that a
+    log can read (the CLI's ``TQDM_*`` settings)."""
     from tqdm.auto import tqdm
 
     # no interval set here: the CLI's TQDM_* log settings (one line every 15 s in a log) apply
     bar = tqdm(total=len(paths), desc="hash images", unit="img", disable=not progress or not paths,
                leave=False)  # fmt: skip
     try:
-        if workers <= 1 or len(paths) < 2 * workers:
+        if workers <= 1 or len(paths) < POOL_MIN_PER_WORKER * workers:
             for path in paths:
                 yield _hash_one(path)
                 bar.update(1)

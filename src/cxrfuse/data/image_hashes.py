@@ -17,6 +17,12 @@ them (older manifests, ingest without images):
   hashes is at most :data:`NEAR_THRESHOLD` (chosen by measurement on real radiographs:
   ``benchmarks/near_duplicates.py``, figures in ``benchmarks/RESULTS.md``).
 
+Hashes computed on demand (:func:`hash_images`) are kept in a :class:`HashCache`, a Parquet
+file next to the manifest (:func:`cache_path_for`) keyed by absolute path, size and mtime in ns,
+and are computed in worker processes. The perceptual hash is taken from the full decode the
+exact hash needs anyway: a reduced JPEG decode (PIL ``draft``) was slower in this pipeline and
+moved near/not-near decisions (``benchmarks/image_hash_cache.py``).
+
 Near-duplicate search compares every pair (numpy popcount, in blocks); beyond
 :data:`MAX_NEAR_PAIRS` pairs only exact matches are searched and the report says so.
 """

@@ -155,3 +155,22 @@ def test_scale_dry_run_measures_every_stage(tmp_path: Path) -> None:
     assert result["retrieval"]["queries"] > 100 and result["retrieval"]["bank"] > 1000
     assert {"audit_ms_per_report", "assembly_rss_ratio", "train_ratio"} <= set(result)
     assert "| stats |" in proc.stdout
+
+
+def test_image_hash_cache_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/image_hash_cache.py on six synthetic images in the NIH layout (two MIMIC-sized)."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    yy, xx = np.mgrid[0:96, 0:80] / 96.0
+    for i in range(6):
+        pixels = 127 + 100 * np.sin((i + 1) * xx * 6 + yy * 4) * np.cos(i * yy * 3)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "image_hash_cache.py"), "--data",
+                           str(tmp_path), "--mimic", "2"], capture_output=True, text=True, env=_env(),
+                          timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "nih: 6 images; images/s cold 1 worker" in proc.stdout and "mimic: 2 images" in proc.stdout
+    assert "MIMIC-CXR 377,110 images, 2 worker(s): cold" in proc.stdout
+    assert "'distinct_pairs': 1" in proc.stdout

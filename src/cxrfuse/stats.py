@@ -70,6 +70,10 @@ def render_overlap(report: dict[str, Any]) -> list[Any]:
                           "copies only"))
     if report["unhashed"]:
         parts.append(Text(f"{report['unhashed']} image(s) could not be read and were not compared"))
+    if report.get("hashing"):
+        h = report["hashing"]
+        parts.append(Text(f"image hashes: {h['hashed']} hashed now ({h['workers']} worker(s)), "
+                          f"{h['cached']} from the cache, {h['in_manifest']} stored in the manifest"))
     for kind in ("across_splits", "across_patients"):
         block = report[kind]
         if block["exact"] or block["near"]:

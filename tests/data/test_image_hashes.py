@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -18,10 +21,12 @@ from cxrfuse.cli import app
 from cxrfuse.data import Manifest, read_manifest
 from cxrfuse.data.image_hashes import (
     NEAR_THRESHOLD,
+    POOL_MIN_PER_WORKER,
     add_image_hashes,
     cross_overlap,
     hamming,
     hash_file,
+    hash_images,
     hash_words,
     manifest_overlap,
     missing_hashes,
@@ -183,27 +188,104 @@ def test_real_nih_split_has_no_overlap_but_a_copy_is_caught(tmp_path: Path) -> N
     assert report["across_splits"]["exact"] == 0 and report["across_splits"]["near"] == 1
 
 
+def _with_own_first_image(phantoms: Manifest, tmp_path: Path) -> tuple[Manifest, Path]:
+    """``phantoms`` with its first image copied into ``tmp_path`` (so changing it leaves the fixture alone)."""
+    df = phantoms.df.copy()
+    changed = tmp_path / "first.png"
+    shutil.copyfile(df.at[0, "views"][0]["path"], changed)
+    df.at[0, "views"] = [{**df.at[0, "views"][0], "path": str(changed)}, *df.at[0, "views"][1:]]
+    return phantoms.replace(df=df), changed
+
+
 def test_hashes_computed_on_demand_are_cached_by_file_stamp(phantoms: Manifest, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     from cxrfuse.data import image_hashes
 
-    df = phantoms.df.copy()  # the first image copied, so that changing it leaves the fixture alone
-    changed = tmp_path / "first.png"
-    shutil.copyfile(df.at[0, "views"][0]["path"], changed)
-    df.at[0, "views"] = [{**df.at[0, "views"][0], "path": str(changed)}, *df.at[0, "views"][1:]]
-    phantoms = phantoms.replace(df=df)
-    first, _ = add_image_hashes(phantoms, cache_dir=tmp_path)
-    cache = json.loads((tmp_path / image_hashes.CACHE_NAME).read_text())
-    assert len(cache) == _n_images(phantoms)
+    phantoms, changed = _with_own_first_image(phantoms, tmp_path)
+    cache = tmp_path / "m.image-hashes.parquet"
+    first, _, counts = hash_images(phantoms, cache=cache, workers=1)
+    assert counts.hashed == _n_images(phantoms) and counts.cached == 0
+    table = pq.read_table(cache)
+    assert table.num_rows == _n_images(phantoms)
+    assert set(table.column_names) >= {"path", "size", "mtime_ns", "content_hash", "phash"}
     calls: list[str] = []
     real = image_hashes.hash_file
     monkeypatch.setattr(image_hashes, "hash_file", lambda p: calls.append(str(p)) or real(p))
-    again, _ = add_image_hashes(phantoms, cache_dir=tmp_path)
-    assert calls == [] and again.df["views"].tolist() == first.df["views"].tolist()
+    again, _, counts = hash_images(phantoms, cache=cache, workers=1)
+    assert calls == [] and counts.hashed == 0 and counts.cached == _n_images(phantoms)
+    assert again.df["views"].tolist() == first.df["views"].tolist()
     Image.open(changed).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed)  # new pixels, new stamp
-    third, _ = add_image_hashes(phantoms, cache_dir=tmp_path)
-    assert calls == [str(changed)]  # only the changed file is decoded again
+    third, _, counts = hash_images(phantoms, cache=cache, workers=1)
+    assert calls == [str(changed)] and counts.hashed == 1  # only the changed file is decoded again
     assert third.df["views"].iat[0][0]["content_hash"] != first.df["views"].iat[0][0]["content_hash"]
+    st = changed.stat()  # same bytes, only the mtime moves: hashed again (the stamp is the key)
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    fourth, _, counts = hash_images(phantoms, cache=cache, workers=1)
+    assert counts.hashed == 1 and fourth.df["views"].tolist() == third.df["views"].tolist()
+
+
+def test_a_corrupt_hash_cache_is_ignored_with_a_warning_and_rebuilt(phantoms: Manifest, tmp_path: Path) -> None:
+    cache = tmp_path / "m.image-hashes.parquet"
+    first, _, _ = hash_images(phantoms, cache=cache, workers=1)
+    cache.write_bytes(b"PAR1 this is not parquet")
+    with pytest.warns(UserWarning, match="image-hash cache unreadable"):
+        again, _, counts = hash_images(phantoms, cache=cache, workers=1)
+    assert counts.hashed == _n_images(phantoms) and again.df["views"].tolist() == first.df["views"].tolist()
+    assert hash_images(phantoms, cache=cache, workers=1)[2].cached == _n_images(phantoms)  # rebuilt
+    pq.write_table(pa.table({"path": ["x"]}), cache)  # readable Parquet, another layout
+    with pytest.warns(UserWarning, match="image-hash cache unreadable"):
+        assert hash_images(phantoms, cache=cache, workers=1)[2].hashed == _n_images(phantoms)
+
+
+def test_two_workers_give_the_same_hashes_and_problems_as_one(phantoms: Manifest, tmp_path: Path) -> None:
+    df = phantoms.df.copy()  # one unreadable image among them
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    df.at[1, "views"] = [{**df.at[1, "views"][0], "path": str(bad)}, *df.at[1, "views"][1:]]
+    manifest = phantoms.replace(df=df)
+    assert _n_images(manifest) >= 2 * POOL_MIN_PER_WORKER  # enough images for two worker processes
+    one, problems1, counts1 = hash_images(manifest, workers=1)
+    two, problems2, counts2 = hash_images(manifest, workers=2)
+    assert counts2.workers == 2 and counts1.hashed == counts2.hashed == _n_images(manifest) - 1
+    assert one.df["views"].tolist() == two.df["views"].tolist() and problems1 == problems2
+    assert [p["path"] for p in problems2] == [str(bad)]
+
+
+def test_stats_twice_hashes_nothing_the_second_time(phantoms: Manifest, tmp_path: Path) -> None:
+    manifest, changed = _with_own_first_image(phantoms, tmp_path)
+    path = manifest.save(tmp_path / "m.parquet")
+    n = _n_images(manifest)
+
+    def hashing(*extra: str) -> dict[str, int]:
+        result = runner.invoke(app, ["stats", str(path), "--json", "--workers", "2", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output[result.output.index("{"):])["image_overlap"]["hashing"]
+
+    first = hashing()
+    assert first["hashed"] == n and first["cached"] == 0 and first["workers"] == 2
+    assert (tmp_path / "m.image-hashes.parquet").is_file() and missing_hashes(read_manifest(path)) == n
+    second = hashing()
+    assert second["hashed"] == 0 and second["cached"] == n
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    third = hashing()
+    assert third["hashed"] == 1 and third["cached"] == n - 1
+    text = runner.invoke(app, ["stats", str(path), "--workers", "2"], terminal_width=250).output
+    assert f"image hashes: 0 hashed now (2 worker(s)), {n} from the cache, 0 stored in the manifest" in " ".join(text.split())
+
+
+@pytest.mark.skipif(not (SHARED_NIH / "labels.csv").is_file(), reason="NIH sample not present")
+def test_real_nih_hashes_are_the_same_with_two_workers_and_from_the_cache(tmp_path: Path) -> None:
+    from cxrfuse.data.nih import ingest_nih
+
+    nih, _ = ingest_nih(SHARED_NIH / "labels.csv", SHARED_NIH / "images")
+    nih = nih.replace(df=nih.df.head(40).reset_index(drop=True))
+    assert 40 >= 2 * POOL_MIN_PER_WORKER  # two worker processes, not this one
+    cache = tmp_path / "nih.image-hashes.parquet"
+    one, _, _ = hash_images(nih, workers=1)
+    two, problems, counts = hash_images(nih, workers=2, cache=cache)
+    assert not problems and counts.hashed == 40 and one.df["views"].tolist() == two.df["views"].tolist()
+    cached, _, counts = hash_images(nih, workers=2, cache=cache)
+    assert counts.hashed == 0 and counts.cached == 40 and cached.df["views"].tolist() == one.df["views"].tolist()
 
 
 def _n_images(manifest: Manifest) -> int:

@@ -279,6 +279,8 @@ def test_run_on_real_pairs_flags_the_nih_manifest_of_the_same_images(tmp_path: P
     seen = _images(pairs.replace(df=pairs.df[pairs.df["split"].isin(["train", "val"])]))
     assert overlap["exact"] == seen and overlap["near"] == 0 and overlap["total"] == 310
     assert overlap["by_split"]["test"]["exact"] == 310 - seen
+    # the hashes computed here are kept next to each manifest, so a rerun decodes nothing
+    assert (tmp_path / "pairs.image-hashes.parquet").is_file() and (tmp_path / "nih.image-hashes.parquet").is_file()
     # the NIH images the run never saw (its test split) as their own manifest: nothing shared
     test_files = {Path(v["path"]).read_bytes().__hash__() for vs in pairs.df.loc[pairs.df["split"] == "test", "views"]
                   for v in vs}  # fmt: skip

@@ -467,6 +467,9 @@ CASES = [
     Case("manifest", "image unreadable for the overlap check",
          lambda c: (_stats(_broken_image_manifest(c)), "1 image(s) could not be read"),
          counted="not compared", out="broken.parquet"),
+    Case("manifest", "damaged image-hash cache beside it",
+         lambda c: (_stats(_damaged_hash_cache(c)), "h.image-hashes.parquet: image-hash cache unreadable"),
+         counted="warning:", out="h.parquet"),
     Case("manifest", "file missing", lambda c: (_stats(c.tmp / "no.parquet"), "no.parquet")),
     Case("manifest", "not Parquet", lambda c: (_stats(_with(c.tmp / "m.parquet", "a,b\n")), "m.parquet")),
     Case("manifest", "Parquet without cxrfuse metadata",
@@ -802,6 +805,16 @@ def _broken_image_manifest(c: Ctx) -> Path:
     df = manifest.df.copy()
     df.at[0, "views"] = [{**df.at[0, "views"][0], "path": str(_with(c.tmp / "broken.png", b"\x89PNG\r\n\x1a\nno"))}]
     return manifest.replace(df=df).save(c.tmp / "broken.parquet")
+
+
+def _damaged_hash_cache(c: Ctx) -> Path:
+    """The phantom manifest without stored hashes, beside a hash cache that is no Parquet."""
+    manifest = read_manifest(c.phantoms)
+    df = manifest.df.copy()
+    df["views"] = [[{k: x for k, x in v.items() if k not in ("content_hash", "phash")} for v in vs]
+                   for vs in df["views"]]  # fmt: skip
+    _with(c.tmp / "h.image-hashes.parquet", b"PAR1 damaged")
+    return manifest.replace(df=df).save(c.tmp / "h.parquet")
 
 
 def _replace(path: Path, old: str, new: str, count: int) -> None:

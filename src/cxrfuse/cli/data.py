@@ -18,11 +18,16 @@ _csv = csv_list
 
 
 def _report_ingest(manifest: Any, problems: ProblemLog, out: Path) -> None:
-    from cxrfuse.data.image_hashes import HASH_AT_INGEST_MAX, add_image_hashes, missing_hashes
+    from cxrfuse.data.image_hashes import (
+        HASH_AT_INGEST_MAX,
+        add_image_hashes,
+        cache_path_for,
+        missing_hashes,
+    )
 
     todo = missing_hashes(manifest)
     if 0 < todo <= HASH_AT_INGEST_MAX:
-        manifest, unreadable = add_image_hashes(manifest, progress=True)
+        manifest, unreadable = add_image_hashes(manifest, progress=True, cache=cache_path_for(out))
         for item in unreadable:
             problems.add("unreadable-image", item["path"], f"cannot hash: {item['error']}")
     elif todo:
@@ -32,6 +37,25 @@ def _report_ingest(manifest: Any, problems: ProblemLog, out: Path) -> None:
     console.print(f"wrote {len(manifest)} studies to [bold]{path}[/]")
     if len(problems):
         console.print(problems.summary())
+
+
+def _overlap(manifest: Any, manifest_path: Path, workers: int | None,
+             progress: bool) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """The manifest with its image hashes (through the hash cache next to it) and its overlap
+    report, with ``hashing``: how many were hashed now, taken from the cache or stored. A
+    warning (a damaged cache, rebuilt) is one ``warning:`` line on stderr."""
+    import warnings
+
+    from cxrfuse.cli import err_console
+    from cxrfuse.data.image_hashes import cache_path_for, hash_images, manifest_overlap
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        manifest, _, counts = hash_images(manifest, progress=progress, workers=workers,
+                                          cache=cache_path_for(manifest_path))  # fmt: skip
+    for item in caught:
+        err_console.print(f"[yellow]warning:[/] {item.message}", soft_wrap=True, highlight=False)
+    return manifest, {**manifest_overlap(manifest), "hashing": counts.to_dict()}
 
 
 class IULayout(str, Enum):
@@ -180,6 +204,7 @@ def split_cmd(
     folds: Annotated[int, typer.Option(help="Also assign k-fold indices over train+val (0 = none).")] = 0,
     keep_existing: Annotated[bool, typer.Option(help="Keep a split the source already has (MIMIC, R2Gen).")] = False,
     overlap: Annotated[bool, typer.Option(help="Hash the images (stored in the manifest) and report copies and near duplicates shared across splits and patients.")] = True,
+    workers: Annotated[int | None, typer.Option(help="Processes that hash images (default: the CPUs).")] = None,
 ) -> None:
     """Patient-level, stratified, seeded train/val/test split (and optional k folds), stored in the manifest.
 
@@ -198,10 +223,7 @@ def split_cmd(
         manifest = assign_folds(manifest, folds, seed=seed, task=task)
     report = None
     if overlap:
-        from cxrfuse.data.image_hashes import add_image_hashes, manifest_overlap
-
-        manifest, _ = add_image_hashes(manifest, progress=True)
-        report = manifest_overlap(manifest)
+        manifest, report = _overlap(manifest, manifest_path, workers, progress=True)
     path = manifest.save(out or manifest_path)
     console.print(render_summary(manifest, overlap=report))
     console.print(f"wrote [bold]{path}[/] (no patient is in two splits)")
@@ -239,7 +261,8 @@ def stats_cmd(
     sections: Annotated[str, typer.Option(help="Report sections the text models would read.")] = "findings,impression",
     mask: Annotated[bool, typer.Option(help="Audit the text after label-mention masking.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-    overlap: Annotated[bool, typer.Option(help="Report images shared across splits and patients (hashes the images the manifest has no hashes for; not saved).")] = True,
+    overlap: Annotated[bool, typer.Option(help="Report images shared across splits and patients (hashes the images the manifest has no hashes for: kept in the hash cache next to the manifest, not in it).")] = True,
+    workers: Annotated[int | None, typer.Option(help="Processes that hash images (default: the CPUs).")] = None,
 ) -> None:
     """Summarise a manifest: studies, views, sections, label prevalence, splits, problems, and the text leakage audit.
 
@@ -259,9 +282,7 @@ def stats_cmd(
     environment = environment_info()
     report = None
     if overlap:
-        from cxrfuse.data.image_hashes import add_image_hashes, manifest_overlap
-
-        report = manifest_overlap(add_image_hashes(manifest, progress=not as_json)[0])
+        report = _overlap(manifest, manifest_path, workers, progress=not as_json)[1]
     if as_json:
         summary = manifest_summary(manifest)
         summary["image_overlap"] = report

@@ -17,6 +17,12 @@ them (older manifests, ingest without images):
   hashes is at most :data:`NEAR_THRESHOLD` (chosen by measurement on real radiographs:
   ``benchmarks/near_duplicates.py``, figures in ``benchmarks/RESULTS.md``).
 
+Hashes computed on demand (:func:`hash_images`) are kept in a :class:`HashCache`, a Parquet
+file next to the manifest (:func:`cache_path_for`) keyed by absolute path, size and mtime in ns,
+and are computed in worker processes. The perceptual hash is taken from the full decode the
+exact hash needs anyway: a reduced JPEG decode (PIL ``draft``) was slower in this pipeline and
+moved near/not-near decisions (``benchmarks/image_hash_cache.py``).
+
 Near-duplicate search compares every pair (numpy popcount, in blocks); beyond
 :data:`MAX_NEAR_PAIRS` pairs only exact matches are searched and the report says so.
 """
@@ -24,7 +30,9 @@ Near-duplicate search compares every pair (numpy popcount, in blocks); beyond
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,7 @@ from PIL import Image
 
 from cxrfuse.data.images import decode_native, native_gray8
 from cxrfuse.data.manifest import HASH_FIELDS, Manifest
+from cxrfuse.files import file_stamp
 from cxrfuse.problems import DataError
 from cxrfuse.vocab import PHANTOM
 
@@ -46,8 +55,11 @@ MAX_NEAR_PAIRS = 2_000_000_000
 """Most image pairs compared for near duplicates (beyond it, exact matches only)."""
 EXAMPLES = 5
 HASH_VERSION = 1  # bump when either hash changes (cached hashes of another version are redone)
-CACHE_NAME = "image-hashes.json"
-"""File name of the on-demand hash cache in a folder (evaluate: the embedding store)."""
+CACHE_SUFFIX = ".image-hashes.parquet"
+"""The hash cache next to a manifest (:func:`cache_path_for`); the JSON cache of earlier
+versions (``image-hashes.json`` in the store) is not read: its images are hashed once more."""
+POOL_MIN_PER_WORKER = 16
+"""Fewer images than this per worker are hashed in this process (a worker costs ~0.3 s to start)."""
 HASH_AT_INGEST_MAX = 50_000
 """Ingest hashes the images of manifests up to this size (about 6 ms per 512-px PNG)."""
 
@@ -105,65 +117,218 @@ def missing_hashes(manifest: Manifest) -> int:
     return sum(1 for views in manifest.df["views"] for v in views if v.get("path") and not has_hashes(v))
 
 
-def add_image_hashes(manifest: Manifest, *, recompute: bool = False, progress: bool = False,
-                     cache_dir: str | Path | None = None) -> tuple[Manifest, list[dict[str, str]]]:  # fmt: skip
-    """A copy of ``manifest`` with both hashes in every view whose image is on disk (only the
-    missing ones unless ``recompute``), and one problem ``{study_id, image_id, path, error}``
-    per image that could not be read (its hashes stay empty; nothing else stops).
+@dataclass
+class HashCounts:
+    """Where the hashes of one :func:`hash_images` call came from."""
 
-    With ``cache_dir``, hashes computed here are kept in ``cache_dir/image-hashes.json`` keyed
-    by the file's absolute path, size and modification time, so a manifest that does not store
-    them is decoded once, not at every call."""
+    images: int = 0  # images with a path on disk
+    in_manifest: int = 0  # already stored in the manifest
+    cached: int = 0  # taken from the hash cache (same path, size and mtime)
+    hashed: int = 0  # decoded and hashed now
+    unreadable: int = 0
+    workers: int = 1
+    cache: str | None = None  # the cache file, when one was used
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "in_manifest": self.in_manifest, "cached": self.cached,
+                "hashed": self.hashed, "unreadable": self.unreadable, "workers": self.workers,
+                "cache": self.cache}  # fmt: skip
+
+    def describe(self) -> str:
+        """One line: ``310 images: 12 hashed now (2 workers), 298 from the cache, 0 stored``."""
+        return (f"{self.images} images: {self.hashed} hashed now ({self.workers} worker"
+                f"{'s' if self.workers != 1 else ''}), {self.cached} from the hash cache, "
+                f"{self.in_manifest} stored in the manifest"
+                + (f", {self.unreadable} unreadable" if self.unreadable else ""))
+
+
+def cache_path_for(manifest_path: str | Path) -> Path:
+    """The hash cache kept next to a manifest: ``iu.parquet`` -> ``iu`` + :data:`CACHE_SUFFIX`."""
+    path = Path(manifest_path)
+    return path.with_name(path.stem + CACHE_SUFFIX)
+
+
+class HashCache:
+    """Image hashes keyed by a file's absolute path, size and mtime (ns), in one Parquet file.
+
+    A changed file (other size or mtime) is hashed again; a cache that cannot be read (damaged,
+    another layout) is ignored with a warning and rebuilt; one that cannot be written only
+    costs time. Entries of other files are kept, so one cache serves a manifest's re-ingests."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.entries: dict[str, tuple[int, int, str, str]] = {}
+        self.changed = False
+        if self.path is not None and self.path.exists():
+            self.entries = self._read(self.path)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, tuple[int, int, str, str]]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path, columns=list(_CACHE_COLUMNS))
+            cols = {name: table.column(name).to_pylist() for name in _CACHE_COLUMNS}
+        except (OSError, pa.ArrowException, KeyError, ValueError) as err:
+            warnings.warn(f"{path}: image-hash cache unreadable ({str(err).splitlines()[0]}); "
+                          "ignored, it is rebuilt", stacklevel=3)  # fmt: skip
+            return {}
+        return {key: (size, mtime, content, phash)
+                for key, size, mtime, version, content, phash in zip(*cols.values())
+                if version == HASH_VERSION}  # fmt: skip
+
+    def get(self, key: str, stamp: tuple[int | None, int | None]) -> dict[str, str] | None:
+        entry = self.entries.get(key)
+        if entry is None or stamp[0] is None or entry[:2] != stamp:
+            return None
+        return {"content_hash": entry[2], "phash": entry[3]}
+
+    def put(self, key: str, stamp: tuple[int | None, int | None], hashes: dict[str, str]) -> None:
+        if stamp[0] is None or stamp[1] is None:
+            return
+        self.entries[key] = (stamp[0], stamp[1], hashes["content_hash"], hashes["phash"])
+        self.changed = True
+
+    def save(self) -> bool:
+        """Write the cache (atomically) when it changed; False when it could not be written."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from cxrfuse.files import atomic_path
+
+        if self.path is None or not self.changed:
+            return True
+        keys = list(self.entries)
+        rows = list(self.entries.values())
+        table = pa.table({
+            "path": pa.array(keys, pa.string()),
+            "size": pa.array([r[0] for r in rows], pa.int64()),
+            "mtime_ns": pa.array([r[1] for r in rows], pa.int64()),
+            "version": pa.array([HASH_VERSION] * len(rows), pa.int32()),
+            "content_hash": pa.array([r[2] for r in rows], pa.string()),
+            "phash": pa.array([r[3] for r in rows], pa.string()),
+        })
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.path) as tmp:
+                pq.write_table(table, tmp, compression="zstd")
+        except OSError:
+            return False  # a cache that cannot be written only costs time
+        self.changed = False
+        return True
+
+
+_CACHE_COLUMNS = ("path", "size", "mtime_ns", "version", "content_hash", "phash")
+
+
+def _hash_one(path: str) -> dict[str, str] | str:
+    """:func:`hash_file`'s hashes, or the first line of why the image cannot be read (a worker
+    process's unit of work: nothing here raises for a bad image)."""
+    try:
+        return hash_file(path)
+    except (OSError, ValueError, DataError, Image.DecompressionBombError) as err:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def default_workers() -> int:
+    """Worker processes for hashing: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _hash_paths(paths: list[str], workers: int, progress: bool) -> Iterator[dict[str, str] | str]:
+    """:func:`_hash_one` of every path, in order, on ``workers`` processes (in this process for
+    one worker or too few images to pay for starting processes), with a progress bar that a
+    log can read (the CLI's ``TQDM_*`` settings)."""
     from tqdm.auto import tqdm
 
-    from cxrfuse.files import file_stamp, write_json
+    # no interval set here: the CLI's TQDM_* log settings (one line every 15 s in a log) apply
+    bar = tqdm(total=len(paths), desc="hash images", unit="img", disable=not progress or not paths,
+               leave=False)  # fmt: skip
+    try:
+        if workers <= 1 or len(paths) < POOL_MIN_PER_WORKER * workers:
+            for path in paths:
+                yield _hash_one(path)
+                bar.update(1)
+            return
+        from concurrent.futures import ProcessPoolExecutor
 
+        chunk = max(1, min(32, len(paths) // (workers * 8)))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(_hash_one, paths, chunksize=chunk):
+                yield result
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def hash_images(manifest: Manifest, *, recompute: bool = False, progress: bool = False,
+                cache: str | Path | None = None, workers: int | None = None,
+                ) -> tuple[Manifest, list[dict[str, str]], HashCounts]:  # fmt: skip
+    """A copy of ``manifest`` with both hashes in every view whose image is on disk (only the
+    missing ones unless ``recompute``), one problem ``{study_id, image_id, path, error}`` per
+    image that could not be read (its hashes stay empty; nothing else stops), and the counts.
+
+    ``cache`` is a :class:`HashCache` file (by default :func:`cache_path_for` the manifest's
+    path, chosen by the CLI): hashes found there for the same path, size and mtime are not
+    computed again, new ones are added. ``workers`` processes decode (default: the CPUs)."""
+    workers = default_workers() if workers is None else max(1, int(workers))
+    counts = HashCounts(workers=workers, cache=str(cache) if cache is not None else None)
     problems: list[dict[str, str]] = []
-    todo = [(i, j) for i, views in enumerate(manifest.df["views"]) for j, v in enumerate(views)
-            if v.get("path") and (recompute or not has_hashes(v))]
+    todo = []
+    for i, views in enumerate(manifest.df["views"]):
+        for j, v in enumerate(views):
+            if not v.get("path"):
+                continue
+            counts.images += 1
+            if recompute or not has_hashes(v):
+                todo.append((i, j))
+            else:
+                counts.in_manifest += 1
     if not todo:
-        return manifest, problems
-    cache_path = Path(cache_dir) / CACHE_NAME if cache_dir is not None else None
-    cache = _read_cache(cache_path) if cache_path is not None and not recompute else {}
-    fresh = 0
+        return manifest, problems, counts
+    store = HashCache(cache)
     df = manifest.df.copy()
     df["views"] = [[dict(v) for v in views] for views in df["views"]]
-    for i, j in tqdm(todo, desc="hash images", unit="img", disable=not progress):
+    keys: list[tuple[str, tuple[int | None, int | None]]] = []
+    fresh: list[tuple[int, int]] = []
+    for i, j in todo:
         view = df["views"].iat[i][j]
-        key, stamp = str(Path(view["path"]).resolve()), list(file_stamp(view["path"]))
-        entry = cache.get(key)
-        if entry and entry[:3] == [*stamp, HASH_VERSION]:
-            view.update(content_hash=entry[3], phash=entry[4])
-            continue
-        try:
-            hashes = hash_file(view["path"])
-        except (OSError, ValueError, DataError, Image.DecompressionBombError) as err:
+        key, stamp = str(Path(view["path"]).resolve()), file_stamp(view["path"])
+        found = None if recompute else store.get(key, stamp)
+        if found is not None:
+            view.update(found)
+            counts.cached += 1
+        else:
+            fresh.append((i, j))
+            keys.append((key, stamp))
+    paths = [str(df["views"].iat[i][j]["path"]) for i, j in fresh]
+    for (i, j), (key, stamp), result in zip(fresh, keys, _hash_paths(paths, workers, progress)):
+        view = df["views"].iat[i][j]
+        if isinstance(result, str):
             for name in HASH_FIELDS:
                 view.pop(name, None)
             problems.append({"study_id": str(df["study_id"].iat[i]), "image_id": str(view["image_id"]),
-                             "path": str(view["path"]), "error": str(err).splitlines()[0]})  # fmt: skip
+                             "path": str(view["path"]), "error": result})  # fmt: skip
+            counts.unreadable += 1
             continue
-        view.update(hashes)
-        cache[key] = [*stamp, HASH_VERSION, hashes["content_hash"], hashes["phash"]]
-        fresh += 1
-    if cache_path is not None and fresh:
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(cache_path, cache)
-        except OSError:
-            pass  # a cache that cannot be written only costs time
-    return manifest.replace(df=df), problems
+        view.update(result)
+        store.put(key, stamp, result)
+        counts.hashed += 1
+    store.save()
+    return manifest.replace(df=df), problems, counts
 
 
-def _read_cache(path: Path) -> dict[str, list[Any]]:
-    """The hash cache at ``path``; empty when it is missing or unreadable (it is only a cache)."""
-    import json
-
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return payload if isinstance(payload, dict) else {}
+def add_image_hashes(manifest: Manifest, *, recompute: bool = False, progress: bool = False,
+                     cache: str | Path | None = None, workers: int | None = None,
+                     ) -> tuple[Manifest, list[dict[str, str]]]:  # fmt: skip
+    """:func:`hash_images` without the counts: ``(manifest with hashes, unreadable images)``."""
+    hashed, problems, _ = hash_images(manifest, recompute=recompute, progress=progress,
+                                      cache=cache, workers=workers)  # fmt: skip
+    return hashed, problems
 
 
 @dataclass(frozen=True)

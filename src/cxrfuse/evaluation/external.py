@@ -220,7 +220,7 @@ def evaluate_external(
         "threshold_method": internal.get("threshold_method"), "n_boot": n_boot, "bootstrap_seed": seed,
         "external": metrics, "ci": ci, "internal": _internal_block(internal, labels),
         "side_by_side": side_by_side(internal, metrics, ci, labels),
-        "subgroups": subgroups, "image_overlap": image_overlap(loaded, other, store_dir or loaded.config.data.store),
+        "subgroups": subgroups, "image_overlap": image_overlap(loaded, other, None if source == "<Manifest>" else source),
         "evaluated": now_iso(), "environment": environment_info(),
     }  # fmt: skip
     if recalibration is not None:
@@ -234,12 +234,13 @@ def evaluate_external(
     return result
 
 
-def image_overlap(loaded: LoadedRun, other: Manifest, cache_dir: str | Path | None = None) -> dict[str, Any]:
+def image_overlap(loaded: LoadedRun, other: Manifest, other_path: str | Path | None = None) -> dict[str, Any]:
     """How many images of ``other`` occur in the run's training data (train + val of its
     manifest): ``{exact, near, total, found, by_split, examples, ...}``
     (:func:`~cxrfuse.data.image_hashes.cross_overlap`); hashes a manifest lacks are computed
-    now (kept in ``cache_dir``, the store, when given). ``skipped`` (with null counts) when the training manifest is gone or has no images."""
-    from cxrfuse.data.image_hashes import add_image_hashes, cross_overlap
+    now, kept in the hash cache next to each manifest (``other``'s only when ``other_path`` is
+    given). ``skipped`` (with null counts) when the training manifest is gone or has no images."""
+    from cxrfuse.data.image_hashes import add_image_hashes, cache_path_for, cross_overlap
 
     path = Path(loaded.config.data.manifest)
     empty = {"exact": None, "near": None, "total": None, "found": False}
@@ -251,8 +252,8 @@ def image_overlap(loaded: LoadedRun, other: Manifest, cache_dir: str | Path | No
         return {**empty, "skipped": f"the run's training manifest cannot be read ({err})"}
     if not training.has_images().any() or not other.has_images().any():
         return {**empty, "skipped": "no images on disk in the run's training manifest or the external one"}
-    training, _ = add_image_hashes(training, cache_dir=cache_dir)
-    other, _ = add_image_hashes(other, cache_dir=cache_dir)
+    training, _ = add_image_hashes(training, cache=cache_path_for(path))
+    other, _ = add_image_hashes(other, cache=cache_path_for(other_path) if other_path else None)
     result = cross_overlap(other, training)
     result["training_manifest"] = str(path)
     result["found"] = bool(result["exact"] or result["near"])

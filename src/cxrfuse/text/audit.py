@@ -212,10 +212,17 @@ class _Joined:
         return self.owners([o for o, _ in found]), [f for _, f in found]
 
 
-def _candidates(corpus: _Corpus, terms: list[str]) -> list[int]:
-    """Indices of texts matching any of ``terms`` (one pass instead of one per family)."""
-    owners, _ = corpus.matches(tuple(terms))
-    return sorted(set(owners.tolist()))
+def _candidates(texts: list[str], terms: list[str]) -> list[int]:
+    """Indices of texts matching any of ``terms`` (one pass instead of one per family); each
+    text is searched up to its first match only."""
+    if not terms:
+        return []
+    twin = lower_twin(terms_source(tuple(terms)))
+    if twin is not None and all(t.isascii() for t in texts):
+        return [i for i, text in enumerate(texts) if twin.search(text.lower())]
+    pattern = compile_terms(tuple(terms))
+    return [i for i, text in enumerate(texts)
+            if (twin.search(text.lower()) if twin is not None and text.isascii() else pattern.search(text))]
 
 
 def _count(n: int, corpus: _Corpus, terms: tuple[str, ...]) -> tuple[np.ndarray, Counter[str]]:
@@ -223,8 +230,10 @@ def _count(n: int, corpus: _Corpus, terms: tuple[str, ...]) -> tuple[np.ndarray,
     hit = np.zeros(n, dtype=bool)
     owners, found = corpus.matches(terms)
     hit[owners] = True
-    terms: Counter[str] = Counter(_SPACES.sub(" ", f.lower()) for f in found)
-    return hit, terms
+    counts: Counter[str] = Counter()  # each distinct string normalised once, first-seen order kept
+    for text, k in Counter(found).items():
+        counts[_SPACES.sub(" ", text.lower())] += k
+    return hit, counts
 
 
 _SPACES = re.compile(r"[\s-]+")
@@ -261,11 +270,11 @@ def audit_leakage(
         raise ValueError("a prepared text holds a NUL character; the audit cannot search it")
     everything = _Corpus(texts)
     families = _families(labels)
-    corpora = {
-        probe: _Corpus(texts, _candidates(everything, [t for kind, _, _, terms in families
-                                                      if (kind == "probe") == probe for t in terms]))
-        for probe in (False, True)
-    }
+    corpora = {}
+    for probe in (False, True):  # one family: no pre-pass
+        kind_families = {tuple(terms) for kind, _, _, terms in families if (kind == "probe") == probe}
+        corpora[probe] = (everything if len(kind_families) == 1 else
+                          _Corpus(texts, _candidates(texts, [t for terms in kind_families for t in terms])))
     rows = []
     scans: dict[tuple[bool, tuple[str, ...]], tuple[np.ndarray, Counter[str]]] = {}
     for kind, label, family, terms in families:

@@ -18,6 +18,7 @@ collapse into one token.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -184,10 +185,23 @@ def _dispatch(terms: Sequence[str]) -> str:
             continue
         for char in first:
             buckets.setdefault(char, []).append(spelled)
-    parts = [(f"(?:{'|'.join(ts)})" if all(_literal_start(t) == c for t in ts)
+    keyed = [(c, f"(?:{'|'.join(ts)})" if all(_literal_start(t) == c for t in ts)
               else f"(?={re.escape(c)})(?:{'|'.join(ts)})") for c, ts in sorted(buckets.items())]
+    plain = [(c, part) for c, part in keyed if c in _GROUPABLE]
+    parts = [part for c, part in keyed if c not in _GROUPABLE]
+    size = max(4, math.isqrt(len(plain)))
+    if len(plain) > size:  # a failing position tries ~2 sqrt(n) look-aheads instead of n
+        chunks = [plain[i:i + size] for i in range(0, len(plain), size)]
+        parts = [f"(?=[{''.join(c for c, _ in chunk)}])(?:{'|'.join(p for _, p in chunk)})"
+                 for chunk in chunks] + parts
+    else:
+        parts = [part for _, part in plain] + parts
     parts += anywhere
     return "|".join(parts) or r"(?!x)x"
+
+
+_GROUPABLE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+"""First characters whose buckets :func:`_dispatch` groups under one look-ahead class."""
 
 
 @lru_cache(maxsize=256)
@@ -231,6 +245,8 @@ def _caseless(items: Iterable) -> bool:
             if not all(_caseless(b) for b in av[1]):
                 return False
         elif op in (SUBPATTERN, MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT, ASSERT, ASSERT_NOT):
+            if op is SUBPATTERN and (av[1] or av[2]):  # inline flags such as (?-i:...)
+                return False
             if not isinstance(av[-1], SubPattern) or not _caseless(av[-1]):
                 return False
         elif op not in (AT, ANY, CATEGORY, NEGATE, GROUPREF):

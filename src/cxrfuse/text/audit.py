@@ -33,7 +33,9 @@ from cxrfuse.text.mask import (
     compile_terms,
     joinable,
     label_families,
+    lower_twin,
     probe_families,
+    terms_source,
 )
 from cxrfuse.text.pipeline import prepare_texts
 from cxrfuse.text.sections import TextConfig
@@ -150,14 +152,52 @@ def _families(labels: list[str]) -> list[tuple[str, str, str, list[str]]]:
 
 class _Corpus:
     """Texts joined by :data:`~cxrfuse.text.mask.SEPARATOR`: one regex pass searches them all,
-    and each match is traced back to its text by its offset."""
+    and each match is traced back to its text by its offset.
+
+    ASCII texts are searched lower-cased with the case-sensitive twin of a pattern
+    (:func:`~cxrfuse.text.mask.lower_twin`, the same matches, faster); the others, if any, with
+    the pattern itself."""
 
     def __init__(self, texts: list[str], subset: list[int] | None = None) -> None:
         self.ids = np.arange(len(texts)) if subset is None else np.asarray(subset, dtype=np.int64)
-        parts = [texts[i] for i in self.ids]
+        ascii_ = np.fromiter((texts[i].isascii() for i in self.ids), dtype=bool, count=len(self.ids))
+        self.parts = [_Joined(texts, self.ids[ascii_], lower=True),
+                      _Joined(texts, self.ids[~ascii_], lower=False)]
+
+    def matches(self, terms: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+        """(owner of each match, matched text, lower-cased where the text is ASCII) of every
+        match of :func:`~cxrfuse.text.mask.compile_terms` in the corpus, in corpus order."""
+        twin = lower_twin(terms_source(terms))
+        fast, slow = self.parts
+        if twin is None:  # every text with the case-insensitive pattern
+            slow = _Joined.merge(fast, slow)
+            return slow.matches(compile_terms(terms))
+        owners, found = fast.matches(twin)
+        if slow.ids.size:
+            owners_slow, found_slow = slow.matches(compile_terms(terms))
+            order = np.argsort(np.concatenate([owners, owners_slow]), kind="stable")
+            owners = np.concatenate([owners, owners_slow])[order]
+            found = [(found + found_slow)[i] for i in order.tolist()]
+        return owners, found
+
+
+class _Joined:
+    """Some texts joined by the separator (lower-cased or not), with their start offsets."""
+
+    def __init__(self, texts: list[str], ids: np.ndarray, *, lower: bool) -> None:
+        self.ids = ids
+        parts = [texts[i] for i in ids.tolist()]
         self.joined = SEPARATOR.join(parts)
+        if lower:
+            self.joined = self.joined.lower()
         lengths = np.fromiter((len(p) + 1 for p in parts), dtype=np.int64, count=len(parts))
         self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if parts else np.zeros(0, np.int64)
+        self.texts = texts
+
+    @staticmethod
+    def merge(a: _Joined, b: _Joined) -> _Joined:
+        """Both parts' texts, in text order, not lower-cased."""
+        return _Joined(a.texts, np.sort(np.concatenate([a.ids, b.ids])), lower=False)
 
     def owners(self, offsets: list[int]) -> np.ndarray:
         """Index (into the full text list) of the text holding each offset."""
@@ -166,24 +206,34 @@ class _Corpus:
         return self.ids[np.searchsorted(self.starts, np.asarray(offsets), side="right") - 1]
 
     def matches(self, pattern: re.Pattern[str]) -> tuple[np.ndarray, list[str]]:
-        """(owner of each match, matched text) of every match in the corpus."""
+        if not self.ids.size:
+            return np.zeros(0, dtype=np.int64), []
         found = [(m.start(), m.group(0)) for m in pattern.finditer(self.joined)]
         return self.owners([o for o, _ in found]), [f for _, f in found]
 
 
-def _candidates(corpus: _Corpus, terms: list[str]) -> list[int]:
-    """Indices of texts matching any of ``terms`` (one pass instead of one per family)."""
-    owners, _ = corpus.matches(compile_terms(tuple(terms)))
-    return sorted(set(owners.tolist()))
+def _candidates(texts: list[str], terms: list[str]) -> list[int]:
+    """Indices of texts matching any of ``terms`` (one pass instead of one per family); each
+    text is searched up to its first match only."""
+    if not terms:
+        return []
+    twin = lower_twin(terms_source(tuple(terms)))
+    if twin is not None and all(t.isascii() for t in texts):
+        return [i for i, text in enumerate(texts) if twin.search(text.lower())]
+    pattern = compile_terms(tuple(terms))
+    return [i for i, text in enumerate(texts)
+            if (twin.search(text.lower()) if twin is not None and text.isascii() else pattern.search(text))]
 
 
-def _count(n: int, corpus: _Corpus, pattern: re.Pattern[str]) -> tuple[np.ndarray, Counter[str]]:
-    """Per study: does the pattern match; overall: how often each matched string occurs."""
+def _count(n: int, corpus: _Corpus, terms: tuple[str, ...]) -> tuple[np.ndarray, Counter[str]]:
+    """Per study: does any term match; overall: how often each matched string occurs."""
     hit = np.zeros(n, dtype=bool)
-    owners, found = corpus.matches(pattern)
+    owners, found = corpus.matches(terms)
     hit[owners] = True
-    terms: Counter[str] = Counter(_SPACES.sub(" ", f.lower()) for f in found)
-    return hit, terms
+    counts: Counter[str] = Counter()  # each distinct string normalised once, first-seen order kept
+    for text, k in Counter(found).items():
+        counts[_SPACES.sub(" ", text.lower())] += k
+    return hit, counts
 
 
 _SPACES = re.compile(r"[\s-]+")
@@ -220,24 +270,25 @@ def audit_leakage(
         raise ValueError("a prepared text holds a NUL character; the audit cannot search it")
     everything = _Corpus(texts)
     families = _families(labels)
-    corpora = {
-        probe: _Corpus(texts, _candidates(everything, [t for kind, _, _, terms in families
-                                                      if (kind == "probe") == probe for t in terms]))
-        for probe in (False, True)
-    }
+    corpora = {}
+    for probe in (False, True):  # one family: no pre-pass
+        kind_families = {tuple(terms) for kind, _, _, terms in families if (kind == "probe") == probe}
+        corpora[probe] = (everything if len(kind_families) == 1 else
+                          _Corpus(texts, _candidates(texts, [t for terms in kind_families for t in terms])))
     rows = []
     scans: dict[tuple[bool, tuple[str, ...]], tuple[np.ndarray, Counter[str]]] = {}
     for kind, label, family, terms in families:
         values = manifest.df[label_column(label)].to_numpy(dtype=np.float64)
         scan = (kind == "probe", tuple(terms))  # a family several labels share is searched once
         if scan not in scans:
-            scans[scan] = _count(len(texts), corpora[scan[0]], compile_terms(scan[1]))
+            scans[scan] = _count(len(texts), corpora[scan[0]], scan[1])
         hit, found = scans[scan]
         rows.append(_row(kind, label, family, hit, found, values, top))
     counts = np.zeros(len(texts), dtype=np.int64)
     if config.mask_labels and texts:
         token = re.compile(re.escape(config.mask_token))
-        np.add.at(counts, everything.owners([m.start() for m in token.finditer(everything.joined)]), 1)
+        whole = _Joined(texts, np.arange(len(texts)), lower=False)
+        np.add.at(counts, whole.owners([m.start() for m in token.finditer(whole.joined)]), 1)
     return LeakageAudit(
         task=task,
         labels=labels,

@@ -18,24 +18,31 @@ collapse into one token.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from re._constants import (  # the regex parse tree: used only to find first characters
+from re import _compiler
+from re._constants import (  # the regex parse tree: first characters, case checks
+    ANY,
     ASSERT,
     ASSERT_NOT,
     AT,
     BRANCH,
+    CATEGORY,
+    GROUPREF,
     IN,
     LITERAL,
     MAX_REPEAT,
     MIN_REPEAT,
+    NEGATE,
+    NOT_LITERAL,
     POSSESSIVE_REPEAT,
     RANGE,
     SUBPATTERN,
 )
-from re._parser import parse
+from re._parser import SubPattern, parse
 
 from cxrfuse.text.terms import (
     FAMILIES,
@@ -155,6 +162,17 @@ def _specificity(term: str) -> tuple[int, int, str]:
     return low, min(high, 10_000), term
 
 
+@lru_cache(maxsize=4096)
+def _literal_start(spelled: str) -> str | None:
+    """The character a spelled term starts with when its first element is that one literal
+    (then a group of such terms needs no look-ahead on it, and the regex engine skips the
+    group after one comparison wherever the text has another character)."""
+    items = parse(spelled)
+    if not len(items) or items[0][0] is not LITERAL:
+        return None
+    return chr(items[0][1])
+
+
 def _dispatch(terms: Sequence[str]) -> str:
     """Alternation of ``terms`` grouped by first character, most specific first in a group."""
     buckets: dict[str, list[str]] = {}
@@ -167,9 +185,30 @@ def _dispatch(terms: Sequence[str]) -> str:
             continue
         for char in first:
             buckets.setdefault(char, []).append(spelled)
-    parts = [f"(?={re.escape(c)})(?:{'|'.join(ts)})" for c, ts in sorted(buckets.items())]
+    keyed = [(c, f"(?:{'|'.join(ts)})" if all(_literal_start(t) == c for t in ts)
+              else f"(?={re.escape(c)})(?:{'|'.join(ts)})") for c, ts in sorted(buckets.items())]
+    plain = [(c, part) for c, part in keyed if c in _GROUPABLE]
+    parts = [part for c, part in keyed if c not in _GROUPABLE]
+    size = max(4, math.isqrt(len(plain)))
+    if len(plain) > size:  # a failing position tries ~2 sqrt(n) look-aheads instead of n
+        chunks = [plain[i:i + size] for i in range(0, len(plain), size)]
+        parts = [f"(?=[{''.join(c for c, _ in chunk)}])(?:{'|'.join(p for _, p in chunk)})"
+                 for chunk in chunks] + parts
+    else:
+        parts = [part for _, part in plain] + parts
     parts += anywhere
     return "|".join(parts) or r"(?!x)x"
+
+
+_GROUPABLE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+"""First characters whose buckets :func:`_dispatch` groups under one look-ahead class."""
+
+
+@lru_cache(maxsize=256)
+def terms_source(terms: tuple[str, ...], prefix: bool = False) -> str:
+    """Source of :func:`compile_terms` (to be compiled with ``re.IGNORECASE``)."""
+    lead = _PREFIX if prefix else ""
+    return rf"(?<!\w){lead}(?:{_dispatch(terms)})(?!\w)"
 
 
 @lru_cache(maxsize=256)
@@ -180,8 +219,69 @@ def compile_terms(terms: tuple[str, ...], prefix: bool = False) -> re.Pattern[st
     (``no definite``, ``small right``). Alternatives are dispatched on their first character,
     which makes one pattern of several hundred terms fast enough for large corpora.
     """
-    lead = _PREFIX if prefix else ""
-    return re.compile(rf"(?<!\w){lead}(?:{_dispatch(terms)})(?!\w)", re.IGNORECASE)
+    return re.compile(terms_source(terms, prefix), re.IGNORECASE)
+
+
+def _plain(code: int) -> bool:
+    """An ASCII character that is not an upper-case letter."""
+    return code < 128 and not 65 <= code <= 90
+
+
+def _caseless(items: Iterable) -> bool:
+    """Whether a parsed pattern, compiled without ``re.IGNORECASE``, matches lower-cased ASCII
+    text exactly where the ``re.IGNORECASE`` pattern matches the original: every literal and
+    class member is ASCII and not upper case (False for anything else, to be safe)."""
+    for op, av in items:
+        if op in (LITERAL, NOT_LITERAL):
+            if not _plain(av):
+                return False
+        elif op is RANGE:
+            if av[1] >= 128 or not (av[1] < 65 or av[0] > 90):
+                return False
+        elif op is IN:
+            if not _caseless(av):
+                return False
+        elif op is BRANCH:
+            if not all(_caseless(b) for b in av[1]):
+                return False
+        elif op in (SUBPATTERN, MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT, ASSERT, ASSERT_NOT):
+            if op is SUBPATTERN and (av[1] or av[2]):  # inline flags such as (?-i:...)
+                return False
+            if not isinstance(av[-1], SubPattern) or not _caseless(av[-1]):
+                return False
+        elif op not in (AT, ANY, CATEGORY, NEGATE, GROUPREF):
+            return False
+    return True
+
+
+@lru_cache(maxsize=512)
+def lower_twin(source: str) -> re.Pattern[str] | None:
+    """``source`` compiled case-sensitively for lower-cased ASCII text, or None where that
+    could differ from ``re.compile(source, re.IGNORECASE)`` on the original text.
+
+    On ASCII text ``str.lower`` keeps every offset and is exactly what ``re.IGNORECASE``
+    folds, and the regex engine skips failing alternatives much faster on case-sensitive
+    literals: about twice the speed on the whole-study pattern.
+    """
+    tree = parse(source)
+    return _compiler.compile(tree) if _caseless(tree) else None  # parsed once: the same code
+
+
+def sub_lowered(twin: re.Pattern[str], text: str, token: str) -> str:
+    """``re.compile(twin.pattern, re.IGNORECASE).sub(token, text)`` for an ASCII ``text`` and a
+    ``token`` without backslashes: the matches of ``twin`` in ``text.lower()`` replaced in
+    ``text`` (same offsets)."""
+    pieces: list[str] = []
+    last = 0
+    for match in twin.finditer(text.lower()):
+        start, end = match.span()
+        pieces.append(text[last:start])
+        pieces.append(token)
+        last = end
+    if not pieces:
+        return text
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 
 def _own_name_terms(key: str) -> list[str]:
@@ -233,13 +333,27 @@ def label_patterns(labels: Sequence[str]) -> dict[str, re.Pattern[str]]:
     return {label: compile_terms(_all_terms((label,))) for label in labels}
 
 
+def _token_sources(token: str) -> tuple[str, str]:
+    """Sources of (prefix absorber, collapser) for one mask token."""
+    tok = re.escape(token)
+    sep = r"(?:[\s,/-]|\b(?:and|or)\b)*"
+    return rf"(?<!\w){_PREFIX}{tok}", rf"{tok}(?:{sep}{tok})+"
+
+
 @lru_cache(maxsize=64)
 def _token_patterns(token: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     """(prefix absorber, collapser) for one mask token."""
-    tok = re.escape(token)
-    absorb = re.compile(rf"(?<!\w){_PREFIX}{tok}", re.IGNORECASE)
-    sep = r"(?:[\s,/-]|\b(?:and|or)\b)*"
-    return absorb, re.compile(rf"{tok}(?:{sep}{tok})+", re.IGNORECASE)
+    absorb, collapse = _token_sources(token)
+    return re.compile(absorb, re.IGNORECASE), re.compile(collapse, re.IGNORECASE)
+
+
+@lru_cache(maxsize=64)
+def _token_twins(token: str) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
+    """:func:`lower_twin` of both :func:`_token_patterns` (None when either has none)."""
+    if "\\" in token or not token.isascii():
+        return None
+    absorb, collapse = (lower_twin(s) for s in _token_sources(token.lower()))
+    return None if absorb is None or collapse is None else (absorb, collapse)
 
 
 def mask_label_mentions(text: str, labels: Sequence[str], *, token: str = "[MASK]") -> str:
@@ -285,6 +399,39 @@ def mask_many(texts: Sequence[str], labels: Sequence[str], *, token: str = "[MAS
         return texts
     if not joinable(texts):
         return [mask_label_mentions(t, labels, token=token) for t in texts]
+    twin = lower_twin(terms_source(_all_terms(tuple(labels))))
+    twins = _token_twins(token)
+    if twin is not None and twins is not None:
+        if twin.search(token.lower()):
+            raise ValueError(f"mask token {token!r} is itself a term of {list(labels)}; choose another")
+        fast = [i for i, t in enumerate(texts) if t.isascii()]
+        slow = [i for i, t in enumerate(texts) if not t.isascii()]
+        masked = list(texts)
+        if fast:
+            for i, text in zip(fast, _mask_lowered([texts[i] for i in fast], twin, twins, token)):
+                masked[i] = text
+        if slow:
+            for i, text in zip(slow, _mask_joined([texts[i] for i in slow], labels, token)):
+                masked[i] = text
+        return masked
+    return _mask_joined(texts, labels, token)
+
+
+def _mask_lowered(texts: list[str], twin: re.Pattern[str],
+                  twins: tuple[re.Pattern[str], re.Pattern[str]], token: str) -> list[str]:
+    """:func:`_mask_joined` of ASCII texts with the case-sensitive twins on lower-cased text."""
+    masked = sub_lowered(twin, SEPARATOR.join(texts), token).split(SEPARATOR)
+    changed = [i for i, (a, b) in enumerate(zip(texts, masked)) if a != b]
+    if changed:
+        absorb, collapse = twins
+        joined = sub_lowered(absorb, SEPARATOR.join(masked[i] for i in changed), token)
+        for i, text in zip(changed, sub_lowered(collapse, joined, token).split(SEPARATOR)):
+            masked[i] = text
+    return masked
+
+
+def _mask_joined(texts: list[str], labels: Sequence[str], token: str) -> list[str]:
+    """:func:`mask_many` with the case-insensitive patterns on the original texts."""
     pattern = compile_terms(_all_terms(tuple(labels)))
     if pattern.search(token):
         raise ValueError(f"mask token {token!r} is itself a term of {list(labels)}; choose another")

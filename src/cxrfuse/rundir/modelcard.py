@@ -209,12 +209,7 @@ def _clip_markdown(run: RunDir, meta: Mapping[str, Any]) -> str:
               "reading the image name its findings, so report-side figures can be optimistic."),
               "- Trained on one dataset; other hospitals, scanners or populations are untested.",
               ]  # fmt: skip
-    if block["synthetic_images"]:
-        lines.append("- The images are synthetic phantoms: this model demonstrates the pipeline "
-                     "only.")
-    lines += ["", ("Written by cxrfuse; the YAML front matter follows the Hugging Face model-card "
-              "format."), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _card_end(block))
 
 
 def card_markdown(run: RunDir, meta: Mapping[str, Any]) -> str:
@@ -265,12 +260,17 @@ def card_markdown(run: RunDir, meta: Mapping[str, Any]) -> str:
               ("- Trained on one dataset; performance on other hospitals, scanners or populations "
               "is unknown until externally validated (`cxrfuse evaluate RUN --on OTHER.parquet`)."),
               ]  # fmt: skip
+    return "\n".join(lines + _card_end(block))
+
+
+def _card_end(block: Mapping[str, Any]) -> list[str]:
+    """The last lines of every card: the phantom caveat when the images are synthetic, then
+    the provenance line."""
+    end = []
     if block["synthetic_images"]:
-        lines.append("- The images are synthetic phantoms: this model demonstrates the pipeline "
-                     "only.")
-    lines += ["", ("Written by cxrfuse; the YAML front matter follows the Hugging Face model-card "
-              "format."), ""]
-    return "\n".join(lines)
+        end.append("- The images are synthetic phantoms: this model demonstrates the pipeline only.")
+    return end + ["", ("Written by cxrfuse; the YAML front matter follows the Hugging Face "
+                       "model-card format."), ""]
 
 
 def _num(value: Any) -> str:

@@ -7,7 +7,7 @@ of the decode minus the RSS after the imports, for
   temporaries; DICOM: ``(v - lo) / (hi - lo)``, ``1 - s``, ``* 255``, ``round``, one float64
   temporary each);
 - ``blocks``: :func:`cxrfuse.data.images.scale16_to8` (256 rows at a time) and
-  :func:`cxrfuse.data.images.window_to_gray8` (in place);
+  :func:`cxrfuse.data.dicom.window_to_gray8` (in place);
 
 each through the path an upload takes (:func:`cxrfuse.data.images.decode_resized_bytes`, the
 model input) and the explain path (:func:`cxrfuse.data.images.gray8_bytes`, full size).
@@ -31,6 +31,7 @@ CHILD = r"""
 import io, resource, sys
 import numpy as np
 from PIL import Image
+import cxrfuse.data.dicom as dicom
 import cxrfuse.data.images as images
 
 def wide(pixels):
@@ -46,7 +47,7 @@ def window_copies(values, invert=False):
     return np.round(scaled * 255.0).astype(np.uint8)
 
 if sys.argv[2] == "wide":
-    images.scale16_to8, images.window_to_gray8 = wide, window_copies
+    images.scale16_to8, dicom.window_to_gray8 = wide, window_copies
 data = open(sys.argv[1], "rb").read()
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 base = rss()

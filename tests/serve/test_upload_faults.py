@@ -23,7 +23,8 @@ from PIL import Image
 from serve_helpers import png_as_dicom
 from upload_mutations import dicom_mutations, jpeg_mutations, png_mutations
 
-from cxrfuse.data.images import scale16_to8, window_to_gray8
+from cxrfuse.data.dicom import window_to_gray8
+from cxrfuse.data.images import scale16_to8
 from cxrfuse.serve import Limits, Service, create_app
 
 SHARED_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "iu-nih-pairs" / "images"

@@ -12,15 +12,8 @@ Every other package asks this one::
 """
 
 from cxrfuse.rundir import layout
-from cxrfuse.rundir.dirs import (
-    ExperimentDir,
-    ExternalDir,
-    GenerationDir,
-    RunDir,
-    is_run_dir,
-    p_column,
-    y_column,
-)
+from cxrfuse.rundir.dirs import ExperimentDir, RunDir, is_run_dir
+from cxrfuse.rundir.folders import ExternalDir, GenerationDir, p_column, y_column
 from cxrfuse.rundir.models import (
     CLIP_FORMAT,
     CLIP_TASK,

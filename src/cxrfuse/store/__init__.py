@@ -2,7 +2,8 @@
 on, memory-mapped, resumable, and assembled per study.
 
 * :mod:`~cxrfuse.store.keys`: what a stored vector depends on (the folder key).
-* :mod:`~cxrfuse.store.images`, :mod:`~cxrfuse.store.texts`: embedding and loading.
+* :mod:`~cxrfuse.store.images`, :mod:`~cxrfuse.store.texts`: embedding and loading
+  (:mod:`~cxrfuse.store.image_shards`: the image store's shard files, opened).
 * :mod:`~cxrfuse.store.cache`: the decoded-image cache (uint8 pixels, decoded once).
 * :mod:`~cxrfuse.store.distributed`: several processes or nodes splitting the shards.
 * :mod:`~cxrfuse.store.study`: study-level arrays for the fusion heads.
@@ -17,13 +18,8 @@ Typical use::
 """
 
 from cxrfuse.store.cache import DecodedImageCache, fill_cache, manifest_image_cache
-from cxrfuse.store.images import (
-    CPU_BATCH,
-    GPU_BATCH,
-    ImageEmbeddings,
-    embed_images,
-    load_image_embeddings,
-)
+from cxrfuse.store.image_shards import ImageEmbeddings, load_image_embeddings
+from cxrfuse.store.images import CPU_BATCH, GPU_BATCH, embed_images
 from cxrfuse.store.keys import STORE_VERSION, image_records, image_store_key, weights_fingerprint
 from cxrfuse.store.pipeline import default_workers, embed
 from cxrfuse.store.study import StudyArrays, assemble, study_level_image

@@ -18,12 +18,8 @@ from cxrfuse.encoders import create_image_encoder, create_text_encoder
 from cxrfuse.problems import CxrfuseError, DataError
 from cxrfuse.runtime import resolve_device
 from cxrfuse.store import distributed
-from cxrfuse.store.images import (
-    ImageEmbeddings,
-    embed_images,
-    load_image_embeddings,
-    resolve_precision,
-)
+from cxrfuse.store.image_shards import ImageEmbeddings, load_image_embeddings
+from cxrfuse.store.images import embed_images, resolve_precision
 from cxrfuse.store.integrity import read_json
 from cxrfuse.store.keys import image_store_key
 from cxrfuse.store.texts import embed_texts, load_text_embeddings

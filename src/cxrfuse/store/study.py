@@ -17,7 +17,7 @@ import torch
 
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.problems import DataError
-from cxrfuse.store.images import ImageEmbeddings
+from cxrfuse.store.image_shards import ImageEmbeddings
 from cxrfuse.store.texts import TextEmbeddings
 from cxrfuse.vocab import SPLITS
 

@@ -11,6 +11,10 @@ and ``import torch`` in the same run, so the ratio column holds on a loaded mach
 
     python benchmarks/startup.py                      # every verb, 3 repeats
     python benchmarks/startup.py --verbs predict,serve --repeats 5 --json out.json
+    python benchmarks/startup.py --packages           # issue 22's goal: the packages alone
+
+``--packages`` measures ``import cxrfuse.PACKAGE`` alone for the packages of issue 22's goal
+(at most 1.5x ``import torch`` each), in the same run as ``import torch``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,11 @@ VERBS: dict[str, tuple[list[str], str]] = {
     "generate score": (["generate", "score"], "from cxrfuse.generation import score_files"),
     "demo": (["demo"], "from cxrfuse.demo import run_demo"),
 }  # fmt: skip
+PACKAGES = ("inference", "serve", "evaluation")
+"""The packages issue 22 holds to 1.5x the CPU time of ``import torch``."""
+HEAVY = ("lightning", "torchmetrics", "transformers", "torchvision.models", "sklearn", "matplotlib",
+         "scipy", "timm", "pandas", "fastapi")
+"""Third-party modules reported when an import loads them."""
 TRAINS = {"train", "experiment", "clip train", "demo"}
 """Verbs that train a model (Lightning at start-up is expected there)."""
 
@@ -100,7 +109,34 @@ def measure(verbs: list[str], repeats: int) -> dict[str, object]:
             "import_torch_cpu_s": round(torch_s, 2), "rows": rows}  # fmt: skip
 
 
+def measure_packages(packages: list[str], repeats: int) -> dict[str, object]:
+    """``import torch``, then ``import cxrfuse.PACKAGE`` for each package, fresh processes."""
+    load_before = os.getloadavg()[0]
+    torch_s = median_cpu(repeats, code="import torch")
+    rows = []
+    for package in packages:
+        code = f"import cxrfuse.{package}"
+        cpu = median_cpu(repeats, code=code)
+        modules = subprocess.run(
+            [sys.executable, "-c", f"import sys\n{code}\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"],
+            capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()  # fmt: skip
+        rows.append({"package": package, "cpu_s": round(cpu, 2), "ratio_to_torch": round(cpu / torch_s, 2),
+                     "heavy_modules": modules})  # fmt: skip
+        print(f"{package:>16}: {cpu:5.2f} s ({cpu / torch_s:.2f}x torch) {' '.join(modules)}", flush=True)
+    return {"machine": machine_line(), "load_average_before": round(load_before, 1),
+            "load_average_after": round(os.getloadavg()[0], 1), "repeats": repeats,
+            "import_torch_cpu_s": round(torch_s, 2), "packages": rows}  # fmt: skip
+
+
 def markdown(result: dict[str, object]) -> str:
+    head = (f"`import torch`: {result['import_torch_cpu_s']:.2f} s CPU (median of {result['repeats']}); "
+            f"{result['machine']}, load average {result['load_average_before']} -> "
+            f"{result['load_average_after']}.")
+    if "packages" in result:
+        lines = [head, "", "| import | CPU s | x `import torch` | heavy modules loaded |", "|---|---:|---:|---|"]
+        lines += [f"| `cxrfuse.{row['package']}` | {row['cpu_s']:.2f} | {row['ratio_to_torch']:.2f} | "
+                  f"{', '.join(row['heavy_modules']) or '-'} |" for row in result["packages"]]  # type: ignore[attr-defined]
+        return "\n".join(lines)
     lines = [(f"`import torch`: {result['import_torch_cpu_s']:.2f} s CPU "
              f"(median of {result['repeats']}); {result['machine']}, load average "
              f"{result['load_average_before']} -> {result['load_average_after']}."), "",
@@ -117,13 +153,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--verbs", default=",".join(VERBS), help="comma-separated, as in VERBS")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--packages", action="store_true",
+                        help=f"measure `import cxrfuse.X` for {', '.join(PACKAGES)} instead of the verbs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     verbs = [v.strip() for v in args.verbs.split(",") if v.strip()]
     unknown = [v for v in verbs if v not in VERBS]
     if unknown:
         parser.error(f"unknown verb(s) {unknown}; choose from {list(VERBS)}")
-    result = measure(verbs, max(1, args.repeats))
+    if args.packages:
+        result = measure_packages(list(PACKAGES), max(1, args.repeats))
+    else:
+        result = measure(verbs, max(1, args.repeats))
     print()
     print(markdown(result))
     if args.json:

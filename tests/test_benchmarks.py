@@ -71,6 +71,21 @@ def test_startup_times_a_verb_beside_the_torch_import(tmp_path: Path) -> None:
     assert "| `predict` |" in proc.stdout
 
 
+def test_startup_packages_times_each_package_beside_the_torch_import(tmp_path: Path) -> None:
+    path = tmp_path / "packages.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--packages",
+                           "--repeats", "1", "--json", str(path)],
+                          capture_output=True, text=True, env=_env(), timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(path.read_text())
+    rows = {r["package"]: r for r in result["packages"]}
+    assert set(rows) == {"inference", "serve", "evaluation"} and result["import_torch_cpu_s"] > 0
+    assert all(r["cpu_s"] > 0 and r["ratio_to_torch"] > 0 for r in rows.values())
+    assert all(isinstance(r["heavy_modules"], list) for r in rows.values())
+    assert "sklearn" not in rows["serve"]["heavy_modules"]  # issue 22: estimators load where used
+    assert "| `cxrfuse.serve` |" in proc.stdout
+
+
 def test_embed_throughput_writes_images_per_s(tmp_path: Path) -> None:
     path = tmp_path / "embed.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "embed_throughput.py"),

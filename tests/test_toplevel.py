@@ -38,6 +38,19 @@ def test_import_is_cheap_and_names_load_on_first_use() -> None:
     assert out["version"] and out["version"][0].isdigit()
 
 
+@pytest.mark.parametrize("package", ["inference", "serve", "evaluation"])
+def test_serving_packages_import_no_heavy_estimator_library(package: str) -> None:
+    """Issue 22: scipy, scikit-learn, matplotlib, FastAPI and the training stack load where they
+    are used, not when ``cxrfuse.inference`` / ``serve`` / ``evaluation`` is imported."""
+    heavy = ("scipy", "sklearn", "matplotlib", "lightning", "transformers", "pytorch_grad_cam", "cv2",
+             "fastapi")
+    out = json.loads(_fresh(
+        f"import json, sys, cxrfuse.{package}\n"
+        f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    ))  # fmt: skip
+    assert out == []
+
+
 @pytest.mark.parametrize("name", sorted(set(cxrfuse.__all__) - {"__version__"}))
 def test_every_name_is_the_object_of_its_package(name: str) -> None:
     module = importlib.import_module(cxrfuse._LAZY[name])

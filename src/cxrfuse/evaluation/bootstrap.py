@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import sparse
-from scipy.stats import norm, rankdata
 from tqdm.auto import tqdm
 
 from cxrfuse.evaluation.metrics import (
@@ -31,6 +29,9 @@ from cxrfuse.evaluation.metrics import (
     per_label_thresholds,
 )
 from cxrfuse.problems import CxrfuseError
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 ALPHA = 0.05
 
@@ -77,6 +78,8 @@ def _block(n: int, width: int) -> int:
 
 def _group_matrix(p: np.ndarray, values: np.ndarray) -> tuple[sparse.csr_matrix, int]:
     """Sparse (m, G) matrix summing ``values`` of rows into groups of tied scores, ascending."""
+    from scipy import sparse  # here, not at the top: scipy costs start-up (issue 22)
+
     _, inverse = np.unique(p, return_inverse=True)
     g = int(inverse.max()) + 1 if p.size else 0
     return sparse.csr_matrix((values, (np.arange(p.size), inverse)), shape=(p.size, g)), g
@@ -331,6 +334,8 @@ def delong_components(
     m, n = int(y.sum()), int((~y).sum())
     if m == 0 or n == 0:
         raise CxrfuseError("DeLong needs both classes among the labels")
+    from scipy.stats import rankdata  # here, not at the top: start-up (issue 22)
+
     pos, neg = scores[:, y], scores[:, ~y]
     tx, ty = rankdata(pos, axis=1), rankdata(neg, axis=1)
     tz = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
@@ -363,6 +368,8 @@ def delong_test(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     se = np.sqrt(max(var, 0.0))
     z = diff / se if se > 0 else (0.0 if diff == 0 else np.inf * np.sign(diff))
+    from scipy.stats import norm  # here, not at the top: start-up (issue 22)
+
     p = float(2 * norm.sf(abs(z))) if np.isfinite(z) else 0.0
     return {
         "auroc_a": float(aucs[0]),

@@ -40,13 +40,15 @@ import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import sparse
 
 from cxrfuse.generation.bootstrap import estimate, replicate_weights
 from cxrfuse.problems import CxrfuseError, DataError
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 STYLES = ("iu_xray", "mimic_cxr")
 NORMALISATIONS = {"r2gen-iu": "iu_xray", "r2gen-mimic": "mimic_cxr", "none": None}
@@ -159,6 +161,7 @@ def _cider(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str],
     CIDEr (with the document frequencies of all studies, as pycocoevalcap's per-study scores)."""
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.cider.cider_scorer import CiderScorer
+    from scipy import sparse  # here, not at the top: scipy costs start-up (issue 22)
 
     point, per_study_point = Cider().compute_score(gts, res)
     cooked = CiderScorer(n=4, sigma=6.0)

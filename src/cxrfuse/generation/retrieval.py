@@ -23,12 +23,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
 from cxrfuse.clip.embed import load_run as load_clip_run
 from cxrfuse.data.manifest import Manifest
@@ -39,6 +38,9 @@ from cxrfuse.problems import DataError
 from cxrfuse.store import embed_images, embed_texts
 from cxrfuse.text import TextConfig
 from cxrfuse.vocab import PRE_READ_SECTIONS
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 Consensus = Literal["top1", "medoid", "sentences"]
 CONSENSUS = ("top1", "medoid", "sentences")
@@ -211,6 +213,9 @@ def _medoid_idf(bank_texts: Sequence[str], neighbour_texts: Sequence[str]) -> Tf
     streaming pass (binary counts, blocks of 20k reports): the same vectors, a fraction of the
     memory.
     """
+    # here, not at the top: scikit-learn costs start-up (issue 22)
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+
     vocabulary = CountVectorizer(ngram_range=(1, 2)).fit(neighbour_texts).vocabulary_
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=vocabulary)
     counter = CountVectorizer(ngram_range=(1, 2), vocabulary=vocabulary, binary=True)

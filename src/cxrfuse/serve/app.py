@@ -22,15 +22,9 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cxrfuse.inference import MAX_TEXT_CHARS, StudyImage
@@ -38,6 +32,10 @@ from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import Verdict
 from cxrfuse.serve.page import PAGE
 from cxrfuse.serve.service import Service
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
 
 log = logging.getLogger("cxrfuse.serve")
 RUN_ENV = "CXRFUSE_SERVE_RUN"
@@ -167,7 +165,9 @@ class ModelCard(BaseModel):
     backend: str
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def _error(status: int, message: str) -> "JSONResponse":
+    from fastapi.responses import JSONResponse
+
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -250,8 +250,17 @@ class BodyLimit:
 
 def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu",
                limits: Limits | None = None, service: Service | None = None,
-               backend: str = "torch") -> FastAPI:  # fmt: skip
+               backend: str = "torch") -> "FastAPI":  # fmt: skip
     """The app serving one run (loaded once, here); ``run_dir`` defaults to $CXRFUSE_SERVE_RUN."""
+    # FastAPI here, not at the top: `import cxrfuse.serve` (e.g. for Service) stays light (issue 22);
+    # the routes below resolve their annotations in this scope (no `from __future__ import annotations`)
+    from fastapi import File, Form, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi_offline import FastAPIOffline
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
     limits = limits or Limits()
     if service is None:
         target = run_dir or os.environ.get(RUN_ENV)
@@ -346,7 +355,7 @@ def create_app(run_dir: str | os.PathLike[str] | None = None, *, device: str = "
     return app
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> "FastAPI":
     """The app factory uvicorn workers call (run directory and device from the environment)."""
     return create_app(device=os.environ.get(DEVICE_ENV, "cpu"),
                       backend=os.environ.get(BACKEND_ENV, "torch"))  # fmt: skip

@@ -623,7 +623,7 @@ CASES = [
     Case("generate", "radeval models missing",
          lambda c: ([*_generated(c, '{"CXR1": "x."}')[0], "--metrics", "radeval:ratescore"], "RaTE-NER-Deberta")),
     Case("generate", "score into a generation dir another writer holds (--no-wait)",
-         lambda c: ([*_generated(c, '{"CXR1": "x."}')[0], "--no-wait"], f"{_held_lock(c.tmp / 'scores')}: ")),
+         lambda c: ([*_generated(c, '{"CXR1": "x."}')[0], "--no-wait"], f"{_held(c, c.tmp / 'scores')}: ")),
     # ------------------------------------------------------------------ generate finetune
     Case("generate", "finetune --out a user's folder",
          lambda c: (_finetune(c, _user_folder(c.tmp / "mine")), f"{c.tmp / 'mine'}: not empty")),
@@ -633,27 +633,6 @@ CASES = [
     Case("generate", "finetune --tracking unknown",
          lambda c: ([*_finetune(c, c.tmp / "lora"), "--tracking", "wandb"], "--tracking")),
 ]
-
-
-_HELD: list[Any] = []
-"""Lock files held open by cases (another writer), until the session ends."""
-
-
-def _held_lock(folder: Path) -> Path:
-    """``folder``'s advisory lock, taken as another writer would (its own open file)."""
-    import fcntl
-    import os
-    import socket
-
-    from cxrfuse.files import LOCK_NAME
-
-    folder.mkdir(parents=True, exist_ok=True)
-    fh = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held for the rest of the session
-    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
-    fh.flush()
-    _HELD.append(fh)
-    return folder
 
 
 def _mkdir(path: Path) -> Path:
@@ -757,13 +736,13 @@ def _dicom(c: Ctx, edit: Callable[[bytes], bytes] | None = None, pixels: bool = 
     return _with(c.tmp / "view.dcm", edit(buffer.getvalue()) if edit else buffer.getvalue())
 
 
-def _held(c: Ctx, run: Path) -> Path:
-    """``run`` with its lock held by this test (another writer) until the case ends."""
+def _held(c: Ctx, folder: Path) -> Path:
+    """``folder`` with its lock held by this test (another writer) until the case ends."""
     from cxrfuse.files import folder_lock
 
-    c.held = folder_lock(run, "the run directory (held by the battery)")
+    c.held = folder_lock(folder, "the folder (held by the battery)")
     c.held.__enter__()
-    return run
+    return folder
 
 
 def _xml_with(c: Ctx, extra: dict[str, bytes], numbers: tuple[int, ...] = (1, 2, 3)) -> Path:

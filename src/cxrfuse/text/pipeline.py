@@ -14,7 +14,6 @@ Order of steps (it matters):
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,6 +22,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrfuse.data.manifest import Manifest
+from cxrfuse.files import sha256_json
 from cxrfuse.text.clean import clean_text
 from cxrfuse.text.mask import mask_label_mentions, mask_many
 from cxrfuse.text.sections import TextConfig, select_sections
@@ -64,8 +64,7 @@ def text_cache_key(raw: Sequence[Sequence[Any]] | str, config: TextConfig, label
     :func:`sections_digest`), the configuration and the labels, like the store's
     :func:`~cxrfuse.store.keys.text_key` for embeddings."""
     sections = raw if isinstance(raw, str) else sections_digest(raw)
-    spec = json.dumps([sections, config.model_dump(), list(labels)], sort_keys=True)
-    return hashlib.sha256(spec.encode()).hexdigest()
+    return sha256_json([sections, config.model_dump(), list(labels)])
 
 
 def sections_digest(raw: Sequence[Sequence[Any]]) -> str:

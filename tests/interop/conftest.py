@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -14,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from cxrfuse.store.distributed import free_port
 
 ORTHANC_PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 DICOMWEB_PLUGIN = "libOrthancDicomWeb.so"
@@ -30,12 +31,6 @@ def _dicomweb_plugin() -> Path | None:
         for path in sorted(Path(folder).glob(f"{DICOMWEB_PLUGIN}*")) if Path(folder).is_dir() else []:
             return path
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

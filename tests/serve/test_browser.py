@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 import uvicorn
 
 from cxrfuse.serve import Service, create_app
+from cxrfuse.store.distributed import free_port
 
 CHROMIUM = next((p for p in (os.environ.get("CXRFUSE_CHROMIUM"), shutil.which("chromium"),
                              shutil.which("chromium-browser"), "/usr/bin/chromium")
@@ -26,12 +26,6 @@ SCREENSHOT_ENV = "CXRFUSE_SCREENSHOT"
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary (Debian package "
                                 "`chromium`; `make system-deps` installs it as root)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

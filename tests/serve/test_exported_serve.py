@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrfuse.cli import app
+from cxrfuse.store.distributed import free_port
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 runner = CliRunner()
@@ -47,12 +47,6 @@ def exported(served_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 def stored(served_run: Path, study_id: str) -> float:
     frame = pd.read_parquet(served_run / "predictions.parquet").set_index("study_id")
     return float(frame.loc[study_id, "p__abnormal"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -174,3 +174,30 @@ def test_blocks_of_replicates_give_the_same_intervals(monkeypatch, block_element
     assert got == _reference_ci(y, p, 230, 5)
     if block_elements < 10_000:
         assert bootstrap._block(1500, 7) == 1
+
+
+def test_replicate_metrics_equal_the_metrics_of_the_known_rows_alone() -> None:
+    """Unknown labels give zero cells and each ranking gathers its studies from the weights
+    themselves; the numbers are those of each label's known rows (and, for micro, every known
+    (study, label) pair) scored on their own copied weights, exactly."""
+    from cxrfuse.evaluation.bootstrap import replicate_metrics
+
+    y, p = scores(800, 0.8, seed=4, n_labels=3)
+    y[::5, 0] = np.nan
+    y[1::3, 2] = np.nan
+    thr = np.array([0.4, 0.5, 0.6])
+    w = next(resample_counts(len(y), 7, seed=2))
+    got = replicate_metrics(w, y, p, thr, ["a", "b", "c"])
+    known = ~np.isnan(y)
+    for j, name in enumerate("abc"):
+        k = known[:, j]
+        want = {**weighted_threshold(w[:, k], y[k, j], p[k, j] >= thr[j]),
+                **weighted_ranking(w[:, k], y[k, j], p[k, j])}  # fmt: skip
+        for metric, value in want.items():
+            np.testing.assert_array_equal(got[f"label/{name}/{metric}"], value)
+    rows, cols = np.nonzero(known)
+    wm = w[:, rows]
+    want = {**weighted_threshold(wm, y[rows, cols], p[rows, cols] >= thr[cols]),
+            **weighted_ranking(wm, y[rows, cols], p[rows, cols])}  # fmt: skip
+    for metric, value in want.items():
+        np.testing.assert_array_equal(got[f"micro/{metric}"], value)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,9 +29,6 @@ from cxrfuse.evaluation.metrics import (
     per_label_thresholds,
 )
 from cxrfuse.problems import CxrfuseError
-
-if TYPE_CHECKING:
-    from scipy import sparse
 
 ALPHA = 0.05
 
@@ -76,29 +73,50 @@ def _block(n: int, width: int) -> int:
     return int(min(100, max(1, BLOCK_ELEMENTS // max(1, n * width))))
 
 
-def _group_matrix(p: np.ndarray, values: np.ndarray) -> tuple[sparse.csr_matrix, int]:
-    """Sparse (m, G) matrix summing ``values`` of rows into groups of tied scores, ascending."""
-    from scipy import sparse  # here, not at the top: scipy costs start-up (issue 22)
+class ScoreGroups(NamedTuple):
+    """One class's rows (positives or negatives) of a ranking, ordered for per-group sums."""
 
+    order: np.ndarray  # weight columns of the class's rows, sorted by score (ascending)
+    starts: np.ndarray  # where each score group with a row of this class begins in ``order``
+    group: np.ndarray  # that group's index among all distinct scores (ascending)
+    n_groups: int  # distinct scores of both classes together
+
+
+def _by_group(w: np.ndarray, groups: ScoreGroups) -> np.ndarray:
+    """(b, n) weights -> (G, b) float32 weight per score group and replicate (groups on the first
+    axis, so cumulative sums over groups run as vector adds; counts stay exact in float32).
+
+    A gather of each replicate's row in score order and one ``np.add.reduceat`` over the runs:
+    every pass reads or writes memory in order, so the cost stays linear in the rows (a sparse
+    product scattering into the (G, b) output missed the cache more as G grew)."""
+    out = np.zeros((groups.n_groups, w.shape[0]), dtype=np.float32)
+    if groups.order.size:
+        sums = np.add.reduceat(np.take(w, groups.order, axis=1), groups.starts, axis=1)
+        out[groups.group] = sums.T
+    return out
+
+
+def score_groups(y: np.ndarray, p: np.ndarray, columns: np.ndarray | None = None
+                 ) -> tuple[ScoreGroups, ScoreGroups]:  # fmt: skip
+    """The positive and negative tied-score groups of :func:`weighted_ranking`; ``columns``: the
+    weight column of each row (default: row i is column i), so rows can share a study's weight."""
     _, inverse = np.unique(p, return_inverse=True)
-    g = int(inverse.max()) + 1 if p.size else 0
-    return sparse.csr_matrix((values, (np.arange(p.size), inverse)), shape=(p.size, g)), g
+    inverse = inverse.reshape(-1)
+    n_groups = int(inverse.max()) + 1 if p.size else 0
+    columns = np.arange(p.size) if columns is None else np.asarray(columns)
 
+    def one_class(mask: np.ndarray) -> ScoreGroups:
+        rows = np.flatnonzero(mask)
+        rows = rows[np.argsort(inverse[rows], kind="stable")]
+        g = inverse[rows]
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if g.size else g
+        return ScoreGroups(columns[rows], starts, g[starts], n_groups)
 
-def _by_group(w: np.ndarray, group: sparse.csr_matrix) -> np.ndarray:
-    """(b, m) weights -> (G, b) float32 weight per score group and replicate (groups on the first
-    axis, so cumulative sums over groups run as vector adds; counts stay exact in float32)."""
-    return np.ascontiguousarray(group.T @ w.T, dtype=np.float32)
-
-
-def score_groups(y: np.ndarray, p: np.ndarray) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-    """The positive and negative tied-score group matrices of :func:`weighted_ranking`."""
-    return (_group_matrix(p, (y == 1).astype(float))[0],
-            _group_matrix(p, (y == 0).astype(float))[0])  # fmt: skip
+    return one_class(y == 1), one_class(y == 0)
 
 
 def weighted_ranking(w: np.ndarray, y: np.ndarray, p: np.ndarray,
-                     groups: tuple[sparse.csr_matrix, sparse.csr_matrix] | None = None
+                     groups: tuple[ScoreGroups, ScoreGroups] | None = None
                      ) -> dict[str, np.ndarray]:  # fmt: skip
     """AUROC and average precision for each row of weights ``w`` (b, m); NaN for one-class rows.
 
@@ -106,7 +124,8 @@ def weighted_ranking(w: np.ndarray, y: np.ndarray, p: np.ndarray,
     steps at each distinct score. With ``cpos``/``cneg`` the cumulative weights up to each
     score group (ascending): AUROC = (sum pos * cneg - sum pos * neg / 2) / (P N), and AP =
     sum pos * precision / P, where a group's precision counts the weights at or above it.
-    ``groups``: :func:`score_groups` of ``y``, ``p``, when the caller built them already.
+    ``groups``: :func:`score_groups` of ``y``, ``p``, when the caller built them already; built
+    with ``columns``, ``w`` holds a column per study rather than per row of ``y``.
     """
     if len(y) == 0:  # a label with no known value: undefined in every replicate
         nan = np.full(w.shape[0], np.nan)
@@ -132,8 +151,14 @@ def weighted_ranking(w: np.ndarray, y: np.ndarray, p: np.ndarray,
 def weighted_threshold(w: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
     """Accuracy, precision, recall and F1 for each row of weights (NaN where undefined)."""
     y, pred = y.astype(bool), pred.astype(bool)
-    tp, fp = w @ (pred & y), w @ (pred & ~y)
-    fn, tn = w @ (~pred & y), w @ (~pred & ~y)
+    cells = np.stack([pred & y, pred & ~y, ~pred & y, ~pred & ~y], axis=1)
+    return _threshold_metrics(w @ cells.astype(np.float64))
+
+
+def _threshold_metrics(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Metrics from (b, 4) weighted counts of true positives, false positives, false negatives
+    and true negatives."""
+    tp, fp, fn, tn = counts.T
     with np.errstate(divide="ignore", invalid="ignore"):
         return {
             "accuracy": (tp + tn) / (tp + fp + fn + tn),
@@ -141,6 +166,14 @@ def weighted_threshold(w: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict[s
             "recall": np.where(tp + fn > 0, tp / (tp + fn), np.nan),
             "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan),
         }
+
+
+def _confusion_cells(y_true: np.ndarray, pred: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """(n, L x 4) float64: whether each study is a TP, FP, FN or TN of each label (0 where the
+    label is unknown), so one product with the weights counts every label's cells at once."""
+    y = np.nan_to_num(y_true).astype(bool)
+    cells = np.stack([pred & y, pred & ~y, ~pred & y, ~pred & ~y], axis=-1) & known[..., None]
+    return cells.reshape(len(y_true), -1).astype(np.float64)
 
 
 def replicate_metrics(
@@ -155,23 +188,29 @@ def replicate_metrics(
     """Every metric for each replicate (row of ``w``): keys ``label/<name>/<metric>``,
     ``macro/<metric>``, ``micro/<metric>``, ``exact_match`` and ``headline/<metric>``.
     ``groups``: a dict kept across calls on the same ``y_true`` and ``y_prob`` (blocks of
-    replicates), which holds each label's tied-score groups once built."""
+    replicates), which holds each label's tied-score groups and confusion cells once built.
+
+    No weight matrix is copied per label or per (study, label) pair: rows with an unknown label
+    get zero cells, and the rankings gather each label's studies from ``w`` itself (counts are
+    whole numbers, so every sum is exact and equals the sum over the known rows alone)."""
     out: dict[str, np.ndarray] = {}
+    cache: dict[Any, Any] = {} if groups is None else groups
     known = ~np.isnan(y_true)
     pred = y_prob >= thresholds
+    if "cells" not in cache:
+        cache["cells"] = _confusion_cells(y_true, pred, known)
+    counts = (w @ cache["cells"]).reshape(len(w), len(labels), 4)
 
-    def grouped(key: Any, y: np.ndarray, p: np.ndarray) -> Any:
-        if groups is None or not len(y):
-            return None
-        if key not in groups:
-            groups[key] = score_groups(y, p)
-        return groups[key]
+    def grouped(key: Any, y: np.ndarray, p: np.ndarray, columns: np.ndarray) -> Any:
+        if key not in cache:
+            cache[key] = score_groups(y, p, columns)
+        return cache[key]
 
     for j, name in enumerate(labels):
         k = known[:, j]
         y, p = y_true[k, j], y_prob[k, j]
-        values = {**weighted_threshold(w[:, k], y, pred[k, j]),
-                  **weighted_ranking(w[:, k], y, p, grouped(j, y, p))}  # fmt: skip
+        ranking = weighted_ranking(w, y, p, grouped(j, y, p, np.flatnonzero(k)) if len(y) else None)
+        values = {**_threshold_metrics(counts[:, j]), **ranking}
         out.update({f"label/{name}/{m}": v for m, v in values.items()})
     for m in HEADLINE:
         stack = np.stack([out[f"label/{name}/{m}"] for name in labels], axis=1)
@@ -180,14 +219,10 @@ def replicate_metrics(
             out[f"macro/{m}"] = np.nanmean(stack, axis=1)
     if micro and len(labels) > 1:
         rows, cols = np.nonzero(known)
-        wm = w[:, rows]
-        yk = y_true[rows, cols]
-        out.update(
-            {f"micro/{m}": v for m, v in weighted_threshold(wm, yk, pred[rows, cols]).items()}
-        )
-        pk = y_prob[rows, cols]
+        out.update({f"micro/{m}": v for m, v in _threshold_metrics(counts.sum(axis=1)).items()})
+        yk, pk = y_true[rows, cols], y_prob[rows, cols]
         out.update({f"micro/{m}": v for m, v in
-                    weighted_ranking(wm, yk, pk, grouped("micro", yk, pk)).items()})  # fmt: skip
+                    weighted_ranking(w, yk, pk, grouped("micro", yk, pk, rows)).items()})  # fmt: skip
     complete = known.all(axis=1)
     correct = (pred == np.nan_to_num(y_true).astype(bool)).all(axis=1) & complete
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -14,8 +14,10 @@ before the stage's work):
 - ``split``: ``assign_splits`` (patient level, the 14-label task) + writing it;
 - ``stats``: the default ``cxrfuse stats`` leakage audit: findings+impression, masking on, one
   audit per task (15 tasks); ``audit_ms_per_report`` is its CPU time per study with a report;
-- ``assembly`` and ``training``: ``benchmarks/_head_training.py`` (``measure_assembly``,
-  ``measure``: ``assembly_rss_ratio``, ``train_ratio``), skipped with a note if absent;
+- ``assembly`` (``mean`` of views), ``assembly-attention`` (every view, one study of 12 views)
+  and ``training``: ``benchmarks/_head_training.py`` (``measure_assembly``, ``measure``:
+  ``assembly_rss_ratio``, ``attention_rss_ratio``, ``train_ratio``), skipped with a note if
+  absent;
 - ``evaluation``: ``bootstrap_ci`` (1,000 replicates, 14 labels) on a test set of 20 % of N;
 - ``retrieval``: ``retrieve`` + ``nearest_reports`` as ``generate retrieval`` runs them, the
   bank the training reports with random 1024-d vectors, 3,000 queries, k = 5, medoid.
@@ -47,7 +49,8 @@ from _common import machine_line
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (10_000, 50_000, 228_000)
 DRY_RUN_SIZE = 2_000
-STAGES = ("ingest", "split", "stats", "assembly", "training", "evaluation", "retrieval")
+STAGES = ("ingest", "split", "stats", "assembly", "assembly-attention", "training", "evaluation",
+          "retrieval")
 PREVALENCE = {  # share of studies positive per CheXpert label, roughly MIMIC-CXR's
     "Atelectasis": 0.20, "Cardiomegaly": 0.20, "Consolidation": 0.05, "Edema": 0.12,
     "Enlarged Cardiomediastinum": 0.03, "Fracture": 0.02, "Lung Lesion": 0.03,
@@ -234,10 +237,11 @@ def _head_training() -> Any:
     return _head_training
 
 
-def _call(fn: Any, n: int, work: Path) -> dict[str, Any]:
+def _call(fn: Any, n: int, work: Path, **extra: Any) -> dict[str, Any]:
     """``fn(n_studies, ...)`` with the keyword arguments it accepts among folder / work dir."""
     params = inspect.signature(fn).parameters
     kwargs = {k: str(work / "assembly") for k in ("folder",) if k in params}
+    kwargs.update({k: v for k, v in extra.items() if k in params})
     if kwargs:
         (work / "assembly").mkdir(exist_ok=True)
     return fn(n, **kwargs)
@@ -249,8 +253,9 @@ def _external_stage(stage: str, work: Path, n: int) -> dict[str, Any]:
     if module is None:
         return {"status": "missing", "note": "benchmarks/_head_training.py is absent"}
     start = time.perf_counter()
-    if stage == "assembly":
-        out = _call(module.measure_assembly, n, work)
+    if stage in ("assembly", "assembly-attention"):
+        views = "attention" if stage == "assembly-attention" else "mean"
+        out = _call(module.measure_assembly, n, work, views=views)
         return {"status": "ok", "wall_s": round(time.perf_counter() - start, 2),
                 "cpu_s": out.get("assembly_cpu_seconds"),
                 "peak_rss_mb": _mb(out.get("assembly_peak_rss")), **out}  # fmt: skip
@@ -310,7 +315,7 @@ def measure_size(n: int, work: Path, stages: tuple[str, ...] = STAGES) -> dict[s
     write_tree(work / "tree", n)
     out: dict[str, Any] = {"studies": n, "tree_seconds": round(time.perf_counter() - start, 1)}
     for stage in stages:
-        if stage in ("assembly", "training"):
+        if stage in ("assembly", "assembly-attention", "training"):
             try:
                 out[stage] = _external_stage(stage, work, n)
             except Exception as err:  # noqa: BLE001 - a failed stage is a result; the rest run
@@ -320,6 +325,7 @@ def measure_size(n: int, work: Path, stages: tuple[str, ...] = STAGES) -> dict[s
         print(f"  {n} studies, {stage}: {_brief(out[stage])}", file=sys.stderr, flush=True)
     out["audit_ms_per_report"] = out.get("stats", {}).get("audit_ms_per_report")
     out["assembly_rss_ratio"] = out.get("assembly", {}).get("assembly_rss_ratio")
+    out["attention_rss_ratio"] = out.get("assembly-attention", {}).get("assembly_rss_ratio")
     out["train_ratio"] = out.get("training", {}).get("train_ratio")
     return out
 
@@ -357,7 +363,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             cells.append(f"{s.get('cpu_s')} s CPU, {s.get('wall_s')} s wall, {s.get('peak_rss_mb')} MB"
                          if s.get("status") == "ok" else str(s.get("status", "not run")))  # fmt: skip
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    for key in ("audit_ms_per_report", "assembly_rss_ratio", "train_ratio"):
+    for key in ("audit_ms_per_report", "assembly_rss_ratio", "attention_rss_ratio", "train_ratio"):
         lines.append(f"| {key} | " + " | ".join(str(r.get(key)) for r in results) + " |")
     return "\n".join(lines)
 

@@ -24,7 +24,7 @@ from cxrfuse.data.manifest import Manifest
 from cxrfuse.data.splits import assign_splits
 from cxrfuse.data.views import view_slots
 from cxrfuse.fusion import build_head
-from cxrfuse.store import ImageEmbeddings, TextEmbeddings, assemble
+from cxrfuse.store import ImageEmbeddings, PaddedViews, TextEmbeddings, assemble
 from cxrfuse.vocab import SPLITS
 
 DIM, TEXT_DIM = 24, 12
@@ -137,6 +137,18 @@ def test_assembled_arrays_match_the_reference(iu, views: str, task: str) -> None
         got, want = getattr(arrays, name), ref[name]
         assert got.dtype == want.dtype, name
         np.testing.assert_array_equal(got, want, err_msg=name)
+    if views == "attention":  # every view, held without the padding, read as the dense rows
+        assert isinstance(arrays.image, PaddedViews) and arrays.image.shape == ref["image"].shape
+        np.testing.assert_array_equal(np.asarray(arrays.image), ref["image"])
+        np.testing.assert_array_equal(arrays.image_mask, ref["image_mask"])
+        assert arrays.image.vectors.nbytes == ref["image_mask"].sum() * DIM * 4
+        rows = np.array([5, 0, 5, len(ref["y"]) - 1])
+        np.testing.assert_array_equal(arrays.image[rows], ref["image"][rows])
+        np.testing.assert_array_equal(arrays.image[7], ref["image"][7])
+        np.testing.assert_array_equal(arrays.image[10:20], ref["image"][10:20])
+        got = arrays.image.index_select(0, torch.as_tensor(rows))
+        np.testing.assert_array_equal(got.numpy(), ref["image"][rows])
+        return
     if views != "mean":
         assert arrays.image.dtype == np.float32 and arrays.image_mask.dtype == np.bool_
         np.testing.assert_array_equal(arrays.image, ref["image"])
@@ -198,3 +210,20 @@ def test_one_wide_study_does_not_widen_the_mean_array(iu, tmp_path: Path) -> Non
     assert X.shape[1] >= 11  # (one of the 12 was never embedded)
     keep = np.isin(small.df["study_id"], arrays.study_ids)
     np.testing.assert_allclose(arrays.image[:, 0], _ref_mean(X, mask)[keep], rtol=0, atol=1e-6)
+
+
+def test_one_wide_study_costs_its_own_views_in_the_attention_array(iu, tmp_path: Path) -> None:
+    """A 12-view study: the attention array reads 12 slots for every study (as before), but
+    holds only the views that exist (it held 12 x D for each of the 200 studies)."""
+    manifest, _, _ = iu
+    df = manifest.df.head(200).copy()
+    df.at[0, "views"] = [{"image_id": f"wide-{k}", "path": None, "view": "PA"} for k in range(12)]
+    df.at[0, "split"] = "train"
+    small = manifest.replace(df=df.reset_index(drop=True))
+    image, text = _stores(small, tmp_path)
+    arrays = assemble(small, "normal-abnormal", image=image, views="attention", text=text)
+    X, mask = _ref_study_slots(image, small, "attention")
+    keep = np.isin(small.df["study_id"], arrays.study_ids)
+    assert arrays.image.shape == X[keep].shape and X.shape[1] >= 11
+    np.testing.assert_array_equal(np.asarray(arrays.image), X[keep])
+    assert arrays.image.nbytes < 0.3 * X[keep].nbytes  # ~1.6 views a study, not 12

@@ -161,3 +161,34 @@ def test_index_batches_train_exactly_like_dataloaders(tmp_path: Path, monkeypatc
     b = pd.read_parquet(RunDir(tmp_path / "loader").predictions_path)
     pd.testing.assert_frame_equal(a, b)
     assert a["p__abnormal"].std() > 0.05
+
+
+def test_attention_views_held_without_padding_train_exactly_like_the_dense_array(
+    tmp_path: Path,
+) -> None:
+    """``assemble`` keeps attention views as PaddedViews (one row per view); batches and
+    predictions read their dense rows, so the trained model and its predictions are bit for
+    bit those of the padded array (studies of one to three views here)."""
+    from dataclasses import replace
+
+    from cxrfuse.store import PaddedViews
+
+    dense = half_signal_arrays(n=500)
+    rng = np.random.default_rng(3)
+    counts = rng.integers(1, 4, size=len(dense))
+    image = np.concatenate([dense.image, dense.image[:, :1] * 0.5], axis=1)
+    mask = np.arange(3)[None, :] < counts[:, None]
+    image[~mask] = 0
+    dense = replace(dense, image=image, image_mask=mask)
+    padded = PaddedViews(image[mask], np.concatenate([[0], np.cumsum(counts)]), 3)
+    np.testing.assert_array_equal(np.asarray(padded), image)
+    config = RunConfig(name="views", model={"kind": "concat-mlp", "hidden": [16], "dropout": 0.3},
+                       image={"views": "attention"},
+                       training={"max_epochs": 3, "batch_size": 32, "early_stopping": None})
+    train_on_arrays(config, dense, tmp_path / "dense")
+    train_on_arrays(config, replace(dense, image=padded, image_mask=padded.mask()),
+                    tmp_path / "padded")
+    a = pd.read_parquet(RunDir(tmp_path / "dense").predictions_path)
+    b = pd.read_parquet(RunDir(tmp_path / "padded").predictions_path)
+    pd.testing.assert_frame_equal(a, b)
+    assert a["p__abnormal"].std() > 0.05

@@ -6,7 +6,8 @@ on, memory-mapped, resumable, and assembled per study.
   (:mod:`~cxrfuse.store.image_shards`: the image store's shard files, opened).
 * :mod:`~cxrfuse.store.cache`: the decoded-image cache (uint8 pixels, decoded once).
 * :mod:`~cxrfuse.store.distributed`: several processes or nodes splitting the shards.
-* :mod:`~cxrfuse.store.study`: study-level arrays for the fusion heads.
+* :mod:`~cxrfuse.store.study`: study-level arrays for the fusion heads
+  (:mod:`~cxrfuse.store.padded`: attention views without the padding).
 * :mod:`~cxrfuse.store.pipeline`: :func:`embed`, the ``cxrfuse embed`` verb in one call.
 
 Typical use::
@@ -21,6 +22,7 @@ from cxrfuse.store.cache import DecodedImageCache, fill_cache, manifest_image_ca
 from cxrfuse.store.image_shards import ImageEmbeddings, load_image_embeddings
 from cxrfuse.store.images import CPU_BATCH, GPU_BATCH, embed_images
 from cxrfuse.store.keys import STORE_VERSION, image_records, image_store_key, weights_fingerprint
+from cxrfuse.store.padded import PaddedViews
 from cxrfuse.store.pipeline import default_workers, embed
 from cxrfuse.store.study import StudyArrays, assemble, study_level_image
 from cxrfuse.store.texts import (
@@ -36,6 +38,7 @@ __all__ = [
     "STORE_VERSION",
     "DecodedImageCache",
     "ImageEmbeddings",
+    "PaddedViews",
     "StudyArrays",
     "TextEmbeddings",
     "assemble",

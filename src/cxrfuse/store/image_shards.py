@@ -27,6 +27,7 @@ from cxrfuse.store.integrity import (
     write_npy_digest,
 )
 from cxrfuse.store.keys import ImageRecord
+from cxrfuse.store.padded import PaddedViews
 
 StudyMode = Literal["frontal", "mean", "concat", "stack"]
 
@@ -139,8 +140,12 @@ class ImageEmbeddings:
 
         ``mean`` is one slot: the mean of the study's embedded views (what the head's mean
         fusion computes from every view), so one study with many views widens nothing.
-        ``attention`` is as wide as the widest study. The arrays are allocated once and
-        filled in blocks of studies straight from the memory-mapped shards."""
+        ``attention`` is as wide as the widest study (:meth:`study_views` holds it without the
+        padding). The arrays are allocated once and filled in blocks of studies straight from
+        the memory-mapped shards."""
+        if mode == "attention":
+            views = self.study_views(manifest, rows)
+            return np.asarray(views), views.mask()
         slots = self.slot_rows(manifest, mode, rows)
         dim = self.dim
         n, width = slots.shape
@@ -165,14 +170,34 @@ class ImageEmbeddings:
                 X[block, 0] = (total / weights.sum(1).clamp(min=1.0)).numpy()
             return X, mask.any(1)[:, None]
         X = np.zeros((n, width, dim), dtype=np.float32)
-        flat, where = X.reshape(n * width, dim), np.flatnonzero(mask.reshape(-1))
-        step = ASSEMBLY_BLOCK * max(width, 1)
-        for lo in range(0, len(where), step):
-            pick = where[lo:lo + step]
-            buf = np.empty((len(pick), dim), dtype=np.float32)
-            self.gather(slots.reshape(-1)[pick], buf)
-            flat[pick] = buf
+        self._fill(slots.reshape(-1)[mask.reshape(-1)], X.reshape(n * width, dim),
+                   np.flatnonzero(mask.reshape(-1)))  # fmt: skip
         return X, mask
+
+    def study_views(self, manifest: Manifest, rows: np.ndarray | None = None) -> PaddedViews:
+        """Every embedded view of the manifest's studies at ``rows`` (all by default), in the
+        ``attention`` slots, as :class:`~cxrfuse.store.padded.PaddedViews`: one float32 row
+        per view, so memory follows the views that exist, not the widest study."""
+        slots = self.slot_rows(manifest, "attention", rows)
+        mask = slots >= 0  # views fill slots 0..k-1
+        counts = mask.sum(1)
+        vectors = np.empty((int(counts.sum()), self.dim), dtype=np.float32)
+        self._fill(slots[mask], vectors)
+        return PaddedViews(vectors, np.concatenate([[0], np.cumsum(counts)]), slots.shape[1])
+
+    def _fill(self, store_rows: np.ndarray, out: np.ndarray,
+              positions: np.ndarray | None = None) -> None:  # fmt: skip
+        """``out[positions[k]] = vector of store_rows[k]`` (positions: 0, 1, ... by default),
+        in blocks so the float32 temporaries stay small."""
+        step = ASSEMBLY_BLOCK * 4
+        for lo in range(0, len(store_rows), step):
+            pick = store_rows[lo:lo + step]
+            if positions is None:
+                self.gather(pick, out[lo:lo + len(pick)])
+                continue
+            buf = np.empty((len(pick), out.shape[1]), dtype=np.float32)
+            self.gather(pick, buf)
+            out[positions[lo:lo + step]] = buf
 
     def study_matrix(
         self, manifest: Manifest, mode: StudyMode = "frontal"

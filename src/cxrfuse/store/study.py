@@ -4,7 +4,9 @@ row per study, in the shapes the fusion heads read.
 :func:`assemble` builds a :class:`StudyArrays` for the studies with a split and at least one
 known label of a task: image view embeddings (n, V, D) with their view mask (n, V), in the
 slots of the head's view fusion (:func:`cxrfuse.data.views.view_slots`; ``mean``: one slot, the
-mean of the views), and report embeddings (n, Dt) with their text mask (n,).
+mean of the views; ``attention``: every view, held as :class:`~cxrfuse.store.padded.PaddedViews`
+so that one wide study does not widen every row), and report embeddings (n, Dt) with their text
+mask (n,).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from cxrfuse.data.manifest import Manifest
 from cxrfuse.problems import DataError
 from cxrfuse.store.image_shards import ImageEmbeddings
+from cxrfuse.store.padded import PaddedViews
 from cxrfuse.store.texts import TextEmbeddings
 from cxrfuse.vocab import SPLITS
 
@@ -35,7 +38,7 @@ class StudyArrays:
     split: np.ndarray
     y: np.ndarray
     labels: list[str]
-    image: np.ndarray | None = None
+    image: np.ndarray | PaddedViews | None = None
     image_mask: np.ndarray | None = None
     text: np.ndarray | None = None
     text_mask: np.ndarray | None = None
@@ -71,12 +74,17 @@ class StudyArrays:
         }
         return replace(self, **pick)
 
-    def tensors(self, rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        """Model inputs and ``y`` as tensors (only the modalities present)."""
-        out: dict[str, torch.Tensor] = {}
+    def tensors(self, rows: np.ndarray | None = None) -> dict[str, Any]:
+        """Model inputs and ``y`` as tensors (only the modalities present); without ``rows``,
+        ``attention`` views stay :class:`PaddedViews` (batches take their rows by
+        ``index_select``, dense)."""
+        out: dict[str, Any] = {}
         for name in (*INPUT_KEYS, "y"):
             value = getattr(self, name)
             if value is None:
+                continue
+            if isinstance(value, PaddedViews) and rows is None:
+                out[name] = value
                 continue
             value = value if rows is None else value[rows]
             out[name] = torch.from_numpy(np.ascontiguousarray(value))
@@ -122,7 +130,10 @@ def assemble(
         images_kind=manifest.images,
     )
     del y
-    if image is not None:
+    if image is not None and views == "attention":  # every view, without the padding
+        arrays.image = image.study_views(manifest, keep)
+        arrays.image_mask = arrays.image.mask()
+    elif image is not None:
         arrays.image, arrays.image_mask = study_level_image(image, manifest, views, keep)
     if text is not None:
         arrays.text, arrays.text_mask = text.study_matrix(manifest, keep)

@@ -36,7 +36,7 @@ from cxrfuse.data import check_patient_leakage
 from cxrfuse.data.manifest import read_manifest
 from cxrfuse.encoders import create_image_encoder, create_text_encoder
 from cxrfuse.problems import DataError
-from cxrfuse.store import StudyArrays, assemble, embed_images, embed_texts
+from cxrfuse.store import PaddedViews, StudyArrays, assemble, embed_images, embed_texts
 
 
 def build_study_arrays(config: RunConfig, *, progress: bool = True) -> StudyArrays:
@@ -166,10 +166,13 @@ class IndexBatches:
         """Every tensor's rows at ``index`` (row numbers of the whole tensors)."""
         out = {}
         for name, tensor in self.tensors.items():
+            padded = isinstance(tensor, PaddedViews)  # attention views: dense rows on request
             if self.pin_memory:
-                buffer = torch.empty((len(index), *tensor.shape[1:]), dtype=tensor.dtype,
+                dtype = torch.float32 if padded else tensor.dtype
+                buffer = torch.empty((len(index), *tensor.shape[1:]), dtype=dtype,
                                      pin_memory=True)  # fmt: skip
-                out[name] = torch.index_select(tensor, 0, index, out=buffer)
+                out[name] = (tensor.index_select(0, index, out=buffer) if padded
+                             else torch.index_select(tensor, 0, index, out=buffer))  # fmt: skip
             else:
                 out[name] = tensor.index_select(0, index)
         return out

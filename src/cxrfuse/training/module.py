@@ -199,11 +199,11 @@ class FusionModule(pl.LightningModule):
         was_training = self.training
         self.eval()
         n = len(next(iter(tensors.values()))) if rows is None else len(rows)
-        index = None if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        index = torch.arange(n) if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64))
         out = []
         for start in range(0, n, batch_size):
-            pick = slice(start, start + batch_size)
-            batch = {k: (v[pick] if index is None else v.index_select(0, index[pick])).to(self.device)
+            pick = slice(start, start + batch_size)  # (attention views: PaddedViews rows)
+            batch = {k: v.index_select(0, index[pick]).to(self.device)
                      for k, v in tensors.items() if k != "y"}  # fmt: skip
             out.append(probabilities(self(batch), self.output).cpu())
         self.train(was_training)

@@ -222,7 +222,7 @@ def test_one_wide_study_costs_its_own_views_in_the_attention_array(iu, tmp_path:
     small = manifest.replace(df=df.reset_index(drop=True))
     image, text = _stores(small, tmp_path)
     arrays = assemble(small, "normal-abnormal", image=image, views="attention", text=text)
-    X, mask = _ref_study_slots(image, small, "attention")
+    X, _ = _ref_study_slots(image, small, "attention")
     keep = np.isin(small.df["study_id"], arrays.study_ids)
     assert arrays.image.shape == X[keep].shape and X.shape[1] >= 11
     np.testing.assert_array_equal(np.asarray(arrays.image), X[keep])

@@ -1,8 +1,8 @@
 """Memory and time of study assembly and of head training at MIMIC-CXR scale (issue 24),
 as functions the scale benchmark (``benchmarks/scale.py``) imports and a script of its own.
 
-* :func:`measure` trains the same head on the same random study tensors twice, each in a
-  fresh process: once with ``train_run`` (Lightning, metrics per epoch, predictions, the run
+* :func:`measure` trains the same head on the same random study tensors twice (batches of 64,
+  the run config's default, unless told otherwise), each in a fresh process: once with ``train_run`` (Lightning, metrics per epoch, predictions, the run
   directory) and once with a plain PyTorch loop (shuffled index batches, Adam, the same
   loss, a validation loss per epoch, val + test probabilities at the end). Keys
   ``train_seconds``, ``loop_seconds``, ``train_ratio``, ``train_rss``, ``loop_rss``,
@@ -155,7 +155,7 @@ def _loop_child(n: int, epochs: int, batch_size: int, threads: int) -> dict[str,
             "rss": _rss("VmHWM")}
 
 
-def measure(n_studies: int, *, epochs: int = 5, batch_size: int = 256,
+def measure(n_studies: int, *, epochs: int = 5, batch_size: int = 64,
             threads: int = 1) -> dict[str, Any]:  # fmt: skip
     """``train_run`` vs a plain PyTorch loop on the same random tensors (module docstring);
     each in its own fresh process, the loop first."""
@@ -300,7 +300,7 @@ def main() -> None:
     parser.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates")
     parser.add_argument("--views", nargs="+", default=["mean"])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64, help="64: RunConfig's default")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = []

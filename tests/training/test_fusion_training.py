@@ -192,3 +192,25 @@ def test_attention_views_held_without_padding_train_exactly_like_the_dense_array
     b = pd.read_parquet(RunDir(tmp_path / "padded").predictions_path)
     pd.testing.assert_frame_equal(a, b)
     assert a["p__abnormal"].std() > 0.05
+
+
+def test_epoch_accumulator_keeps_every_row_of_the_epoch_and_only_those() -> None:
+    """The per-split accumulator (one growing buffer, kept across epochs, instead of a tensor
+    per step) scores exactly the rows of the epoch: past its first capacity, and after a reset
+    none of the earlier epoch's rows."""
+    import torch
+
+    from cxrfuse.training.module import _EpochAccumulator, epoch_metrics
+
+    rng = np.random.default_rng(0)
+    acc = _EpochAccumulator()
+    for n_batches in (50, 3):  # 3,200 rows (the buffer grows), then 192 after the reset
+        y = (rng.random((n_batches * 64, 2)) < 0.4).astype(np.float32)
+        y[::9, 1] = np.nan
+        p = rng.random(y.shape).astype(np.float32)
+        losses = rng.random(n_batches).astype(np.float32)
+        for b in range(n_batches):
+            rows = slice(64 * b, 64 * (b + 1))
+            acc.update(torch.tensor(losses[b]), torch.from_numpy(p[rows]), torch.from_numpy(y[rows]))
+        got = acc.compute_and_reset()
+        assert got == pytest.approx({"loss": float(losses.mean()), **epoch_metrics(y, p)}, rel=1e-6)

@@ -227,3 +227,14 @@ def test_one_wide_study_costs_its_own_views_in_the_attention_array(iu, tmp_path:
     assert arrays.image.shape == X[keep].shape and X.shape[1] >= 11
     np.testing.assert_array_equal(np.asarray(arrays.image), X[keep])
     assert arrays.image.nbytes < 0.3 * X[keep].nbytes  # ~1.6 views a study, not 12
+
+
+@pytest.mark.parametrize("views", ["attention", "mean", "concat"])
+def test_present_views_are_the_masked_dense_rows(iu, views: str) -> None:
+    """``StudyArrays.present_views`` (training means of serve and attribution) gives what the
+    dense rows under their mask hold, without building them for attention."""
+    manifest, image, text = iu
+    arrays = assemble(manifest, "normal-abnormal", image=image, views=views, text=text)
+    rows = arrays.indices("train")
+    dense = np.asarray(arrays.image)[rows]
+    np.testing.assert_array_equal(arrays.present_views(rows), dense[arrays.image_mask[rows]])

@@ -90,3 +90,28 @@ def test_errors_and_files(tmp_path) -> None:
     assert pd.read_csv(paths["table"])["study_id"].iloc[0] == "s0"
     assert "zeros with its mask False" in paths["markdown"].read_text()
     assert paths["plot"].stat().st_size > 1000
+
+
+def test_training_means_of_run_arrays_equal_those_of_the_dense_inputs(tmp_path) -> None:
+    """``ModalityMeans.of_run_arrays`` (serve, ``cxrfuse attribute``) gives the numbers of
+    ``ModalityMeans.of`` the train split's padded inputs, for attention views held unpadded."""
+    from cxrfuse.explain import ModalityInputs, ModalityMeans
+    from cxrfuse.store import PaddedViews, StudyArrays
+
+    rng = np.random.default_rng(0)
+    n, dim = 300, 8
+    counts = rng.integers(0, 4, size=n)  # some studies without any view
+    vectors = rng.normal(size=(int(counts.sum()), dim)).astype(np.float32)
+    views = PaddedViews(vectors, np.concatenate([[0], np.cumsum(counts)]), 3)
+    split = rng.choice(np.array(["train", "val", "test"], dtype=object), size=n)
+    text = rng.normal(size=(n, 5)).astype(np.float32)
+    text_mask = rng.random(n) > 0.2
+    ids = np.array([f"s{i}" for i in range(n)], dtype=object)
+    arrays = StudyArrays(ids, ids, split, np.zeros((n, 1), np.float32), ["a"], views,
+                         views.mask(), text, text_mask)  # fmt: skip
+    rows = arrays.indices("train")
+    dense = ModalityMeans.of(ModalityInputs(np.asarray(views)[rows], views.mask()[rows],
+                                            text[rows], text_mask[rows]))  # fmt: skip
+    got = ModalityMeans.of_run_arrays(arrays)
+    np.testing.assert_array_equal(got.image, dense.image)
+    np.testing.assert_array_equal(got.text, dense.text)

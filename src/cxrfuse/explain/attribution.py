@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from cxrfuse.fusion import FusionHead
 from cxrfuse.plotting import new_figure, save_figure
 from cxrfuse.problems import CxrfuseError
 from cxrfuse.rundir import layout
+
+if TYPE_CHECKING:
+    from cxrfuse.store import StudyArrays
 
 Removal = Literal["mean", "zeros"]
 REMOVALS: tuple[str, ...] = ("mean", "zeros")
@@ -73,8 +76,21 @@ class ModalityMeans:
 
     @classmethod
     def of(cls, train: ModalityInputs) -> ModalityMeans:
-        views = train.image[train.image_mask]
-        texts = train.text[train.text_mask]
+        return cls.of_vectors(train.image[train.image_mask], train.text[train.text_mask])
+
+    @classmethod
+    def of_run_arrays(cls, arrays: StudyArrays, split: str = "train") -> ModalityMeans:
+        """The means of one split of a run's study arrays (the same numbers as :meth:`of` its
+        inputs), without building the split's padded view array (``attention`` runs)."""
+        if arrays.image is None or arrays.text is None or arrays.text_mask is None:
+            raise CxrfuseError("training means need a fused run (image and report embeddings)")
+        rows = arrays.indices(split)
+        return cls.of_vectors(arrays.present_views(rows), arrays.text[rows][arrays.text_mask[rows]])
+
+    @classmethod
+    def of_vectors(cls, views: np.ndarray, texts: np.ndarray) -> ModalityMeans:
+        """The means of the present training views (k, D) and reports (m, Dt)."""
+        views, texts = np.asarray(views, np.float32), np.asarray(texts, np.float32)
         if not len(views) or not len(texts):
             raise CxrfuseError("training means need at least one training view and one report")
         return cls(views.mean(axis=0), texts.mean(axis=0))

@@ -181,8 +181,7 @@ def attribute_run(
             f"{run_dir}: modality attribution needs a fused run (image and text); this run "
             f"reads {sorted(k for k in inputs if k in ('image', 'text'))}"
         )
-    train, _ = run.split_inputs("train")
-    means = ModalityMeans.of(ModalityInputs(**train)) if removal == "mean" else None
+    means = ModalityMeans.of_run_arrays(run.arrays()) if removal == "mean" else None
     table = modality_attribution(run.head, ModalityInputs(**inputs), run.labels,
                                  output=run.output, removal=removal, means=means,
                                  study_ids=run.split_study_ids(split))  # fmt: skip

@@ -82,8 +82,11 @@ class Drafter:
         rows = [i for i in arrays.indices("train") if ids[i] in texts and arrays.image_mask[i].any()]
         if not rows:
             raise CxrfuseError("no training study has an image and report text")
-        image, mask = np.asarray(arrays.image[rows], np.float32), arrays.image_mask[rows]
-        mean = (image * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+        mean = np.empty((len(rows), arrays.image_dim), dtype=np.float32)
+        for lo in range(0, len(rows), 4096):  # blocks: attention views are padded per block
+            block = rows[lo:lo + 4096]
+            image, mask = np.asarray(arrays.image[block], np.float32), arrays.image_mask[block]
+            mean[lo:lo + len(block)] = (image * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
         return cls(str(settings.get("generator", "retrieval")), int(settings.get("k", 1)),
                    str(settings.get("consensus", "top1")), [ids[i] for i in rows],
                    unit_rows(mean), texts)  # fmt: skip

@@ -88,8 +88,7 @@ class Service:
     def _training_means(self) -> ModalityMeans | None:
         if self._means is None and self._means_note is None:
             try:
-                train, _ = self.run.split_inputs("train")
-                self._means = ModalityMeans.of(ModalityInputs(**train))
+                self._means = ModalityMeans.of_run_arrays(self.run.arrays())
             except (CxrfuseError, OSError, KeyError, TypeError) as err:
                 self._means_note = (f"training means unavailable ({err}); a removed modality "
                                     "is treated as missing (zeros)")  # fmt: skip

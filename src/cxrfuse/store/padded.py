@@ -72,6 +72,15 @@ class PaddedViews:
         out[study, slot] = self.vectors[np.repeat(starts, counts) + slot]
         return out
 
+    def views_of(self, rows: Any) -> np.ndarray:
+        """(k, D) the embedded views of the studies ``rows``, study after study in slot order:
+        what ``dense[rows][mask[rows]]`` holds, without the padded rows."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        starts = self.offsets[rows]
+        counts = self.offsets[rows + 1] - starts
+        slot = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        return self.vectors[np.repeat(starts, counts) + slot]
+
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple):
             raise TypeError("PaddedViews: index the first axis only (rows of studies)")

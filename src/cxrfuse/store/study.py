@@ -74,6 +74,15 @@ class StudyArrays:
         }
         return replace(self, **pick)
 
+    def present_views(self, rows: np.ndarray) -> np.ndarray:
+        """(k, D) every embedded view of the studies at ``rows``, study after study in slot
+        order (``image[rows][image_mask[rows]]``; for ``attention`` without the padded rows)."""
+        if self.image is None or self.image_mask is None:
+            raise DataError("these study arrays hold no image embeddings")
+        if isinstance(self.image, PaddedViews):
+            return self.image.views_of(rows)
+        return self.image[rows][self.image_mask[rows]]
+
     def tensors(self, rows: np.ndarray | None = None) -> dict[str, Any]:
         """Model inputs and ``y`` as tensors (only the modalities present); without ``rows``,
         ``attention`` views stay :class:`PaddedViews` (batches take their rows by

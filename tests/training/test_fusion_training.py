@@ -214,3 +214,15 @@ def test_epoch_accumulator_keeps_every_row_of_the_epoch_and_only_those() -> None
             acc.update(torch.tensor(losses[b]), torch.from_numpy(p[rows]), torch.from_numpy(y[rows]))
         got = acc.compute_and_reset()
         assert got == pytest.approx({"loss": float(losses.mean()), **epoch_metrics(y, p)}, rel=1e-6)
+
+
+def test_positive_midrank_sum_is_scipys_exactly_with_ties() -> None:
+    from scipy.stats import rankdata
+
+    from cxrfuse.training.module import _positive_midrank_sum
+
+    rng = np.random.default_rng(1)
+    for n, decimals in ((20_000, None), (3_000, 2), (50, 1), (1, None)):
+        s = rng.random(n) if decimals is None else rng.random(n).round(decimals)
+        t = rng.random(n) < 0.3
+        assert _positive_midrank_sum(t, s) == rankdata(s)[t].sum()

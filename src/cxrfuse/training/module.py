@@ -17,7 +17,6 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -55,8 +54,8 @@ def epoch_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[
         per["f1"].append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
         n_neg = n - n_pos
         if n_pos and n_neg:
-            ranks = rankdata(s)
-            per["auroc"].append(float((ranks[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)))
+            rank_sum = _positive_midrank_sum(t, s)
+            per["auroc"].append(float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)))
         else:
             per["auroc"].append(math.nan)
     out = {}
@@ -64,6 +63,20 @@ def epoch_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[
         finite = [v for v in values if not math.isnan(v)]
         out[key] = float(np.mean(finite)) if finite else math.nan
     return out
+
+
+def _positive_midrank_sum(t: np.ndarray, s: np.ndarray) -> float:
+    """Sum of the positives' mid-ranks (1-based, ties averaged) of scores ``s``: what
+    ``scipy.stats.rankdata(s)[t].sum()`` gives, exactly (sums of half-integers), from one
+    unstable sort (mid-ranks do not depend on the order within ties), ~6x faster at 160k."""
+    order = np.argsort(s)
+    ordered = s[order]
+    new = np.empty(len(s), dtype=bool)
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    mid = (starts + np.append(starts[1:], len(s)) + 1) / 2.0
+    return float(mid[np.cumsum(new) - 1][t[order]].sum())
 
 
 def make_optimizer(params: Any, kind: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -57,29 +57,30 @@ class PaddedViews:
         """(n, V) bool: which slots hold a view (slots 0..k-1 of a k-view study)."""
         return np.arange(self.width)[None, :] < self.counts()[:, None]
 
-    def take(self, rows: Any, out: np.ndarray | None = None) -> np.ndarray:
-        """The dense (k, V, D) rows ``rows`` (zeros in empty slots), into ``out`` if given."""
+    def _spans(self, rows: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For the studies ``rows``: per filled slot, its study's position in ``rows``, its
+        slot and its row in ``vectors``."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         starts = self.offsets[rows]
         counts = self.offsets[rows + 1] - starts
-        shape = (len(rows), self.width, self.shape[2])
+        slot = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        return np.repeat(np.arange(len(rows)), counts), slot, np.repeat(starts, counts) + slot
+
+    def take(self, rows: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """The dense (k, V, D) rows ``rows`` (zeros in empty slots), into ``out`` if given."""
+        shape = (int(np.size(rows)), self.width, self.shape[2])
         if out is None:
             out = np.zeros(shape, dtype=self.dtype)
         else:
             out[...] = 0
-        study = np.repeat(np.arange(len(rows)), counts)
-        slot = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        out[study, slot] = self.vectors[np.repeat(starts, counts) + slot]
+        study, slot, source = self._spans(rows)
+        out[study, slot] = self.vectors[source]
         return out
 
     def views_of(self, rows: Any) -> np.ndarray:
         """(k, D) the embedded views of the studies ``rows``, study after study in slot order:
         what ``dense[rows][mask[rows]]`` holds, without the padded rows."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        starts = self.offsets[rows]
-        counts = self.offsets[rows + 1] - starts
-        slot = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        return self.vectors[np.repeat(starts, counts) + slot]
+        return self.vectors[self._spans(rows)[2]]
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple):

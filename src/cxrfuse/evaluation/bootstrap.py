@@ -187,8 +187,9 @@ def replicate_metrics(
 ) -> dict[str, np.ndarray]:
     """Every metric for each replicate (row of ``w``): keys ``label/<name>/<metric>``,
     ``macro/<metric>``, ``micro/<metric>``, ``exact_match`` and ``headline/<metric>``.
-    ``groups``: a dict kept across calls on the same ``y_true`` and ``y_prob`` (blocks of
-    replicates), which holds each label's tied-score groups and confusion cells once built.
+    ``groups``: a dict kept across calls on the same ``y_true``, ``y_prob`` and ``thresholds``
+    (blocks of replicates), which holds each label's tied-score groups and confusion cells once
+    built.
 
     No weight matrix is copied per label or per (study, label) pair: rows with an unknown label
     get zero cells, and the rankings gather each label's studies from ``w`` itself (counts are

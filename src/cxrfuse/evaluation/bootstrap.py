@@ -150,9 +150,8 @@ def weighted_ranking(w: np.ndarray, y: np.ndarray, p: np.ndarray,
 
 def weighted_threshold(w: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
     """Accuracy, precision, recall and F1 for each row of weights (NaN where undefined)."""
-    y, pred = y.astype(bool), pred.astype(bool)
-    cells = np.stack([pred & y, pred & ~y, ~pred & y, ~pred & ~y], axis=1)
-    return _threshold_metrics(w @ cells.astype(np.float64))
+    y, pred = np.asarray(y, dtype=np.float64)[:, None], np.asarray(pred, dtype=bool)[:, None]
+    return _threshold_metrics(w @ _confusion_cells(y, pred, np.ones(y.shape, dtype=bool)))
 
 
 def _threshold_metrics(counts: np.ndarray) -> dict[str, np.ndarray]:
